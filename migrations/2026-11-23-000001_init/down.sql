@@ -1,0 +1,11 @@
+DROP TABLE harness_runs;
+DROP TABLE metrics;
+DROP INDEX evaluations_by_version;
+DROP TABLE evaluations;
+DROP INDEX updates_pending;
+DROP INDEX updates_accepted_once;
+DROP TABLE updates;
+DROP TABLE sessions;
+DROP TABLE trainers;
+DROP TABLE versions;
+DROP TABLE models;

@@ -1,0 +1,502 @@
+//! Aggregation: strategies as plain functions over flat `f32` buffers, the
+//! server optimizer state, and the buffering policy that decides when to fold.
+//! Nothing here knows about actix, so it is tested directly.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Example- and staleness-weighted mean of deltas.
+    Fedavg,
+    /// FedAvg with server momentum.
+    Fedavgm,
+    /// FedAvg with a server-side Adam optimizer.
+    Fedadam,
+    /// Coordinate-wise median of deltas (robust to a minority of bad updates).
+    Median,
+    /// Coordinate-wise mean after trimming `trim_fraction` from each end.
+    TrimmedMean,
+}
+
+impl Strategy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Fedavg => "fedavg",
+            Strategy::Fedavgm => "fedavgm",
+            Strategy::Fedadam => "fedadam",
+            Strategy::Median => "median",
+            Strategy::TrimmedMean => "trimmed_mean",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregationSettings {
+    pub strategy: Strategy,
+    pub min_updates: usize,
+    pub round_timeout_secs: f64,
+    pub max_staleness: u64,
+    pub staleness_exponent: f64,
+    pub server_lr: f32,
+    pub momentum: f32,
+    pub beta2: f32,
+    pub tau: f32,
+    pub trim_fraction: f32,
+    pub clip_norm: f32,
+    pub max_num_examples: u64,
+}
+
+impl AggregationSettings {
+    /// Validates values; the error starts with the key's name.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_updates == 0 {
+            return Err("min_updates: must be at least 1".into());
+        }
+        if !(self.round_timeout_secs > 0.0 && self.round_timeout_secs.is_finite()) {
+            return Err("round_timeout_secs: must be a positive number of seconds".into());
+        }
+        if !(self.staleness_exponent >= 0.0 && self.staleness_exponent.is_finite()) {
+            return Err("staleness_exponent: must be >= 0".into());
+        }
+        if !(self.server_lr > 0.0 && self.server_lr.is_finite()) {
+            return Err("server_lr: must be > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err("momentum: must be in [0, 1)".into());
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return Err("beta2: must be in [0, 1)".into());
+        }
+        if !(self.tau > 0.0 && self.tau.is_finite()) {
+            return Err("tau: must be > 0".into());
+        }
+        if !(0.0..0.5).contains(&self.trim_fraction) {
+            return Err("trim_fraction: must be in [0, 0.5)".into());
+        }
+        if !(self.clip_norm >= 0.0 && self.clip_norm.is_finite()) {
+            return Err("clip_norm: must be >= 0 (0 disables clipping)".into());
+        }
+        if self.max_num_examples == 0 {
+            return Err("max_num_examples: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn round_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.round_timeout_secs)
+    }
+}
+
+/// One buffered update as the strategies see it.
+#[derive(Debug, Clone)]
+pub struct Contribution<'a> {
+    pub delta: &'a [f32],
+    pub num_examples: u64,
+    pub staleness: u64,
+}
+
+/// Weight of an update: its examples, discounted polynomially by staleness
+/// (FedBuff's `1/(1+s)^a`), so old knowledge counts but less.
+pub fn contribution_weight(num_examples: u64, staleness: u64, exponent: f64) -> f64 {
+    num_examples as f64 / (1.0 + staleness as f64).powf(exponent)
+}
+
+pub fn l2_norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt()
+}
+
+/// Scale factor that brings `v` down to `clip_norm` (1.0 when within it or
+/// when clipping is off).
+pub fn clip_factor(v: &[f32], clip_norm: f32) -> f32 {
+    if clip_norm <= 0.0 {
+        return 1.0;
+    }
+    let n = l2_norm(v);
+    if n > clip_norm as f64 {
+        (clip_norm as f64 / n) as f32
+    } else {
+        1.0
+    }
+}
+
+/// `acc += a * x`: the inner loop of every mean, written so it vectorises.
+#[inline]
+pub fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
+    for (o, v) in acc.iter_mut().zip(x.iter()) {
+        *o += a * *v;
+    }
+}
+
+/// Weighted mean of the (clipped) deltas.
+pub fn weighted_mean(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
+    let n = contribs.first().map(|c| c.delta.len()).unwrap_or(0);
+    let mut acc = vec![0.0f32; n];
+    let weights: Vec<f64> = contribs
+        .iter()
+        .map(|c| contribution_weight(c.num_examples, c.staleness, s.staleness_exponent))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return acc;
+    }
+    for (c, w) in contribs.iter().zip(weights) {
+        let f = (w / total) as f32 * clip_factor(c.delta, s.clip_norm);
+        axpy(&mut acc, f, c.delta);
+    }
+    acc
+}
+
+/// Coordinate-wise median (unweighted: weights are what a Byzantine trainer
+/// would lie about). Even counts take the mean of the two middle values.
+pub fn coordinate_median(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
+    coordinate_reduce(contribs, s, |col| {
+        let k = col.len();
+        col.sort_unstable_by(|a, b| a.total_cmp(b));
+        if k % 2 == 1 {
+            col[k / 2]
+        } else {
+            0.5 * (col[k / 2 - 1] + col[k / 2])
+        }
+    })
+}
+
+/// Coordinate-wise trimmed mean: drops `floor(trim_fraction * k)` values at
+/// each end, averages the rest.
+pub fn trimmed_mean(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
+    let k = contribs.len();
+    let trim = ((s.trim_fraction as f64) * k as f64).floor() as usize;
+    let trim = trim.min((k.saturating_sub(1)) / 2);
+    coordinate_reduce(contribs, s, move |col| {
+        col.sort_unstable_by(|a, b| a.total_cmp(b));
+        let kept = &col[trim..col.len() - trim];
+        kept.iter().sum::<f32>() / kept.len() as f32
+    })
+}
+
+fn coordinate_reduce(
+    contribs: &[Contribution<'_>],
+    s: &AggregationSettings,
+    mut f: impl FnMut(&mut Vec<f32>) -> f32,
+) -> Vec<f32> {
+    let n = contribs.first().map(|c| c.delta.len()).unwrap_or(0);
+    let factors: Vec<f32> = contribs
+        .iter()
+        .map(|c| clip_factor(c.delta, s.clip_norm))
+        .collect();
+    let mut out = vec![0.0f32; n];
+    let mut col = Vec::with_capacity(contribs.len());
+    for (i, o) in out.iter_mut().enumerate() {
+        col.clear();
+        col.extend(contribs.iter().zip(&factors).map(|(c, f)| c.delta[i] * f));
+        *o = f(&mut col);
+    }
+    out
+}
+
+/// Server optimizer state carried between versions (momentum, Adam moments).
+#[derive(Debug, Clone, Default)]
+pub struct ServerState {
+    pub momentum: Option<Vec<f32>>,
+    pub second_moment: Option<Vec<f32>>,
+    pub steps: u64,
+}
+
+/// Figures of one aggregation, stored with the version it produced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AggregateReport {
+    pub strategy: Strategy,
+    pub num_updates: usize,
+    pub total_examples: u64,
+    pub mean_staleness: f64,
+    pub max_staleness: u64,
+    pub update_norm: f64,
+    pub clipped: usize,
+}
+
+/// Folds the buffered contributions into `weights` in place with the
+/// configured strategy and server optimizer.
+pub fn aggregate(
+    weights: &mut [f32],
+    contribs: &[Contribution<'_>],
+    s: &AggregationSettings,
+    state: &mut ServerState,
+) -> AggregateReport {
+    let mean_delta = match s.strategy {
+        Strategy::Fedavg | Strategy::Fedavgm | Strategy::Fedadam => weighted_mean(contribs, s),
+        Strategy::Median => coordinate_median(contribs, s),
+        Strategy::TrimmedMean => trimmed_mean(contribs, s),
+    };
+    let n = weights.len();
+    match s.strategy {
+        Strategy::Fedavgm => {
+            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
+            for i in 0..n {
+                m[i] = s.momentum * m[i] + mean_delta[i];
+                weights[i] += s.server_lr * m[i];
+            }
+        }
+        Strategy::Fedadam => {
+            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
+            let v = state.second_moment.get_or_insert_with(|| vec![0.0; n]);
+            let (b1, b2) = (s.momentum, s.beta2);
+            for i in 0..n {
+                let d = mean_delta[i];
+                m[i] = b1 * m[i] + (1.0 - b1) * d;
+                v[i] = b2 * v[i] + (1.0 - b2) * d * d;
+                weights[i] += s.server_lr * m[i] / (v[i].sqrt() + s.tau);
+            }
+        }
+        _ => axpy(weights, s.server_lr, &mean_delta),
+    }
+    state.steps += 1;
+    let total_examples = contribs.iter().map(|c| c.num_examples).sum();
+    let max_staleness = contribs.iter().map(|c| c.staleness).max().unwrap_or(0);
+    let mean_staleness = if contribs.is_empty() {
+        0.0
+    } else {
+        contribs.iter().map(|c| c.staleness as f64).sum::<f64>() / contribs.len() as f64
+    };
+    let clipped = contribs
+        .iter()
+        .filter(|c| clip_factor(c.delta, s.clip_norm) < 1.0)
+        .count();
+    AggregateReport {
+        strategy: s.strategy,
+        num_updates: contribs.len(),
+        total_examples,
+        mean_staleness,
+        max_staleness,
+        update_norm: l2_norm(&mean_delta),
+        clipped,
+    }
+}
+
+/// Checks an update's base version against the model's current version.
+/// Returns its staleness, or the refusal.
+pub fn check_staleness(
+    current: u64,
+    base: u64,
+    max_staleness: u64,
+) -> Result<u64, (ErrorCode, String)> {
+    if base > current {
+        return Err((
+            ErrorCode::FutureBaseVersion,
+            format!("base_version {base} is ahead of the current version {current}"),
+        ));
+    }
+    let staleness = current - base;
+    if staleness > max_staleness {
+        return Err((
+            ErrorCode::StaleUpdate,
+            format!(
+                "update is {staleness} versions old (base {base}, current {current}); the limit is {max_staleness}"
+            ),
+        ));
+    }
+    Ok(staleness)
+}
+
+/// When to fold: `min_updates` buffered, or the round timeout passed since
+/// the first buffered update with at least one in the buffer.
+#[derive(Debug, Clone, Default)]
+pub struct RoundClock {
+    pub first_buffered_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoundDecision {
+    Aggregate,
+    WaitFor { more_updates: usize, timeout_in: Option<Duration> },
+}
+
+impl RoundClock {
+    pub fn on_buffered(&mut self, now: Instant) {
+        if self.first_buffered_at.is_none() {
+            self.first_buffered_at = Some(now);
+        }
+    }
+
+    pub fn reset(&mut self, remaining: usize, now: Instant) {
+        self.first_buffered_at = if remaining > 0 { Some(now) } else { None };
+    }
+
+    pub fn decide(&self, buffered: usize, s: &AggregationSettings, now: Instant) -> RoundDecision {
+        if buffered >= s.min_updates {
+            return RoundDecision::Aggregate;
+        }
+        let timeout_in = self.first_buffered_at.map(|t| {
+            let deadline = t + s.round_timeout();
+            deadline.saturating_duration_since(now)
+        });
+        if buffered > 0 && timeout_in == Some(Duration::ZERO) {
+            return RoundDecision::Aggregate;
+        }
+        RoundDecision::WaitFor {
+            more_updates: s.min_updates - buffered,
+            timeout_in,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn settings(strategy: Strategy) -> AggregationSettings {
+        AggregationSettings {
+            strategy,
+            min_updates: 2,
+            round_timeout_secs: 10.0,
+            max_staleness: 5,
+            staleness_exponent: 0.0,
+            server_lr: 1.0,
+            momentum: 0.5,
+            beta2: 0.5,
+            tau: 1.0,
+            trim_fraction: 0.25,
+            clip_norm: 0.0,
+            max_num_examples: 1000,
+        }
+    }
+
+    fn c(delta: &[f32], n: u64, s: u64) -> Contribution<'_> {
+        Contribution {
+            delta,
+            num_examples: n,
+            staleness: s,
+        }
+    }
+
+    #[test]
+    fn fedavg_weights_by_examples() {
+        let (a, b) = ([1.0f32, 0.0], [4.0f32, 3.0]);
+        let mut w = vec![10.0, 10.0];
+        let r = aggregate(
+            &mut w,
+            &[c(&a, 1, 0), c(&b, 2, 0)],
+            &settings(Strategy::Fedavg),
+            &mut ServerState::default(),
+        );
+        // (1*1 + 2*4)/3 = 3, (0 + 2*3)/3 = 2
+        assert_eq!(w, vec![13.0, 12.0]);
+        assert_eq!(r.total_examples, 3);
+    }
+
+    #[test]
+    fn staleness_discounts() {
+        let mut s = settings(Strategy::Fedavg);
+        s.staleness_exponent = 1.0;
+        let (a, b) = ([0.0f32], [6.0f32]);
+        let mut w = vec![0.0];
+        // weights: 1/(1+0) = 1 and 1/(1+1) = 0.5 -> 6*0.5/1.5 = 2
+        aggregate(&mut w, &[c(&a, 1, 0), c(&b, 1, 1)], &s, &mut ServerState::default());
+        assert!((w[0] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn fedavgm_accumulates_momentum() {
+        let s = settings(Strategy::Fedavgm);
+        let mut st = ServerState::default();
+        let d = [2.0f32];
+        let mut w = vec![0.0];
+        aggregate(&mut w, &[c(&d, 1, 0)], &s, &mut st);
+        assert_eq!(w, vec![2.0]); // m = 2
+        aggregate(&mut w, &[c(&d, 1, 0)], &s, &mut st);
+        assert_eq!(w, vec![5.0]); // m = 0.5*2 + 2 = 3
+    }
+
+    #[test]
+    fn fedadam_step() {
+        let s = settings(Strategy::Fedadam);
+        let mut st = ServerState::default();
+        let d = [2.0f32];
+        let mut w = vec![0.0];
+        aggregate(&mut w, &[c(&d, 1, 0)], &s, &mut st);
+        // m = 0.5*2 = 1, v = 0.5*4 = 2, step = 1/(sqrt(2)+1)
+        let expect = 1.0 / (2.0f32.sqrt() + 1.0);
+        assert!((w[0] - expect).abs() < 1e-6, "{}", w[0]);
+    }
+
+    #[test]
+    fn median_ignores_outlier() {
+        let s = settings(Strategy::Median);
+        let (a, b, x) = ([1.0f32, 1.0], [2.0f32, 3.0], [1000.0f32, -1000.0]);
+        let mut w = vec![0.0, 0.0];
+        aggregate(
+            &mut w,
+            &[c(&a, 1, 0), c(&b, 1, 0), c(&x, 1000, 0)],
+            &s,
+            &mut ServerState::default(),
+        );
+        assert_eq!(w, vec![2.0, 1.0]);
+    }
+
+    #[test]
+    fn trimmed_mean_drops_ends() {
+        let s = settings(Strategy::TrimmedMean);
+        let vals = [[1.0f32], [2.0], [3.0], [100.0]];
+        let cs: Vec<_> = vals.iter().map(|v| c(v, 1, 0)).collect();
+        let mut w = vec![0.0];
+        aggregate(&mut w, &cs, &s, &mut ServerState::default());
+        // trim 1 at each end of 4 -> mean(2,3) = 2.5
+        assert_eq!(w, vec![2.5]);
+    }
+
+    #[test]
+    fn clipping_bounds_norm() {
+        let mut s = settings(Strategy::Fedavg);
+        s.clip_norm = 1.0;
+        let big = [30.0f32, 40.0];
+        let mut w = vec![0.0, 0.0];
+        let r = aggregate(&mut w, &[c(&big, 1, 0)], &s, &mut ServerState::default());
+        assert!((w[0] - 0.6).abs() < 1e-6 && (w[1] - 0.8).abs() < 1e-6);
+        assert_eq!(r.clipped, 1);
+    }
+
+    #[test]
+    fn staleness_rules() {
+        assert_eq!(check_staleness(5, 5, 2), Ok(0));
+        assert_eq!(check_staleness(5, 3, 2), Ok(2));
+        assert_eq!(
+            check_staleness(5, 2, 2).unwrap_err().0,
+            ErrorCode::StaleUpdate
+        );
+        assert_eq!(
+            check_staleness(5, 6, 2).unwrap_err().0,
+            ErrorCode::FutureBaseVersion
+        );
+    }
+
+    #[test]
+    fn round_clock_decides() {
+        let s = settings(Strategy::Fedavg);
+        let mut clock = RoundClock::default();
+        let t0 = Instant::now();
+        assert!(matches!(
+            clock.decide(0, &s, t0),
+            RoundDecision::WaitFor { more_updates: 2, timeout_in: None }
+        ));
+        clock.on_buffered(t0);
+        assert!(matches!(
+            clock.decide(1, &s, t0),
+            RoundDecision::WaitFor { more_updates: 1, .. }
+        ));
+        assert_eq!(clock.decide(2, &s, t0), RoundDecision::Aggregate);
+        assert_eq!(
+            clock.decide(1, &s, t0 + Duration::from_secs(11)),
+            RoundDecision::Aggregate
+        );
+    }
+
+    #[test]
+    fn settings_validation_names_key() {
+        let mut s = settings(Strategy::Fedavg);
+        s.trim_fraction = 0.7;
+        assert!(s.validate().unwrap_err().starts_with("trim_fraction"));
+    }
+}

@@ -1,0 +1,640 @@
+//! SQLite storage through diesel. Every function here is blocking: the hub
+//! calls writes from the Persister (a SyncArbiter thread) and reads inside
+//! `web::block`, never on an async executor thread.
+
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use serde::Serialize;
+
+use crate::error::DbError;
+use schema::*;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type DbPool = Pool<ConnectionManager<SqliteConnection>>;
+
+/// Pragmas every connection needs: WAL so readers never block the writer,
+/// a busy timeout instead of instant SQLITE_BUSY, and enforced foreign keys.
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                       PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(PRAGMAS)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Opens the single writer connection.
+pub fn connect(path: &Path) -> Result<SqliteConnection, DbError> {
+    let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+    conn.batch_execute(PRAGMAS)?;
+    Ok(conn)
+}
+
+/// Opens the read pool used by REST handlers.
+pub fn pool(path: &Path, size: u32) -> Result<DbPool, DbError> {
+    let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
+    Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10))
+        .connection_customizer(Box::new(Pragmas))
+        .build(manager)
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+pub fn run_migrations(conn: &mut SqliteConnection) -> Result<(), DbError> {
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- rows
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = models)]
+pub struct ModelRow {
+    pub name: String,
+    pub architecture: String,
+    pub layout: String,
+    pub settings: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = versions)]
+pub struct NewVersion<'a> {
+    pub model: &'a str,
+    pub version: i64,
+    pub parent: Option<i64>,
+    pub num_updates: i32,
+    pub weights: &'a [u8],
+    pub metrics: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = versions)]
+pub struct VersionMeta {
+    #[serde(skip)]
+    pub id: i64,
+    pub model: String,
+    pub version: i64,
+    pub parent: Option<i64>,
+    pub num_updates: i32,
+    #[serde(skip)]
+    pub metrics: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = trainers)]
+pub struct TrainerRow {
+    pub name: String,
+    pub specialty: String,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub revoked: bool,
+    pub created_at: String,
+    pub last_seen: Option<String>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = updates)]
+pub struct NewUpdate<'a> {
+    pub update_id: &'a str,
+    pub trainer: &'a str,
+    pub model: &'a str,
+    pub base_version: i64,
+    pub num_examples: i64,
+    pub staleness: i64,
+    pub loss: Option<f64>,
+    pub bytes: i64,
+    pub status: &'a str,
+    pub refusal_code: Option<&'a str>,
+    pub refusal_message: Option<&'a str>,
+    pub received_at: String,
+    pub payload: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = updates)]
+pub struct UpdateRow {
+    #[serde(skip)]
+    pub id: i64,
+    pub update_id: String,
+    pub trainer: String,
+    pub model: String,
+    pub base_version: i64,
+    pub num_examples: i64,
+    pub staleness: i64,
+    pub loss: Option<f64>,
+    pub bytes: i64,
+    pub status: String,
+    pub applied_in_version: Option<i64>,
+    pub refusal_code: Option<String>,
+    pub refusal_message: Option<String>,
+    pub received_at: String,
+}
+
+#[derive(Debug, Clone, Insertable, Queryable, Selectable, Serialize)]
+#[diesel(table_name = evaluations)]
+pub struct EvalRow {
+    pub model: String,
+    pub version: i64,
+    pub trainer: String,
+    pub specialty: String,
+    pub specialty_accuracy: Option<f64>,
+    pub global_accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub num_examples: Option<i64>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = harness_runs)]
+pub struct HarnessRunRow {
+    pub id: i64,
+    pub scenario: String,
+    pub passed: bool,
+    pub collective_accuracy: Option<f64>,
+    #[serde(skip)]
+    pub report: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = harness_runs)]
+pub struct NewHarnessRun {
+    pub scenario: String,
+    pub passed: bool,
+    pub collective_accuracy: Option<f64>,
+    pub report: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+/// A pending (acknowledged, not yet applied) update reloaded at start.
+#[derive(Debug, Clone, Queryable)]
+pub struct PendingRow {
+    pub id: i64,
+    pub update_id: String,
+    pub trainer: String,
+    pub base_version: i64,
+    pub num_examples: i64,
+    pub payload: Option<Vec<u8>>,
+}
+
+// ---------------------------------------------------------------- writes
+
+/// Outcome of recording an accepted update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    /// Newly durable; `row_id` names it in the ledger.
+    Inserted { row_id: i64 },
+    /// The same (model, trainer, update_id) was accepted before.
+    Duplicate {
+        status: String,
+        staleness: i64,
+        base_version: i64,
+    },
+}
+
+pub fn insert_update(
+    conn: &mut SqliteConnection,
+    row: &NewUpdate<'_>,
+) -> Result<InsertOutcome, DbError> {
+    conn.immediate_transaction(|conn| {
+        let existing: Option<(String, i64, i64)> = updates::table
+            .filter(updates::model.eq(row.model))
+            .filter(updates::trainer.eq(row.trainer))
+            .filter(updates::update_id.eq(row.update_id))
+            .filter(updates::status.ne("refused"))
+            .select((updates::status, updates::staleness, updates::base_version))
+            .first(conn)
+            .optional()?;
+        if let Some((status, staleness, base_version)) = existing {
+            return Ok(InsertOutcome::Duplicate {
+                status,
+                staleness,
+                base_version,
+            });
+        }
+        let row_id: i64 = diesel::insert_into(updates::table)
+            .values(row)
+            .returning(updates::id)
+            .get_result(conn)?;
+        Ok(InsertOutcome::Inserted { row_id })
+    })
+}
+
+pub fn insert_refused(conn: &mut SqliteConnection, row: &NewUpdate<'_>) -> Result<(), DbError> {
+    diesel::insert_into(updates::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Writes a new version and marks the updates it folded in as applied, in one
+/// transaction: either both are visible after a crash or neither is.
+pub fn commit_version(
+    conn: &mut SqliteConnection,
+    v: &NewVersion<'_>,
+    applied_row_ids: &[i64],
+) -> Result<(), DbError> {
+    conn.immediate_transaction(|conn| {
+        diesel::insert_into(versions::table).values(v).execute(conn)?;
+        for chunk in applied_row_ids.chunks(500) {
+            let n = diesel::update(
+                updates::table
+                    .filter(updates::id.eq_any(chunk))
+                    .filter(updates::status.eq("pending")),
+            )
+            .set((
+                updates::status.eq("applied"),
+                updates::applied_in_version.eq(v.version),
+                updates::payload.eq(None::<Vec<u8>>),
+            ))
+            .execute(conn)?;
+            if n != chunk.len() {
+                // Folding an update twice would corrupt the ledger; abort the
+                // whole version instead.
+                return Err(DbError::Corrupt(format!(
+                    "version {} of {}: {} of {} updates were not pending",
+                    v.version,
+                    v.model,
+                    chunk.len() - n,
+                    chunk.len()
+                )));
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn insert_model(
+    conn: &mut SqliteConnection,
+    row: &ModelRow,
+    v0: &NewVersion<'_>,
+) -> Result<(), DbError> {
+    conn.immediate_transaction(|conn| {
+        diesel::insert_into(models::table).values(row).execute(conn)?;
+        diesel::insert_into(versions::table).values(v0).execute(conn)?;
+        Ok(())
+    })
+}
+
+pub fn upsert_trainer(conn: &mut SqliteConnection, row: &TrainerRow) -> Result<(), DbError> {
+    diesel::insert_into(trainers::table)
+        .values(row)
+        .on_conflict(trainers::name)
+        .do_update()
+        .set((
+            trainers::token_hash.eq(&row.token_hash),
+            trainers::specialty.eq(&row.specialty),
+            trainers::revoked.eq(row.revoked),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_revoked(conn: &mut SqliteConnection, name: &str, revoked: bool) -> Result<bool, DbError> {
+    let n = diesel::update(trainers::table.filter(trainers::name.eq(name)))
+        .set(trainers::revoked.eq(revoked))
+        .execute(conn)?;
+    Ok(n > 0)
+}
+
+pub fn open_session(
+    conn: &mut SqliteConnection,
+    id: &str,
+    trainer: &str,
+    specialty: &str,
+    model: &str,
+    remote: Option<&str>,
+) -> Result<(), DbError> {
+    let ts = now();
+    diesel::update(trainers::table.filter(trainers::name.eq(trainer)))
+        .set((
+            trainers::last_seen.eq(&ts),
+            trainers::specialty.eq(specialty),
+        ))
+        .execute(conn)?;
+    diesel::insert_into(sessions::table)
+        .values((
+            sessions::id.eq(id),
+            sessions::trainer.eq(trainer),
+            sessions::model.eq(model),
+            sessions::remote.eq(remote),
+            sessions::connected_at.eq(&ts),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn close_session(
+    conn: &mut SqliteConnection,
+    id: &str,
+    trainer: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    let ts = now();
+    diesel::update(sessions::table.filter(sessions::id.eq(id)))
+        .set((
+            sessions::disconnected_at.eq(&ts),
+            sessions::close_reason.eq(reason),
+        ))
+        .execute(conn)?;
+    diesel::update(trainers::table.filter(trainers::name.eq(trainer)))
+        .set(trainers::last_seen.eq(&ts))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Sessions left open by a crash are closed at start so the table tells the truth.
+pub fn close_stale_sessions(conn: &mut SqliteConnection) -> Result<usize, DbError> {
+    Ok(
+        diesel::update(sessions::table.filter(sessions::disconnected_at.is_null()))
+            .set((
+                sessions::disconnected_at.eq(now()),
+                sessions::close_reason.eq("hub restarted"),
+            ))
+            .execute(conn)?,
+    )
+}
+
+pub fn insert_eval(conn: &mut SqliteConnection, row: &EvalRow) -> Result<(), DbError> {
+    diesel::insert_into(evaluations::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn insert_harness_run(conn: &mut SqliteConnection, row: &NewHarnessRun) -> Result<i64, DbError> {
+    Ok(diesel::insert_into(harness_runs::table)
+        .values(row)
+        .returning(harness_runs::id)
+        .get_result(conn)?)
+}
+
+// ---------------------------------------------------------------- reads
+
+pub fn list_models(conn: &mut SqliteConnection) -> Result<Vec<ModelRow>, DbError> {
+    Ok(models::table
+        .order(models::name.asc())
+        .select(ModelRow::as_select())
+        .load(conn)?)
+}
+
+pub fn get_model(conn: &mut SqliteConnection, name: &str) -> Result<Option<ModelRow>, DbError> {
+    Ok(models::table
+        .filter(models::name.eq(name))
+        .select(ModelRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn latest_version(conn: &mut SqliteConnection, model: &str) -> Result<Option<i64>, DbError> {
+    Ok(versions::table
+        .filter(versions::model.eq(model))
+        .select(diesel::dsl::max(versions::version))
+        .first::<Option<i64>>(conn)?)
+}
+
+pub fn list_versions(
+    conn: &mut SqliteConnection,
+    model: &str,
+    limit: i64,
+) -> Result<Vec<VersionMeta>, DbError> {
+    let mut rows: Vec<VersionMeta> = versions::table
+        .filter(versions::model.eq(model))
+        .order(versions::version.desc())
+        .limit(limit)
+        .select(VersionMeta::as_select())
+        .load(conn)?;
+    rows.reverse();
+    Ok(rows)
+}
+
+pub fn get_version(
+    conn: &mut SqliteConnection,
+    model: &str,
+    version: i64,
+) -> Result<Option<VersionMeta>, DbError> {
+    Ok(versions::table
+        .filter(versions::model.eq(model))
+        .filter(versions::version.eq(version))
+        .select(VersionMeta::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn get_weights(
+    conn: &mut SqliteConnection,
+    model: &str,
+    version: i64,
+) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(versions::table
+        .filter(versions::model.eq(model))
+        .filter(versions::version.eq(version))
+        .select(versions::weights)
+        .first(conn)
+        .optional()?)
+}
+
+pub fn list_trainers(conn: &mut SqliteConnection) -> Result<Vec<TrainerRow>, DbError> {
+    Ok(trainers::table
+        .order(trainers::name.asc())
+        .select(TrainerRow::as_select())
+        .load(conn)?)
+}
+
+pub fn list_updates(
+    conn: &mut SqliteConnection,
+    model: Option<&str>,
+    trainer: Option<&str>,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UpdateRow>, DbError> {
+    let mut q = updates::table.into_boxed();
+    if let Some(m) = model {
+        q = q.filter(updates::model.eq(m.to_string()));
+    }
+    if let Some(t) = trainer {
+        q = q.filter(updates::trainer.eq(t.to_string()));
+    }
+    if let Some(s) = status {
+        q = q.filter(updates::status.eq(s.to_string()));
+    }
+    let mut rows: Vec<UpdateRow> = q
+        .order(updates::id.desc())
+        .limit(limit)
+        .select(UpdateRow::as_select())
+        .load(conn)?;
+    rows.reverse();
+    Ok(rows)
+}
+
+pub fn pending_updates(conn: &mut SqliteConnection, model: &str) -> Result<Vec<PendingRow>, DbError> {
+    Ok(updates::table
+        .filter(updates::model.eq(model))
+        .filter(updates::status.eq("pending"))
+        .order(updates::id.asc())
+        .select((
+            updates::id,
+            updates::update_id,
+            updates::trainer,
+            updates::base_version,
+            updates::num_examples,
+            updates::payload,
+        ))
+        .load(conn)?)
+}
+
+pub fn list_evaluations(
+    conn: &mut SqliteConnection,
+    model: &str,
+    limit: i64,
+) -> Result<Vec<EvalRow>, DbError> {
+    let mut rows: Vec<EvalRow> = evaluations::table
+        .filter(evaluations::model.eq(model))
+        .order(evaluations::id.desc())
+        .limit(limit)
+        .select(EvalRow::as_select())
+        .load(conn)?;
+    rows.reverse();
+    Ok(rows)
+}
+
+pub fn list_harness_runs(
+    conn: &mut SqliteConnection,
+    scenario: Option<&str>,
+    limit: i64,
+) -> Result<Vec<HarnessRunRow>, DbError> {
+    let mut q = harness_runs::table.into_boxed();
+    if let Some(s) = scenario {
+        q = q.filter(harness_runs::scenario.eq(s.to_string()));
+    }
+    Ok(q.order(harness_runs::id.desc())
+        .limit(limit)
+        .select(HarnessRunRow::as_select())
+        .load(conn)?)
+}
+
+pub fn get_harness_run(conn: &mut SqliteConnection, id: i64) -> Result<Option<HarnessRunRow>, DbError> {
+    Ok(harness_runs::table
+        .filter(harness_runs::id.eq(id))
+        .select(HarnessRunRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_up_down_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("m.db")).unwrap();
+        run_migrations(&mut conn).unwrap();
+        assert!(list_models(&mut conn).unwrap().is_empty());
+        conn.revert_all_migrations(MIGRATIONS).unwrap();
+        // Every table is gone after the down migrations.
+        let left: i64 = diesel::sql_query(
+            "SELECT count(*) AS n FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' AND name != '__diesel_schema_migrations'",
+        )
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .n;
+        assert_eq!(left, 0);
+        run_migrations(&mut conn).unwrap();
+        assert!(list_trainers(&mut conn).unwrap().is_empty());
+    }
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    #[test]
+    fn ledger_idempotency_and_atomic_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("l.db")).unwrap();
+        run_migrations(&mut conn).unwrap();
+        let m = ModelRow {
+            name: "m".into(),
+            architecture: "custom".into(),
+            layout: "{}".into(),
+            settings: None,
+            created_at: now(),
+        };
+        let v0 = NewVersion {
+            model: "m",
+            version: 0,
+            parent: None,
+            num_updates: 0,
+            weights: b"w",
+            metrics: "{}".into(),
+            created_at: now(),
+        };
+        insert_model(&mut conn, &m, &v0).unwrap();
+        let u = NewUpdate {
+            update_id: "u1",
+            trainer: "t",
+            model: "m",
+            base_version: 0,
+            num_examples: 3,
+            staleness: 0,
+            loss: None,
+            bytes: 1,
+            status: "pending",
+            refusal_code: None,
+            refusal_message: None,
+            received_at: now(),
+            payload: Some(b"d"),
+        };
+        let InsertOutcome::Inserted { row_id } = insert_update(&mut conn, &u).unwrap() else {
+            panic!("first insert must insert")
+        };
+        assert!(matches!(
+            insert_update(&mut conn, &u).unwrap(),
+            InsertOutcome::Duplicate { .. }
+        ));
+        let v1 = NewVersion {
+            version: 1,
+            parent: Some(0),
+            ..v0.clone()
+        };
+        commit_version(&mut conn, &v1, &[row_id]).unwrap();
+        // Applying the same update again aborts the whole version.
+        let v2 = NewVersion {
+            version: 2,
+            parent: Some(1),
+            ..v0.clone()
+        };
+        assert!(commit_version(&mut conn, &v2, &[row_id]).is_err());
+        assert_eq!(latest_version(&mut conn, "m").unwrap(), Some(1));
+        let rows = list_updates(&mut conn, Some("m"), None, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, "applied");
+        assert_eq!(rows[0].applied_in_version, Some(1));
+    }
+}

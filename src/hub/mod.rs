@@ -1,0 +1,3 @@
+pub fn validate_model_name(name: &str) -> Result<(), String> {
+    crate::protocol::validate_name(name)
+}

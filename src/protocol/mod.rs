@@ -1,0 +1,288 @@
+//! Trainer protocol v1: the wire format shared by the hub and every trainer.
+//!
+//! Control messages are JSON text frames tagged by `type`; tensors travel as
+//! binary frames in the safetensors format. This module has no actix in it so
+//! that clients (the reference trainer, the harness, the benchmark) can use it.
+
+pub mod tensors;
+
+use serde::{Deserialize, Serialize};
+
+pub use tensors::{ModelLayout, TensorSpec};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const TRAINER_WS_PATH: &str = "/v1/trainers/ws";
+
+/// Stable error codes. Their string forms are a contract with users' scripts:
+/// add new ones freely, never rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    HelloRequired,
+    HelloTimeout,
+    AlreadyGreeted,
+    ProtocolVersion,
+    BadToken,
+    Revoked,
+    NotAllowed,
+    BadName,
+    UnknownModel,
+    UnexpectedBinary,
+    ExpectedBinary,
+    BadSafetensors,
+    TensorMismatch,
+    NonFinite,
+    BadNumExamples,
+    BadLoss,
+    BadUpdateId,
+    FutureBaseVersion,
+    StaleUpdate,
+    MessageTooLarge,
+    TooManyFragments,
+    TooManyHandshakes,
+    Replaced,
+    ShuttingDown,
+    // REST-only codes.
+    NotFound,
+    UnknownTrainer,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    Conflict,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadJson => "bad_json",
+            UnknownType => "unknown_type",
+            HelloRequired => "hello_required",
+            HelloTimeout => "hello_timeout",
+            AlreadyGreeted => "already_greeted",
+            ProtocolVersion => "protocol_version",
+            BadToken => "bad_token",
+            Revoked => "revoked",
+            NotAllowed => "not_allowed",
+            BadName => "bad_name",
+            UnknownModel => "unknown_model",
+            UnexpectedBinary => "unexpected_binary",
+            ExpectedBinary => "expected_binary",
+            BadSafetensors => "bad_safetensors",
+            TensorMismatch => "tensor_mismatch",
+            NonFinite => "non_finite",
+            BadNumExamples => "bad_num_examples",
+            BadLoss => "bad_loss",
+            BadUpdateId => "bad_update_id",
+            FutureBaseVersion => "future_base_version",
+            StaleUpdate => "stale_update",
+            MessageTooLarge => "message_too_large",
+            TooManyFragments => "too_many_fragments",
+            TooManyHandshakes => "too_many_handshakes",
+            Replaced => "replaced",
+            ShuttingDown => "shutting_down",
+            NotFound => "not_found",
+            UnknownTrainer => "unknown_trainer",
+            BadRequest => "bad_request",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            Conflict => "conflict",
+            Internal => "internal",
+        }
+    }
+
+    /// Whether the hub closes the connection after sending this error. Errors
+    /// of one message leave the connection up; errors of the connection end it.
+    pub fn is_fatal(&self) -> bool {
+        use ErrorCode::*;
+        matches!(
+            self,
+            HelloTimeout
+                | ProtocolVersion
+                | BadToken
+                | Revoked
+                | NotAllowed
+                | BadName
+                | UnknownModel
+                | MessageTooLarge
+                | TooManyFragments
+                | TooManyHandshakes
+                | Replaced
+                | ShuttingDown
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Messages a trainer sends (JSON text frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message of every connection.
+    Hello {
+        #[serde(default = "default_protocol")]
+        protocol: u32,
+        name: String,
+        specialty: String,
+        token: String,
+        #[serde(default = "default_model")]
+        model: String,
+    },
+    /// Announces a model delta; the next frame must be a binary safetensors
+    /// frame with the delta (`trained - base`) of every tensor of the model.
+    Update {
+        update_id: String,
+        base_version: u64,
+        num_examples: u64,
+        #[serde(default)]
+        loss: Option<f64>,
+    },
+    /// Federated evaluation of a global version on the trainer's own data.
+    Eval {
+        version: u64,
+        #[serde(default)]
+        specialty_accuracy: Option<f64>,
+        #[serde(default)]
+        global_accuracy: Option<f64>,
+        #[serde(default)]
+        loss: Option<f64>,
+        #[serde(default)]
+        num_examples: Option<u64>,
+    },
+    /// Application-level keepalive; answered with `pong`.
+    Ping {
+        #[serde(default)]
+        nonce: Option<u64>,
+    },
+    /// The trainer is leaving on purpose.
+    Bye,
+}
+
+fn default_protocol() -> u32 {
+    PROTOCOL_VERSION
+}
+fn default_model() -> String {
+    "digits".to_string()
+}
+
+/// Messages the hub sends (JSON text frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `hello`; a binary frame with the current weights follows.
+    Welcome {
+        protocol: u32,
+        session_id: String,
+        trainer: String,
+        specialty: String,
+        model: String,
+        version: u64,
+        registered: bool,
+        tensors: Vec<TensorSpec>,
+        max_message_bytes: usize,
+        heartbeat_interval_secs: u64,
+        max_staleness: u64,
+    },
+    /// A new global version; a binary frame with its weights follows.
+    Model {
+        model: String,
+        version: u64,
+        num_updates: usize,
+        #[serde(default)]
+        metrics: Option<serde_json::Value>,
+    },
+    /// The update is durable in the hub's ledger.
+    Ack {
+        update_id: String,
+        base_version: u64,
+        staleness: u64,
+        duplicate: bool,
+        status: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        update_id: Option<String>,
+        fatal: bool,
+    },
+    Pong {
+        #[serde(default)]
+        nonce: Option<u64>,
+    },
+    /// The hub is going away (shutdown); reconnect later.
+    Goodbye { reason: String },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            update_id: None,
+            fatal: code.is_fatal(),
+        }
+    }
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// Checks a trainer or model name: short, printable, no path characters.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a name has 1 to 64 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(format!(
+            "name `{}` may only contain letters, digits, `_`, `-` and `.`",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_with_defaults() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"hello","name":"a","specialty":"s","token":"t"}"#)
+                .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Hello {
+                protocol: 1,
+                name: "a".into(),
+                specialty: "s".into(),
+                token: "t".into(),
+                model: "digits".into()
+            }
+        );
+    }
+
+    #[test]
+    fn error_codes_are_snake_case_strings() {
+        let e = ServerMessage::error(ErrorCode::StaleUpdate, "x").to_json();
+        assert!(e.contains(r#""code":"stale_update""#), "{e}");
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::NonFinite).unwrap(),
+            "\"non_finite\""
+        );
+        assert_eq!(ErrorCode::TooManyHandshakes.as_str(), "too_many_handshakes");
+    }
+}

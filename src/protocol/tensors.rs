@@ -1,0 +1,339 @@
+//! Models as flat `f32` buffers with a layout, and their safetensors encoding.
+//!
+//! Every strategy works on one flat buffer per update, so a model is a list of
+//! named tensors laid end to end. On the wire and on disk each buffer is a
+//! standard safetensors file, loadable by Python's `safetensors` package.
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use super::ErrorCode;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Always "F32" for model weights; updates may also be "F16" or "BF16".
+    pub dtype: String,
+}
+
+impl TensorSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Ordered tensors of a model; the flat buffer holds them end to end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    pub tensors: Vec<TensorSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct TensorError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl TensorError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        TensorError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl ModelLayout {
+    pub fn new(tensors: Vec<(String, Vec<usize>)>) -> Self {
+        ModelLayout {
+            tensors: tensors
+                .into_iter()
+                .map(|(name, shape)| TensorSpec {
+                    name,
+                    shape,
+                    dtype: "F32".into(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.tensors.iter().map(|t| t.numel()).sum()
+    }
+
+    /// Start offset of each tensor in the flat buffer.
+    pub fn offsets(&self) -> Vec<usize> {
+        let mut off = 0;
+        self.tensors
+            .iter()
+            .map(|t| {
+                let o = off;
+                off += t.numel();
+                o
+            })
+            .collect()
+    }
+
+    /// Encodes a flat buffer as safetensors, with optional string metadata.
+    /// Written by hand (the format is a length, a JSON header and raw
+    /// little-endian bytes) so the tensor bytes are copied exactly once.
+    pub fn encode(
+        &self,
+        flat: &[f32],
+        metadata: Option<&HashMap<String, String>>,
+    ) -> Result<Vec<u8>, TensorError> {
+        self.encode_as(flat, metadata, Dtype::F32)
+    }
+
+    /// Like [`encode`](Self::encode) but storing F16 or BF16 values, the
+    /// optional update compression.
+    pub fn encode_as(
+        &self,
+        flat: &[f32],
+        metadata: Option<&HashMap<String, String>>,
+        dtype: Dtype,
+    ) -> Result<Vec<u8>, TensorError> {
+        if flat.len() != self.num_params() {
+            return Err(TensorError::new(
+                ErrorCode::TensorMismatch,
+                format!(
+                    "buffer has {} values, layout needs {}",
+                    flat.len(),
+                    self.num_params()
+                ),
+            ));
+        }
+        let (width, dname) = match dtype {
+            Dtype::F32 => (4, "F32"),
+            Dtype::F16 => (2, "F16"),
+            Dtype::BF16 => (2, "BF16"),
+            other => {
+                return Err(TensorError::new(
+                    ErrorCode::TensorMismatch,
+                    format!("cannot encode dtype {other:?}"),
+                ))
+            }
+        };
+        let mut header = serde_json::Map::new();
+        if let Some(meta) = metadata {
+            header.insert(
+                "__metadata__".into(),
+                serde_json::to_value(meta).unwrap_or_default(),
+            );
+        }
+        let mut off = 0usize;
+        for t in &self.tensors {
+            let n = t.numel() * width;
+            header.insert(
+                t.name.clone(),
+                serde_json::json!({"dtype": dname, "shape": t.shape, "data_offsets": [off, off + n]}),
+            );
+            off += n;
+        }
+        let mut hjson = serde_json::Value::Object(header).to_string().into_bytes();
+        // The data section starts 8-byte aligned, as the reference writer does.
+        while (8 + hjson.len()) % 8 != 0 {
+            hjson.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + hjson.len() + off);
+        out.extend_from_slice(&(hjson.len() as u64).to_le_bytes());
+        out.extend_from_slice(&hjson);
+        match dtype {
+            Dtype::F32 => out.extend_from_slice(bytemuck::cast_slice(flat)),
+            Dtype::F16 => {
+                for v in flat {
+                    out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                }
+            }
+            _ => {
+                for v in flat {
+                    out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes a safetensors buffer into a flat `f32` buffer in layout order,
+    /// refusing anything that does not match the layout exactly and any
+    /// non-finite value.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, TensorError> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            TensorError::new(
+                ErrorCode::BadSafetensors,
+                format!("not a valid safetensors buffer: {e}"),
+            )
+        })?;
+        let names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        for n in &names {
+            if !self.tensors.iter().any(|t| &t.name == n) {
+                return Err(TensorError::new(
+                    ErrorCode::TensorMismatch,
+                    format!(
+                        "unexpected tensor `{n}`; the model has {}",
+                        self.tensor_names()
+                    ),
+                ));
+            }
+        }
+        let mut flat = Vec::with_capacity(self.num_params());
+        for spec in &self.tensors {
+            let view = st.tensor(&spec.name).map_err(|_| {
+                TensorError::new(
+                    ErrorCode::TensorMismatch,
+                    format!("missing tensor `{}` (shape {:?})", spec.name, spec.shape),
+                )
+            })?;
+            if view.shape() != spec.shape.as_slice() {
+                return Err(TensorError::new(
+                    ErrorCode::TensorMismatch,
+                    format!(
+                        "tensor `{}` has shape {:?}, the model needs {:?}",
+                        spec.name,
+                        view.shape(),
+                        spec.shape
+                    ),
+                ));
+            }
+            let data = view.data();
+            let start = flat.len();
+            match view.dtype() {
+                Dtype::F32 => flat.extend(
+                    data.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                ),
+                Dtype::F16 => flat.extend(
+                    data.chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                ),
+                Dtype::BF16 => flat.extend(
+                    data.chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+                ),
+                other => {
+                    return Err(TensorError::new(
+                        ErrorCode::TensorMismatch,
+                        format!(
+                            "tensor `{}` has dtype {other:?}; accepted: F32, F16, BF16",
+                            spec.name
+                        ),
+                    ))
+                }
+            }
+            if let Some(i) = flat[start..].iter().position(|v| !v.is_finite()) {
+                return Err(TensorError::new(
+                    ErrorCode::NonFinite,
+                    format!(
+                        "tensor `{}` holds a non-finite value ({}) at index {i}",
+                        spec.name,
+                        flat[start + i]
+                    ),
+                ));
+            }
+        }
+        Ok(flat)
+    }
+
+    fn tensor_names(&self) -> String {
+        self.tensors
+            .iter()
+            .map(|t| format!("`{}` {:?}", t.name, t.shape))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Infers a layout from a safetensors buffer (admin model creation).
+    /// Tensors are ordered by name so the layout is deterministic.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<(ModelLayout, Vec<f32>), TensorError> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            TensorError::new(
+                ErrorCode::BadSafetensors,
+                format!("not a valid safetensors buffer: {e}"),
+            )
+        })?;
+        let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        names.sort();
+        if names.is_empty() {
+            return Err(TensorError::new(
+                ErrorCode::TensorMismatch,
+                "the buffer holds no tensor",
+            ));
+        }
+        let mut specs = Vec::new();
+        for n in &names {
+            let v = st
+                .tensor(n)
+                .map_err(|e| TensorError::new(ErrorCode::BadSafetensors, e.to_string()))?;
+            if v.dtype() != Dtype::F32 {
+                return Err(TensorError::new(
+                    ErrorCode::TensorMismatch,
+                    format!("tensor `{n}` has dtype {:?}; model weights are F32", v.dtype()),
+                ));
+            }
+            specs.push((n.clone(), v.shape().to_vec()));
+        }
+        let layout = ModelLayout::new(specs);
+        let flat = layout.decode(bytes)?;
+        Ok((layout, flat))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> ModelLayout {
+        ModelLayout::new(vec![("w".into(), vec![2, 3]), ("b".into(), vec![2])])
+    }
+
+    #[test]
+    fn round_trip_and_reference_reader() {
+        let l = layout();
+        let flat: Vec<f32> = (0..8).map(|i| i as f32 * 0.5).collect();
+        let mut meta = HashMap::new();
+        meta.insert("version".to_string(), "3".to_string());
+        let bytes = l.encode(&flat, Some(&meta)).unwrap();
+        // The reference parser accepts what we wrote.
+        let (n, m) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert!(n % 8 == 0 || (8 + n) % 8 == 0);
+        assert_eq!(m.metadata().as_ref().unwrap()["version"], "3");
+        assert_eq!(l.decode(&bytes).unwrap(), flat);
+    }
+
+    #[test]
+    fn half_precision_round_trip() {
+        let l = layout();
+        let flat: Vec<f32> = (0..8).map(|i| i as f32 * 0.25).collect();
+        let bytes = l.encode_as(&flat, None, Dtype::F16).unwrap();
+        assert_eq!(l.decode(&bytes).unwrap(), flat);
+        let bytes = l.encode_as(&flat, None, Dtype::BF16).unwrap();
+        assert_eq!(l.decode(&bytes).unwrap(), flat);
+    }
+
+    #[test]
+    fn refuses_mismatch_and_nan() {
+        let l = layout();
+        let other = ModelLayout::new(vec![("w".into(), vec![3, 2]), ("b".into(), vec![2])]);
+        let bytes = other.encode(&[0.0; 8], None).unwrap();
+        assert_eq!(l.decode(&bytes).unwrap_err().code, ErrorCode::TensorMismatch);
+        let mut flat = vec![0.0f32; 8];
+        flat[7] = f32::NAN;
+        let bytes = l.encode(&flat, None).unwrap();
+        assert_eq!(l.decode(&bytes).unwrap_err().code, ErrorCode::NonFinite);
+        assert_eq!(
+            l.decode(b"garbage").unwrap_err().code,
+            ErrorCode::BadSafetensors
+        );
+        let extra = ModelLayout::new(vec![
+            ("w".into(), vec![2, 3]),
+            ("b".into(), vec![2]),
+            ("z".into(), vec![1]),
+        ]);
+        let bytes = extra.encode(&[0.0; 9], None).unwrap();
+        assert_eq!(l.decode(&bytes).unwrap_err().code, ErrorCode::TensorMismatch);
+    }
+}
