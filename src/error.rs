@@ -98,7 +98,7 @@ impl ResponseError for ApiError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             Conflict => StatusCode::CONFLICT,
-            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | TooManyHandshakes => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,

@@ -1,10 +1,16 @@
 //! kernal: a collaborative (federated) training hub, its reference trainer and
 //! a scenario harness, in one crate.
+//!
+//! Tests and embedders start a hub with [`spawn_hub`] (own thread) or
+//! [`hub::start_hub`] (inside an actix system) on a listener they bound.
 
 pub mod aggregation;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod hub;
 pub mod protocol;
 pub mod trainer;
-pub mod hub;
+
+pub use config::Config;
+pub use hub::{spawn_hub, start_hub, HubHandle, RunningHub};

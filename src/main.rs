@@ -1,1 +1,163 @@
-fn main() {}
+//! The `kernal` command: parses the CLI and dispatches to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kernal::config::{CliOverrides, Config};
+use kernal::hub::ConfigSource;
+use kernal::trainer::cli::TrainerArgs;
+use kernal::trainer::client::Compression;
+
+#[derive(Parser)]
+#[command(name = "kernal", version, about = "Collaborative training hub: hub daemon, reference trainer and scenario harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub daemon.
+    Hub {
+        /// Config file layered over the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:5001).
+        #[arg(long)]
+        bind: Option<String>,
+        /// SQLite database file.
+        #[arg(long)]
+        db: Option<String>,
+    },
+    /// Run the reference trainer: learns on its specialty's data and shares with the hub.
+    Trainer {
+        name: String,
+        specialty: String,
+        token: String,
+        #[arg(long, default_value = "ws://127.0.0.1:5001")]
+        hub: String,
+        #[arg(long, default_value = "digits")]
+        model: String,
+        /// Train on this CSV (features..., integer label last) instead of the built-in digits.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        local_epochs: usize,
+        #[arg(long, default_value_t = 0.1)]
+        lr: f64,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Stop after training on this many global versions.
+        #[arg(long)]
+        max_versions: Option<u64>,
+        /// One JSON object per event on stdout instead of the status line.
+        #[arg(long)]
+        json: bool,
+        /// Send deltas as f16 or bf16 (halves the bytes).
+        #[arg(long, value_parser = ["none", "f16", "bf16"], default_value = "none")]
+        compress: String,
+        /// Config file (for the `[specialties]` table).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let mut b = env_logger::Builder::new();
+    b.parse_filters(level);
+    if let Ok(f) = std::env::var("RUST_LOG") {
+        b.parse_filters(&f);
+    }
+    // Under systemd the journal stamps lines itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.format_timestamp(None);
+    }
+    b.init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Hub { config, bind, db } => {
+            let overrides = CliOverrides { bind, db };
+            let cfg = match Config::load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kernal hub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg.log.level);
+            let source = ConfigSource {
+                file: config,
+                cli: overrides,
+                use_env: true,
+            };
+            match kernal::hub::daemon::run(cfg, source) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    eprintln!("kernal hub: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Trainer {
+            name,
+            specialty,
+            token,
+            hub,
+            model,
+            data,
+            local_epochs,
+            lr,
+            batch_size,
+            max_versions,
+            json,
+            compress,
+            config,
+        } => {
+            let cfg = match Config::load(config.as_deref(), &CliOverrides::default()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kernal trainer: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging("warn");
+            let args = TrainerArgs {
+                name,
+                specialty,
+                token,
+                hub,
+                model,
+                data,
+                local_epochs,
+                lr,
+                batch_size,
+                max_versions,
+                json,
+                compression: match compress.as_str() {
+                    "f16" => Compression::F16,
+                    "bf16" => Compression::Bf16,
+                    _ => Compression::None,
+                },
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kernal trainer: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(kernal::trainer::cli::run(args, &cfg)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kernal trainer: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+    }
+}

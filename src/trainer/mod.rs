@@ -1,2 +1,143 @@
+//! The reference trainer: a real learner (candle MLP) on a specialty's slice
+//! of the data, and the connection loop as a library API. Users who want
+//! their own learning logic implement [`Learner`] and call [`client::run`].
+
+pub mod cli;
+pub mod client;
 pub mod data;
 pub mod net;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::protocol::ModelLayout;
+use data::Dataset;
+use net::{MlpSpec, TrainSettings};
+
+/// The result of local training on one global version.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The locally trained weights (the client sends `trained - global`).
+    pub weights: Vec<f32>,
+    pub num_examples: u64,
+    pub loss: f64,
+}
+
+/// Federated evaluation of a global version on the trainer's own data.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct EvalReport {
+    /// Accuracy on the trainer's own specialty's test slice.
+    pub specialty_accuracy: Option<f64>,
+    /// Accuracy on the whole test set the trainer knows.
+    pub global_accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub num_examples: u64,
+}
+
+/// The learning part of a trainer. The connection loop handles the hub,
+/// reconnection, idempotent resends and output; a learner only learns.
+pub trait Learner: Send + 'static {
+    /// Refuses a hub model this learner cannot train (wrong tensors/shapes).
+    fn check_layout(&self, layout: &ModelLayout) -> Result<(), String>;
+    /// Trains from the global weights of `version`.
+    fn train(&mut self, global: &[f32], version: u64) -> Result<Trained, String>;
+    /// Evaluates the global weights of `version` on the learner's own data.
+    fn evaluate(&mut self, global: &[f32], version: u64) -> Result<Option<EvalReport>, String>;
+}
+
+/// The built-in learner: the reference MLP trained with candle's SGD.
+pub struct MlpLearner {
+    pub spec: MlpSpec,
+    pub train_data: Dataset,
+    pub specialty_test: Dataset,
+    pub global_test: Dataset,
+    pub settings: TrainSettings,
+}
+
+impl MlpLearner {
+    /// The learner for the built-in digits data and a specialty.
+    pub fn for_digits(
+        spec: MlpSpec,
+        specialty: &str,
+        table: &BTreeMap<String, Vec<u32>>,
+        settings: TrainSettings,
+    ) -> Result<Self, String> {
+        let split = data::digits_split().map_err(|e| e.to_string())?;
+        Ok(MlpLearner {
+            spec,
+            train_data: data::specialty_slice(&split.train, specialty, table),
+            specialty_test: data::specialty_slice(&split.test, specialty, table),
+            global_test: split.test,
+            settings,
+        })
+    }
+
+    /// The learner for a user CSV: its own deterministic split; "specialty"
+    /// and "global" test are both the file's test part.
+    pub fn for_csv(spec: MlpSpec, ds: &Dataset, settings: TrainSettings) -> Self {
+        let split = data::stratified_split(ds, data::TEST_FRACTION, data::SPLIT_SEED);
+        MlpLearner {
+            spec,
+            train_data: split.train,
+            specialty_test: split.test.clone(),
+            global_test: split.test,
+            settings,
+        }
+    }
+}
+
+impl Learner for MlpLearner {
+    fn check_layout(&self, layout: &ModelLayout) -> Result<(), String> {
+        if *layout != self.spec.layout() {
+            return Err(format!(
+                "the hub's model has tensors {:?}, this trainer's network needs {:?}",
+                layout
+                    .tensors
+                    .iter()
+                    .map(|t| (&t.name, &t.shape))
+                    .collect::<Vec<_>>(),
+                self.spec
+                    .layout()
+                    .tensors
+                    .iter()
+                    .map(|t| (t.name.clone(), t.shape.clone()))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        Ok(())
+    }
+
+    fn train(&mut self, global: &[f32], version: u64) -> Result<Trained, String> {
+        let s = TrainSettings {
+            seed: self.settings.seed ^ version.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ..self.settings
+        };
+        let (weights, loss) = self
+            .spec
+            .train(global, &self.train_data, &s)
+            .map_err(|e| e.to_string())?;
+        Ok(Trained {
+            weights,
+            num_examples: self.train_data.len() as u64,
+            loss,
+        })
+    }
+
+    fn evaluate(&mut self, global: &[f32], _version: u64) -> Result<Option<EvalReport>, String> {
+        let own = self
+            .spec
+            .evaluate(global, &self.specialty_test)
+            .map_err(|e| e.to_string())?;
+        let all = self
+            .spec
+            .evaluate(global, &self.global_test)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(EvalReport {
+            specialty_accuracy: Some(own.accuracy),
+            global_accuracy: Some(all.accuracy),
+            loss: Some(all.loss),
+            num_examples: all.examples as u64,
+        }))
+    }
+}

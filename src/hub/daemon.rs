@@ -1,0 +1,90 @@
+//! `kernal hub`: the long-running daemon around [`start_hub`](super::start_hub):
+//! signals (SIGTERM/SIGINT stop, SIGHUP reloads), systemd readiness and
+//! watchdog notifications.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use super::{start_hub, ConfigSource, HubError};
+use crate::config::Config;
+
+/// Sends a notification to systemd when run with `Type=notify`; a no-op
+/// otherwise. Written out because the protocol is one datagram.
+pub fn sd_notify(state: &str) {
+    #[cfg(unix)]
+    {
+        let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+            return;
+        };
+        let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+            return;
+        };
+        let r = if let Some(abstract_name) = path.strip_prefix('@') {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+                    .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = abstract_name;
+                Ok(0)
+            }
+        } else {
+            sock.send_to(state.as_bytes(), &path)
+        };
+        if let Err(e) = r {
+            log::warn!("sd_notify({state}): {e}");
+        }
+    }
+}
+
+/// Runs the hub until SIGTERM or SIGINT. Returns after a clean shutdown.
+pub fn run(cfg: Config, source: ConfigSource) -> Result<(), HubError> {
+    let listener = TcpListener::bind(&cfg.hub.bind)
+        .map_err(|e| HubError::Io(format!("bind {}", cfg.hub.bind), e))?;
+    let sys = actix_rt::System::new();
+    sys.block_on(async move {
+        let (handle, server) = start_hub(listener, cfg, source).await?;
+        actix_rt::spawn(server);
+        sd_notify("READY=1\nSTATUS=serving");
+        if let Some(usec) = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            // Ping at half the watchdog interval, from the actor system, so a
+            // wedged event loop stops the pings and systemd restarts us.
+            let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+            actix_rt::spawn(async move {
+                loop {
+                    actix_rt::time::sleep(every).await;
+                    sd_notify("WATCHDOG=1");
+                }
+            });
+        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| HubError::Io("signal".into(), e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| HubError::Io("signal".into(), e))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| HubError::Io("signal".into(), e))?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { log::info!("SIGTERM received"); break; }
+                _ = int.recv() => { log::info!("SIGINT received"); break; }
+                _ = hup.recv() => {
+                    sd_notify("RELOADING=1");
+                    let h = handle.clone();
+                    match actix_web::rt::task::spawn_blocking(move || h.reload()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => log::error!("config reload refused, keeping the old config: {e}"),
+                        Err(e) => log::error!("config reload failed: {e}"),
+                    }
+                    sd_notify("READY=1");
+                }
+            }
+        }
+        sd_notify("STOPPING=1");
+        handle.shutdown().await;
+        Ok(())
+    })
+}

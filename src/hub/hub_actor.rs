@@ -1,0 +1,1001 @@
+//! The Hub actor: owns every model's state and the set of connected sessions,
+//! admits trainers, accepts updates (acking only after the Persister made them
+//! durable), folds buffers into new versions and broadcasts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::aggregation::AggregationSettings;
+use crate::config::Config;
+use crate::db::{EvalRow, InsertOutcome, ModelRow, NewHarnessRun, TrainerRow};
+use crate::hub::metrics::{self, HubEvent, MetricsAggregator};
+use crate::hub::persister::{self, Persister, UpdateRecord};
+use crate::hub::state::{self, Admission, Buffered, ModelState, TrainerInfo, Waiting};
+use crate::protocol::{ErrorCode, ModelLayout, ServerMessage, TensorSpec};
+use crate::trainer::data::Dataset;
+
+pub type Refusal = (ErrorCode, String);
+
+/// Messages the Hub sends to a trainer session.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A JSON frame followed by a binary frame (a new version).
+    Model { json: String, weights: Bytes },
+    /// Send this error and close the connection.
+    Close { code: ErrorCode, message: String },
+    /// The hub is shutting down.
+    Goodbye,
+}
+
+struct SessionEntry {
+    id: String,
+    model: String,
+    specialty: String,
+    addr: Recipient<ToSession>,
+    since: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrainerLive {
+    pub accepted: u64,
+    pub refused: u64,
+    pub last_refusal: Option<String>,
+    pub last_loss: Option<f64>,
+    pub specialty_accuracy: Option<f64>,
+    pub global_accuracy: Option<f64>,
+    pub last_update_at: Option<String>,
+}
+
+pub struct Hub {
+    cfg: Config,
+    models: BTreeMap<String, ModelState>,
+    trainers: HashMap<String, TrainerInfo>,
+    live: HashMap<String, TrainerLive>,
+    sessions: HashMap<String, SessionEntry>,
+    persister: Addr<Persister>,
+    metrics: Addr<MetricsAggregator>,
+    test_data: Option<Arc<Dataset>>,
+    stopping: bool,
+    persister_in_flight: i64,
+}
+
+impl Hub {
+    pub fn new(
+        cfg: Config,
+        models: Vec<ModelState>,
+        trainers: HashMap<String, TrainerInfo>,
+        persister: Addr<Persister>,
+        metrics: Addr<MetricsAggregator>,
+        test_data: Option<Arc<Dataset>>,
+    ) -> Self {
+        Hub {
+            cfg,
+            models: models.into_iter().map(|m| (m.name.clone(), m)).collect(),
+            trainers,
+            live: HashMap::new(),
+            sessions: HashMap::new(),
+            persister,
+            metrics,
+            test_data,
+            stopping: false,
+            persister_in_flight: 0,
+        }
+    }
+
+    fn event(&self, e: HubEvent) {
+        self.metrics.do_send(metrics::Event(e));
+    }
+
+    fn gauges(&self, model: &str) {
+        if let Some(m) = self.models.get(model) {
+            let connected = self.sessions.values().filter(|s| s.model == model).count();
+            self.metrics.do_send(metrics::ModelGauges {
+                model: model.to_string(),
+                version: m.version,
+                buffered: m.buffer.len(),
+                connected,
+            });
+        }
+    }
+
+    fn queue(&mut self, delta: i64) {
+        self.persister_in_flight += delta;
+        self.metrics
+            .do_send(metrics::PersisterQueue(self.persister_in_flight));
+    }
+
+    fn refuse(&mut self, rec: UpdateRecord, code: ErrorCode, message: String) {
+        let live = self.live.entry(rec.trainer.clone()).or_default();
+        live.refused += 1;
+        live.last_refusal = Some(format!("{code}: {message}"));
+        self.event(HubEvent::UpdateRefused {
+            trainer: rec.trainer.clone(),
+            model: rec.model.clone(),
+            update_id: Some(rec.update_id.clone()).filter(|s| !s.is_empty()),
+            code: code.as_str().to_string(),
+            message: message.clone(),
+        });
+        let mut rec = rec;
+        rec.payload = None;
+        rec.refusal = Some((code.as_str().to_string(), message));
+        self.persister.do_send(persister::RecordRefusal(rec));
+    }
+
+    /// Starts a fold of `model` if one is due and none is running.
+    fn maybe_fold(&mut self, model: &str, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        let Some(m) = self.models.get_mut(model) else {
+            return;
+        };
+        let Some(input) = m.begin_fold(now) else {
+            return;
+        };
+        let layout = m.layout.clone();
+        let test = self.test_data.clone();
+        let persister = self.persister.clone();
+        let name = model.to_string();
+        self.queue(1);
+        let fut = async move {
+            let started = Instant::now();
+            let computed = actix_web::rt::task::spawn_blocking(move || {
+                let fold = state::compute_fold(input);
+                let eval = state::evaluate_builtin(&layout, &fold.weights, test.as_deref());
+                let mut meta = std::collections::HashMap::new();
+                meta.insert("version".to_string(), fold.version.to_string());
+                let encoded = layout.encode(&fold.weights, Some(&meta));
+                (fold, eval, encoded)
+            })
+            .await;
+            let (fold, eval, encoded) = match computed {
+                Ok((fold, eval, Ok(enc))) => (fold, eval, Bytes::from(enc)),
+                Ok((fold, _, Err(e))) => return Err((fold.applied, e.to_string())),
+                Err(e) => return Err((Vec::new(), format!("fold task failed: {e}"))),
+            };
+            let agg_secs = started.elapsed().as_secs_f64();
+            let metrics = serde_json::json!({
+                "aggregation": fold.report,
+                "aggregation_seconds": agg_secs,
+                "eval": eval.map(|e| serde_json::json!({
+                    "accuracy": e.accuracy, "loss": e.loss, "examples": e.examples,
+                    "dataset": "digits-test"
+                })),
+                "applied_update_ids": fold.applied.iter().map(|b| format!("{}/{}", b.trainer, b.update_id)).collect::<Vec<_>>(),
+            });
+            let commit = persister::CommitVersion {
+                model: name.clone(),
+                version: fold.version,
+                parent: fold.parent,
+                num_updates: fold.applied.len(),
+                weights: encoded.clone(),
+                metrics: metrics.to_string(),
+                applied: fold.applied.iter().map(|b| b.row_id).collect(),
+            };
+            match persister.send(commit).await {
+                Ok(Ok(())) => Ok((fold, encoded, metrics, agg_secs)),
+                Ok(Err(e)) => Err((fold.applied, e.to_string())),
+                Err(e) => Err((fold.applied, e.to_string())),
+            }
+        };
+        let model_name = model.to_string();
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.queue(-1);
+            let now = Instant::now();
+            match res {
+                Ok((fold, encoded, metrics_json, agg_secs)) => {
+                    let Some(m) = act.models.get_mut(&model_name) else {
+                        return;
+                    };
+                    let version = fold.version;
+                    let num_updates = fold.applied.len();
+                    let mean_staleness = fold.report.mean_staleness;
+                    m.finish_fold(fold, encoded.clone(), now);
+                    m.last_metrics = Some(metrics_json.clone());
+                    let acc = metrics_json["eval"]["accuracy"].as_f64();
+                    let loss = metrics_json["eval"]["loss"].as_f64();
+                    log::info!(
+                        "model {model_name}: version {version} from {num_updates} updates{}",
+                        acc.map(|a| format!(", accuracy {a:.3}")).unwrap_or_default()
+                    );
+                    act.broadcast(&model_name, version, num_updates, &encoded, Some(metrics_json));
+                    act.event(HubEvent::Version {
+                        model: model_name.clone(),
+                        version,
+                        num_updates,
+                        accuracy: acc,
+                        loss,
+                        aggregation_seconds: agg_secs,
+                        mean_staleness,
+                    });
+                    act.gauges(&model_name);
+                    act.maybe_fold(&model_name, ctx);
+                }
+                Err((updates, e)) => {
+                    log::error!("model {model_name}: could not commit a new version: {e}");
+                    if let Some(m) = act.models.get_mut(&model_name) {
+                        m.abort_fold(updates, now);
+                    }
+                }
+            }
+        }));
+    }
+
+    fn broadcast(
+        &self,
+        model: &str,
+        version: u64,
+        num_updates: usize,
+        encoded: &Bytes,
+        metrics_json: Option<serde_json::Value>,
+    ) {
+        let json = ServerMessage::Model {
+            model: model.to_string(),
+            version,
+            num_updates,
+            metrics: metrics_json,
+        }
+        .to_json();
+        let mut sent = 0u64;
+        for s in self.sessions.values().filter(|s| s.model == model) {
+            s.addr.do_send(ToSession::Model {
+                json: json.clone(),
+                weights: encoded.clone(),
+            });
+            sent += encoded.len() as u64;
+        }
+        self.metrics.do_send(metrics::BytesOut(sent));
+    }
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Large mailboxes: a thousand trainers may all send at once.
+        ctx.set_mailbox_capacity(100_000);
+        // Round timeouts: a partial buffer is folded once its deadline passes.
+        ctx.run_interval(Duration::from_millis(100), |act, ctx| {
+            let names: Vec<String> = act.models.keys().cloned().collect();
+            for n in names {
+                act.maybe_fold(&n, ctx);
+            }
+        });
+        let names: Vec<String> = self.models.keys().cloned().collect();
+        for n in names {
+            self.gauges(&n);
+            // Reloaded pending updates may already fill a round.
+            self.maybe_fold(&n, ctx);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- hello / join / leave
+
+/// First step of a hello: may this name join, and how is it checked?
+#[derive(Message)]
+#[rtype(result = "Result<Admission, Refusal>")]
+pub struct Hello {
+    pub name: String,
+    pub model: String,
+}
+
+impl Handler<Hello> for Hub {
+    type Result = Result<Admission, Refusal>;
+    fn handle(&mut self, m: Hello, _: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Err((ErrorCode::ShuttingDown, "the hub is shutting down".into()));
+        }
+        if !self.models.contains_key(&m.model) {
+            return Err((
+                ErrorCode::UnknownModel,
+                format!(
+                    "model `{}` does not exist on this hub (models: {})",
+                    m.model,
+                    self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        state::admit(
+            &self.trainers,
+            &m.name,
+            self.cfg.hub.open_registration,
+            &self.cfg.hub.allowed_trainers,
+        )
+    }
+}
+
+/// What a session needs to greet its trainer.
+pub struct Welcome {
+    pub version: u64,
+    pub layout: Arc<ModelLayout>,
+    pub encoded: Bytes,
+    pub max_staleness: u64,
+    pub registered: bool,
+}
+
+/// Second step of a hello, after the token was checked off the actor.
+#[derive(Message)]
+#[rtype(result = "Result<Welcome, Refusal>")]
+pub struct Join {
+    pub session_id: String,
+    pub name: String,
+    pub specialty: String,
+    pub model: String,
+    pub remote: Option<String>,
+    /// Set when the trainer registers (trust on first use).
+    pub new_hash: Option<String>,
+    pub addr: Recipient<ToSession>,
+}
+
+impl Handler<Join> for Hub {
+    type Result = ResponseActFuture<Self, Result<Welcome, Refusal>>;
+    fn handle(&mut self, m: Join, _: &mut Self::Context) -> Self::Result {
+        let registered = m.new_hash.is_some();
+        if let Some(hash) = &m.new_hash {
+            if self.trainers.contains_key(&m.name) {
+                return Box::pin(fut::ready(Err((
+                    ErrorCode::BadToken,
+                    format!("trainer `{}` was registered concurrently; connect again", m.name),
+                ))));
+            }
+            self.trainers.insert(
+                m.name.clone(),
+                TrainerInfo {
+                    specialty: m.specialty.clone(),
+                    token_hash: hash.clone(),
+                    revoked: false,
+                },
+            );
+        } else if self.trainers.get(&m.name).map(|t| t.revoked).unwrap_or(true) {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::Revoked,
+                format!("trainer `{}` has been revoked", m.name),
+            ))));
+        }
+        let persister = self.persister.clone();
+        let trainer_row = m.new_hash.as_ref().map(|h| TrainerRow {
+            name: m.name.clone(),
+            specialty: m.specialty.clone(),
+            token_hash: h.clone(),
+            revoked: false,
+            created_at: crate::db::now(),
+            last_seen: None,
+        });
+        let open = persister::OpenSession {
+            id: m.session_id.clone(),
+            trainer: m.name.clone(),
+            specialty: m.specialty.clone(),
+            model: m.model.clone(),
+            remote: m.remote.clone(),
+        };
+        let fut = async move {
+            if let Some(row) = trainer_row {
+                persister
+                    .send(persister::UpsertTrainer(row))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            persister
+                .send(open)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        };
+        Box::pin(fut.into_actor(self).map(move |res, act, _| {
+            if let Err(e) = res {
+                if registered {
+                    act.trainers.remove(&m.name);
+                }
+                return Err((ErrorCode::Internal, format!("could not record the session: {e}")));
+            }
+            let model = act
+                .models
+                .get(&m.model)
+                .ok_or((ErrorCode::UnknownModel, format!("model `{}` is gone", m.model)))?;
+            let welcome = Welcome {
+                version: model.version,
+                layout: model.layout.clone(),
+                encoded: model.encoded.clone(),
+                max_staleness: model.settings.max_staleness,
+                registered,
+            };
+            if let Some(t) = act.trainers.get_mut(&m.name) {
+                t.specialty = m.specialty.clone();
+            }
+            if let Some(old) = act.sessions.insert(
+                m.name.clone(),
+                SessionEntry {
+                    id: m.session_id.clone(),
+                    model: m.model.clone(),
+                    specialty: m.specialty.clone(),
+                    addr: m.addr,
+                    since: crate::db::now(),
+                },
+            ) {
+                old.addr.do_send(ToSession::Close {
+                    code: ErrorCode::Replaced,
+                    message: format!(
+                        "a newer connection of trainer `{}` replaced this one",
+                        m.name
+                    ),
+                });
+            }
+            act.metrics
+                .do_send(metrics::BytesOut(welcome.encoded.len() as u64));
+            log::info!(
+                "trainer {} ({}) joined model {} at version {}{}",
+                m.name,
+                m.specialty,
+                m.model,
+                welcome.version,
+                if registered { " (registered)" } else { "" }
+            );
+            act.event(HubEvent::TrainerJoined {
+                trainer: m.name.clone(),
+                specialty: m.specialty.clone(),
+                model: m.model.clone(),
+                registered,
+            });
+            act.gauges(&m.model);
+            Ok(welcome)
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub session_id: String,
+    pub name: String,
+    pub reason: String,
+}
+
+impl Handler<Leave> for Hub {
+    type Result = ();
+    fn handle(&mut self, m: Leave, _: &mut Self::Context) {
+        let current = self
+            .sessions
+            .get(&m.name)
+            .map(|s| s.id == m.session_id)
+            .unwrap_or(false);
+        let model = if current {
+            self.sessions.remove(&m.name).map(|s| s.model)
+        } else {
+            None
+        };
+        self.persister.do_send(persister::CloseSession {
+            id: m.session_id,
+            trainer: m.name.clone(),
+            reason: m.reason.clone(),
+        });
+        if let Some(model) = model {
+            log::info!("trainer {} left ({})", m.name, m.reason);
+            self.event(HubEvent::TrainerLeft {
+                trainer: m.name,
+                model: model.clone(),
+                reason: m.reason,
+            });
+            self.gauges(&model);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- updates
+
+/// A decoded, shape-checked update from a session.
+#[derive(Message)]
+#[rtype(result = "Result<AckInfo, Refusal>")]
+pub struct SubmitUpdate {
+    pub session_id: String,
+    pub trainer: String,
+    pub model: String,
+    pub update_id: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    pub loss: Option<f64>,
+    pub delta: Vec<f32>,
+    pub payload: Bytes,
+}
+
+pub struct AckInfo {
+    pub staleness: u64,
+    pub duplicate: bool,
+    pub status: String,
+    pub base_version: u64,
+}
+
+impl Handler<SubmitUpdate> for Hub {
+    type Result = ResponseActFuture<Self, Result<AckInfo, Refusal>>;
+    fn handle(&mut self, u: SubmitUpdate, _: &mut Self::Context) -> Self::Result {
+        let mut rec = UpdateRecord {
+            update_id: u.update_id.clone(),
+            trainer: u.trainer.clone(),
+            model: u.model.clone(),
+            base_version: u.base_version,
+            num_examples: u.num_examples,
+            staleness: 0,
+            loss: u.loss,
+            bytes: u.payload.len() as u64,
+            refusal: None,
+            payload: None,
+        };
+        self.metrics.do_send(metrics::BytesIn(u.payload.len() as u64));
+        let current = self
+            .sessions
+            .get(&u.trainer)
+            .map(|s| s.id == u.session_id)
+            .unwrap_or(false);
+        if !current || self.stopping {
+            let err = if self.stopping {
+                (ErrorCode::ShuttingDown, "the hub is shutting down; the update was not accepted, send it again after reconnecting".to_string())
+            } else {
+                (ErrorCode::Replaced, "this connection was replaced; the update was not accepted".to_string())
+            };
+            return Box::pin(fut::ready(Err(err)));
+        }
+        let Some(m) = self.models.get(&u.model) else {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::UnknownModel,
+                format!("model `{}` does not exist", u.model),
+            ))));
+        };
+        let check = m
+            .check_num_examples(u.num_examples)
+            .and_then(|_| m.check_base(u.base_version));
+        let staleness = match check {
+            Ok(s) => s,
+            Err((code, message)) => {
+                self.refuse(rec, code, message.clone());
+                return Box::pin(fut::ready(Err((code, message))));
+            }
+        };
+        rec.staleness = staleness;
+        rec.payload = Some(u.payload);
+        let persister = self.persister.clone();
+        self.queue(1);
+        let delta = Arc::new(u.delta);
+        let fut = async move { persister.send(persister::PersistUpdate(rec.clone())).await.map(|r| (r, rec)) };
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            act.queue(-1);
+            let (outcome, rec) = match res {
+                Ok((Ok(o), rec)) => (o, rec),
+                Ok((Err(e), _)) => {
+                    log::error!("could not persist update: {e}");
+                    return Err((ErrorCode::Internal, format!("the update could not be stored: {e}")));
+                }
+                Err(e) => return Err((ErrorCode::ShuttingDown, format!("the hub is stopping: {e}"))),
+            };
+            match outcome {
+                InsertOutcome::Duplicate {
+                    status,
+                    staleness,
+                    base_version,
+                } => Ok(AckInfo {
+                    staleness: staleness as u64,
+                    duplicate: true,
+                    status,
+                    base_version: base_version as u64,
+                }),
+                InsertOutcome::Inserted { row_id } => {
+                    let now = Instant::now();
+                    if let Some(m) = act.models.get_mut(&rec.model) {
+                        m.push(
+                            Buffered {
+                                row_id,
+                                update_id: rec.update_id.clone(),
+                                trainer: rec.trainer.clone(),
+                                base_version: rec.base_version,
+                                num_examples: rec.num_examples,
+                                delta,
+                            },
+                            now,
+                        );
+                    }
+                    let live = act.live.entry(rec.trainer.clone()).or_default();
+                    live.accepted += 1;
+                    live.last_loss = rec.loss.or(live.last_loss);
+                    live.last_update_at = Some(crate::db::now());
+                    act.event(HubEvent::UpdateAccepted {
+                        trainer: rec.trainer.clone(),
+                        model: rec.model.clone(),
+                        update_id: rec.update_id.clone(),
+                        base_version: rec.base_version,
+                        staleness: rec.staleness,
+                        num_examples: rec.num_examples,
+                        loss: rec.loss,
+                        bytes: rec.bytes,
+                    });
+                    act.gauges(&rec.model);
+                    act.maybe_fold(&rec.model, ctx);
+                    Ok(AckInfo {
+                        staleness: rec.staleness,
+                        duplicate: false,
+                        status: "pending".into(),
+                        base_version: rec.base_version,
+                    })
+                }
+            }
+        }))
+    }
+}
+
+/// An update the session refused before it reached the hub (bad frame,
+/// shape, NaN...): recorded in the ledger and the event feed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionRefusal {
+    pub trainer: String,
+    pub model: String,
+    pub update_id: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    pub bytes: u64,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Handler<SessionRefusal> for Hub {
+    type Result = ();
+    fn handle(&mut self, r: SessionRefusal, _: &mut Self::Context) {
+        let rec = UpdateRecord {
+            update_id: r.update_id,
+            trainer: r.trainer,
+            model: r.model,
+            base_version: r.base_version,
+            num_examples: r.num_examples,
+            staleness: 0,
+            loss: None,
+            bytes: r.bytes,
+            refusal: None,
+            payload: None,
+        };
+        self.refuse(rec, r.code, r.message);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubmitEval {
+    pub trainer: String,
+    pub specialty: String,
+    pub model: String,
+    pub version: u64,
+    pub specialty_accuracy: Option<f64>,
+    pub global_accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub num_examples: Option<u64>,
+}
+
+impl Handler<SubmitEval> for Hub {
+    type Result = ();
+    fn handle(&mut self, e: SubmitEval, _: &mut Self::Context) {
+        let live = self.live.entry(e.trainer.clone()).or_default();
+        live.specialty_accuracy = e.specialty_accuracy.or(live.specialty_accuracy);
+        live.global_accuracy = e.global_accuracy.or(live.global_accuracy);
+        self.persister.do_send(persister::InsertEval(EvalRow {
+            model: e.model.clone(),
+            version: e.version as i64,
+            trainer: e.trainer.clone(),
+            specialty: e.specialty.clone(),
+            specialty_accuracy: e.specialty_accuracy,
+            global_accuracy: e.global_accuracy,
+            loss: e.loss,
+            num_examples: e.num_examples.map(|n| n as i64),
+            created_at: crate::db::now(),
+        }));
+        self.event(HubEvent::Evaluation {
+            trainer: e.trainer,
+            specialty: e.specialty,
+            model: e.model,
+            version: e.version,
+            specialty_accuracy: e.specialty_accuracy,
+            global_accuracy: e.global_accuracy,
+        });
+    }
+}
+
+// ---------------------------------------------------------------- admin
+
+#[derive(Message)]
+#[rtype(result = "Result<bool, Refusal>")]
+pub struct Revoke {
+    pub name: String,
+}
+
+impl Handler<Revoke> for Hub {
+    type Result = ResponseActFuture<Self, Result<bool, Refusal>>;
+    fn handle(&mut self, m: Revoke, _: &mut Self::Context) -> Self::Result {
+        let known = match self.trainers.get_mut(&m.name) {
+            Some(t) => {
+                t.revoked = true;
+                true
+            }
+            None => false,
+        };
+        if !known {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::UnknownTrainer,
+                format!("no trainer named `{}`", m.name),
+            ))));
+        }
+        if let Some(s) = self.sessions.get(&m.name) {
+            s.addr.do_send(ToSession::Close {
+                code: ErrorCode::Revoked,
+                message: "an administrator revoked this trainer".into(),
+            });
+        }
+        let persister = self.persister.clone();
+        let name = m.name.clone();
+        Box::pin(
+            async move {
+                persister
+                    .send(persister::SetRevoked {
+                        name,
+                        revoked: true,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, _, _| match res {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
+                Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+            }),
+        )
+    }
+}
+
+/// A model created through the admin API.
+#[derive(Message)]
+#[rtype(result = "Result<u64, Refusal>")]
+pub struct CreateModel {
+    pub name: String,
+    pub architecture: String,
+    pub layout: ModelLayout,
+    pub weights: Vec<f32>,
+    pub overrides: crate::config::ModelConfig,
+}
+
+impl Handler<CreateModel> for Hub {
+    type Result = ResponseActFuture<Self, Result<u64, Refusal>>;
+    fn handle(&mut self, m: CreateModel, _: &mut Self::Context) -> Self::Result {
+        if self.models.contains_key(&m.name) {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::Conflict,
+                format!("model `{}` already exists", m.name),
+            ))));
+        }
+        let settings = self.cfg.aggregation_settings(&m.overrides);
+        if let Err(e) = settings.validate() {
+            return Box::pin(fut::ready(Err((ErrorCode::BadRequest, e))));
+        }
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("version".to_string(), "0".to_string());
+        let encoded = match m.layout.encode(&m.weights, Some(&meta)) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return Box::pin(fut::ready(Err((e.code, e.message)))),
+        };
+        let row = ModelRow {
+            name: m.name.clone(),
+            architecture: m.architecture.clone(),
+            layout: serde_json::to_string(&m.layout).unwrap_or_default(),
+            settings: serde_json::to_string(&m.overrides).ok(),
+            created_at: crate::db::now(),
+        };
+        let eval = state::evaluate_builtin(&m.layout, &m.weights, self.test_data.as_deref());
+        let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
+        let persister = self.persister.clone();
+        let msg = persister::CreateModel {
+            row,
+            weights: encoded.clone(),
+            metrics: metrics.to_string(),
+        };
+        // Reserve the name so a concurrent create gets a conflict.
+        let state = ModelState::new(
+            m.name.clone(),
+            m.architecture.clone(),
+            m.layout.clone(),
+            settings,
+            0,
+            m.weights,
+            encoded,
+        );
+        self.models.insert(m.name.clone(), state);
+        let name = m.name;
+        Box::pin(
+            async move { persister.send(msg).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(())) => {
+                        log::info!("model {name} created");
+                        act.gauges(&name);
+                        Ok(0)
+                    }
+                    Ok(Err(e)) => {
+                        act.models.remove(&name);
+                        Err((ErrorCode::Internal, e.to_string()))
+                    }
+                    Err(e) => {
+                        act.models.remove(&name);
+                        Err((ErrorCode::ShuttingDown, e.to_string()))
+                    }
+                }),
+        )
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<i64, Refusal>")]
+pub struct RecordHarnessRun(pub NewHarnessRun);
+
+impl Handler<RecordHarnessRun> for Hub {
+    type Result = ResponseActFuture<Self, Result<i64, Refusal>>;
+    fn handle(&mut self, m: RecordHarnessRun, _: &mut Self::Context) -> Self::Result {
+        let persister = self.persister.clone();
+        let (scenario, passed, acc) = (m.0.scenario.clone(), m.0.passed, m.0.collective_accuracy);
+        Box::pin(
+            async move { persister.send(persister::InsertHarnessRun(m.0)).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(id)) => {
+                        act.event(HubEvent::HarnessRun {
+                            id,
+                            scenario,
+                            passed,
+                            collective_accuracy: acc,
+                        });
+                        Ok(id)
+                    }
+                    Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
+                    Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                }),
+        )
+    }
+}
+
+/// Applies a re-read configuration: live keys change now.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct ApplyConfig(pub Config);
+
+impl Handler<ApplyConfig> for Hub {
+    type Result = Vec<String>;
+    fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Self::Context) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (name, m) in self.models.iter_mut() {
+            let s: AggregationSettings = if new.models.contains_key(name)
+                || self.cfg.models.contains_key(name)
+            {
+                new.aggregation_for(name)
+            } else {
+                // API-created models keep their own overrides over new defaults.
+                let old_default = self.cfg.aggregation_for("\u{0}");
+                if m.settings == old_default {
+                    new.aggregation_for("\u{0}")
+                } else {
+                    continue;
+                }
+            };
+            if s != m.settings {
+                changed.push(format!("models.{name} aggregation settings"));
+                m.settings = s;
+            }
+        }
+        if new.hub.open_registration != self.cfg.hub.open_registration {
+            changed.push("hub.open_registration".into());
+        }
+        if new.hub.allowed_trainers != self.cfg.hub.allowed_trainers {
+            changed.push("hub.allowed_trainers".into());
+        }
+        self.cfg = new;
+        let names: Vec<String> = self.models.keys().cloned().collect();
+        for n in names {
+            self.maybe_fold(&n, ctx);
+        }
+        changed
+    }
+}
+
+/// Tells every session the hub is going away and stops accepting updates.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Hub {
+    type Result = usize;
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> usize {
+        self.stopping = true;
+        self.event(HubEvent::HubStopping);
+        for s in self.sessions.values() {
+            s.addr.do_send(ToSession::Goodbye);
+        }
+        self.sessions.len()
+    }
+}
+
+// ---------------------------------------------------------------- status
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub architecture: String,
+    pub version: u64,
+    pub num_params: usize,
+    pub tensors: Vec<TensorSpec>,
+    pub settings: AggregationSettings,
+    pub waiting: Waiting,
+    pub connected_trainers: usize,
+    pub last_metrics: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OnlineTrainer {
+    pub name: String,
+    pub specialty: String,
+    pub model: String,
+    pub session_id: String,
+    pub connected_since: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HubStatus {
+    pub models: Vec<ModelStatus>,
+    pub online: Vec<OnlineTrainer>,
+    pub live: HashMap<String, TrainerLive>,
+    pub stopping: bool,
+    pub open_registration: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "HubStatus")]
+pub struct GetStatus;
+
+impl Handler<GetStatus> for Hub {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
+        let models = self
+            .models
+            .values()
+            .map(|m| ModelStatus {
+                name: m.name.clone(),
+                architecture: m.architecture.clone(),
+                version: m.version,
+                num_params: m.layout.num_params(),
+                tensors: m.layout.tensors.clone(),
+                settings: m.settings.clone(),
+                waiting: m.waiting(now),
+                connected_trainers: self.sessions.values().filter(|s| s.model == m.name).count(),
+                last_metrics: m.last_metrics.clone(),
+            })
+            .collect();
+        let mut online: Vec<OnlineTrainer> = self
+            .sessions
+            .iter()
+            .map(|(name, s)| OnlineTrainer {
+                name: name.clone(),
+                specialty: s.specialty.clone(),
+                model: s.model.clone(),
+                session_id: s.id.clone(),
+                connected_since: s.since.clone(),
+            })
+            .collect();
+        online.sort_by(|a, b| a.name.cmp(&b.name));
+        MessageResult(HubStatus {
+            models,
+            online,
+            live: self.live.clone(),
+            stopping: self.stopping,
+            open_registration: self.cfg.hub.open_registration,
+        })
+    }
+}

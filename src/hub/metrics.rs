@@ -1,0 +1,520 @@
+//! The MetricsAggregator: counters and rolling figures fed by hub events,
+//! served as JSON snapshots, as Prometheus text, and pushed live to
+//! `/v1/events` subscribers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+/// Something that happened, as the event feed and the dashboard see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubEvent {
+    TrainerJoined {
+        trainer: String,
+        specialty: String,
+        model: String,
+        registered: bool,
+    },
+    TrainerLeft {
+        trainer: String,
+        model: String,
+        reason: String,
+    },
+    UpdateAccepted {
+        trainer: String,
+        model: String,
+        update_id: String,
+        base_version: u64,
+        staleness: u64,
+        num_examples: u64,
+        loss: Option<f64>,
+        bytes: u64,
+    },
+    UpdateRefused {
+        trainer: String,
+        model: String,
+        update_id: Option<String>,
+        code: String,
+        message: String,
+    },
+    Version {
+        model: String,
+        version: u64,
+        num_updates: usize,
+        accuracy: Option<f64>,
+        loss: Option<f64>,
+        aggregation_seconds: f64,
+        mean_staleness: f64,
+    },
+    Evaluation {
+        trainer: String,
+        specialty: String,
+        model: String,
+        version: u64,
+        specialty_accuracy: Option<f64>,
+        global_accuracy: Option<f64>,
+    },
+    HarnessRun {
+        id: i64,
+        scenario: String,
+        passed: bool,
+        collective_accuracy: Option<f64>,
+    },
+    HubStopping,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Event(pub HubEvent);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BytesOut(pub u64);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BytesIn(pub u64);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersisterTiming {
+    pub what: &'static str,
+    pub seconds: f64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WsSession {
+    pub kind: &'static str,
+    pub opened: bool,
+}
+
+/// Per-model gauges the Hub reports whenever they change.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct ModelGauges {
+    pub model: String,
+    pub version: u64,
+    pub buffered: usize,
+    pub connected: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersisterQueue(pub i64);
+
+/// A JSON event for a feed subscriber.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct EventFrame(pub std::sync::Arc<str>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<EventFrame>);
+
+#[derive(Message)]
+#[rtype(result = "Snapshot")]
+pub struct GetSnapshot;
+
+#[derive(Message)]
+#[rtype(result = "String")]
+pub struct RenderPrometheus;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Snapshot {
+    pub uptime_secs: f64,
+    pub updates_per_sec: f64,
+    pub bytes_in_per_sec: f64,
+    pub updates_received: u64,
+    pub updates_accepted: u64,
+    pub updates_refused: u64,
+    pub refusals_by_code: BTreeMap<String, u64>,
+    pub versions_committed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connected_trainers: usize,
+    pub last_aggregation_seconds: Option<f64>,
+    pub persister_queue: i64,
+    pub recent_events: Vec<serde_json::Value>,
+}
+
+const AGG_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; AGG_BUCKETS.len()];
+        }
+        for (i, b) in AGG_BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in AGG_BUCKETS.iter().enumerate() {
+            let c = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+pub struct MetricsAggregator {
+    started: Instant,
+    received: HashMap<String, u64>,
+    accepted: HashMap<String, u64>,
+    refused: BTreeMap<(String, String), u64>,
+    versions: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    ws_opened: BTreeMap<&'static str, u64>,
+    ws_closed: BTreeMap<&'static str, u64>,
+    gauges: BTreeMap<String, ModelGauges>,
+    agg_hist: BTreeMap<String, Histogram>,
+    persist_hist: BTreeMap<&'static str, Histogram>,
+    persister_queue: i64,
+    last_agg: Option<f64>,
+    /// (time, updates, bytes) samples for the rolling rates.
+    window: VecDeque<(Instant, u64, u64)>,
+    recent: VecDeque<serde_json::Value>,
+    subscribers: Vec<Recipient<EventFrame>>,
+    /// Events queued for subscribers; flushed in batches (see `FLUSH_EVERY`).
+    outbox: Vec<serde_json::Value>,
+}
+
+/// How often queued events are pushed to feed subscribers. Batching bounds
+/// the frames a dashboard receives however busy the hub is.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Most events sent per flush; beyond it, accepted-update events are folded
+/// into one `updates_summary` event.
+pub const MAX_EVENTS_PER_FLUSH: usize = 50;
+const RECENT: usize = 200;
+
+impl Default for MetricsAggregator {
+    fn default() -> Self {
+        MetricsAggregator {
+            started: Instant::now(),
+            received: HashMap::new(),
+            accepted: HashMap::new(),
+            refused: BTreeMap::new(),
+            versions: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            ws_opened: BTreeMap::new(),
+            ws_closed: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+            agg_hist: BTreeMap::new(),
+            persist_hist: BTreeMap::new(),
+            persister_queue: 0,
+            last_agg: None,
+            window: VecDeque::new(),
+            recent: VecDeque::new(),
+            subscribers: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
+}
+
+impl MetricsAggregator {
+    fn total_accepted(&self) -> u64 {
+        self.accepted.values().sum()
+    }
+
+    fn rates(&self) -> (f64, f64) {
+        let now = Instant::now();
+        let (Some(first), Some(last)) = (self.window.front(), self.window.back()) else {
+            return (0.0, 0.0);
+        };
+        let dt = now.duration_since(first.0).as_secs_f64().max(1.0);
+        (
+            (last.1 - first.1) as f64 / dt,
+            (last.2 - first.2) as f64 / dt,
+        )
+    }
+
+    fn sample(&mut self) {
+        let now = Instant::now();
+        let acc = self.total_accepted();
+        self.window.push_back((now, acc, self.bytes_in));
+        while let Some(f) = self.window.front() {
+            if now.duration_since(f.0) > Duration::from_secs(10) && self.window.len() > 1 {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.outbox);
+        if events.len() > MAX_EVENTS_PER_FLUSH {
+            let accepted = events
+                .iter()
+                .filter(|e| e["type"] == "update_accepted")
+                .count();
+            events.retain(|e| e["type"] != "update_accepted");
+            events.push(serde_json::json!({
+                "type": "updates_summary",
+                "ts": crate::db::now(),
+                "accepted": accepted,
+            }));
+            let n = events.len();
+            if n > MAX_EVENTS_PER_FLUSH {
+                events.drain(..n - MAX_EVENTS_PER_FLUSH);
+            }
+        }
+        self.subscribers.retain(|s| s.connected());
+        for e in events {
+            let frame = EventFrame(std::sync::Arc::from(e.to_string()));
+            for s in &self.subscribers {
+                s.do_send(frame.clone());
+            }
+        }
+    }
+}
+
+impl Actor for MetricsAggregator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.sample());
+        ctx.run_interval(FLUSH_EVERY, |act, _| act.flush());
+    }
+}
+
+impl Handler<Event> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, Event(ev): Event, _: &mut Self::Context) {
+        match &ev {
+            HubEvent::UpdateAccepted { model, bytes, .. } => {
+                *self.received.entry(model.clone()).or_default() += 1;
+                *self.accepted.entry(model.clone()).or_default() += 1;
+                let _ = bytes;
+            }
+            HubEvent::UpdateRefused { model, code, .. } => {
+                *self.received.entry(model.clone()).or_default() += 1;
+                *self
+                    .refused
+                    .entry((model.clone(), code.clone()))
+                    .or_default() += 1;
+            }
+            HubEvent::Version {
+                model,
+                aggregation_seconds,
+                ..
+            } => {
+                self.versions += 1;
+                self.last_agg = Some(*aggregation_seconds);
+                self.agg_hist
+                    .entry(model.clone())
+                    .or_default()
+                    .observe(*aggregation_seconds);
+            }
+            _ => {}
+        }
+        let mut v = serde_json::to_value(&ev).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("ts".into(), serde_json::Value::String(crate::db::now()));
+        }
+        self.recent.push_back(v.clone());
+        while self.recent.len() > RECENT {
+            self.recent.pop_front();
+        }
+        self.outbox.push(v);
+        if matches!(ev, HubEvent::HubStopping) {
+            self.flush();
+        }
+    }
+}
+
+impl Handler<BytesOut> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: BytesOut, _: &mut Self::Context) {
+        self.bytes_out += m.0;
+    }
+}
+
+impl Handler<BytesIn> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: BytesIn, _: &mut Self::Context) {
+        self.bytes_in += m.0;
+    }
+}
+
+impl Handler<PersisterTiming> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: PersisterTiming, _: &mut Self::Context) {
+        self.persist_hist.entry(m.what).or_default().observe(m.seconds);
+    }
+}
+
+impl Handler<PersisterQueue> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: PersisterQueue, _: &mut Self::Context) {
+        self.persister_queue = m.0;
+    }
+}
+
+impl Handler<WsSession> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: WsSession, _: &mut Self::Context) {
+        let map = if m.opened {
+            &mut self.ws_opened
+        } else {
+            &mut self.ws_closed
+        };
+        *map.entry(m.kind).or_default() += 1;
+    }
+}
+
+impl Handler<ModelGauges> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: ModelGauges, _: &mut Self::Context) {
+        self.gauges.insert(m.model.clone(), m);
+    }
+}
+
+impl Handler<Subscribe> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: Subscribe, _: &mut Self::Context) {
+        self.subscribers.push(m.0);
+    }
+}
+
+impl Handler<GetSnapshot> for MetricsAggregator {
+    type Result = MessageResult<GetSnapshot>;
+    fn handle(&mut self, _: GetSnapshot, _: &mut Self::Context) -> Self::Result {
+        let (ups, bps) = self.rates();
+        let mut by_code = BTreeMap::new();
+        for ((_, code), n) in &self.refused {
+            *by_code.entry(code.clone()).or_default() += n;
+        }
+        MessageResult(Snapshot {
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            updates_per_sec: ups,
+            bytes_in_per_sec: bps,
+            updates_received: self.received.values().sum(),
+            updates_accepted: self.total_accepted(),
+            updates_refused: self.refused.values().sum(),
+            refusals_by_code: by_code,
+            versions_committed: self.versions,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            connected_trainers: self.gauges.values().map(|g| g.connected).sum(),
+            last_aggregation_seconds: self.last_agg,
+            persister_queue: self.persister_queue,
+            recent_events: self.recent.iter().cloned().collect(),
+        })
+    }
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Handler<RenderPrometheus> for MetricsAggregator {
+    type Result = String;
+    fn handle(&mut self, _: RenderPrometheus, _: &mut Self::Context) -> String {
+        let mut o = String::new();
+        let w = &mut o;
+        let _ = writeln!(w, "# HELP kernal_up Whether the hub is serving (always 1 when scraped).");
+        let _ = writeln!(w, "# TYPE kernal_up gauge");
+        let _ = writeln!(w, "kernal_up 1");
+        let _ = writeln!(w, "# HELP kernal_uptime_seconds Seconds since the hub started.");
+        let _ = writeln!(w, "# TYPE kernal_uptime_seconds gauge");
+        let _ = writeln!(w, "kernal_uptime_seconds {}", self.started.elapsed().as_secs_f64());
+        let _ = writeln!(w, "# HELP kernal_connected_trainers Trainers connected, by model.");
+        let _ = writeln!(w, "# TYPE kernal_connected_trainers gauge");
+        for g in self.gauges.values() {
+            let _ = writeln!(w, "kernal_connected_trainers{{model=\"{}\"}} {}", esc(&g.model), g.connected);
+        }
+        let _ = writeln!(w, "# HELP kernal_model_version Current global version, by model.");
+        let _ = writeln!(w, "# TYPE kernal_model_version gauge");
+        for g in self.gauges.values() {
+            let _ = writeln!(w, "kernal_model_version{{model=\"{}\"}} {}", esc(&g.model), g.version);
+        }
+        let _ = writeln!(w, "# HELP kernal_buffered_updates Accepted updates waiting to be aggregated, by model.");
+        let _ = writeln!(w, "# TYPE kernal_buffered_updates gauge");
+        for g in self.gauges.values() {
+            let _ = writeln!(w, "kernal_buffered_updates{{model=\"{}\"}} {}", esc(&g.model), g.buffered);
+        }
+        let _ = writeln!(w, "# HELP kernal_updates_received_total Updates received, by model.");
+        let _ = writeln!(w, "# TYPE kernal_updates_received_total counter");
+        for (m, n) in &self.received {
+            let _ = writeln!(w, "kernal_updates_received_total{{model=\"{}\"}} {n}", esc(m));
+        }
+        let _ = writeln!(w, "# HELP kernal_updates_acknowledged_total Updates made durable and acknowledged, by model.");
+        let _ = writeln!(w, "# TYPE kernal_updates_acknowledged_total counter");
+        for (m, n) in &self.accepted {
+            let _ = writeln!(w, "kernal_updates_acknowledged_total{{model=\"{}\"}} {n}", esc(m));
+        }
+        let _ = writeln!(w, "# HELP kernal_updates_refused_total Updates refused, by model and error code.");
+        let _ = writeln!(w, "# TYPE kernal_updates_refused_total counter");
+        for ((m, c), n) in &self.refused {
+            let _ = writeln!(w, "kernal_updates_refused_total{{model=\"{}\",code=\"{}\"}} {n}", esc(m), esc(c));
+        }
+        let _ = writeln!(w, "# HELP kernal_versions_committed_total Global versions committed since start.");
+        let _ = writeln!(w, "# TYPE kernal_versions_committed_total counter");
+        let _ = writeln!(w, "kernal_versions_committed_total {}", self.versions);
+        let _ = writeln!(w, "# HELP kernal_aggregation_duration_seconds Time to fold a buffer into a new version.");
+        let _ = writeln!(w, "# TYPE kernal_aggregation_duration_seconds histogram");
+        for (m, h) in &self.agg_hist {
+            h.render(w, "kernal_aggregation_duration_seconds", &format!("model=\"{}\"", esc(m)));
+        }
+        let _ = writeln!(w, "# HELP kernal_received_bytes_total Update payload bytes received.");
+        let _ = writeln!(w, "# TYPE kernal_received_bytes_total counter");
+        let _ = writeln!(w, "kernal_received_bytes_total {}", self.bytes_in);
+        let _ = writeln!(w, "# HELP kernal_sent_bytes_total Model payload bytes sent to trainers.");
+        let _ = writeln!(w, "# TYPE kernal_sent_bytes_total counter");
+        let _ = writeln!(w, "kernal_sent_bytes_total {}", self.bytes_out);
+        let _ = writeln!(w, "# HELP kernal_persister_queue_depth Writes sent to the persister and not yet done.");
+        let _ = writeln!(w, "# TYPE kernal_persister_queue_depth gauge");
+        let _ = writeln!(w, "kernal_persister_queue_depth {}", self.persister_queue);
+        let _ = writeln!(w, "# HELP kernal_persister_commit_duration_seconds Time of one persister write, by kind.");
+        let _ = writeln!(w, "# TYPE kernal_persister_commit_duration_seconds histogram");
+        for (k, h) in &self.persist_hist {
+            h.render(w, "kernal_persister_commit_duration_seconds", &format!("kind=\"{k}\""));
+        }
+        let _ = writeln!(w, "# HELP kernal_websocket_sessions_opened_total WebSocket sessions opened, by kind.");
+        let _ = writeln!(w, "# TYPE kernal_websocket_sessions_opened_total counter");
+        for (k, n) in &self.ws_opened {
+            let _ = writeln!(w, "kernal_websocket_sessions_opened_total{{kind=\"{k}\"}} {n}");
+        }
+        let _ = writeln!(w, "# HELP kernal_websocket_sessions_closed_total WebSocket sessions closed, by kind.");
+        let _ = writeln!(w, "# TYPE kernal_websocket_sessions_closed_total counter");
+        for (k, n) in &self.ws_closed {
+            let _ = writeln!(w, "kernal_websocket_sessions_closed_total{{kind=\"{k}\"}} {n}");
+        }
+        o
+    }
+}

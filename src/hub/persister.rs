@@ -1,0 +1,297 @@
+//! The Persister: the one SQLite writer, on a SyncArbiter thread so diesel's
+//! blocking calls never run on an async executor. Messages are handled in the
+//! order they are sent, which is what makes `Flush` a barrier.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use diesel::SqliteConnection;
+
+use crate::db::{self, EvalRow, InsertOutcome, ModelRow, NewHarnessRun, NewUpdate, TrainerRow};
+use crate::error::DbError;
+use crate::hub::metrics::{MetricsAggregator, PersisterTiming};
+
+pub struct Persister {
+    path: PathBuf,
+    conn: Option<SqliteConnection>,
+    metrics: Option<Addr<MetricsAggregator>>,
+}
+
+impl Persister {
+    pub fn new(path: PathBuf, metrics: Option<Addr<MetricsAggregator>>) -> Self {
+        Persister {
+            path,
+            conn: None,
+            metrics,
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut SqliteConnection, DbError> {
+        if self.conn.is_none() {
+            self.conn = Some(db::connect(&self.path)?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Pool("no connection".into()))
+    }
+
+    fn timed<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut SqliteConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let start = Instant::now();
+        let r = match self.conn() {
+            Ok(c) => f(c),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            // Reconnect next time: the connection may be what failed.
+            self.conn = None;
+        }
+        if let Some(m) = &self.metrics {
+            m.do_send(PersisterTiming {
+                what,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+        r
+    }
+}
+
+impl Actor for Persister {
+    type Context = SyncContext<Self>;
+}
+
+/// An update for the ledger, owned so it can cross threads.
+#[derive(Debug, Clone)]
+pub struct UpdateRecord {
+    pub update_id: String,
+    pub trainer: String,
+    pub model: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    pub staleness: u64,
+    pub loss: Option<f64>,
+    pub bytes: u64,
+    pub refusal: Option<(String, String)>,
+    pub payload: Option<Bytes>,
+}
+
+impl UpdateRecord {
+    fn row(&self) -> NewUpdate<'_> {
+        NewUpdate {
+            update_id: &self.update_id,
+            trainer: &self.trainer,
+            model: &self.model,
+            base_version: self.base_version as i64,
+            num_examples: self.num_examples.min(i64::MAX as u64) as i64,
+            staleness: self.staleness as i64,
+            loss: self.loss,
+            bytes: self.bytes as i64,
+            status: if self.refusal.is_some() {
+                "refused"
+            } else {
+                "pending"
+            },
+            refusal_code: self.refusal.as_ref().map(|r| r.0.as_str()),
+            refusal_message: self.refusal.as_ref().map(|r| r.1.as_str()),
+            received_at: db::now(),
+            payload: self.payload.as_deref(),
+        }
+    }
+}
+
+/// Makes an accepted update durable; the hub acks only after this returns Ok.
+#[derive(Message)]
+#[rtype(result = "Result<InsertOutcome, DbError>")]
+pub struct PersistUpdate(pub UpdateRecord);
+
+impl Handler<PersistUpdate> for Persister {
+    type Result = Result<InsertOutcome, DbError>;
+    fn handle(&mut self, msg: PersistUpdate, _: &mut Self::Context) -> Self::Result {
+        self.timed("update", |c| db::insert_update(c, &msg.0.row()))
+    }
+}
+
+/// Records a refused update in the ledger (best effort: nothing was acked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordRefusal(pub UpdateRecord);
+
+impl Handler<RecordRefusal> for Persister {
+    type Result = ();
+    fn handle(&mut self, msg: RecordRefusal, _: &mut Self::Context) {
+        if let Err(e) = self.timed("refusal", |c| db::insert_refused(c, &msg.0.row())) {
+            log::warn!("could not record refused update: {e}");
+        }
+    }
+}
+
+/// Writes a new version and marks its updates applied, in one transaction.
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct CommitVersion {
+    pub model: String,
+    pub version: u64,
+    pub parent: u64,
+    pub num_updates: usize,
+    pub weights: Bytes,
+    pub metrics: String,
+    pub applied: Vec<i64>,
+}
+
+impl Handler<CommitVersion> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: CommitVersion, _: &mut Self::Context) -> Self::Result {
+        self.timed("version", |c| {
+            db::commit_version(
+                c,
+                &db::NewVersion {
+                    model: &m.model,
+                    version: m.version as i64,
+                    parent: Some(m.parent as i64),
+                    num_updates: m.num_updates as i32,
+                    weights: &m.weights,
+                    metrics: m.metrics.clone(),
+                    created_at: db::now(),
+                },
+                &m.applied,
+            )
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct CreateModel {
+    pub row: ModelRow,
+    pub weights: Bytes,
+    pub metrics: String,
+}
+
+impl Handler<CreateModel> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: CreateModel, _: &mut Self::Context) -> Self::Result {
+        self.timed("model", |c| {
+            db::insert_model(
+                c,
+                &m.row,
+                &db::NewVersion {
+                    model: &m.row.name,
+                    version: 0,
+                    parent: None,
+                    num_updates: 0,
+                    weights: &m.weights,
+                    metrics: m.metrics.clone(),
+                    created_at: db::now(),
+                },
+            )
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct UpsertTrainer(pub TrainerRow);
+
+impl Handler<UpsertTrainer> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: UpsertTrainer, _: &mut Self::Context) -> Self::Result {
+        self.timed("trainer", |c| db::upsert_trainer(c, &m.0))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<bool, DbError>")]
+pub struct SetRevoked {
+    pub name: String,
+    pub revoked: bool,
+}
+
+impl Handler<SetRevoked> for Persister {
+    type Result = Result<bool, DbError>;
+    fn handle(&mut self, m: SetRevoked, _: &mut Self::Context) -> Self::Result {
+        self.timed("trainer", |c| db::set_revoked(c, &m.name, m.revoked))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct OpenSession {
+    pub id: String,
+    pub trainer: String,
+    pub specialty: String,
+    pub model: String,
+    pub remote: Option<String>,
+}
+
+impl Handler<OpenSession> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: OpenSession, _: &mut Self::Context) -> Self::Result {
+        self.timed("session", |c| {
+            db::open_session(
+                c,
+                &m.id,
+                &m.trainer,
+                &m.specialty,
+                &m.model,
+                m.remote.as_deref(),
+            )
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub id: String,
+    pub trainer: String,
+    pub reason: String,
+}
+
+impl Handler<CloseSession> for Persister {
+    type Result = ();
+    fn handle(&mut self, m: CloseSession, _: &mut Self::Context) {
+        if let Err(e) = self.timed("session", |c| db::close_session(c, &m.id, &m.trainer, &m.reason))
+        {
+            log::warn!("could not record session end: {e}");
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InsertEval(pub EvalRow);
+
+impl Handler<InsertEval> for Persister {
+    type Result = ();
+    fn handle(&mut self, m: InsertEval, _: &mut Self::Context) {
+        if let Err(e) = self.timed("evaluation", |c| db::insert_eval(c, &m.0)) {
+            log::warn!("could not record evaluation: {e}");
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<i64, DbError>")]
+pub struct InsertHarnessRun(pub NewHarnessRun);
+
+impl Handler<InsertHarnessRun> for Persister {
+    type Result = Result<i64, DbError>;
+    fn handle(&mut self, m: InsertHarnessRun, _: &mut Self::Context) -> Self::Result {
+        self.timed("harness_run", |c| db::insert_harness_run(c, &m.0))
+    }
+}
+
+/// A barrier: answered once every message sent before it has been handled.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for Persister {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
+}

@@ -1,0 +1,862 @@
+//! TrainerSession: one actor per trainer WebSocket. Frame reassembly, hello
+//! deadline, heartbeats, decoding and validation live in plain structs and
+//! functions here so that moving to `actix-ws` would touch this file only.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web_actors::ws;
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use bytes::{Bytes, BytesMut};
+
+use crate::hub::hub_actor::{self, Hub, ToSession};
+use crate::hub::metrics::{self, MetricsAggregator};
+use crate::hub::state::Admission;
+use crate::protocol::{
+    validate_name, ClientMessage, ErrorCode, ModelLayout, ServerMessage, PROTOCOL_VERSION,
+};
+
+/// Limits a session enforces, from the hub config.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub max_message_bytes: usize,
+    pub max_fragments: usize,
+    pub hello_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub client_timeout: Duration,
+}
+
+pub type Refusal = (ErrorCode, String);
+
+// ---------------------------------------------------------------- plain logic
+
+/// A complete message after reassembly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Whole {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+/// Reassembles fragmented messages, bounding both total bytes and the number
+/// of fragments, so a stream of empty continuation frames cannot grow memory
+/// or time without bound.
+#[derive(Debug)]
+pub struct FrameAssembler {
+    max_bytes: usize,
+    max_fragments: usize,
+    current: Option<(bool, BytesMut, usize)>,
+}
+
+impl FrameAssembler {
+    pub fn new(max_bytes: usize, max_fragments: usize) -> Self {
+        FrameAssembler {
+            max_bytes,
+            max_fragments,
+            current: None,
+        }
+    }
+
+    pub fn push(&mut self, item: Item) -> Result<Option<Whole>, Refusal> {
+        match item {
+            Item::FirstText(b) | Item::FirstBinary(b) if self.current.is_some() => {
+                let _ = b;
+                self.current = None;
+                Err((
+                    ErrorCode::BadJson,
+                    "a new fragmented message started before the previous one ended".into(),
+                ))
+            }
+            Item::FirstText(b) => self.start(true, b),
+            Item::FirstBinary(b) => self.start(false, b),
+            Item::Continue(b) => self.append(b, false),
+            Item::Last(b) => self.append(b, true),
+        }
+    }
+
+    fn start(&mut self, text: bool, b: Bytes) -> Result<Option<Whole>, Refusal> {
+        self.check(b.len(), 1)?;
+        let mut buf = BytesMut::with_capacity(b.len());
+        buf.extend_from_slice(&b);
+        self.current = Some((text, buf, 1));
+        Ok(None)
+    }
+
+    fn append(&mut self, b: Bytes, last: bool) -> Result<Option<Whole>, Refusal> {
+        let Some((text, mut buf, n)) = self.current.take() else {
+            return Err((
+                ErrorCode::BadJson,
+                "a continuation frame arrived with no message started".into(),
+            ));
+        };
+        self.check(buf.len() + b.len(), n + 1)?;
+        buf.extend_from_slice(&b);
+        if last {
+            let bytes = buf.freeze();
+            return Ok(Some(if text {
+                Whole::Text(bytes)
+            } else {
+                Whole::Binary(bytes)
+            }));
+        }
+        self.current = Some((text, buf, n + 1));
+        Ok(None)
+    }
+
+    fn check(&mut self, bytes: usize, fragments: usize) -> Result<(), Refusal> {
+        if bytes > self.max_bytes {
+            self.current = None;
+            return Err((
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message exceeds the hub's limit of {} bytes",
+                    self.max_bytes
+                ),
+            ));
+        }
+        if fragments > self.max_fragments {
+            self.current = None;
+            return Err((
+                ErrorCode::TooManyFragments,
+                format!(
+                    "message arrived in more than {} fragments",
+                    self.max_fragments
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a text frame into a client message with the right error code:
+/// not JSON at all, JSON with an unknown `type`, or a known type with bad fields.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| (ErrorCode::BadJson, format!("frame is not valid JSON: {e}")))?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_string) else {
+        return Err((
+            ErrorCode::UnknownType,
+            "message has no string field `type`".into(),
+        ));
+    };
+    const KNOWN: [&str; 5] = ["hello", "update", "eval", "ping", "bye"];
+    if !KNOWN.contains(&kind.as_str()) {
+        return Err((
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type `{}` (known: {})",
+                kind.escape_default(),
+                KNOWN.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| (ErrorCode::BadJson, format!("bad `{kind}` message: {e}")))
+}
+
+/// An update header waiting for its binary frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateHeader {
+    pub update_id: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    pub loss: Option<f64>,
+}
+
+pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
+    if h.update_id.is_empty()
+        || h.update_id.len() > 128
+        || h.update_id.chars().any(|c| c.is_control())
+    {
+        return Err((
+            ErrorCode::BadUpdateId,
+            "update_id must be 1 to 128 printable characters".into(),
+        ));
+    }
+    if h.num_examples == 0 {
+        return Err((
+            ErrorCode::BadNumExamples,
+            "num_examples is 0; an update must come from at least one example".into(),
+        ));
+    }
+    if let Some(l) = h.loss {
+        if !l.is_finite() {
+            return Err((ErrorCode::BadLoss, "loss must be a finite number".into()));
+        }
+    }
+    Ok(())
+}
+
+fn hash_token(token: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(token.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_token(token: &str, hash: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(token.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------- the actor
+
+enum Phase {
+    AwaitingHello,
+    Verifying,
+    Ready(Ready),
+    Closing,
+}
+
+struct Ready {
+    name: String,
+    specialty: String,
+    model: String,
+    layout: Arc<ModelLayout>,
+    pending: Option<UpdateHeader>,
+}
+
+pub struct TrainerSession {
+    id: String,
+    remote: Option<String>,
+    hub: Addr<Hub>,
+    metrics: Addr<MetricsAggregator>,
+    limits: SessionLimits,
+    assembler: FrameAssembler,
+    phase: Phase,
+    last_heard: Instant,
+    handshakes: Arc<AtomicUsize>,
+    counted_handshake: bool,
+}
+
+impl TrainerSession {
+    pub fn new(
+        remote: Option<String>,
+        hub: Addr<Hub>,
+        metrics: Addr<MetricsAggregator>,
+        limits: SessionLimits,
+        handshakes: Arc<AtomicUsize>,
+    ) -> Self {
+        TrainerSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            remote,
+            hub,
+            metrics,
+            assembler: FrameAssembler::new(limits.max_message_bytes, limits.max_fragments),
+            limits,
+            phase: Phase::AwaitingHello,
+            last_heard: Instant::now(),
+            handshakes,
+            counted_handshake: true,
+        }
+    }
+
+    fn handshake_done(&mut self) {
+        if self.counted_handshake {
+            self.counted_handshake = false;
+            self.handshakes.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, m: &ServerMessage) {
+        ctx.text(m.to_json());
+    }
+
+    fn error(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: ErrorCode,
+        message: String,
+        update_id: Option<String>,
+    ) {
+        let fatal = code.is_fatal();
+        if fatal {
+            log::info!("closing session {}: {code}: {message}", self.id);
+        } else {
+            log::debug!("session {}: {code}: {message}", self.id);
+        }
+        self.send(
+            ctx,
+            &ServerMessage::Error {
+                code,
+                message: message.clone(),
+                update_id,
+                fatal,
+            },
+        );
+        if fatal {
+            self.close(ctx, code, &message);
+        }
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: ErrorCode, message: &str) {
+        let ws_code = match code {
+            ErrorCode::MessageTooLarge => ws::CloseCode::Size,
+            ErrorCode::ShuttingDown => ws::CloseCode::Away,
+            _ => ws::CloseCode::Policy,
+        };
+        let reason = format!("{code}: {message}");
+        // Close reasons are limited to 123 bytes by the protocol.
+        let mut cut = reason.len().min(120);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        ctx.close(Some(ws::CloseReason {
+            code: ws_code,
+            description: Some(reason[..cut].to_string()),
+        }));
+        self.leave(code.as_str().to_string());
+        self.phase = Phase::Closing;
+        ctx.stop();
+    }
+
+    fn leave(&mut self, reason: String) {
+        if let Phase::Ready(r) = &self.phase {
+            self.hub.do_send(hub_actor::Leave {
+                session_id: self.id.clone(),
+                name: r.name.clone(),
+                reason,
+            });
+        }
+    }
+
+    fn on_whole(&mut self, w: Whole, ctx: &mut ws::WebsocketContext<Self>) {
+        match w {
+            Whole::Text(b) => match std::str::from_utf8(&b) {
+                Ok(s) => {
+                    let s = s.to_string();
+                    self.on_text(&s, ctx)
+                }
+                Err(_) => self.error(ctx, ErrorCode::BadJson, "text frame is not UTF-8".into(), None),
+            },
+            Whole::Binary(b) => self.on_binary(b, ctx),
+        }
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let msg = match parse_client_message(text) {
+            Ok(m) => m,
+            Err((code, message)) => return self.error(ctx, code, message, None),
+        };
+        match (&mut self.phase, msg) {
+            (Phase::Closing, _) => {}
+            (_, ClientMessage::Ping { nonce }) => self.send(ctx, &ServerMessage::Pong { nonce }),
+            (_, ClientMessage::Bye) => {
+                self.leave("bye".into());
+                self.phase = Phase::Closing;
+                ctx.close(Some(ws::CloseCode::Normal.into()));
+                ctx.stop();
+            }
+            (Phase::AwaitingHello, ClientMessage::Hello {
+                protocol,
+                name,
+                specialty,
+                token,
+                model,
+            }) => self.on_hello(protocol, name, specialty, token, model, ctx),
+            (Phase::AwaitingHello, _) => self.error(
+                ctx,
+                ErrorCode::HelloRequired,
+                "send a `hello` message before anything else".into(),
+                None,
+            ),
+            (Phase::Verifying, _) => self.error(
+                ctx,
+                ErrorCode::HelloRequired,
+                "wait for `welcome` before sending other messages".into(),
+                None,
+            ),
+            (Phase::Ready(_), ClientMessage::Hello { .. }) => self.error(
+                ctx,
+                ErrorCode::AlreadyGreeted,
+                "this connection has already completed its hello".into(),
+                None,
+            ),
+            (Phase::Ready(r), ClientMessage::Update {
+                update_id,
+                base_version,
+                num_examples,
+                loss,
+            }) => {
+                let h = UpdateHeader {
+                    update_id,
+                    base_version,
+                    num_examples,
+                    loss,
+                };
+                let previous = r.pending.take();
+                if let Err((code, message)) = validate_update_header(&h) {
+                    let (trainer, model) = (r.name.clone(), r.model.clone());
+                    self.hub.do_send(hub_actor::SessionRefusal {
+                        trainer,
+                        model,
+                        update_id: h.update_id.clone(),
+                        base_version: h.base_version,
+                        num_examples: h.num_examples,
+                        bytes: 0,
+                        code,
+                        message: message.clone(),
+                    });
+                    // Its payload frame will follow; swallow it quietly.
+                    if let Phase::Ready(r) = &mut self.phase {
+                        r.pending = Some(UpdateHeader {
+                            update_id: String::new(),
+                            ..h.clone()
+                        });
+                    }
+                    return self.error(ctx, code, message, Some(h.update_id));
+                }
+                r.pending = Some(h);
+                if let Some(p) = previous {
+                    self.error(
+                        ctx,
+                        ErrorCode::ExpectedBinary,
+                        "an `update` must be followed by its binary frame; the earlier update was dropped".into(),
+                        Some(p.update_id),
+                    );
+                }
+            }
+            (Phase::Ready(r), ClientMessage::Eval {
+                version,
+                specialty_accuracy,
+                global_accuracy,
+                loss,
+                num_examples,
+            }) => {
+                let finite = |v: Option<f64>| v.map(|x| x.is_finite()).unwrap_or(true);
+                if !(finite(specialty_accuracy) && finite(global_accuracy) && finite(loss)) {
+                    return self.error(
+                        ctx,
+                        ErrorCode::BadJson,
+                        "evaluation figures must be finite numbers".into(),
+                        None,
+                    );
+                }
+                self.hub.do_send(hub_actor::SubmitEval {
+                    trainer: r.name.clone(),
+                    specialty: r.specialty.clone(),
+                    model: r.model.clone(),
+                    version,
+                    specialty_accuracy,
+                    global_accuracy,
+                    loss,
+                    num_examples,
+                });
+            }
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        protocol: u32,
+        name: String,
+        specialty: String,
+        token: String,
+        model: String,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if protocol != PROTOCOL_VERSION {
+            return self.error(
+                ctx,
+                ErrorCode::ProtocolVersion,
+                format!("this hub speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                None,
+            );
+        }
+        if let Err(e) = validate_name(&name) {
+            return self.error(ctx, ErrorCode::BadName, format!("trainer {e}"), None);
+        }
+        if let Err(e) = validate_name(&specialty) {
+            return self.error(ctx, ErrorCode::BadName, format!("specialty {e}"), None);
+        }
+        if token.is_empty() || token.len() > 1024 {
+            return self.error(
+                ctx,
+                ErrorCode::BadToken,
+                "token must be 1 to 1024 characters".into(),
+                None,
+            );
+        }
+        self.phase = Phase::Verifying;
+        let hub = self.hub.clone();
+        let addr = ctx.address().recipient::<ToSession>();
+        let (sid, remote) = (self.id.clone(), self.remote.clone());
+        let (n2, s2, m2) = (name.clone(), specialty.clone(), model.clone());
+        let fut = async move {
+            let admission = hub
+                .send(hub_actor::Hello {
+                    name: n2.clone(),
+                    model: m2.clone(),
+                })
+                .await
+                .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))??;
+            let new_hash = match admission {
+                Admission::Verify { token_hash } => {
+                    let ok = actix_web::rt::task::spawn_blocking(move || {
+                        verify_token(&token, &token_hash)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !ok {
+                        return Err((
+                            ErrorCode::BadToken,
+                            format!("wrong token for trainer `{n2}`"),
+                        ));
+                    }
+                    None
+                }
+                Admission::Register => Some(
+                    actix_web::rt::task::spawn_blocking(move || hash_token(&token))
+                        .await
+                        .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+                        .map_err(|e| (ErrorCode::Internal, e))?,
+                ),
+            };
+            hub.send(hub_actor::Join {
+                session_id: sid,
+                name: n2,
+                specialty: s2,
+                model: m2,
+                remote,
+                new_hash,
+                addr,
+            })
+            .await
+            .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))?
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if matches!(act.phase, Phase::Closing) {
+                return;
+            }
+            match res {
+                Ok(w) => {
+                    act.handshake_done();
+                    act.send(
+                        ctx,
+                        &ServerMessage::Welcome {
+                            protocol: PROTOCOL_VERSION,
+                            session_id: act.id.clone(),
+                            trainer: name.clone(),
+                            specialty: specialty.clone(),
+                            model: model.clone(),
+                            version: w.version,
+                            registered: w.registered,
+                            tensors: w.layout.tensors.clone(),
+                            max_message_bytes: act.limits.max_message_bytes,
+                            heartbeat_interval_secs: act.limits.heartbeat_interval.as_secs(),
+                            max_staleness: w.max_staleness,
+                        },
+                    );
+                    ctx.binary(w.encoded);
+                    act.phase = Phase::Ready(Ready {
+                        name,
+                        specialty,
+                        model,
+                        layout: w.layout,
+                        pending: None,
+                    });
+                }
+                Err((code, message)) => {
+                    act.phase = Phase::AwaitingHello;
+                    let code = if code.is_fatal() { code } else { ErrorCode::BadToken };
+                    act.error(ctx, code, message, None);
+                }
+            }
+        }));
+    }
+
+    fn on_binary(&mut self, payload: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        let Phase::Ready(r) = &mut self.phase else {
+            return self.error(
+                ctx,
+                ErrorCode::UnexpectedBinary,
+                "binary frames are only accepted after `welcome`, following an `update`".into(),
+                None,
+            );
+        };
+        let Some(h) = r.pending.take() else {
+            return self.error(
+                ctx,
+                ErrorCode::UnexpectedBinary,
+                "a binary frame must follow an `update` message".into(),
+                None,
+            );
+        };
+        if h.update_id.is_empty() {
+            // The payload of an update whose header was refused.
+            return;
+        }
+        let (trainer, model) = (r.name.clone(), r.model.clone());
+        let delta = match r.layout.decode(&payload) {
+            Ok(d) => d,
+            Err(e) => {
+                self.hub.do_send(hub_actor::SessionRefusal {
+                    trainer,
+                    model,
+                    update_id: h.update_id.clone(),
+                    base_version: h.base_version,
+                    num_examples: h.num_examples,
+                    bytes: payload.len() as u64,
+                    code: e.code,
+                    message: e.message.clone(),
+                });
+                return self.error(ctx, e.code, e.message, Some(h.update_id));
+            }
+        };
+        let update_id = h.update_id.clone();
+        let fut = self.hub.send(hub_actor::SubmitUpdate {
+            session_id: self.id.clone(),
+            trainer,
+            model,
+            update_id: h.update_id,
+            base_version: h.base_version,
+            num_examples: h.num_examples,
+            loss: h.loss,
+            delta,
+            payload,
+        });
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(Ok(a)) => act.send(
+                    ctx,
+                    &ServerMessage::Ack {
+                        update_id,
+                        base_version: a.base_version,
+                        staleness: a.staleness,
+                        duplicate: a.duplicate,
+                        status: a.status,
+                    },
+                ),
+                Ok(Err((code, message))) => {
+                    // A refused update is this message's error, not the connection's.
+                    let code_nonfatal = code;
+                    act.send(
+                        ctx,
+                        &ServerMessage::Error {
+                            code: code_nonfatal,
+                            message,
+                            update_id: Some(update_id),
+                            fatal: false,
+                        },
+                    )
+                }
+                Err(e) => act.error(
+                    ctx,
+                    ErrorCode::ShuttingDown,
+                    format!("hub unavailable: {e}"),
+                    Some(update_id),
+                ),
+            }
+        }));
+    }
+}
+
+impl Actor for TrainerSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.metrics.do_send(metrics::WsSession {
+            kind: "trainer",
+            opened: true,
+        });
+        ctx.run_later(self.limits.hello_timeout, |act, ctx| {
+            if matches!(act.phase, Phase::AwaitingHello | Phase::Verifying) {
+                let secs = act.limits.hello_timeout.as_secs();
+                act.error(
+                    ctx,
+                    ErrorCode::HelloTimeout,
+                    format!("no valid `hello` within {secs} s"),
+                    None,
+                );
+            }
+        });
+        ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| {
+            if act.last_heard.elapsed() > act.limits.client_timeout {
+                log::info!("session {}: no sign of life, dropping it", act.id);
+                act.leave("timeout".into());
+                act.phase = Phase::Closing;
+                ctx.stop();
+                return;
+            }
+            ctx.ping(b"");
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        // Always tell the Hub, however the connection ended, so no session leaks.
+        self.leave("disconnected".into());
+        self.phase = Phase::Closing;
+        self.handshake_done();
+        self.metrics.do_send(metrics::WsSession {
+            kind: "trainer",
+            opened: false,
+        });
+        Running::Stop
+    }
+}
+
+impl Handler<ToSession> for TrainerSession {
+    type Result = ();
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Model { json, weights } => {
+                if matches!(self.phase, Phase::Ready(_)) {
+                    ctx.text(json);
+                    ctx.binary(weights);
+                }
+            }
+            ToSession::Close { code, message } => {
+                // Leave was decided by the hub; do not report it back.
+                if code == ErrorCode::Replaced || code == ErrorCode::Revoked {
+                    self.phase = Phase::Closing;
+                }
+                self.send(ctx, &ServerMessage::error(code, message.clone()));
+                self.close(ctx, code, &message);
+            }
+            ToSession::Goodbye => {
+                self.send(
+                    ctx,
+                    &ServerMessage::Goodbye {
+                        reason: "the hub is shutting down; reconnect later".into(),
+                    },
+                );
+                self.close(ctx, ErrorCode::ShuttingDown, "hub shutting down");
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TrainerSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        let msg = match item {
+            Ok(m) => m,
+            Err(ws::ProtocolError::Overflow) => {
+                let limit = self.limits.max_message_bytes;
+                return self.error(
+                    ctx,
+                    ErrorCode::MessageTooLarge,
+                    format!("frame exceeds the hub's limit of {limit} bytes"),
+                    None,
+                );
+            }
+            Err(e) => {
+                log::info!("session {}: protocol error: {e}", self.id);
+                self.leave(format!("protocol error: {e}"));
+                self.phase = Phase::Closing;
+                ctx.stop();
+                return;
+            }
+        };
+        match msg {
+            ws::Message::Ping(p) => ctx.pong(&p),
+            ws::Message::Pong(_) => {}
+            ws::Message::Text(t) => {
+                let b = t.into_bytes();
+                if b.len() > self.limits.max_message_bytes {
+                    let limit = self.limits.max_message_bytes;
+                    return self.error(ctx, ErrorCode::MessageTooLarge, format!("message exceeds the hub's limit of {limit} bytes"), None);
+                }
+                self.on_whole(Whole::Text(b), ctx)
+            }
+            ws::Message::Binary(b) => self.on_whole(Whole::Binary(b), ctx),
+            ws::Message::Continuation(item) => match self.assembler.push(item) {
+                Ok(Some(w)) => self.on_whole(w, ctx),
+                Ok(None) => {}
+                Err((code, message)) => self.error(ctx, code, message, None),
+            },
+            ws::Message::Close(_) => {
+                self.leave("closed by trainer".into());
+                self.phase = Phase::Closing;
+                ctx.close(None);
+                ctx.stop();
+            }
+            ws::Message::Nop => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assembler_joins_and_bounds() {
+        let mut a = FrameAssembler::new(10, 3);
+        assert_eq!(a.push(Item::FirstText(Bytes::from_static(b"ab"))), Ok(None));
+        assert_eq!(a.push(Item::Continue(Bytes::from_static(b"cd"))), Ok(None));
+        assert_eq!(
+            a.push(Item::Last(Bytes::from_static(b"e"))),
+            Ok(Some(Whole::Text(Bytes::from_static(b"abcde"))))
+        );
+        // Too many (even empty) fragments.
+        a.push(Item::FirstBinary(Bytes::new())).unwrap();
+        a.push(Item::Continue(Bytes::new())).unwrap();
+        a.push(Item::Continue(Bytes::new())).unwrap();
+        assert_eq!(
+            a.push(Item::Continue(Bytes::new())).unwrap_err().0,
+            ErrorCode::TooManyFragments
+        );
+        // Too many bytes.
+        a.push(Item::FirstBinary(Bytes::from_static(b"123456"))).unwrap();
+        assert_eq!(
+            a.push(Item::Last(Bytes::from_static(b"789012"))).unwrap_err().0,
+            ErrorCode::MessageTooLarge
+        );
+        // Continuation with nothing started.
+        assert!(a.push(Item::Last(Bytes::new())).is_err());
+    }
+
+    #[test]
+    fn message_parsing_codes() {
+        assert_eq!(parse_client_message("nope").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(
+            parse_client_message(r#"{"type":"dance"}"#).unwrap_err().0,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"update"}"#).unwrap_err().0,
+            ErrorCode::BadJson
+        );
+        assert!(matches!(
+            parse_client_message(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping { nonce: None })
+        ));
+    }
+
+    #[test]
+    fn update_header_checks() {
+        let ok = UpdateHeader {
+            update_id: "a".into(),
+            base_version: 0,
+            num_examples: 1,
+            loss: Some(0.1),
+        };
+        assert!(validate_update_header(&ok).is_ok());
+        let mut h = ok.clone();
+        h.num_examples = 0;
+        assert_eq!(validate_update_header(&h).unwrap_err().0, ErrorCode::BadNumExamples);
+        let mut h = ok.clone();
+        h.update_id = String::new();
+        assert_eq!(validate_update_header(&h).unwrap_err().0, ErrorCode::BadUpdateId);
+        let mut h = ok;
+        h.loss = Some(f64::NAN);
+        assert_eq!(validate_update_header(&h).unwrap_err().0, ErrorCode::BadLoss);
+    }
+
+    #[test]
+    fn token_hashing() {
+        let h = hash_token("s3cret").unwrap();
+        assert!(!h.contains("s3cret"));
+        assert!(verify_token("s3cret", &h));
+        assert!(!verify_token("other", &h));
+    }
+}

@@ -1,0 +1,428 @@
+//! The hub's decision logic as plain structs: a model's version, weights and
+//! buffer of accepted updates, when to fold, and who may join. The Hub actor
+//! only wires these to messages, so everything here is tested without actix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::aggregation::{
+    self, AggregateReport, AggregationSettings, Contribution, RoundClock, RoundDecision,
+    ServerState,
+};
+use crate::protocol::{ErrorCode, ModelLayout};
+use crate::trainer::net::{Evaluation, MlpSpec};
+
+/// An accepted, durable update waiting in a model's buffer.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    pub row_id: i64,
+    pub update_id: String,
+    pub trainer: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    pub delta: Arc<Vec<f32>>,
+}
+
+/// Everything the hub holds about one model.
+#[derive(Debug)]
+pub struct ModelState {
+    pub name: String,
+    pub architecture: String,
+    pub layout: Arc<ModelLayout>,
+    pub settings: AggregationSettings,
+    pub version: u64,
+    pub weights: Arc<Vec<f32>>,
+    /// The current version encoded once as safetensors and shared by every
+    /// session that sends it.
+    pub encoded: Bytes,
+    pub buffer: Vec<Buffered>,
+    pub clock: RoundClock,
+    pub server: ServerState,
+    /// A fold is being computed or committed; no second one starts meanwhile.
+    pub folding: bool,
+    pub last_metrics: Option<serde_json::Value>,
+}
+
+/// A fold ready to be committed: the new weights and what went into them.
+#[derive(Debug)]
+pub struct Fold {
+    pub version: u64,
+    pub parent: u64,
+    pub weights: Vec<f32>,
+    pub report: AggregateReport,
+    pub applied: Vec<Buffered>,
+    pub server: ServerState,
+}
+
+/// What the hub is waiting for, shown in status and on the dashboard.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Waiting {
+    pub buffered: usize,
+    pub min_updates: usize,
+    pub more_updates: usize,
+    pub round_timeout_in_secs: Option<f64>,
+    pub folding: bool,
+}
+
+impl ModelState {
+    pub fn new(
+        name: String,
+        architecture: String,
+        layout: ModelLayout,
+        settings: AggregationSettings,
+        version: u64,
+        weights: Vec<f32>,
+        encoded: Bytes,
+    ) -> Self {
+        ModelState {
+            name,
+            architecture,
+            layout: Arc::new(layout),
+            settings,
+            version,
+            weights: Arc::new(weights),
+            encoded,
+            buffer: Vec::new(),
+            clock: RoundClock::default(),
+            server: ServerState::default(),
+            folding: false,
+            last_metrics: None,
+        }
+    }
+
+    /// Staleness of an update based on `base`, or its refusal.
+    pub fn check_base(&self, base: u64) -> Result<u64, (ErrorCode, String)> {
+        aggregation::check_staleness(self.version, base, self.settings.max_staleness)
+    }
+
+    pub fn check_num_examples(&self, n: u64) -> Result<(), (ErrorCode, String)> {
+        if n == 0 {
+            return Err((
+                ErrorCode::BadNumExamples,
+                "num_examples is 0; an update must come from at least one example".into(),
+            ));
+        }
+        if n > self.settings.max_num_examples {
+            return Err((
+                ErrorCode::BadNumExamples,
+                format!(
+                    "num_examples {n} is above this model's limit of {}",
+                    self.settings.max_num_examples
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn push(&mut self, b: Buffered, now: Instant) {
+        self.buffer.push(b);
+        self.clock.on_buffered(now);
+    }
+
+    pub fn decide(&self, now: Instant) -> RoundDecision {
+        self.clock.decide(self.buffer.len(), &self.settings, now)
+    }
+
+    pub fn waiting(&self, now: Instant) -> Waiting {
+        let (more, timeout) = match self.decide(now) {
+            RoundDecision::Aggregate => (0, Some(0.0)),
+            RoundDecision::WaitFor {
+                more_updates,
+                timeout_in,
+            } => (more_updates, timeout_in.map(|d| d.as_secs_f64())),
+        };
+        Waiting {
+            buffered: self.buffer.len(),
+            min_updates: self.settings.min_updates,
+            more_updates: more,
+            round_timeout_in_secs: timeout,
+            folding: self.folding,
+        }
+    }
+
+    /// Takes the buffer for a fold when one is due. The caller computes the
+    /// fold (possibly off-thread) with [`compute_fold`] and then either
+    /// [`finish_fold`](Self::finish_fold)s or [`abort_fold`](Self::abort_fold)s.
+    pub fn begin_fold(&mut self, now: Instant) -> Option<FoldInput> {
+        if self.folding || self.buffer.is_empty() {
+            return None;
+        }
+        if self.decide(now) != RoundDecision::Aggregate {
+            return None;
+        }
+        self.folding = true;
+        Some(FoldInput {
+            version: self.version,
+            weights: self.weights.clone(),
+            updates: std::mem::take(&mut self.buffer),
+            settings: self.settings.clone(),
+            server: self.server.clone(),
+        })
+    }
+
+    pub fn finish_fold(&mut self, fold: Fold, encoded: Bytes, now: Instant) {
+        self.version = fold.version;
+        self.weights = Arc::new(fold.weights);
+        self.server = fold.server;
+        self.encoded = encoded;
+        self.folding = false;
+        self.clock.reset(self.buffer.len(), now);
+    }
+
+    /// Puts the updates back (in front of anything that arrived meanwhile)
+    /// when a fold could not be committed: acknowledged updates are never dropped.
+    pub fn abort_fold(&mut self, mut updates: Vec<Buffered>, now: Instant) {
+        updates.append(&mut self.buffer);
+        self.buffer = updates;
+        self.folding = false;
+        self.clock.reset(self.buffer.len(), now);
+    }
+}
+
+/// The inputs of one fold, detached from the hub so it can run elsewhere.
+#[derive(Debug)]
+pub struct FoldInput {
+    pub version: u64,
+    pub weights: Arc<Vec<f32>>,
+    pub updates: Vec<Buffered>,
+    pub settings: AggregationSettings,
+    pub server: ServerState,
+}
+
+/// Folds the updates into a copy of the weights with the model's strategy.
+pub fn compute_fold(input: FoldInput) -> Fold {
+    let mut weights = input.weights.as_ref().clone();
+    let mut server = input.server;
+    let contribs: Vec<Contribution<'_>> = input
+        .updates
+        .iter()
+        .map(|u| Contribution {
+            delta: u.delta.as_slice(),
+            num_examples: u.num_examples,
+            staleness: input.version.saturating_sub(u.base_version),
+        })
+        .collect();
+    let report = aggregation::aggregate(&mut weights, &contribs, &input.settings, &mut server);
+    Fold {
+        version: input.version + 1,
+        parent: input.version,
+        weights,
+        report,
+        applied: input.updates,
+        server,
+    }
+}
+
+/// The hub's own evaluation of a version, for models it knows how to run on
+/// the built-in data (an MLP with the digits shape).
+pub fn evaluate_builtin(
+    layout: &ModelLayout,
+    weights: &[f32],
+    test: Option<&crate::trainer::data::Dataset>,
+) -> Option<Evaluation> {
+    let spec = MlpSpec::from_layout(layout)?;
+    let test = test?;
+    if spec.inputs != test.dim || spec.classes != test.classes {
+        return None;
+    }
+    spec.evaluate(weights, test).ok()
+}
+
+/// A registered trainer as the hub keeps it in memory.
+#[derive(Debug, Clone)]
+pub struct TrainerInfo {
+    pub specialty: String,
+    pub token_hash: String,
+    pub revoked: bool,
+}
+
+/// What the hub requires of a connecting trainer before it may join.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// Known name: the token must verify against this hash.
+    Verify { token_hash: String },
+    /// Unknown name that may register (trust on first use).
+    Register,
+}
+
+/// Who may join, given the registry and the registration policy.
+pub fn admit(
+    trainers: &HashMap<String, TrainerInfo>,
+    name: &str,
+    open_registration: bool,
+    allowed: &[String],
+) -> Result<Admission, (ErrorCode, String)> {
+    match trainers.get(name) {
+        Some(t) if t.revoked => Err((
+            ErrorCode::Revoked,
+            format!("trainer `{name}` has been revoked by an administrator"),
+        )),
+        Some(t) => {
+            if !open_registration && !allowed.is_empty() && !allowed.iter().any(|a| a == name) {
+                return Err((
+                    ErrorCode::NotAllowed,
+                    format!("trainer `{name}` is not in hub.allowed_trainers"),
+                ));
+            }
+            Ok(Admission::Verify {
+                token_hash: t.token_hash.clone(),
+            })
+        }
+        None => {
+            if open_registration || allowed.iter().any(|a| a == name) {
+                Ok(Admission::Register)
+            } else {
+                Err((
+                    ErrorCode::NotAllowed,
+                    format!(
+                        "trainer `{name}` is not registered and this hub does not accept new trainers"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregation::Strategy;
+    use std::time::Duration;
+
+    fn settings() -> AggregationSettings {
+        AggregationSettings {
+            strategy: Strategy::Fedavg,
+            min_updates: 2,
+            round_timeout_secs: 5.0,
+            max_staleness: 3,
+            staleness_exponent: 0.0,
+            server_lr: 1.0,
+            momentum: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+            trim_fraction: 0.2,
+            clip_norm: 0.0,
+            max_num_examples: 100,
+        }
+    }
+
+    fn model() -> ModelState {
+        let layout = ModelLayout::new(vec![("w".into(), vec![2])]);
+        ModelState::new(
+            "m".into(),
+            "custom".into(),
+            layout,
+            settings(),
+            0,
+            vec![0.0, 0.0],
+            Bytes::new(),
+        )
+    }
+
+    fn upd(id: i64, base: u64, delta: Vec<f32>) -> Buffered {
+        Buffered {
+            row_id: id,
+            update_id: format!("u{id}"),
+            trainer: "t".into(),
+            base_version: base,
+            num_examples: 1,
+            delta: Arc::new(delta),
+        }
+    }
+
+    #[test]
+    fn folds_when_min_updates_buffered() {
+        let mut m = model();
+        let t = Instant::now();
+        m.push(upd(1, 0, vec![1.0, 2.0]), t);
+        assert!(m.begin_fold(t).is_none());
+        assert_eq!(m.waiting(t).more_updates, 1);
+        m.push(upd(2, 0, vec![3.0, 4.0]), t);
+        let input = m.begin_fold(t).unwrap();
+        assert!(m.folding);
+        // An update arriving during the fold waits for the next one.
+        m.push(upd(3, 0, vec![9.0, 9.0]), t);
+        let fold = compute_fold(input);
+        assert_eq!(fold.weights, vec![2.0, 3.0]);
+        assert_eq!(fold.version, 1);
+        m.finish_fold(fold, Bytes::new(), t);
+        assert_eq!(m.version, 1);
+        assert_eq!(m.buffer.len(), 1);
+        assert!(!m.folding);
+    }
+
+    #[test]
+    fn timeout_folds_a_partial_buffer_and_abort_keeps_updates() {
+        let mut m = model();
+        let t = Instant::now();
+        m.push(upd(1, 0, vec![1.0, 1.0]), t);
+        let later = t + Duration::from_secs(6);
+        let input = m.begin_fold(later).unwrap();
+        m.push(upd(2, 0, vec![0.0, 0.0]), later);
+        m.abort_fold(input.updates, later);
+        assert_eq!(
+            m.buffer.iter().map(|b| b.row_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(m.version, 0);
+    }
+
+    #[test]
+    fn checks_updates() {
+        let mut m = model();
+        m.version = 5;
+        assert_eq!(m.check_base(3), Ok(2));
+        assert_eq!(m.check_base(1).unwrap_err().0, ErrorCode::StaleUpdate);
+        assert_eq!(m.check_base(6).unwrap_err().0, ErrorCode::FutureBaseVersion);
+        assert_eq!(
+            m.check_num_examples(0).unwrap_err().0,
+            ErrorCode::BadNumExamples
+        );
+        assert_eq!(
+            m.check_num_examples(101).unwrap_err().0,
+            ErrorCode::BadNumExamples
+        );
+        assert!(m.check_num_examples(100).is_ok());
+    }
+
+    #[test]
+    fn admission_policy() {
+        let mut reg = HashMap::new();
+        reg.insert(
+            "a".to_string(),
+            TrainerInfo {
+                specialty: "s".into(),
+                token_hash: "h".into(),
+                revoked: false,
+            },
+        );
+        reg.insert(
+            "r".to_string(),
+            TrainerInfo {
+                specialty: "s".into(),
+                token_hash: "h".into(),
+                revoked: true,
+            },
+        );
+        assert_eq!(
+            admit(&reg, "a", true, &[]),
+            Ok(Admission::Verify {
+                token_hash: "h".into()
+            })
+        );
+        assert_eq!(admit(&reg, "new", true, &[]), Ok(Admission::Register));
+        assert_eq!(admit(&reg, "r", true, &[]).unwrap_err().0, ErrorCode::Revoked);
+        assert_eq!(
+            admit(&reg, "new", false, &[]).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            admit(&reg, "new", false, &["new".to_string()]),
+            Ok(Admission::Register)
+        );
+    }
+}

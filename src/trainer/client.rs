@@ -1,0 +1,741 @@
+//! The trainer's connection loop: hello, receive versions, train, send
+//! deltas, wait for acks, report evaluations; reconnect with exponential
+//! backoff and jitter; resend an unacknowledged update with the same
+//! `update_id` so the hub applies it once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{EvalReport, Learner, Trained};
+use crate::protocol::{ClientMessage, ErrorCode, ModelLayout, ServerMessage, TRAINER_WS_PATH};
+
+/// How a trainer behaves: honest, or one of the faults the harness injects.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Behaviour {
+    #[default]
+    Honest,
+    /// Sends Gaussian noise (std 1) instead of its delta.
+    Noise,
+    /// Sends its delta negated and magnified four times.
+    SignFlip,
+    /// Sends its delta multiplied by 100 (a huge norm).
+    Scaled,
+    /// Sends a delta containing NaN.
+    Nan,
+    /// Keeps training from the first version it received.
+    Stale,
+    /// Connects and never sends an update.
+    Silent,
+}
+
+/// Half-precision encoding of deltas, chosen per trainer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `ws://host:port` (or `http://`), with or without the trainer path.
+    pub hub: String,
+    pub name: String,
+    pub specialty: String,
+    pub token: String,
+    pub model: String,
+    /// Stop after training on this many global versions.
+    pub max_versions: Option<u64>,
+    pub behaviour: Behaviour,
+    pub compression: Compression,
+    /// Reconnect after the hub goes away (false: return an error).
+    pub reconnect: bool,
+    pub max_backoff: Duration,
+    /// Give up after this many consecutive failed connection attempts.
+    pub max_attempts: Option<u32>,
+}
+
+impl ClientOptions {
+    pub fn new(hub: &str, name: &str, specialty: &str, token: &str) -> Self {
+        ClientOptions {
+            hub: hub.to_string(),
+            name: name.to_string(),
+            specialty: specialty.to_string(),
+            token: token.to_string(),
+            model: "digits".into(),
+            max_versions: None,
+            behaviour: Behaviour::Honest,
+            compression: Compression::None,
+            reconnect: true,
+            max_backoff: Duration::from_secs(10),
+            max_attempts: None,
+        }
+    }
+}
+
+/// What the trainer tells its user, one per line with `--json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ClientEvent {
+    Welcome {
+        trainer: String,
+        model: String,
+        version: u64,
+        registered: bool,
+        session_id: String,
+    },
+    Version {
+        version: u64,
+        num_updates: usize,
+        hub_accuracy: Option<f64>,
+    },
+    Evaluation {
+        version: u64,
+        specialty_accuracy: Option<f64>,
+        global_accuracy: Option<f64>,
+        loss: Option<f64>,
+    },
+    Trained {
+        base_version: u64,
+        update_id: String,
+        num_examples: u64,
+        loss: f64,
+        seconds: f64,
+    },
+    Ack {
+        update_id: String,
+        base_version: u64,
+        staleness: u64,
+        duplicate: bool,
+    },
+    Error {
+        code: String,
+        message: String,
+        update_id: Option<String>,
+        fatal: bool,
+    },
+    Reconnect {
+        attempt: u32,
+        in_secs: f64,
+        reason: String,
+    },
+    Done {
+        versions_trained: u64,
+        acked: u64,
+        refused: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the hub refused this trainer: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("cannot reach the hub at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{0}")]
+    Learner(String),
+    #[error("stopped")]
+    Stopped,
+}
+
+/// Figures at the end of a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub versions_trained: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub refused: u64,
+    pub refusal_codes: HashMap<String, u64>,
+    pub acked_ids: Vec<String>,
+    pub last_version: u64,
+    pub last_eval: Option<EvalReport>,
+}
+
+/// Turns whatever the user gave into the trainer WebSocket URL.
+pub fn ws_url(hub: &str) -> String {
+    let mut u = hub.trim_end_matches('/').to_string();
+    if let Some(rest) = u.strip_prefix("http://") {
+        u = format!("ws://{rest}");
+    } else if let Some(rest) = u.strip_prefix("https://") {
+        u = format!("wss://{rest}");
+    } else if !u.starts_with("ws://") && !u.starts_with("wss://") {
+        u = format!("ws://{u}");
+    }
+    if !u.ends_with(TRAINER_WS_PATH) {
+        u.push_str(TRAINER_WS_PATH);
+    }
+    u
+}
+
+/// The REST base URL of a hub given as a WebSocket or HTTP URL.
+pub fn http_url(hub: &str) -> String {
+    let u = ws_url(hub);
+    let u = u.trim_end_matches(TRAINER_WS_PATH);
+    if let Some(rest) = u.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = u.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        u.to_string()
+    }
+}
+
+struct Pending {
+    update_id: String,
+    base_version: u64,
+    num_examples: u64,
+    loss: f64,
+    payload: Vec<u8>,
+}
+
+enum Flow {
+    Continue,
+    /// Reconnect (the connection ended or the hub asked us to go).
+    Reconnect(String),
+    /// Stop for good with this error.
+    Fatal(ClientError),
+}
+
+struct Conn {
+    layout: Option<Arc<ModelLayout>>,
+    latest: Option<(u64, Arc<Vec<f32>>)>,
+    expect_binary_for: Option<(u64, usize, Option<f64>)>,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Runs a trainer until `max_versions` are trained, `stop` resolves, or a
+/// fatal refusal. `on_event` sees every event as it happens.
+pub async fn run<L: Learner>(
+    opts: ClientOptions,
+    learner: L,
+    mut on_event: impl FnMut(&ClientEvent) + Send,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<Summary, ClientError> {
+    let learner = Arc::new(std::sync::Mutex::new(learner));
+    let url = ws_url(&opts.hub);
+    let mut summary = Summary::default();
+    let mut pending: Option<Pending> = None;
+    let mut attempt: u32 = 0;
+    let mut first_version: Option<(u64, Arc<Vec<f32>>)> = None;
+    tokio::pin!(stop);
+    loop {
+        if let Some(max) = opts.max_versions {
+            if summary.versions_trained >= max && pending.is_none() {
+                break;
+            }
+        }
+        let session = run_connection(
+            &opts,
+            &url,
+            &learner,
+            &mut summary,
+            &mut pending,
+            &mut first_version,
+            &mut on_event,
+            &mut attempt,
+        );
+        let flow = tokio::select! {
+            f = session => f,
+            _ = &mut stop => return Ok(finish(&summary, &mut on_event)),
+        };
+        match flow {
+            Flow::Continue => break,
+            Flow::Fatal(e) => return Err(e),
+            Flow::Reconnect(reason) => {
+                if !opts.reconnect {
+                    return Err(ClientError::Unreachable {
+                        url,
+                        message: reason,
+                    });
+                }
+                attempt += 1;
+                if let Some(max) = opts.max_attempts {
+                    if attempt > max {
+                        return Err(ClientError::Unreachable {
+                            url,
+                            message: format!("{reason} (gave up after {max} attempts)"),
+                        });
+                    }
+                }
+                let base = 0.25f64 * 2f64.powi(attempt.min(10) as i32 - 1);
+                let capped = base.min(opts.max_backoff.as_secs_f64());
+                let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                let wait = capped * jitter;
+                on_event(&ClientEvent::Reconnect {
+                    attempt,
+                    in_secs: wait,
+                    reason,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                    _ = &mut stop => return Ok(finish(&summary, &mut on_event)),
+                }
+            }
+        }
+    }
+    Ok(finish(&summary, &mut on_event))
+}
+
+fn finish(summary: &Summary, on_event: &mut impl FnMut(&ClientEvent)) -> Summary {
+    on_event(&ClientEvent::Done {
+        versions_trained: summary.versions_trained,
+        acked: summary.acked,
+        refused: summary.refused,
+    });
+    summary.clone()
+}
+
+async fn connect(url: &str) -> Result<Ws, String> {
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(2 << 30);
+    cfg.max_frame_size = Some(2 << 30);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url, Some(cfg), true),
+    )
+    .await
+    .map_err(|_| "connection timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+fn encode_update(
+    layout: &ModelLayout,
+    delta: &[f32],
+    compression: Compression,
+) -> Result<Vec<u8>, String> {
+    use safetensors::tensor::Dtype;
+    let dtype = match compression {
+        Compression::None => Dtype::F32,
+        Compression::F16 => Dtype::F16,
+        Compression::Bf16 => Dtype::BF16,
+    };
+    layout
+        .encode_as(delta, None, dtype)
+        .map_err(|e| e.to_string())
+}
+
+/// Applies a faulty behaviour to an honest delta.
+pub fn corrupt_delta(behaviour: Behaviour, delta: &mut [f32], rng: &mut impl Rng) {
+    match behaviour {
+        Behaviour::Noise => {
+            for v in delta.iter_mut() {
+                // Box-Muller normal sample.
+                let (u1, u2): (f32, f32) = (rng.gen_range(1e-7..1.0), rng.gen());
+                *v = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+            }
+        }
+        Behaviour::SignFlip => delta.iter_mut().for_each(|v| *v *= -4.0),
+        Behaviour::Scaled => delta.iter_mut().for_each(|v| *v *= 100.0),
+        Behaviour::Nan => {
+            if let Some(v) = delta.first_mut() {
+                *v = f32::NAN;
+            }
+        }
+        Behaviour::Honest | Behaviour::Stale | Behaviour::Silent => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_connection<L: Learner>(
+    opts: &ClientOptions,
+    url: &str,
+    learner: &Arc<std::sync::Mutex<L>>,
+    summary: &mut Summary,
+    pending: &mut Option<Pending>,
+    first_version: &mut Option<(u64, Arc<Vec<f32>>)>,
+    on_event: &mut (impl FnMut(&ClientEvent) + Send),
+    attempt: &mut u32,
+) -> Flow {
+    let mut ws = match connect(url).await {
+        Ok(ws) => ws,
+        Err(e) => return Flow::Reconnect(format!("connect: {e}")),
+    };
+    let hello = ClientMessage::Hello {
+        protocol: crate::protocol::PROTOCOL_VERSION,
+        name: opts.name.clone(),
+        specialty: opts.specialty.clone(),
+        token: opts.token.clone(),
+        model: opts.model.clone(),
+    };
+    if let Err(e) = ws
+        .send(Message::Text(serde_json::to_string(&hello).unwrap_or_default()))
+        .await
+    {
+        return Flow::Reconnect(format!("send hello: {e}"));
+    }
+    // Welcome, then the weights.
+    let layout: Arc<ModelLayout>;
+    let mut conn = Conn {
+        layout: None,
+        latest: None,
+        expect_binary_for: None,
+    };
+    loop {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Flow::Reconnect(format!("during hello: {e}")),
+            Ok(None) => return Flow::Reconnect("connection closed during hello".into()),
+            Err(_) => return Flow::Reconnect("no welcome within 30 s".into()),
+        };
+        let Message::Text(t) = msg else { continue };
+        match serde_json::from_str::<ServerMessage>(&t) {
+            Ok(ServerMessage::Welcome {
+                version,
+                tensors,
+                registered,
+                session_id,
+                trainer,
+                model,
+                ..
+            }) => {
+                let l = ModelLayout { tensors };
+                let check = learner
+                    .lock()
+                    .map_err(|_| "learner poisoned".to_string())
+                    .and_then(|g| g.check_layout(&l));
+                if let Err(e) = check {
+                    let _ = ws.close(None).await;
+                    return Flow::Fatal(ClientError::Learner(e));
+                }
+                layout = Arc::new(l);
+                conn.layout = Some(layout.clone());
+                *attempt = 0;
+                conn.expect_binary_for = Some((version, 0, None));
+                on_event(&ClientEvent::Welcome {
+                    trainer,
+                    model,
+                    version,
+                    registered,
+                    session_id,
+                });
+                break;
+            }
+            Ok(ServerMessage::Error {
+                code,
+                message,
+                fatal,
+                ..
+            }) => {
+                on_event(&ClientEvent::Error {
+                    code: code.as_str().into(),
+                    message: message.clone(),
+                    update_id: None,
+                    fatal,
+                });
+                return match code {
+                    ErrorCode::BadToken
+                    | ErrorCode::Revoked
+                    | ErrorCode::NotAllowed
+                    | ErrorCode::BadName
+                    | ErrorCode::UnknownModel
+                    | ErrorCode::ProtocolVersion => Flow::Fatal(ClientError::Refused {
+                        code: code.as_str().into(),
+                        message,
+                    }),
+                    _ => Flow::Reconnect(format!("{code}: {message}")),
+                };
+            }
+            Ok(ServerMessage::Goodbye { reason }) => return Flow::Reconnect(reason),
+            _ => {}
+        }
+    }
+    let mut resent = false;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    use rand::SeedableRng;
+    loop {
+        if let Some(max) = opts.max_versions {
+            if summary.versions_trained >= max && pending.is_none() {
+                let _ = ws
+                    .send(Message::Text(
+                        serde_json::to_string(&ClientMessage::Bye).unwrap_or_default(),
+                    ))
+                    .await;
+                let _ = ws.close(None).await;
+                return Flow::Continue;
+            }
+        }
+        // Resend an unacknowledged update (same update_id) once per connection.
+        if let Some(p) = pending.as_ref() {
+            if !resent {
+                resent = true;
+                if let Err(e) = send_update(&mut ws, p).await {
+                    return Flow::Reconnect(format!("resend: {e}"));
+                }
+                summary.sent += 1;
+            }
+        }
+        // Train on the newest version not trained on yet.
+        let due = match (&conn.latest, pending.is_none()) {
+            (Some((v, w)), true) if summary.last_version_trained() != Some(*v) => {
+                Some((*v, w.clone()))
+            }
+            _ => None,
+        };
+        if let (Some((version, global)), false) = (due, opts.behaviour == Behaviour::Silent) {
+            // Federated evaluation of the received version.
+            let l2 = learner.clone();
+            let g2 = global.clone();
+            let eval = tokio::task::spawn_blocking(move || {
+                l2.lock()
+                    .map_err(|_| "learner poisoned".to_string())
+                    .and_then(|mut l| l.evaluate(&g2, version))
+            });
+            match eval.await {
+                Ok(Ok(Some(r))) => {
+                    summary.last_eval = Some(r);
+                    on_event(&ClientEvent::Evaluation {
+                        version,
+                        specialty_accuracy: r.specialty_accuracy,
+                        global_accuracy: r.global_accuracy,
+                        loss: r.loss,
+                    });
+                    let m = ClientMessage::Eval {
+                        version,
+                        specialty_accuracy: r.specialty_accuracy,
+                        global_accuracy: r.global_accuracy,
+                        loss: r.loss,
+                        num_examples: Some(r.num_examples),
+                    };
+                    if let Err(e) = ws
+                        .send(Message::Text(serde_json::to_string(&m).unwrap_or_default()))
+                        .await
+                    {
+                        return Flow::Reconnect(format!("send eval: {e}"));
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Flow::Fatal(ClientError::Learner(e)),
+                Err(e) => return Flow::Fatal(ClientError::Learner(e.to_string())),
+            }
+            // A stale trainer keeps training from the first version it saw.
+            let (base_version, base) = if opts.behaviour == Behaviour::Stale {
+                first_version.get_or_insert((version, global.clone())).clone()
+            } else {
+                (version, global.clone())
+            };
+            let l2 = learner.clone();
+            let b2 = base.clone();
+            let started = std::time::Instant::now();
+            let train = tokio::task::spawn_blocking(move || {
+                l2.lock()
+                    .map_err(|_| "learner poisoned".to_string())
+                    .and_then(|mut l| l.train(&b2, base_version))
+            });
+            tokio::pin!(train);
+            // Keep reading (new versions, pings) while the learner works.
+            let trained: Trained = loop {
+                tokio::select! {
+                    r = &mut train => match r {
+                        Ok(Ok(t)) => break t,
+                        Ok(Err(e)) => return Flow::Fatal(ClientError::Learner(e)),
+                        Err(e) => return Flow::Fatal(ClientError::Learner(e.to_string())),
+                    },
+                    m = ws.next() => {
+                        match handle_frame(m, &mut conn, summary, pending, on_event) {
+                            Flow::Continue => {}
+                            other => return other,
+                        }
+                    }
+                }
+            };
+            if trained.weights.len() != base.len() {
+                return Flow::Fatal(ClientError::Learner(format!(
+                    "learner returned {} weights, the model has {}",
+                    trained.weights.len(),
+                    base.len()
+                )));
+            }
+            let mut delta: Vec<f32> = trained
+                .weights
+                .iter()
+                .zip(base.iter())
+                .map(|(a, b)| a - b)
+                .collect();
+            corrupt_delta(opts.behaviour, &mut delta, &mut rng);
+            let payload = match encode_update(&layout, &delta, opts.compression) {
+                Ok(p) => p,
+                Err(e) => return Flow::Fatal(ClientError::Learner(e)),
+            };
+            let update_id = format!("{}-v{}-{}", opts.name, version, uuid::Uuid::new_v4().simple());
+            summary.versions_trained += 1;
+            summary.last_version = version;
+            summary.mark_trained(version);
+            on_event(&ClientEvent::Trained {
+                base_version,
+                update_id: update_id.clone(),
+                num_examples: trained.num_examples,
+                loss: trained.loss,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            let p = Pending {
+                update_id,
+                base_version,
+                num_examples: trained.num_examples.max(1),
+                loss: trained.loss,
+                payload,
+            };
+            resent = true;
+            if let Err(e) = send_update(&mut ws, &p).await {
+                *pending = Some(p);
+                return Flow::Reconnect(format!("send update: {e}"));
+            }
+            summary.sent += 1;
+            *pending = Some(p);
+            continue;
+        }
+        let m = ws.next().await;
+        match handle_frame(m, &mut conn, summary, pending, on_event) {
+            Flow::Continue => {}
+            other => return other,
+        }
+    }
+}
+
+async fn send_update(ws: &mut Ws, p: &Pending) -> Result<(), String> {
+    let header = ClientMessage::Update {
+        update_id: p.update_id.clone(),
+        base_version: p.base_version,
+        num_examples: p.num_examples,
+        loss: Some(p.loss).filter(|l| l.is_finite()),
+    };
+    ws.send(Message::Text(
+        serde_json::to_string(&header).unwrap_or_default(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(p.payload.clone()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+impl Summary {
+    fn last_version_trained(&self) -> Option<u64> {
+        if self.versions_trained == 0 {
+            None
+        } else {
+            Some(self.last_version)
+        }
+    }
+    fn mark_trained(&mut self, v: u64) {
+        self.last_version = v;
+    }
+}
+
+fn handle_frame(
+    m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    conn: &mut Conn,
+    summary: &mut Summary,
+    pending: &mut Option<Pending>,
+    on_event: &mut (impl FnMut(&ClientEvent) + Send),
+) -> Flow {
+    let msg = match m {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Flow::Reconnect(e.to_string()),
+        None => return Flow::Reconnect("connection closed".into()),
+    };
+    match msg {
+        Message::Binary(b) => {
+            if let Some((version, num_updates, acc)) = conn.expect_binary_for.take() {
+                let Some(layout) = conn.layout.as_ref() else {
+                    return Flow::Continue;
+                };
+                let weights = match layout.decode(&b) {
+                    Ok(w) => w,
+                    Err(e) => return Flow::Reconnect(format!("bad weights from hub: {e}")),
+                };
+                if version > 0 || conn.latest.is_none() {
+                    on_event(&ClientEvent::Version {
+                        version,
+                        num_updates,
+                        hub_accuracy: acc,
+                    });
+                }
+                let newer = conn.latest.as_ref().map(|(v, _)| version > *v).unwrap_or(true);
+                if newer {
+                    conn.latest = Some((version, Arc::new(weights)));
+                }
+            }
+            Flow::Continue
+        }
+        Message::Text(t) => match serde_json::from_str::<ServerMessage>(&t) {
+            Ok(ServerMessage::Model {
+                version,
+                num_updates,
+                metrics,
+                ..
+            }) => {
+                let acc = metrics
+                    .as_ref()
+                    .and_then(|m| m["eval"]["accuracy"].as_f64());
+                conn.expect_binary_for = Some((version, num_updates, acc));
+                Flow::Continue
+            }
+            Ok(ServerMessage::Ack {
+                update_id,
+                base_version,
+                staleness,
+                duplicate,
+                ..
+            }) => {
+                if pending.as_ref().map(|p| p.update_id == update_id).unwrap_or(false) {
+                    *pending = None;
+                    summary.acked += 1;
+                    summary.acked_ids.push(update_id.clone());
+                }
+                on_event(&ClientEvent::Ack {
+                    update_id,
+                    base_version,
+                    staleness,
+                    duplicate,
+                });
+                Flow::Continue
+            }
+            Ok(ServerMessage::Error {
+                code,
+                message,
+                update_id,
+                fatal,
+            }) => {
+                on_event(&ClientEvent::Error {
+                    code: code.as_str().into(),
+                    message: message.clone(),
+                    update_id: update_id.clone(),
+                    fatal,
+                });
+                let ours = update_id.is_some()
+                    && pending.as_ref().map(|p| Some(&p.update_id) == update_id.as_ref()).unwrap_or(false);
+                if ours && !matches!(code, ErrorCode::ShuttingDown | ErrorCode::Replaced | ErrorCode::Internal) {
+                    // Refused for good (stale, bad values...): never resend it.
+                    *pending = None;
+                    summary.refused += 1;
+                    *summary.refusal_codes.entry(code.as_str().to_string()).or_default() += 1;
+                }
+                if fatal {
+                    return match code {
+                        ErrorCode::Revoked | ErrorCode::BadToken | ErrorCode::NotAllowed | ErrorCode::Replaced => {
+                            Flow::Fatal(ClientError::Refused { code: code.as_str().into(), message })
+                        }
+                        _ => Flow::Reconnect(format!("{code}: {message}")),
+                    };
+                }
+                Flow::Continue
+            }
+            Ok(ServerMessage::Goodbye { reason }) => Flow::Reconnect(reason),
+            _ => Flow::Continue,
+        },
+        Message::Close(_) => Flow::Reconnect("hub closed the connection".into()),
+        _ => Flow::Continue,
+    }
+}
