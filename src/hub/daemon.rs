@@ -40,10 +40,31 @@ pub fn sd_notify(state: &str) {
     }
 }
 
+/// Binds with SO_REUSEADDR so a restarted hub (after a crash or `kill -9`)
+/// gets its port back at once despite connections in TIME_WAIT.
+pub fn bind(addr: &str) -> Result<TcpListener, HubError> {
+    use std::net::ToSocketAddrs;
+    let err = |e: std::io::Error| HubError::Io(format!("bind {addr}"), e);
+    let sa = addr
+        .to_socket_addrs()
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| HubError::Other(format!("bind {addr}: no address")))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(sa),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.bind(&sa.into()).map_err(err)?;
+    sock.listen(4096).map_err(err)?;
+    Ok(sock.into())
+}
+
 /// Runs the hub until SIGTERM or SIGINT. Returns after a clean shutdown.
 pub fn run(cfg: Config, source: ConfigSource) -> Result<(), HubError> {
-    let listener = TcpListener::bind(&cfg.hub.bind)
-        .map_err(|e| HubError::Io(format!("bind {}", cfg.hub.bind), e))?;
+    let listener = bind(&cfg.hub.bind)?;
     let sys = actix_rt::System::new();
     sys.block_on(async move {
         let (handle, server) = start_hub(listener, cfg, source).await?;

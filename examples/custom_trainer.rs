@@ -1,0 +1,112 @@
+//! A custom trainer: the same hub connection loop as `kernal trainer`, with
+//! your own learning logic. This one trains the built-in digits network with
+//! candle's AdamW optimiser instead of SGD, on the whole training set.
+//!
+//!     cargo run --release --example custom_trainer -- ws://127.0.0.1:5001 my_name my_token 10
+//!
+//! Arguments: hub URL, trainer name, token, and how many versions to train on.
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{Linear, Module, Optimizer};
+use kernal::protocol::ModelLayout;
+use kernal::trainer::client::{self, ClientOptions};
+use kernal::trainer::data::{self, Dataset};
+use kernal::trainer::net::MlpSpec;
+use kernal::trainer::{EvalReport, Learner, Trained};
+
+struct AdamLearner {
+    spec: MlpSpec,
+    train: Dataset,
+    test: Dataset,
+}
+
+impl AdamLearner {
+    fn vars(&self, flat: &[f32]) -> candle_core::Result<Vec<Var>> {
+        let mut off = 0;
+        let mut out = Vec::new();
+        for t in self.spec.layout().tensors {
+            let n = t.numel();
+            let tensor = Tensor::from_slice(&flat[off..off + n], t.shape.as_slice(), &Device::Cpu)?;
+            out.push(Var::from_tensor(&tensor)?);
+            off += n;
+        }
+        Ok(out)
+    }
+
+    fn train_adam(&self, global: &[f32]) -> candle_core::Result<(Vec<f32>, f64)> {
+        let vars = self.vars(global)?;
+        let mut opt = candle_nn::AdamW::new(
+            vars.clone(),
+            candle_nn::ParamsAdamW { lr: 0.003, weight_decay: 0.0, ..Default::default() },
+        )?;
+        let x = Tensor::from_slice(&self.train.features, (self.train.len(), self.train.dim), &Device::Cpu)?;
+        let y = Tensor::from_slice(&self.train.labels, self.train.len(), &Device::Cpu)?;
+        let mut last = 0.0;
+        for _ in 0..10 {
+            let fc1 = Linear::new(vars[0].as_tensor().clone(), Some(vars[1].as_tensor().clone()));
+            let fc2 = Linear::new(vars[2].as_tensor().clone(), Some(vars[3].as_tensor().clone()));
+            let logits = fc2.forward(&fc1.forward(&x)?.relu()?)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            opt.backward_step(&loss)?;
+            last = loss.to_scalar::<f32>()? as f64;
+        }
+        let mut flat = Vec::new();
+        for v in &vars {
+            flat.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok((flat, last))
+    }
+}
+
+impl Learner for AdamLearner {
+    fn check_layout(&self, layout: &ModelLayout) -> Result<(), String> {
+        if *layout == self.spec.layout() {
+            Ok(())
+        } else {
+            Err("this example trains the 64-64-10 digits network only".into())
+        }
+    }
+
+    fn train(&mut self, global: &[f32], _version: u64) -> Result<Trained, String> {
+        let (weights, loss) = self.train_adam(global).map_err(|e| e.to_string())?;
+        Ok(Trained { weights, num_examples: self.train.len() as u64, loss })
+    }
+
+    fn evaluate(&mut self, global: &[f32], _version: u64) -> Result<Option<EvalReport>, String> {
+        let e = self.spec.evaluate(global, &self.test).map_err(|e| e.to_string())?;
+        Ok(Some(EvalReport {
+            specialty_accuracy: Some(e.accuracy),
+            global_accuracy: Some(e.accuracy),
+            loss: Some(e.loss),
+            num_examples: e.examples as u64,
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let hub = args.get(1).cloned().unwrap_or_else(|| "ws://127.0.0.1:5001".into());
+    let name = args.get(2).cloned().unwrap_or_else(|| "custom_adam".into());
+    let token = args.get(3).cloned().unwrap_or_else(|| "custom-token".into());
+    let versions: u64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let split = data::digits_split()?;
+    let learner = AdamLearner {
+        spec: MlpSpec { inputs: 64, hidden: 64, classes: 10 },
+        train: split.train,
+        test: split.test,
+    };
+    let mut opts = ClientOptions::new(&hub, &name, "all-digits", &token);
+    opts.max_versions = Some(versions);
+    let summary = client::run(
+        opts,
+        learner,
+        |e| println!("{}", serde_json::to_string(e).unwrap_or_default()),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
+    .await?;
+    eprintln!("trained {} versions, {} acknowledged", summary.versions_trained, summary.acked);
+    Ok(())
+}
