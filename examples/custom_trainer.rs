@@ -37,14 +37,28 @@ impl AdamLearner {
         let vars = self.vars(global)?;
         let mut opt = candle_nn::AdamW::new(
             vars.clone(),
-            candle_nn::ParamsAdamW { lr: 0.003, weight_decay: 0.0, ..Default::default() },
+            candle_nn::ParamsAdamW {
+                lr: 0.003,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
         )?;
-        let x = Tensor::from_slice(&self.train.features, (self.train.len(), self.train.dim), &Device::Cpu)?;
+        let x = Tensor::from_slice(
+            &self.train.features,
+            (self.train.len(), self.train.dim),
+            &Device::Cpu,
+        )?;
         let y = Tensor::from_slice(&self.train.labels, self.train.len(), &Device::Cpu)?;
         let mut last = 0.0;
         for _ in 0..10 {
-            let fc1 = Linear::new(vars[0].as_tensor().clone(), Some(vars[1].as_tensor().clone()));
-            let fc2 = Linear::new(vars[2].as_tensor().clone(), Some(vars[3].as_tensor().clone()));
+            let fc1 = Linear::new(
+                vars[0].as_tensor().clone(),
+                Some(vars[1].as_tensor().clone()),
+            );
+            let fc2 = Linear::new(
+                vars[2].as_tensor().clone(),
+                Some(vars[3].as_tensor().clone()),
+            );
             let logits = fc2.forward(&fc1.forward(&x)?.relu()?)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             opt.backward_step(&loss)?;
@@ -69,11 +83,18 @@ impl Learner for AdamLearner {
 
     fn train(&mut self, global: &[f32], _version: u64) -> Result<Trained, String> {
         let (weights, loss) = self.train_adam(global).map_err(|e| e.to_string())?;
-        Ok(Trained { weights, num_examples: self.train.len() as u64, loss })
+        Ok(Trained {
+            weights,
+            num_examples: self.train.len() as u64,
+            loss,
+        })
     }
 
     fn evaluate(&mut self, global: &[f32], _version: u64) -> Result<Option<EvalReport>, String> {
-        let e = self.spec.evaluate(global, &self.test).map_err(|e| e.to_string())?;
+        let e = self
+            .spec
+            .evaluate(global, &self.test)
+            .map_err(|e| e.to_string())?;
         Ok(Some(EvalReport {
             specialty_accuracy: Some(e.accuracy),
             global_accuracy: Some(e.accuracy),
@@ -86,13 +107,23 @@ impl Learner for AdamLearner {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let hub = args.get(1).cloned().unwrap_or_else(|| "ws://127.0.0.1:5001".into());
+    let hub = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "ws://127.0.0.1:5001".into());
     let name = args.get(2).cloned().unwrap_or_else(|| "custom_adam".into());
-    let token = args.get(3).cloned().unwrap_or_else(|| "custom-token".into());
+    let token = args
+        .get(3)
+        .cloned()
+        .unwrap_or_else(|| "custom-token".into());
     let versions: u64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(10);
     let split = data::digits_split()?;
     let learner = AdamLearner {
-        spec: MlpSpec { inputs: 64, hidden: 64, classes: 10 },
+        spec: MlpSpec {
+            inputs: 64,
+            hidden: 64,
+            classes: 10,
+        },
         train: split.train,
         test: split.test,
     };
@@ -107,6 +138,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
-    eprintln!("trained {} versions, {} acknowledged", summary.versions_trained, summary.acked);
+    eprintln!(
+        "trained {} versions, {} acknowledged",
+        summary.versions_trained, summary.acked
+    );
     Ok(())
 }

@@ -174,7 +174,9 @@ impl Config {
         let name = file
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".to_string());
-        let built = builder.build().map_err(|e| ConfigError::invalid(&name, e))?;
+        let built = builder
+            .build()
+            .map_err(|e| ConfigError::invalid(&name, e))?;
         let cfg: Config = built
             .try_deserialize()
             .map_err(|e| ConfigError::invalid(&name, e))?;

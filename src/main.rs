@@ -10,7 +10,11 @@ use kernal::trainer::cli::TrainerArgs;
 use kernal::trainer::client::Compression;
 
 #[derive(Parser)]
-#[command(name = "kernal", version, about = "Collaborative training hub: hub daemon, reference trainer and scenario harness")]
+#[command(
+    name = "kernal",
+    version,
+    about = "Collaborative training hub: hub daemon, reference trainer and scenario harness"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -35,7 +35,12 @@ fn versions_accuracy(v: &serde_json::Value) -> Vec<(u64, f64)> {
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|v| Some((v["version"].as_u64()?, v["metrics"]["eval"]["accuracy"].as_f64()?)))
+        .filter_map(|v| {
+            Some((
+                v["version"].as_u64()?,
+                v["metrics"]["eval"]["accuracy"].as_f64()?,
+            ))
+        })
         .collect()
 }
 
@@ -49,8 +54,7 @@ async fn three_specialists_beat_each_alone() {
         ("AI_Bob", "graphics", "secret2"),
         ("AI_Carol", "security", "secret3"),
     ] {
-        let learner =
-            MlpLearner::for_digits(SPEC, spec, &cfg.specialties, settings(name)).unwrap();
+        let learner = MlpLearner::for_digits(SPEC, spec, &cfg.specialties, settings(name)).unwrap();
         let mut opts = ClientOptions::new(&hub.hub.ws_url(), name, spec, token);
         opts.max_versions = Some(40);
         tasks.push(tokio::spawn(client::run(
@@ -80,7 +84,9 @@ async fn three_specialists_beat_each_alone() {
         let mut l = MlpLearner::for_digits(SPEC, spec, &cfg.specialties, settings(spec)).unwrap();
         let mut w = SPEC.init_weights(42);
         for v in 0..40 {
-            w = kernal::trainer::Learner::train(&mut l, &w, v).unwrap().weights;
+            w = kernal::trainer::Learner::train(&mut l, &w, v)
+                .unwrap()
+                .weights;
         }
         let e = SPEC.evaluate(&w, &split.test).unwrap();
         assert!(e.accuracy <= 0.45, "{spec} alone scores {}", e.accuracy);
@@ -110,11 +116,16 @@ fn spawn_hub_process(dir: &std::path::Path, port: u16) -> Child {
 }
 
 async fn latest_accuracy(port: u16) -> Option<(u64, f64)> {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/v1/models/digits/versions/latest"))
-        .await
-        .ok()?;
+    let r = reqwest::get(format!(
+        "http://127.0.0.1:{port}/v1/models/digits/versions/latest"
+    ))
+    .await
+    .ok()?;
     let v: serde_json::Value = r.json().await.ok()?;
-    Some((v["version"].as_u64()?, v["metrics"]["eval"]["accuracy"].as_f64()?))
+    Some((
+        v["version"].as_u64()?,
+        v["metrics"]["eval"]["accuracy"].as_f64()?,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +142,17 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
     ] {
         trainers.push(
             Command::new(kernal_bin())
-                .args(["trainer", name, spec, token, "--hub", &hub_url, "--json", "--max-versions", "80"])
+                .args([
+                    "trainer",
+                    name,
+                    spec,
+                    token,
+                    "--hub",
+                    &hub_url,
+                    "--json",
+                    "--max-versions",
+                    "80",
+                ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -146,9 +167,11 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
     let _ = hub.wait();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut hub = spawn_hub_process(dir.path(), port);
-    let (v, a) = wait_for("collective accuracy 0.90 after restart", Duration::from_secs(240), || async move {
-        latest_accuracy(port).await.filter(|(_, a)| *a >= 0.90)
-    })
+    let (v, a) = wait_for(
+        "collective accuracy 0.90 after restart",
+        Duration::from_secs(240),
+        || async move { latest_accuracy(port).await.filter(|(_, a)| *a >= 0.90) },
+    )
     .await;
     println!("after a SIGKILL of the hub: accuracy {a:.3} at version {v}");
     for mut t in trainers {
@@ -160,7 +183,10 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
             lines.iter().any(|l| l.contains("\"event\":\"reconnect\"")),
             "a trainer did not report reconnecting"
         );
-        let welcomes = lines.iter().filter(|l| l.contains("\"event\":\"welcome\"")).count();
+        let welcomes = lines
+            .iter()
+            .filter(|l| l.contains("\"event\":\"welcome\""))
+            .count();
         assert!(welcomes >= 2, "a trainer did not rejoin");
     }
     let _ = hub.kill();
@@ -174,39 +200,80 @@ async fn data_flag_checks_shape_and_learns_from_unscaled_csv() {
     });
     // A CSV of another shape: refused before connecting, naming both shapes.
     let bad = hub.dir.path().join("iris_like.csv");
-    std::fs::write(&bad, "5.1,3.5,1.4,0.2,0\n4.9,3.0,1.4,0.2,1\n6.2,3.4,5.4,2.3,2\n").unwrap();
+    std::fs::write(
+        &bad,
+        "5.1,3.5,1.4,0.2,0\n4.9,3.0,1.4,0.2,1\n6.2,3.4,5.4,2.3,2\n",
+    )
+    .unwrap();
     let out = Command::new(kernal_bin())
-        .args(["trainer", "csv_bad", "mine", "tok", "--hub", &hub.hub.ws_url(), "--data"])
+        .args([
+            "trainer",
+            "csv_bad",
+            "mine",
+            "tok",
+            "--hub",
+            &hub.hub.ws_url(),
+            "--data",
+        ])
         .arg(&bad)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("4 features") && err.contains("64 inputs"), "{err}");
+    assert!(
+        err.contains("4 features") && err.contains("64 inputs"),
+        "{err}"
+    );
     let ledger = get_json(&format!("{}/v1/trainers", hub.url())).await;
-    assert!(ledger["trainers"].as_array().unwrap().is_empty(), "it never connected");
+    assert!(
+        ledger["trainers"].as_array().unwrap().is_empty(),
+        "it never connected"
+    );
 
     // Digits with a header row and features in the thousands.
     let ds = data::digits().unwrap();
-    let mut csv = (0..64).map(|i| format!("px{i}")).collect::<Vec<_>>().join(",") + ",label\n";
+    let mut csv = (0..64)
+        .map(|i| format!("px{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",label\n";
     for i in 0..ds.len() {
-        let row: Vec<String> = ds.row(i).iter().map(|v| format!("{:.0}", 1000.0 + v * 16.0 * 250.0)).collect();
+        let row: Vec<String> = ds
+            .row(i)
+            .iter()
+            .map(|v| format!("{:.0}", 1000.0 + v * 16.0 * 250.0))
+            .collect();
         csv += &format!("{},{}\n", row.join(","), ds.labels[i]);
     }
     let good = hub.dir.path().join("scaled.csv");
     std::fs::write(&good, csv).unwrap();
     let out = Command::new(kernal_bin())
-        .args(["trainer", "csv_good", "mine", "tok", "--hub", &hub.hub.ws_url(), "--json", "--max-versions", "15", "--data"])
+        .args([
+            "trainer",
+            "csv_good",
+            "mine",
+            "tok",
+            "--hub",
+            &hub.hub.ws_url(),
+            "--json",
+            "--max-versions",
+            "15",
+            "--data",
+        ])
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last_eval = stdout
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "evaluation")
-        .last()
+        .find(|e| e["event"] == "evaluation")
         .expect("evaluation events");
     let acc = last_eval["global_accuracy"].as_f64().unwrap();
     println!("unscaled CSV with header: accuracy {acc:.3} on its test part");
@@ -223,19 +290,30 @@ async fn custom_trainer_example_joins_the_hub() {
         .unwrap()
         .join("examples")
         .join("custom_trainer");
-    assert!(exe.exists(), "cargo test builds examples: {}", exe.display());
+    assert!(
+        exe.exists(),
+        "cargo test builds examples: {}",
+        exe.display()
+    );
     let out = Command::new(&exe)
         .args([&hub.hub.ws_url(), "custom_adam", "tok", "5"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ups = get_json(&format!("{}/v1/updates?trainer=custom_adam", hub.url())).await;
     let rows = ups["updates"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|u| u["status"] == "applied"));
     let (v, acc) = {
         let l = get_json(&format!("{}/v1/models/digits/versions/latest", hub.url())).await;
-        (l["version"].as_u64().unwrap(), l["metrics"]["eval"]["accuracy"].as_f64().unwrap())
+        (
+            l["version"].as_u64().unwrap(),
+            l["metrics"]["eval"]["accuracy"].as_f64().unwrap(),
+        )
     };
     assert_eq!(v, 5);
     assert!(acc > 0.8, "the AdamW learner learned: {acc}");

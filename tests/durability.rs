@@ -44,21 +44,20 @@ async fn wait_healthy(port: u16) {
 }
 
 /// A trainer that keeps sending small updates, recording each ack.
-async fn pump(
-    ws: String,
-    name: String,
-    acked: Arc<Mutex<Vec<String>>>,
-    count: Arc<AtomicUsize>,
-) {
+async fn pump(ws: String, name: String, acked: Arc<Mutex<Vec<String>>>, count: Arc<AtomicUsize>) {
     let layout = digits_layout();
     let n = layout.num_params();
     let (mut r, w, _) = Raw::hello(&ws, &name, "tok", "digits").await;
     let mut version = w["version"].as_u64().unwrap();
     for i in 0.. {
         let id = format!("{name}-{i}");
-        let payload = layout.encode(&vec![0.001 * (i % 7) as f32; n], None).unwrap();
-        r.send_json(json!({"type":"update","update_id":id,"base_version":version,"num_examples":10}))
-            .await;
+        let payload = layout
+            .encode(&vec![0.001 * (i % 7) as f32; n], None)
+            .unwrap();
+        r.send_json(
+            json!({"type":"update","update_id":id,"base_version":version,"num_examples":10}),
+        )
+        .await;
         if r.ws_send_binary(payload).await.is_err() {
             return;
         }
@@ -99,7 +98,9 @@ impl RawExt for Raw {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next()).await.ok()??;
+            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .ok()??;
             match m {
                 Ok(Message::Text(t)) => return serde_json::from_str(&t).ok().map(Frame::Json),
                 Ok(Message::Binary(b)) => return Some(Frame::Binary(b)),
@@ -111,8 +112,10 @@ impl RawExt for Raw {
 }
 
 async fn ledger(port: u16) -> Vec<serde_json::Value> {
-    get_json(&format!("http://127.0.0.1:{port}/v1/updates?model=digits&limit=100000"))
-        .await["updates"]
+    get_json(&format!(
+        "http://127.0.0.1:{port}/v1/updates?model=digits&limit=100000"
+    ))
+    .await["updates"]
         .as_array()
         .unwrap()
         .clone()
@@ -129,7 +132,12 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     let count = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in ["k1", "k2", "k3"] {
-        tasks.push(tokio::spawn(pump(ws.clone(), t.into(), acked.clone(), count.clone())));
+        tasks.push(tokio::spawn(pump(
+            ws.clone(),
+            t.into(),
+            acked.clone(),
+            count.clone(),
+        )));
     }
     wait_for("20 acks", Duration::from_secs(60), || {
         let c = count.clone();
@@ -139,10 +147,16 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     // A second model that only folds at 30 updates: what a trainer sends
     // to it right before the kill is acknowledged but certainly not applied.
     let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1/models?name=side&min_updates=30&round_timeout_secs=3600"))
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/models?name=side&min_updates=30&round_timeout_secs=3600"
+        ))
         .bearer_auth(ADMIN)
         .header("content-type", "application/octet-stream")
-        .body(kernal::protocol::ModelLayout::new(vec![("w".into(), vec![4])]).encode(&[0.0; 4], None).unwrap())
+        .body(
+            kernal::protocol::ModelLayout::new(vec![("w".into(), vec![4])])
+                .encode(&[0.0; 4], None)
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -152,7 +166,8 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     let mut side_acked = Vec::new();
     for i in 0..10 {
         let id = format!("side-{i}");
-        s.send_update(&id, 0, 1, side.encode(&[1.0; 4], None).unwrap()).await;
+        s.send_update(&id, 0, 1, side.encode(&[1.0; 4], None).unwrap())
+            .await;
         assert_eq!(s.outcome(&id).await["type"], "ack");
         side_acked.push(id);
     }
@@ -173,10 +188,22 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     let by_id: HashMap<String, &serde_json::Value> = rows
         .iter()
         .filter(|u| u["status"] != "refused")
-        .map(|u| (format!("{}/{}", u["trainer"].as_str().unwrap(), u["update_id"].as_str().unwrap()), u))
+        .map(|u| {
+            (
+                format!(
+                    "{}/{}",
+                    u["trainer"].as_str().unwrap(),
+                    u["update_id"].as_str().unwrap()
+                ),
+                u,
+            )
+        })
         .collect();
     for id in &acked {
-        assert!(by_id.contains_key(id), "acknowledged update {id} is missing after SIGKILL");
+        assert!(
+            by_id.contains_key(id),
+            "acknowledged update {id} is missing after SIGKILL"
+        );
     }
     let pending_after_restart = rows.iter().filter(|u| u["status"] == "pending").count();
     let side_rows = get_json(&format!("http://127.0.0.1:{port2}/v1/updates?model=side")).await;
@@ -187,50 +214,87 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         .filter(|u| u["status"] == "pending")
         .map(|u| u["update_id"].as_str().unwrap())
         .collect();
-    assert_eq!(side_pending, side_acked, "acknowledged side updates are back, pending");
+    assert_eq!(
+        side_pending, side_acked,
+        "acknowledged side updates are back, pending"
+    );
     let status = get_json(&format!("http://127.0.0.1:{port2}/v1/models/side")).await;
-    assert_eq!(status["waiting"]["buffered"], 10, "pending updates are back in the buffer");
+    assert_eq!(
+        status["waiting"]["buffered"], 10,
+        "pending updates are back in the buffer"
+    );
     eprintln!(
         "{} acks before SIGKILL; {} acknowledged updates were pending at restart",
         acked.len(),
         pending_after_restart
     );
     // Pending updates were reloaded; the round timeout folds them.
-    wait_for("no pending updates", Duration::from_secs(30), || async move {
-        let rows = ledger(port2).await;
-        rows.iter().all(|u| u["status"] != "pending").then_some(())
-    })
+    wait_for(
+        "no pending updates",
+        Duration::from_secs(30),
+        || async move {
+            let rows = ledger(port2).await;
+            rows.iter().all(|u| u["status"] != "pending").then_some(())
+        },
+    )
     .await;
     let rows = ledger(port2).await;
     let mut seen = HashSet::new();
     for u in rows.iter().filter(|u| u["status"] != "refused") {
-        let id = format!("{}/{}", u["trainer"].as_str().unwrap(), u["update_id"].as_str().unwrap());
+        let id = format!(
+            "{}/{}",
+            u["trainer"].as_str().unwrap(),
+            u["update_id"].as_str().unwrap()
+        );
         assert!(seen.insert(id.clone()), "{id} is in the ledger twice");
         assert_eq!(u["status"], "applied");
         assert!(u["applied_in_version"].as_i64().unwrap() >= 1);
     }
     // Every version's list of folded updates: each id exactly once overall.
-    let versions = get_json(&format!("http://127.0.0.1:{port2}/v1/models/digits/versions")).await;
+    let versions = get_json(&format!(
+        "http://127.0.0.1:{port2}/v1/models/digits/versions"
+    ))
+    .await;
     let mut applied_count: HashMap<String, usize> = HashMap::new();
     let mut last = 0;
     for v in versions["versions"].as_array().unwrap() {
         let ver = v["version"].as_i64().unwrap();
-        assert_eq!(ver, last + if ver == 0 { 0 } else { 1 }, "versions are contiguous");
+        assert_eq!(
+            ver,
+            last + if ver == 0 { 0 } else { 1 },
+            "versions are contiguous"
+        );
         last = ver;
         if let Some(ids) = v["metrics"]["applied_update_ids"].as_array() {
             for id in ids {
-                *applied_count.entry(id.as_str().unwrap().to_string()).or_default() += 1;
+                *applied_count
+                    .entry(id.as_str().unwrap().to_string())
+                    .or_default() += 1;
             }
         }
     }
     for id in &acked {
-        assert_eq!(applied_count.get(id), Some(&1), "{id} applied {:?} times", applied_count.get(id));
+        assert_eq!(
+            applied_count.get(id),
+            Some(&1),
+            "{id} applied {:?} times",
+            applied_count.get(id)
+        );
     }
     assert!(applied_count.values().all(|c| *c == 1));
 
     // SIGTERM: the trainer is told, the hub exits 0, the database is consistent.
-    let (mut t, _, _) = Raw::hello(&format!("ws://127.0.0.1:{port2}/v1/trainers/ws"), "k1", "tok", "digits").await;
-    let st = Command::new("kill").args(["-TERM", &hub2.id().to_string()]).status().unwrap();
+    let (mut t, _, _) = Raw::hello(
+        &format!("ws://127.0.0.1:{port2}/v1/trainers/ws"),
+        "k1",
+        "tok",
+        "digits",
+    )
+    .await;
+    let st = Command::new("kill")
+        .args(["-TERM", &hub2.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let bye = t.expect_type("goodbye").await;
     assert!(bye["reason"].as_str().unwrap().contains("shutting down"));
@@ -247,7 +311,9 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         #[diesel(sql_type = diesel::sql_types::Text)]
         integrity_check: String,
     }
-    let c: Check = diesel::sql_query("PRAGMA integrity_check").get_result(&mut conn).unwrap();
+    let c: Check = diesel::sql_query("PRAGMA integrity_check")
+        .get_result(&mut conn)
+        .unwrap();
     assert_eq!(c.integrity_check, "ok");
     let open_sessions = kernal::db::close_stale_sessions(&mut conn).unwrap();
     assert_eq!(open_sessions, 0, "every session was closed on SIGTERM");

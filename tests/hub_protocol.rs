@@ -60,7 +60,10 @@ async fn hello_updates_acks_and_versions_reach_every_trainer() {
     let (va, bytes_a) = a.wait_version(1).await;
     let (vb, bytes_b) = b.wait_version(1).await;
     assert_eq!((va, vb), (1, 1));
-    assert_eq!(bytes_a, bytes_b, "every trainer gets the same encoded version");
+    assert_eq!(
+        bytes_a, bytes_b,
+        "every trainer gets the same encoded version"
+    );
     let w1 = layout.decode(&bytes_a).unwrap();
     for (x1, x0) in w1.iter().zip(&w0) {
         assert!((x1 - x0 - 3.25).abs() < 1e-4, "{x1} vs {x0}");
@@ -69,7 +72,9 @@ async fn hello_updates_acks_and_versions_reach_every_trainer() {
     let ledger = get_json(&format!("{}/v1/updates?model=digits", hub.url())).await;
     let ups = ledger["updates"].as_array().unwrap();
     assert_eq!(ups.len(), 2);
-    assert!(ups.iter().all(|u| u["status"] == "applied" && u["applied_in_version"] == 1));
+    assert!(ups
+        .iter()
+        .all(|u| u["status"] == "applied" && u["applied_in_version"] == 1));
     let latest = get_json(&format!("{}/v1/models/digits/versions/latest", hub.url())).await;
     assert_eq!(latest["version"], 1);
     assert_eq!(latest["metrics"]["aggregation"]["num_updates"], 2);
@@ -108,8 +113,13 @@ async fn every_strategy_on_hand_checkable_numbers() {
         let mut conns = Vec::new();
         for (i, d) in deltas.iter().enumerate() {
             let (mut r, _, _) = Raw::hello(&hub.ws(), &format!("{name}-t{i}"), "tok", name).await;
-            r.send_update(&format!("u{i}"), 0, examples[i], tiny_layout().encode(d, None).unwrap())
-                .await;
+            r.send_update(
+                &format!("u{i}"),
+                0,
+                examples[i],
+                tiny_layout().encode(d, None).unwrap(),
+            )
+            .await;
             assert_eq!(r.outcome(&format!("u{i}")).await["type"], "ack");
             conns.push(r);
         }
@@ -141,7 +151,10 @@ async fn every_strategy_on_hand_checkable_numbers() {
             _ => expect.to_vec(),
         };
         for (a, b) in w.iter().zip(&expect) {
-            assert!((a - b).abs() < 1e-4, "{name}: got {w:?}, expected {expect:?}");
+            assert!(
+                (a - b).abs() < 1e-4,
+                "{name}: got {w:?}, expected {expect:?}"
+            );
         }
     }
 }
@@ -181,22 +194,26 @@ async fn bad_inputs_are_refused_with_codes_while_others_keep_working() {
 
     // Wrong token for a registered name; unknown model; bad name.
     let mut r = Raw::connect(&ws).await;
-    r.send_json(json!({"type":"hello","name":"steady","specialty":"s","token":"wrong"})).await;
+    r.send_json(json!({"type":"hello","name":"steady","specialty":"s","token":"wrong"}))
+        .await;
     let e = r.expect_error().await;
     assert_eq!(e["code"], "bad_token", "{e}");
     assert_eq!(e["fatal"], true);
     let mut r = Raw::connect(&ws).await;
-    r.send_json(json!({"type":"hello","name":"x","specialty":"s","token":"t","model":"nope"})).await;
+    r.send_json(json!({"type":"hello","name":"x","specialty":"s","token":"t","model":"nope"}))
+        .await;
     assert_eq!(r.expect_error().await["code"], "unknown_model");
     let mut r = Raw::connect(&ws).await;
-    r.send_json(json!({"type":"hello","name":"../etc","specialty":"s","token":"t"})).await;
+    r.send_json(json!({"type":"hello","name":"../etc","specialty":"s","token":"t"}))
+        .await;
     assert_eq!(r.expect_error().await["code"], "bad_name");
 
     // A connected trainer sending bad frames.
     let (mut bad, _, _) = Raw::hello(&ws, "mallory", "tok-m", "digits").await;
     bad.send_binary(good()).await;
     assert_eq!(bad.expect_error().await["code"], "unexpected_binary");
-    bad.send_update("garbage", 0, 10, b"not safetensors".to_vec()).await;
+    bad.send_update("garbage", 0, 10, b"not safetensors".to_vec())
+        .await;
     let e = bad.outcome("garbage").await;
     assert_eq!(e["code"], "bad_safetensors", "{e}");
     let wrong_shape = ModelLayout::new(vec![("fc1.weight".into(), vec![3, 3])])
@@ -206,11 +223,13 @@ async fn bad_inputs_are_refused_with_codes_while_others_keep_working() {
     assert_eq!(bad.outcome("shape").await["code"], "tensor_mismatch");
     let mut nan = vec![0.0f32; n];
     nan[17] = f32::NAN;
-    bad.send_update("nan", 0, 10, layout.encode(&nan, None).unwrap()).await;
+    bad.send_update("nan", 0, 10, layout.encode(&nan, None).unwrap())
+        .await;
     assert_eq!(bad.outcome("nan").await["code"], "non_finite");
     let mut inf = vec![0.0f32; n];
     inf[3] = f32::INFINITY;
-    bad.send_update("inf", 0, 10, layout.encode(&inf, None).unwrap()).await;
+    bad.send_update("inf", 0, 10, layout.encode(&inf, None).unwrap())
+        .await;
     assert_eq!(bad.outcome("inf").await["code"], "non_finite");
     bad.send_update("zero", 0, 0, good()).await;
     assert_eq!(bad.outcome("zero").await["code"], "bad_num_examples");
@@ -252,14 +271,25 @@ async fn bad_inputs_are_refused_with_codes_while_others_keep_working() {
     assert_eq!(dup_rows[0]["status"], "applied");
 
     // Refusals are in the ledger with their codes.
-    let refused = get_json(&format!("{}/v1/updates?trainer=mallory&status=refused", hub.url())).await;
+    let refused = get_json(&format!(
+        "{}/v1/updates?trainer=mallory&status=refused",
+        hub.url()
+    ))
+    .await;
     let codes: Vec<String> = refused["updates"]
         .as_array()
         .unwrap()
         .iter()
         .map(|u| u["refusal_code"].as_str().unwrap().to_string())
         .collect();
-    for c in ["bad_safetensors", "tensor_mismatch", "non_finite", "bad_num_examples", "future_base_version", "stale_update"] {
+    for c in [
+        "bad_safetensors",
+        "tensor_mismatch",
+        "non_finite",
+        "bad_num_examples",
+        "future_base_version",
+        "stale_update",
+    ] {
         assert!(codes.iter().any(|x| x == c), "{c} missing from {codes:?}");
     }
 
@@ -279,7 +309,8 @@ async fn bad_inputs_are_refused_with_codes_while_others_keep_working() {
     assert_eq!(r.status(), 200);
     assert_eq!(eve.expect_error().await["code"], "revoked");
     let mut r = Raw::connect(&ws).await;
-    r.send_json(json!({"type":"hello","name":"eve","specialty":"s","token":"tok-e"})).await;
+    r.send_json(json!({"type":"hello","name":"eve","specialty":"s","token":"tok-e"}))
+        .await;
     assert_eq!(r.expect_error().await["code"], "revoked");
 
     // A flood of connections that never say hello: the excess is refused.
@@ -290,8 +321,8 @@ async fn bad_inputs_are_refused_with_codes_while_others_keep_working() {
             Ok((s, _)) => idle.push(s),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 503);
-                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or(b""))
-                    .to_string();
+                let body =
+                    String::from_utf8_lossy(resp.body().as_deref().unwrap_or(b"")).to_string();
                 assert!(body.contains("too_many_handshakes"), "{body}");
                 refused_flood += 1;
             }
@@ -317,40 +348,108 @@ async fn rest_errors_have_codes_and_statuses() {
     let j: serde_json::Value = r.json().await.unwrap();
     assert_eq!(j["code"], "unknown_model");
     assert!(j["message"].as_str().unwrap().contains("nope"));
-    let r = c.get(format!("{url}/v1/models/digits/versions/77")).send().await.unwrap();
+    let r = c
+        .get(format!("{url}/v1/models/digits/versions/77"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = c.get(format!("{url}/v1/models/digits/versions/abc")).send().await.unwrap();
+    let r = c
+        .get(format!("{url}/v1/models/digits/versions/abc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.get(format!("{url}/v1/models/nope/versions/latest/weights")).send().await.unwrap();
+    let r = c
+        .get(format!("{url}/v1/models/nope/versions/latest/weights"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     // Admin calls.
-    let r = c.post(format!("{url}/v1/models")).json(&json!({"name": "m2"})).send().await.unwrap();
+    let r = c
+        .post(format!("{url}/v1/models"))
+        .json(&json!({"name": "m2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["code"], "unauthorized");
-    let r = c.post(format!("{url}/v1/models")).bearer_auth("wrong").json(&json!({"name": "m2"})).send().await.unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "unauthorized"
+    );
+    let r = c
+        .post(format!("{url}/v1/models"))
+        .bearer_auth("wrong")
+        .json(&json!({"name": "m2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.delete(format!("{url}/v1/trainers/x")).send().await.unwrap();
+    let r = c
+        .delete(format!("{url}/v1/trainers/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.post(format!("{url}/v1/models")).bearer_auth(ADMIN)
-        .header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let r = c
+        .post(format!("{url}/v1/models"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["code"], "bad_request");
-    let r = c.post(format!("{url}/v1/models")).bearer_auth(ADMIN).json(&json!({"name": "m2", "colour": 1})).send().await.unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "bad_request"
+    );
+    let r = c
+        .post(format!("{url}/v1/models"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "m2", "colour": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.post(format!("{url}/v1/models?name=m3")).bearer_auth(ADMIN)
-        .header("content-type", "application/octet-stream").body("junk").send().await.unwrap();
+    let r = c
+        .post(format!("{url}/v1/models?name=m3"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/octet-stream")
+        .body("junk")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["code"], "bad_safetensors");
-    let r = c.get(format!("{url}/v1/updates?status=weird")).send().await.unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "bad_safetensors"
+    );
+    let r = c
+        .get(format!("{url}/v1/updates?status=weird"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.get(format!("{url}/v1/updates?limit=x")).send().await.unwrap();
+    let r = c
+        .get(format!("{url}/v1/updates?limit=x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // A good admin call creates a model that trainers can join.
     let r = c.post(format!("{url}/v1/models")).bearer_auth(ADMIN)
         .json(&json!({"name": "m2", "inputs": 4, "hidden": 8, "classes": 3, "aggregation": {"min_updates": 1}}))
         .send().await.unwrap();
     assert_eq!(r.status(), 201);
-    let r = c.post(format!("{url}/v1/models")).bearer_auth(ADMIN).json(&json!({"name": "m2"})).send().await.unwrap();
+    let r = c
+        .post(format!("{url}/v1/models"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "m2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     let m = get_json(&format!("{url}/v1/models/m2")).await;
     assert_eq!(m["num_params"], 4 * 8 + 8 + 8 * 3 + 3);
@@ -374,32 +473,73 @@ async fn large_and_fragmented_messages() {
     assert_eq!(r.status(), 201);
     let (mut t, _, w0) = Raw::hello(&hub.ws(), "big-t", "tok", "big").await;
     assert_eq!(w0.len(), 300_000);
-    t.send_update("b1", 0, 5, layout.encode(&vec![0.5; 300_000], None).unwrap())
-        .await;
+    t.send_update(
+        "b1",
+        0,
+        5,
+        layout.encode(&vec![0.5; 300_000], None).unwrap(),
+    )
+    .await;
     assert_eq!(t.outcome("b1").await["type"], "ack");
     let (_, bytes) = t.wait_version(1).await;
-    assert!(layout.decode(&bytes).unwrap().iter().all(|v| (*v - 0.5).abs() < 1e-6));
+    assert!(layout
+        .decode(&bytes)
+        .unwrap()
+        .iter()
+        .all(|v| (*v - 0.5).abs() < 1e-6));
 
     // A hello split into three WebSocket fragments is reassembled.
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
     use tokio_tungstenite::tungstenite::Message;
-    use futures_util::SinkExt;
     let mut r = Raw::connect(&hub.ws()).await;
     let hello = json!({"type":"hello","name":"frag","specialty":"s","token":"t"}).to_string();
     let (a, rest) = hello.split_at(10);
     let (b, c) = rest.split_at(10);
-    r.ws.send(Message::Frame(WsFrame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false))).await.unwrap();
-    r.ws.send(Message::Frame(WsFrame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), false))).await.unwrap();
-    r.ws.send(Message::Frame(WsFrame::message(c.as_bytes().to_vec(), OpCode::Data(Data::Continue), true))).await.unwrap();
+    r.ws.send(Message::Frame(WsFrame::message(
+        a.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    r.ws.send(Message::Frame(WsFrame::message(
+        b.as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .await
+    .unwrap();
+    r.ws.send(Message::Frame(WsFrame::message(
+        c.as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
     let w = r.expect_type("welcome").await;
     assert_eq!(w["trainer"], "frag");
 
     // A stream of empty continuation frames is cut off at the fragment limit.
-    r.ws.send(Message::Frame(WsFrame::message(Vec::new(), OpCode::Data(Data::Text), false))).await.unwrap();
+    r.ws.send(Message::Frame(WsFrame::message(
+        Vec::new(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
     let mut closed_with = None;
     for _ in 0..5000 {
-        if r.ws.send(Message::Frame(WsFrame::message(Vec::new(), OpCode::Data(Data::Continue), false))).await.is_err() {
+        if r.ws
+            .send(Message::Frame(WsFrame::message(
+                Vec::new(),
+                OpCode::Data(Data::Continue),
+                false,
+            )))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -423,14 +563,19 @@ async fn large_and_fragmented_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_download_loads_in_python_safetensors() {
     let hub = start_hub(|_| {});
-    let r = reqwest::get(format!("{}/v1/models/digits/versions/latest/weights", hub.url()))
-        .await
-        .unwrap();
+    let r = reqwest::get(format!(
+        "{}/v1/models/digits/versions/latest/weights",
+        hub.url()
+    ))
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let bytes = r.bytes().await.unwrap();
     let path = hub.dir.path().join("w.safetensors");
     std::fs::write(&path, &bytes).unwrap();
+    let pydeps = python_safetensors();
     let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", &pydeps)
         .arg("-c")
         .arg(
             "import sys; from safetensors.numpy import load_file; t = load_file(sys.argv[1]); \
@@ -438,9 +583,54 @@ async fn weights_download_loads_in_python_safetensors() {
         )
         .arg(&path)
         .output()
-        .expect("python3 runs (.ci/run installs safetensors and numpy)");
+        .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("('fc1.weight', (64, 64), 'float32')"), "{stdout}");
-    assert!(stdout.contains("('fc2.bias', (10,), 'float32')"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("('fc1.weight', (64, 64), 'float32')"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("('fc2.bias', (10,), 'float32')"),
+        "{stdout}"
+    );
+}
+
+/// Makes Python's `safetensors` (with numpy) importable: the machine's own
+/// if present, else installed from PyPI into the test's target directory.
+fn python_safetensors() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
+    let check = |pp: &std::path::Path| {
+        std::process::Command::new("python3")
+            .env("PYTHONPATH", pp)
+            .args(["-c", "import numpy, safetensors.numpy"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !check(&dir) {
+        let st = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .args(["safetensors", "numpy"])
+            .status()
+            .expect("python3 -m pip runs");
+        assert!(
+            st.success(),
+            "could not install safetensors and numpy from PyPI"
+        );
+        assert!(check(&dir));
+    }
+    dir
 }

@@ -107,7 +107,10 @@ pub fn contribution_weight(num_examples: u64, staleness: u64, exponent: f64) -> 
 }
 
 pub fn l2_norm(v: &[f32]) -> f64 {
-    v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Scale factor that brings `v` down to `clip_norm` (1.0 when within it or
@@ -311,7 +314,10 @@ pub struct RoundClock {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RoundDecision {
     Aggregate,
-    WaitFor { more_updates: usize, timeout_in: Option<Duration> },
+    WaitFor {
+        more_updates: usize,
+        timeout_in: Option<Duration>,
+    },
 }
 
 impl RoundClock {
@@ -394,7 +400,12 @@ mod tests {
         let (a, b) = ([0.0f32], [6.0f32]);
         let mut w = vec![0.0];
         // weights: 1/(1+0) = 1 and 1/(1+1) = 0.5 -> 6*0.5/1.5 = 2
-        aggregate(&mut w, &[c(&a, 1, 0), c(&b, 1, 1)], &s, &mut ServerState::default());
+        aggregate(
+            &mut w,
+            &[c(&a, 1, 0), c(&b, 1, 1)],
+            &s,
+            &mut ServerState::default(),
+        );
         assert!((w[0] - 2.0).abs() < 1e-6);
     }
 
@@ -479,12 +490,18 @@ mod tests {
         let t0 = Instant::now();
         assert!(matches!(
             clock.decide(0, &s, t0),
-            RoundDecision::WaitFor { more_updates: 2, timeout_in: None }
+            RoundDecision::WaitFor {
+                more_updates: 2,
+                timeout_in: None
+            }
         ));
         clock.on_buffered(t0);
         assert!(matches!(
             clock.decide(1, &s, t0),
-            RoundDecision::WaitFor { more_updates: 1, .. }
+            RoundDecision::WaitFor {
+                more_updates: 1,
+                ..
+            }
         ));
         assert_eq!(clock.decide(2, &s, t0), RoundDecision::Aggregate);
         assert_eq!(

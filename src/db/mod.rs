@@ -259,7 +259,9 @@ pub fn commit_version(
     applied_row_ids: &[i64],
 ) -> Result<(), DbError> {
     conn.immediate_transaction(|conn| {
-        diesel::insert_into(versions::table).values(v).execute(conn)?;
+        diesel::insert_into(versions::table)
+            .values(v)
+            .execute(conn)?;
         for chunk in applied_row_ids.chunks(500) {
             let n = diesel::update(
                 updates::table
@@ -294,8 +296,12 @@ pub fn insert_model(
     v0: &NewVersion<'_>,
 ) -> Result<(), DbError> {
     conn.immediate_transaction(|conn| {
-        diesel::insert_into(models::table).values(row).execute(conn)?;
-        diesel::insert_into(versions::table).values(v0).execute(conn)?;
+        diesel::insert_into(models::table)
+            .values(row)
+            .execute(conn)?;
+        diesel::insert_into(versions::table)
+            .values(v0)
+            .execute(conn)?;
         Ok(())
     })
 }
@@ -314,7 +320,11 @@ pub fn upsert_trainer(conn: &mut SqliteConnection, row: &TrainerRow) -> Result<(
     Ok(())
 }
 
-pub fn set_revoked(conn: &mut SqliteConnection, name: &str, revoked: bool) -> Result<bool, DbError> {
+pub fn set_revoked(
+    conn: &mut SqliteConnection,
+    name: &str,
+    revoked: bool,
+) -> Result<bool, DbError> {
     let n = diesel::update(trainers::table.filter(trainers::name.eq(name)))
         .set(trainers::revoked.eq(revoked))
         .execute(conn)?;
@@ -386,7 +396,10 @@ pub fn insert_eval(conn: &mut SqliteConnection, row: &EvalRow) -> Result<(), DbE
     Ok(())
 }
 
-pub fn insert_harness_run(conn: &mut SqliteConnection, row: &NewHarnessRun) -> Result<i64, DbError> {
+pub fn insert_harness_run(
+    conn: &mut SqliteConnection,
+    row: &NewHarnessRun,
+) -> Result<i64, DbError> {
     Ok(diesel::insert_into(harness_runs::table)
         .values(row)
         .returning(harness_runs::id)
@@ -491,7 +504,10 @@ pub fn list_updates(
     Ok(rows)
 }
 
-pub fn pending_updates(conn: &mut SqliteConnection, model: &str) -> Result<Vec<PendingRow>, DbError> {
+pub fn pending_updates(
+    conn: &mut SqliteConnection,
+    model: &str,
+) -> Result<Vec<PendingRow>, DbError> {
     Ok(updates::table
         .filter(updates::model.eq(model))
         .filter(updates::status.eq("pending"))
@@ -537,7 +553,10 @@ pub fn list_harness_runs(
         .load(conn)?)
 }
 
-pub fn get_harness_run(conn: &mut SqliteConnection, id: i64) -> Result<Option<HarnessRunRow>, DbError> {
+pub fn get_harness_run(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<HarnessRunRow>, DbError> {
     Ok(harness_runs::table
         .filter(harness_runs::id.eq(id))
         .select(HarnessRunRow::as_select())

@@ -33,15 +33,21 @@ pub struct AppState {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
-    cfg.app_data(web::JsonConfig::default().limit(1 << 20).error_handler(|e, _| {
-        ApiError::bad_request(format!("malformed JSON body: {e}")).into()
-    }))
-    .app_data(web::QueryConfig::default().error_handler(|e, _| {
-        ApiError::bad_request(format!("bad query string: {e}")).into()
-    }))
-    .app_data(web::PathConfig::default().error_handler(|e, _| {
-        ApiError::bad_request(format!("bad path: {e}")).into()
-    }))
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(1 << 20)
+            .error_handler(|e, _| {
+                ApiError::bad_request(format!("malformed JSON body: {e}")).into()
+            }),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::bad_request(format!("bad query string: {e}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::bad_request(format!("bad path: {e}")).into()),
+    )
     .app_data(web::PayloadConfig::default().limit(max_body))
     .route("/healthz", web::get().to(healthz))
     .route("/metrics", web::get().to(prometheus))
@@ -50,12 +56,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .route("/v1/models", web::post().to(create_model))
     .route("/v1/models/{model}", web::get().to(get_model))
     .route("/v1/models/{model}/versions", web::get().to(list_versions))
-    .route("/v1/models/{model}/versions/{version}", web::get().to(get_version))
+    .route(
+        "/v1/models/{model}/versions/{version}",
+        web::get().to(get_version),
+    )
     .route(
         "/v1/models/{model}/versions/{version}/weights",
         web::get().to(get_weights),
     )
-    .route("/v1/models/{model}/evaluations", web::get().to(list_evaluations))
+    .route(
+        "/v1/models/{model}/evaluations",
+        web::get().to(list_evaluations),
+    )
     .route("/v1/trainers", web::get().to(list_trainers))
     .route("/v1/trainers/ws", web::get().to(trainer_ws))
     .route("/v1/trainers/{name}", web::delete().to(revoke_trainer))
@@ -190,7 +202,9 @@ async fn get_model(
         .models
         .into_iter()
         .find(|m| m.name == name)
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownModel, format!("no model named `{name}`")))?;
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownModel, format!("no model named `{name}`"))
+        })?;
     Ok(HttpResponse::Ok().json(m))
 }
 
@@ -350,8 +364,8 @@ async fn create_model(
             .ok_or_else(|| ApiError::bad_request("query parameter `name` is required"))?;
         crate::protocol::validate_name(&name).map_err(ApiError::bad_request)?;
         let overrides = overrides_from_query(&q.rest)?;
-        let (layout, weights) = ModelLayout::from_safetensors(&body)
-            .map_err(|e| ApiError::new(e.code, e.message))?;
+        let (layout, weights) =
+            ModelLayout::from_safetensors(&body).map_err(|e| ApiError::new(e.code, e.message))?;
         let arch = if MlpSpec::from_layout(&layout).is_some() {
             "mlp"
         } else {
@@ -379,7 +393,12 @@ async fn create_model(
             hidden: j.hidden.unwrap_or(64),
             classes: j.classes.unwrap_or(10),
         };
-        if spec.inputs == 0 || spec.hidden == 0 || spec.classes < 2 || spec.hidden > 65_536 || spec.inputs > 1_000_000 {
+        if spec.inputs == 0
+            || spec.hidden == 0
+            || spec.classes < 2
+            || spec.hidden > 65_536
+            || spec.inputs > 1_000_000
+        {
             return Err(ApiError::bad_request("inputs, hidden and classes must be positive (classes at least 2) and reasonably sized"));
         }
         hub_actor::CreateModel {
@@ -580,7 +599,9 @@ async fn reload(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespons
     let f = st.reload.clone();
     let changed = web::block(move || f()).await?;
     match changed {
-        Ok(changed) => Ok(HttpResponse::Ok().json(serde_json::json!({"reloaded": true, "changed": changed}))),
+        Ok(changed) => {
+            Ok(HttpResponse::Ok().json(serde_json::json!({"reloaded": true, "changed": changed})))
+        }
         Err(e) => Err(ApiError::bad_request(e)),
     }
 }

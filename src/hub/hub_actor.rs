@@ -203,9 +203,16 @@ impl Hub {
                     let loss = metrics_json["eval"]["loss"].as_f64();
                     log::info!(
                         "model {model_name}: version {version} from {num_updates} updates{}",
-                        acc.map(|a| format!(", accuracy {a:.3}")).unwrap_or_default()
+                        acc.map(|a| format!(", accuracy {a:.3}"))
+                            .unwrap_or_default()
                     );
-                    act.broadcast(&model_name, version, num_updates, &encoded, Some(metrics_json));
+                    act.broadcast(
+                        &model_name,
+                        version,
+                        num_updates,
+                        &encoded,
+                        Some(metrics_json),
+                    );
                     act.event(HubEvent::Version {
                         model: model_name.clone(),
                         version,
@@ -343,7 +350,10 @@ impl Handler<Join> for Hub {
             if self.trainers.contains_key(&m.name) {
                 return Box::pin(fut::ready(Err((
                     ErrorCode::BadToken,
-                    format!("trainer `{}` was registered concurrently; connect again", m.name),
+                    format!(
+                        "trainer `{}` was registered concurrently; connect again",
+                        m.name
+                    ),
                 ))));
             }
             self.trainers.insert(
@@ -354,7 +364,12 @@ impl Handler<Join> for Hub {
                     revoked: false,
                 },
             );
-        } else if self.trainers.get(&m.name).map(|t| t.revoked).unwrap_or(true) {
+        } else if self
+            .trainers
+            .get(&m.name)
+            .map(|t| t.revoked)
+            .unwrap_or(true)
+        {
             return Box::pin(fut::ready(Err((
                 ErrorCode::Revoked,
                 format!("trainer `{}` has been revoked", m.name),
@@ -395,12 +410,15 @@ impl Handler<Join> for Hub {
                 if registered {
                     act.trainers.remove(&m.name);
                 }
-                return Err((ErrorCode::Internal, format!("could not record the session: {e}")));
+                return Err((
+                    ErrorCode::Internal,
+                    format!("could not record the session: {e}"),
+                ));
             }
-            let model = act
-                .models
-                .get(&m.model)
-                .ok_or((ErrorCode::UnknownModel, format!("model `{}` is gone", m.model)))?;
+            let model = act.models.get(&m.model).ok_or((
+                ErrorCode::UnknownModel,
+                format!("model `{}` is gone", m.model),
+            ))?;
             let welcome = Welcome {
                 version: model.version,
                 layout: model.layout.clone(),
@@ -528,7 +546,8 @@ impl Handler<SubmitUpdate> for Hub {
             refusal: None,
             payload: None,
         };
-        self.metrics.do_send(metrics::BytesIn(u.payload.len() as u64));
+        self.metrics
+            .do_send(metrics::BytesIn(u.payload.len() as u64));
         let current = self
             .sessions
             .get(&u.trainer)
@@ -538,7 +557,10 @@ impl Handler<SubmitUpdate> for Hub {
             let err = if self.stopping {
                 (ErrorCode::ShuttingDown, "the hub is shutting down; the update was not accepted, send it again after reconnecting".to_string())
             } else {
-                (ErrorCode::Replaced, "this connection was replaced; the update was not accepted".to_string())
+                (
+                    ErrorCode::Replaced,
+                    "this connection was replaced; the update was not accepted".to_string(),
+                )
             };
             return Box::pin(fut::ready(Err(err)));
         }
@@ -563,16 +585,26 @@ impl Handler<SubmitUpdate> for Hub {
         let persister = self.persister.clone();
         self.queue(1);
         let delta = Arc::new(u.delta);
-        let fut = async move { persister.send(persister::PersistUpdate(rec.clone())).await.map(|r| (r, rec)) };
+        let fut = async move {
+            persister
+                .send(persister::PersistUpdate(rec.clone()))
+                .await
+                .map(|r| (r, rec))
+        };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             act.queue(-1);
             let (outcome, rec) = match res {
                 Ok((Ok(o), rec)) => (o, rec),
                 Ok((Err(e), _)) => {
                     log::error!("could not persist update: {e}");
-                    return Err((ErrorCode::Internal, format!("the update could not be stored: {e}")));
+                    return Err((
+                        ErrorCode::Internal,
+                        format!("the update could not be stored: {e}"),
+                    ));
                 }
-                Err(e) => return Err((ErrorCode::ShuttingDown, format!("the hub is stopping: {e}"))),
+                Err(e) => {
+                    return Err((ErrorCode::ShuttingDown, format!("the hub is stopping: {e}")))
+                }
             };
             match outcome {
                 InsertOutcome::Duplicate {
@@ -872,19 +904,18 @@ impl Handler<ApplyConfig> for Hub {
     fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Self::Context) -> Vec<String> {
         let mut changed = Vec::new();
         for (name, m) in self.models.iter_mut() {
-            let s: AggregationSettings = if new.models.contains_key(name)
-                || self.cfg.models.contains_key(name)
-            {
-                new.aggregation_for(name)
-            } else {
-                // API-created models keep their own overrides over new defaults.
-                let old_default = self.cfg.aggregation_for("\u{0}");
-                if m.settings == old_default {
-                    new.aggregation_for("\u{0}")
+            let s: AggregationSettings =
+                if new.models.contains_key(name) || self.cfg.models.contains_key(name) {
+                    new.aggregation_for(name)
                 } else {
-                    continue;
-                }
-            };
+                    // API-created models keep their own overrides over new defaults.
+                    let old_default = self.cfg.aggregation_for("\u{0}");
+                    if m.settings == old_default {
+                        new.aggregation_for("\u{0}")
+                    } else {
+                        continue;
+                    }
+                };
             if s != m.settings {
                 changed.push(format!("models.{name} aggregation settings"));
                 m.settings = s;

@@ -173,7 +173,11 @@ impl Histogram {
             let c = self.counts.get(i).copied().unwrap_or(0);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -372,7 +376,10 @@ impl Handler<BytesIn> for MetricsAggregator {
 impl Handler<PersisterTiming> for MetricsAggregator {
     type Result = ();
     fn handle(&mut self, m: PersisterTiming, _: &mut Self::Context) {
-        self.persist_hist.entry(m.what).or_default().observe(m.seconds);
+        self.persist_hist
+            .entry(m.what)
+            .or_default()
+            .observe(m.seconds);
     }
 }
 
@@ -447,73 +454,167 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
     fn handle(&mut self, _: RenderPrometheus, _: &mut Self::Context) -> String {
         let mut o = String::new();
         let w = &mut o;
-        let _ = writeln!(w, "# HELP kernal_up Whether the hub is serving (always 1 when scraped).");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_up Whether the hub is serving (always 1 when scraped)."
+        );
         let _ = writeln!(w, "# TYPE kernal_up gauge");
         let _ = writeln!(w, "kernal_up 1");
-        let _ = writeln!(w, "# HELP kernal_uptime_seconds Seconds since the hub started.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_uptime_seconds Seconds since the hub started."
+        );
         let _ = writeln!(w, "# TYPE kernal_uptime_seconds gauge");
-        let _ = writeln!(w, "kernal_uptime_seconds {}", self.started.elapsed().as_secs_f64());
-        let _ = writeln!(w, "# HELP kernal_connected_trainers Trainers connected, by model.");
+        let _ = writeln!(
+            w,
+            "kernal_uptime_seconds {}",
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = writeln!(
+            w,
+            "# HELP kernal_connected_trainers Trainers connected, by model."
+        );
         let _ = writeln!(w, "# TYPE kernal_connected_trainers gauge");
         for g in self.gauges.values() {
-            let _ = writeln!(w, "kernal_connected_trainers{{model=\"{}\"}} {}", esc(&g.model), g.connected);
+            let _ = writeln!(
+                w,
+                "kernal_connected_trainers{{model=\"{}\"}} {}",
+                esc(&g.model),
+                g.connected
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_model_version Current global version, by model.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_model_version Current global version, by model."
+        );
         let _ = writeln!(w, "# TYPE kernal_model_version gauge");
         for g in self.gauges.values() {
-            let _ = writeln!(w, "kernal_model_version{{model=\"{}\"}} {}", esc(&g.model), g.version);
+            let _ = writeln!(
+                w,
+                "kernal_model_version{{model=\"{}\"}} {}",
+                esc(&g.model),
+                g.version
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_buffered_updates Accepted updates waiting to be aggregated, by model.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_buffered_updates Accepted updates waiting to be aggregated, by model."
+        );
         let _ = writeln!(w, "# TYPE kernal_buffered_updates gauge");
         for g in self.gauges.values() {
-            let _ = writeln!(w, "kernal_buffered_updates{{model=\"{}\"}} {}", esc(&g.model), g.buffered);
+            let _ = writeln!(
+                w,
+                "kernal_buffered_updates{{model=\"{}\"}} {}",
+                esc(&g.model),
+                g.buffered
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_updates_received_total Updates received, by model.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_updates_received_total Updates received, by model."
+        );
         let _ = writeln!(w, "# TYPE kernal_updates_received_total counter");
         for (m, n) in &self.received {
-            let _ = writeln!(w, "kernal_updates_received_total{{model=\"{}\"}} {n}", esc(m));
+            let _ = writeln!(
+                w,
+                "kernal_updates_received_total{{model=\"{}\"}} {n}",
+                esc(m)
+            );
         }
         let _ = writeln!(w, "# HELP kernal_updates_acknowledged_total Updates made durable and acknowledged, by model.");
         let _ = writeln!(w, "# TYPE kernal_updates_acknowledged_total counter");
         for (m, n) in &self.accepted {
-            let _ = writeln!(w, "kernal_updates_acknowledged_total{{model=\"{}\"}} {n}", esc(m));
+            let _ = writeln!(
+                w,
+                "kernal_updates_acknowledged_total{{model=\"{}\"}} {n}",
+                esc(m)
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_updates_refused_total Updates refused, by model and error code.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_updates_refused_total Updates refused, by model and error code."
+        );
         let _ = writeln!(w, "# TYPE kernal_updates_refused_total counter");
         for ((m, c), n) in &self.refused {
-            let _ = writeln!(w, "kernal_updates_refused_total{{model=\"{}\",code=\"{}\"}} {n}", esc(m), esc(c));
+            let _ = writeln!(
+                w,
+                "kernal_updates_refused_total{{model=\"{}\",code=\"{}\"}} {n}",
+                esc(m),
+                esc(c)
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_versions_committed_total Global versions committed since start.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_versions_committed_total Global versions committed since start."
+        );
         let _ = writeln!(w, "# TYPE kernal_versions_committed_total counter");
         let _ = writeln!(w, "kernal_versions_committed_total {}", self.versions);
-        let _ = writeln!(w, "# HELP kernal_aggregation_duration_seconds Time to fold a buffer into a new version.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_aggregation_duration_seconds Time to fold a buffer into a new version."
+        );
         let _ = writeln!(w, "# TYPE kernal_aggregation_duration_seconds histogram");
         for (m, h) in &self.agg_hist {
-            h.render(w, "kernal_aggregation_duration_seconds", &format!("model=\"{}\"", esc(m)));
+            h.render(
+                w,
+                "kernal_aggregation_duration_seconds",
+                &format!("model=\"{}\"", esc(m)),
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_received_bytes_total Update payload bytes received.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_received_bytes_total Update payload bytes received."
+        );
         let _ = writeln!(w, "# TYPE kernal_received_bytes_total counter");
         let _ = writeln!(w, "kernal_received_bytes_total {}", self.bytes_in);
-        let _ = writeln!(w, "# HELP kernal_sent_bytes_total Model payload bytes sent to trainers.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_sent_bytes_total Model payload bytes sent to trainers."
+        );
         let _ = writeln!(w, "# TYPE kernal_sent_bytes_total counter");
         let _ = writeln!(w, "kernal_sent_bytes_total {}", self.bytes_out);
-        let _ = writeln!(w, "# HELP kernal_persister_queue_depth Writes sent to the persister and not yet done.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_persister_queue_depth Writes sent to the persister and not yet done."
+        );
         let _ = writeln!(w, "# TYPE kernal_persister_queue_depth gauge");
         let _ = writeln!(w, "kernal_persister_queue_depth {}", self.persister_queue);
-        let _ = writeln!(w, "# HELP kernal_persister_commit_duration_seconds Time of one persister write, by kind.");
-        let _ = writeln!(w, "# TYPE kernal_persister_commit_duration_seconds histogram");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_persister_commit_duration_seconds Time of one persister write, by kind."
+        );
+        let _ = writeln!(
+            w,
+            "# TYPE kernal_persister_commit_duration_seconds histogram"
+        );
         for (k, h) in &self.persist_hist {
-            h.render(w, "kernal_persister_commit_duration_seconds", &format!("kind=\"{k}\""));
+            h.render(
+                w,
+                "kernal_persister_commit_duration_seconds",
+                &format!("kind=\"{k}\""),
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_websocket_sessions_opened_total WebSocket sessions opened, by kind.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_websocket_sessions_opened_total WebSocket sessions opened, by kind."
+        );
         let _ = writeln!(w, "# TYPE kernal_websocket_sessions_opened_total counter");
         for (k, n) in &self.ws_opened {
-            let _ = writeln!(w, "kernal_websocket_sessions_opened_total{{kind=\"{k}\"}} {n}");
+            let _ = writeln!(
+                w,
+                "kernal_websocket_sessions_opened_total{{kind=\"{k}\"}} {n}"
+            );
         }
-        let _ = writeln!(w, "# HELP kernal_websocket_sessions_closed_total WebSocket sessions closed, by kind.");
+        let _ = writeln!(
+            w,
+            "# HELP kernal_websocket_sessions_closed_total WebSocket sessions closed, by kind."
+        );
         let _ = writeln!(w, "# TYPE kernal_websocket_sessions_closed_total counter");
         for (k, n) in &self.ws_closed {
-            let _ = writeln!(w, "kernal_websocket_sessions_closed_total{{kind=\"{k}\"}} {n}");
+            let _ = writeln!(
+                w,
+                "kernal_websocket_sessions_closed_total{{kind=\"{k}\"}} {n}"
+            );
         }
         o
     }

@@ -81,7 +81,11 @@ impl HubHandle {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         let stop = self.server.stop(true);
         let _ = actix_web::rt::time::timeout(self.shutdown_timeout, stop).await;
-        let _ = actix_web::rt::time::timeout(self.shutdown_timeout, self.persister.send(persister::Flush)).await;
+        let _ = actix_web::rt::time::timeout(
+            self.shutdown_timeout,
+            self.persister.send(persister::Flush),
+        )
+        .await;
         log::info!("hub stopped; database consistent");
     }
 
@@ -141,8 +145,9 @@ impl Reloader {
         // Restart-only keys stay as they were.
         applied.hub.bind = cur.hub.bind.clone();
         applied.hub.db = cur.hub.db.clone();
-        let changed = futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
-            .map_err(|e| format!("hub unavailable: {e}"))?;
+        let changed =
+            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
+                .map_err(|e| format!("hub unavailable: {e}"))?;
         notes.extend(changed);
         for n in &notes {
             log::info!("config reload: {n}");
@@ -324,7 +329,11 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         st.last_metrics = meta;
         for p in db::pending_updates(&mut conn, &row.name)? {
             let Some(payload) = p.payload else {
-                log::error!("pending update {} of {} has no payload", p.update_id, row.name);
+                log::error!(
+                    "pending update {} of {} has no payload",
+                    p.update_id,
+                    row.name
+                );
                 continue;
             };
             let delta = st

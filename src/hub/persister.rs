@@ -255,8 +255,9 @@ pub struct CloseSession {
 impl Handler<CloseSession> for Persister {
     type Result = ();
     fn handle(&mut self, m: CloseSession, _: &mut Self::Context) {
-        if let Err(e) = self.timed("session", |c| db::close_session(c, &m.id, &m.trainer, &m.reason))
-        {
+        if let Err(e) = self.timed("session", |c| {
+            db::close_session(c, &m.id, &m.trainer, &m.reason)
+        }) {
             log::warn!("could not record session end: {e}");
         }
     }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use bytes::{Bytes, BytesMut};
 
@@ -136,7 +138,11 @@ impl FrameAssembler {
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| (ErrorCode::BadJson, format!("frame is not valid JSON: {e}")))?;
-    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_string) else {
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+    else {
         return Err((
             ErrorCode::UnknownType,
             "message has no string field `type`".into(),
@@ -335,7 +341,12 @@ impl TrainerSession {
                     let s = s.to_string();
                     self.on_text(&s, ctx)
                 }
-                Err(_) => self.error(ctx, ErrorCode::BadJson, "text frame is not UTF-8".into(), None),
+                Err(_) => self.error(
+                    ctx,
+                    ErrorCode::BadJson,
+                    "text frame is not UTF-8".into(),
+                    None,
+                ),
             },
             Whole::Binary(b) => self.on_binary(b, ctx),
         }
@@ -355,13 +366,16 @@ impl TrainerSession {
                 ctx.close(Some(ws::CloseCode::Normal.into()));
                 ctx.stop();
             }
-            (Phase::AwaitingHello, ClientMessage::Hello {
-                protocol,
-                name,
-                specialty,
-                token,
-                model,
-            }) => self.on_hello(protocol, name, specialty, token, model, ctx),
+            (
+                Phase::AwaitingHello,
+                ClientMessage::Hello {
+                    protocol,
+                    name,
+                    specialty,
+                    token,
+                    model,
+                },
+            ) => self.on_hello(protocol, name, specialty, token, model, ctx),
             (Phase::AwaitingHello, _) => self.error(
                 ctx,
                 ErrorCode::HelloRequired,
@@ -380,12 +394,15 @@ impl TrainerSession {
                 "this connection has already completed its hello".into(),
                 None,
             ),
-            (Phase::Ready(r), ClientMessage::Update {
-                update_id,
-                base_version,
-                num_examples,
-                loss,
-            }) => {
+            (
+                Phase::Ready(r),
+                ClientMessage::Update {
+                    update_id,
+                    base_version,
+                    num_examples,
+                    loss,
+                },
+            ) => {
                 let h = UpdateHeader {
                     update_id,
                     base_version,
@@ -424,13 +441,16 @@ impl TrainerSession {
                     );
                 }
             }
-            (Phase::Ready(r), ClientMessage::Eval {
-                version,
-                specialty_accuracy,
-                global_accuracy,
-                loss,
-                num_examples,
-            }) => {
+            (
+                Phase::Ready(r),
+                ClientMessage::Eval {
+                    version,
+                    specialty_accuracy,
+                    global_accuracy,
+                    loss,
+                    num_examples,
+                },
+            ) => {
                 let finite = |v: Option<f64>| v.map(|x| x.is_finite()).unwrap_or(true);
                 if !(finite(specialty_accuracy) && finite(global_accuracy) && finite(loss)) {
                     return self.error(
@@ -566,7 +586,11 @@ impl TrainerSession {
                 }
                 Err((code, message)) => {
                     act.phase = Phase::AwaitingHello;
-                    let code = if code.is_fatal() { code } else { ErrorCode::BadToken };
+                    let code = if code.is_fatal() {
+                        code
+                    } else {
+                        ErrorCode::BadToken
+                    };
                     act.error(ctx, code, message, None);
                 }
             }
@@ -763,7 +787,12 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TrainerSession {
                 let b = t.into_bytes();
                 if b.len() > self.limits.max_message_bytes {
                     let limit = self.limits.max_message_bytes;
-                    return self.error(ctx, ErrorCode::MessageTooLarge, format!("message exceeds the hub's limit of {limit} bytes"), None);
+                    return self.error(
+                        ctx,
+                        ErrorCode::MessageTooLarge,
+                        format!("message exceeds the hub's limit of {limit} bytes"),
+                        None,
+                    );
                 }
                 self.on_whole(Whole::Text(b), ctx)
             }
@@ -806,9 +835,12 @@ mod tests {
             ErrorCode::TooManyFragments
         );
         // Too many bytes.
-        a.push(Item::FirstBinary(Bytes::from_static(b"123456"))).unwrap();
+        a.push(Item::FirstBinary(Bytes::from_static(b"123456")))
+            .unwrap();
         assert_eq!(
-            a.push(Item::Last(Bytes::from_static(b"789012"))).unwrap_err().0,
+            a.push(Item::Last(Bytes::from_static(b"789012")))
+                .unwrap_err()
+                .0,
             ErrorCode::MessageTooLarge
         );
         // Continuation with nothing started.
@@ -817,7 +849,10 @@ mod tests {
 
     #[test]
     fn message_parsing_codes() {
-        assert_eq!(parse_client_message("nope").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(
+            parse_client_message("nope").unwrap_err().0,
+            ErrorCode::BadJson
+        );
         assert_eq!(
             parse_client_message(r#"{"type":"dance"}"#).unwrap_err().0,
             ErrorCode::UnknownType
@@ -843,13 +878,22 @@ mod tests {
         assert!(validate_update_header(&ok).is_ok());
         let mut h = ok.clone();
         h.num_examples = 0;
-        assert_eq!(validate_update_header(&h).unwrap_err().0, ErrorCode::BadNumExamples);
+        assert_eq!(
+            validate_update_header(&h).unwrap_err().0,
+            ErrorCode::BadNumExamples
+        );
         let mut h = ok.clone();
         h.update_id = String::new();
-        assert_eq!(validate_update_header(&h).unwrap_err().0, ErrorCode::BadUpdateId);
+        assert_eq!(
+            validate_update_header(&h).unwrap_err().0,
+            ErrorCode::BadUpdateId
+        );
         let mut h = ok;
         h.loss = Some(f64::NAN);
-        assert_eq!(validate_update_header(&h).unwrap_err().0, ErrorCode::BadLoss);
+        assert_eq!(
+            validate_update_header(&h).unwrap_err().0,
+            ErrorCode::BadLoss
+        );
     }
 
     #[test]

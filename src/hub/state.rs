@@ -415,7 +415,10 @@ mod tests {
             })
         );
         assert_eq!(admit(&reg, "new", true, &[]), Ok(Admission::Register));
-        assert_eq!(admit(&reg, "r", true, &[]).unwrap_err().0, ErrorCode::Revoked);
+        assert_eq!(
+            admit(&reg, "r", true, &[]).unwrap_err().0,
+            ErrorCode::Revoked
+        );
         assert_eq!(
             admit(&reg, "new", false, &[]).unwrap_err().0,
             ErrorCode::NotAllowed

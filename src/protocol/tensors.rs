@@ -136,7 +136,7 @@ impl ModelLayout {
         }
         let mut hjson = serde_json::Value::Object(header).to_string().into_bytes();
         // The data section starts 8-byte aligned, as the reference writer does.
-        while (8 + hjson.len()) % 8 != 0 {
+        while !(8 + hjson.len()).is_multiple_of(8) {
             hjson.push(b' ');
         }
         let mut out = Vec::with_capacity(8 + hjson.len() + off);
@@ -271,7 +271,10 @@ impl ModelLayout {
             if v.dtype() != Dtype::F32 {
                 return Err(TensorError::new(
                     ErrorCode::TensorMismatch,
-                    format!("tensor `{n}` has dtype {:?}; model weights are F32", v.dtype()),
+                    format!(
+                        "tensor `{n}` has dtype {:?}; model weights are F32",
+                        v.dtype()
+                    ),
                 ));
             }
             specs.push((n.clone(), v.shape().to_vec()));
@@ -319,7 +322,10 @@ mod tests {
         let l = layout();
         let other = ModelLayout::new(vec![("w".into(), vec![3, 2]), ("b".into(), vec![2])]);
         let bytes = other.encode(&[0.0; 8], None).unwrap();
-        assert_eq!(l.decode(&bytes).unwrap_err().code, ErrorCode::TensorMismatch);
+        assert_eq!(
+            l.decode(&bytes).unwrap_err().code,
+            ErrorCode::TensorMismatch
+        );
         let mut flat = vec![0.0f32; 8];
         flat[7] = f32::NAN;
         let bytes = l.encode(&flat, None).unwrap();
@@ -334,6 +340,9 @@ mod tests {
             ("z".into(), vec![1]),
         ]);
         let bytes = extra.encode(&[0.0; 9], None).unwrap();
-        assert_eq!(l.decode(&bytes).unwrap_err().code, ErrorCode::TensorMismatch);
+        assert_eq!(
+            l.decode(&bytes).unwrap_err().code,
+            ErrorCode::TensorMismatch
+        );
     }
 }

@@ -78,17 +78,22 @@ async fn fetch_layout(hub: &str, model: &str) -> Result<ModelLayout, TrainerCliE
             }
             other => {
                 if attempt == 0 {
-                    log::warn!("hub not reachable yet ({}); retrying", match other {
-                        Ok(r) => r.status().to_string(),
-                        Err(e) => e.to_string(),
-                    });
+                    log::warn!(
+                        "hub not reachable yet ({}); retrying",
+                        match other {
+                            Ok(r) => r.status().to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    );
                 }
             }
         }
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
         wait = (wait * 2.0).min(5.0);
     }
-    Err(TrainerCliError::Other(format!("cannot reach the hub at {url}")))
+    Err(TrainerCliError::Other(format!(
+        "cannot reach the hub at {url}"
+    )))
 }
 
 pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, TrainerCliError> {
@@ -97,7 +102,11 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
         TrainerCliError::Shape(format!(
             "model `{}` is not an MLP this trainer can train (tensors: {:?})",
             args.model,
-            layout.tensors.iter().map(|t| (&t.name, &t.shape)).collect::<Vec<_>>()
+            layout
+                .tensors
+                .iter()
+                .map(|t| (&t.name, &t.shape))
+                .collect::<Vec<_>>()
         ))
     })?;
     let settings = TrainSettings {
@@ -150,7 +159,9 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
         line.apply(e);
         if let Some(b) = &bar {
             match e {
-                ClientEvent::Error { .. } | ClientEvent::Reconnect { .. } | ClientEvent::Welcome { .. } => {
+                ClientEvent::Error { .. }
+                | ClientEvent::Reconnect { .. }
+                | ClientEvent::Welcome { .. } => {
                     b.println(line.note.clone());
                 }
                 ClientEvent::Done { .. } => b.finish_with_message(line.render()),
@@ -181,18 +192,31 @@ struct StatusLine {
 impl StatusLine {
     fn apply(&mut self, e: &ClientEvent) {
         match e {
-            ClientEvent::Welcome { version, registered, model, .. } => {
+            ClientEvent::Welcome {
+                version,
+                registered,
+                model,
+                ..
+            } => {
                 self.version = *version;
                 self.note = format!(
                     "joined model {model} at version {version}{}",
                     if *registered { " (registered)" } else { "" }
                 );
             }
-            ClientEvent::Version { version, hub_accuracy, .. } => {
+            ClientEvent::Version {
+                version,
+                hub_accuracy,
+                ..
+            } => {
                 self.version = *version;
                 self.hub = hub_accuracy.or(self.hub);
             }
-            ClientEvent::Evaluation { specialty_accuracy, global_accuracy, .. } => {
+            ClientEvent::Evaluation {
+                specialty_accuracy,
+                global_accuracy,
+                ..
+            } => {
                 self.own = *specialty_accuracy;
                 self.global = *global_accuracy;
             }
@@ -202,15 +226,23 @@ impl StatusLine {
                 self.refused += 1;
                 self.note = format!("error {code}: {message}");
             }
-            ClientEvent::Reconnect { attempt, in_secs, reason } => {
-                self.note = format!("hub unavailable ({reason}); reconnect #{attempt} in {in_secs:.1}s");
+            ClientEvent::Reconnect {
+                attempt,
+                in_secs,
+                reason,
+            } => {
+                self.note =
+                    format!("hub unavailable ({reason}); reconnect #{attempt} in {in_secs:.1}s");
             }
             ClientEvent::Done { .. } => {}
         }
     }
 
     fn render(&self) -> String {
-        let pct = |v: Option<f64>| v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into());
+        let pct = |v: Option<f64>| {
+            v.map(|x| format!("{:.1}%", x * 100.0))
+                .unwrap_or_else(|| "-".into())
+        };
         format!(
             "version {} | local loss {} | own specialty {} | all digits {} | hub eval {} | acked {}",
             self.version,

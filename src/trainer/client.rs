@@ -212,7 +212,8 @@ struct Conn {
     expect_binary_for: Option<(u64, usize, Option<f64>)>,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Runs a trainer until `max_versions` are trained, `stop` resolves, or a
 /// fatal refusal. `on_event` sees every event as it happens.
@@ -297,9 +298,11 @@ fn finish(summary: &Summary, on_event: &mut impl FnMut(&ClientEvent)) -> Summary
 }
 
 async fn connect(url: &str) -> Result<Ws, String> {
-    let mut cfg = WebSocketConfig::default();
-    cfg.max_message_size = Some(2 << 30);
-    cfg.max_frame_size = Some(2 << 30);
+    let cfg = WebSocketConfig {
+        max_message_size: Some(2 << 30),
+        max_frame_size: Some(2 << 30),
+        ..Default::default()
+    };
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::connect_async_with_config(url, Some(cfg), true),
@@ -370,7 +373,9 @@ async fn run_connection<L: Learner>(
         model: opts.model.clone(),
     };
     if let Err(e) = ws
-        .send(Message::Text(serde_json::to_string(&hello).unwrap_or_default()))
+        .send(Message::Text(
+            serde_json::to_string(&hello).unwrap_or_default(),
+        ))
         .await
     {
         return Flow::Reconnect(format!("send hello: {e}"));
@@ -521,7 +526,9 @@ async fn run_connection<L: Learner>(
             }
             // A stale trainer keeps training from the first version it saw.
             let (base_version, base) = if opts.behaviour == Behaviour::Stale {
-                first_version.get_or_insert((version, global.clone())).clone()
+                first_version
+                    .get_or_insert((version, global.clone()))
+                    .clone()
             } else {
                 (version, global.clone())
             };
@@ -568,7 +575,12 @@ async fn run_connection<L: Learner>(
                 Ok(p) => p,
                 Err(e) => return Flow::Fatal(ClientError::Learner(e)),
             };
-            let update_id = format!("{}-v{}-{}", opts.name, version, uuid::Uuid::new_v4().simple());
+            let update_id = format!(
+                "{}-v{}-{}",
+                opts.name,
+                version,
+                uuid::Uuid::new_v4().simple()
+            );
             summary.versions_trained += 1;
             summary.last_version = version;
             summary.mark_trained(version);
@@ -662,7 +674,11 @@ fn handle_frame(
                         hub_accuracy: acc,
                     });
                 }
-                let newer = conn.latest.as_ref().map(|(v, _)| version > *v).unwrap_or(true);
+                let newer = conn
+                    .latest
+                    .as_ref()
+                    .map(|(v, _)| version > *v)
+                    .unwrap_or(true);
                 if newer {
                     conn.latest = Some((version, Arc::new(weights)));
                 }
@@ -689,7 +705,11 @@ fn handle_frame(
                 duplicate,
                 ..
             }) => {
-                if pending.as_ref().map(|p| p.update_id == update_id).unwrap_or(false) {
+                if pending
+                    .as_ref()
+                    .map(|p| p.update_id == update_id)
+                    .unwrap_or(false)
+                {
                     *pending = None;
                     summary.acked += 1;
                     summary.acked_ids.push(update_id.clone());
@@ -715,18 +735,33 @@ fn handle_frame(
                     fatal,
                 });
                 let ours = update_id.is_some()
-                    && pending.as_ref().map(|p| Some(&p.update_id) == update_id.as_ref()).unwrap_or(false);
-                if ours && !matches!(code, ErrorCode::ShuttingDown | ErrorCode::Replaced | ErrorCode::Internal) {
+                    && pending
+                        .as_ref()
+                        .map(|p| Some(&p.update_id) == update_id.as_ref())
+                        .unwrap_or(false);
+                if ours
+                    && !matches!(
+                        code,
+                        ErrorCode::ShuttingDown | ErrorCode::Replaced | ErrorCode::Internal
+                    )
+                {
                     // Refused for good (stale, bad values...): never resend it.
                     *pending = None;
                     summary.refused += 1;
-                    *summary.refusal_codes.entry(code.as_str().to_string()).or_default() += 1;
+                    *summary
+                        .refusal_codes
+                        .entry(code.as_str().to_string())
+                        .or_default() += 1;
                 }
                 if fatal {
                     return match code {
-                        ErrorCode::Revoked | ErrorCode::BadToken | ErrorCode::NotAllowed | ErrorCode::Replaced => {
-                            Flow::Fatal(ClientError::Refused { code: code.as_str().into(), message })
-                        }
+                        ErrorCode::Revoked
+                        | ErrorCode::BadToken
+                        | ErrorCode::NotAllowed
+                        | ErrorCode::Replaced => Flow::Fatal(ClientError::Refused {
+                            code: code.as_str().into(),
+                            message,
+                        }),
                         _ => Flow::Reconnect(format!("{code}: {message}")),
                     };
                 }

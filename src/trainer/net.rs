@@ -101,8 +101,14 @@ impl MlpSpec {
     }
 
     fn forward(vars: &[Var; 4], x: &Tensor) -> Result<Tensor, NetError> {
-        let fc1 = Linear::new(vars[0].as_tensor().clone(), Some(vars[1].as_tensor().clone()));
-        let fc2 = Linear::new(vars[2].as_tensor().clone(), Some(vars[3].as_tensor().clone()));
+        let fc1 = Linear::new(
+            vars[0].as_tensor().clone(),
+            Some(vars[1].as_tensor().clone()),
+        );
+        let fc2 = Linear::new(
+            vars[2].as_tensor().clone(),
+            Some(vars[3].as_tensor().clone()),
+        );
         Ok(fc2.forward(&fc1.forward(x)?.relu()?)?)
     }
 
@@ -216,7 +222,12 @@ mod tests {
         let (w, loss) = spec.train(&w0, &split.train, &s).unwrap();
         let after = spec.evaluate(&w, &split.test).unwrap();
         assert!(loss.is_finite());
-        assert!(after.accuracy > 0.9, "{} -> {}", before.accuracy, after.accuracy);
+        assert!(
+            after.accuracy > 0.9,
+            "{} -> {}",
+            before.accuracy,
+            after.accuracy
+        );
         assert!(MlpSpec::from_layout(&spec.layout()) == Some(spec));
     }
 }

@@ -75,9 +75,8 @@ pub async fn get_json(url: &str) -> Value {
         .expect("json")
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A raw protocol client that lets tests send anything, well-formed or not.
 pub struct Raw {
@@ -92,9 +91,11 @@ pub enum Frame {
 
 impl Raw {
     pub async fn connect(url: &str) -> Raw {
-        let mut cfg = WebSocketConfig::default();
-        cfg.max_message_size = None;
-        cfg.max_frame_size = None;
+        let cfg = WebSocketConfig {
+            max_message_size: None,
+            max_frame_size: None,
+            ..Default::default()
+        };
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), false)
             .await
             .expect("ws connect");
@@ -102,7 +103,10 @@ impl Raw {
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.ws.send(Message::Text(s.to_string())).await.expect("send");
+        self.ws
+            .send(Message::Text(s.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_json(&mut self, v: Value) {
@@ -193,13 +197,7 @@ impl Raw {
         (r, w, weights)
     }
 
-    pub async fn send_update(
-        &mut self,
-        id: &str,
-        base: u64,
-        n: u64,
-        payload: Vec<u8>,
-    ) {
+    pub async fn send_update(&mut self, id: &str, base: u64, n: u64, payload: Vec<u8>) {
         self.send_json(serde_json::json!({
             "type": "update", "update_id": id, "base_version": base, "num_examples": n, "loss": 0.5
         }))
