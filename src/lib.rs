@@ -8,6 +8,7 @@ pub mod aggregation;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod harness;
 pub mod hub;
 pub mod protocol;
 pub mod trainer;

@@ -65,6 +65,30 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run a multi-trainer scenario (config/scenarios/NAME.toml) and check its pass criteria.
+    Harness {
+        /// Scenario name (or a path to a .toml file).
+        #[arg(required_unless_present = "list")]
+        scenario: Option<String>,
+        /// List the available scenarios.
+        #[arg(long)]
+        list: bool,
+        /// Run against this hub instead of starting one.
+        #[arg(long)]
+        hub: Option<String>,
+        /// Write the full report as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Seed (overrides the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Admin token of --hub, to record the run there (or KERNAL_ADMIN_TOKEN).
+        #[arg(long, env = "KERNAL_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -83,6 +107,29 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Harness {
+            scenario,
+            list,
+            hub,
+            report,
+            seed,
+            admin_token,
+            quiet,
+        } => {
+            init_logging("warn");
+            if list {
+                return ExitCode::from(kernal::harness::list_cli() as u8);
+            }
+            let args = kernal::harness::HarnessArgs {
+                scenario: scenario.unwrap_or_default(),
+                hub,
+                report,
+                seed,
+                admin_token,
+                progress: !quiet,
+            };
+            ExitCode::from(kernal::harness::run_cli(args) as u8)
+        }
         Command::Hub { config, bind, db } => {
             let overrides = CliOverrides { bind, db };
             let cfg = match Config::load(config.as_deref(), &overrides) {

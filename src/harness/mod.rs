@@ -1,0 +1,1117 @@
+//! `kernal harness SCENARIO`: automated multi-trainer scenarios as regression
+//! tests of the collective model. Starts its own hub (a `kernal hub` child
+//! process on a free loopback port with a fresh database) or uses `--hub`,
+//! runs real WebSocket trainers concurrently, evaluates the collective model,
+//! compares it with specialists trained alone, checks the ledger, prints a
+//! table and a verdict, writes a JSON report and records the run on the hub.
+
+pub mod scenario;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::protocol::ModelLayout;
+use crate::trainer::client::{self, Behaviour, ClientOptions, Summary};
+use crate::trainer::data;
+use crate::trainer::net::{MlpSpec, TrainSettings};
+use crate::trainer::MlpLearner;
+use scenario::{Scenario, ScenarioError};
+
+#[derive(Debug, Clone, Default)]
+pub struct HarnessArgs {
+    pub scenario: String,
+    pub hub: Option<String>,
+    pub report: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub admin_token: Option<String>,
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("{0}")]
+    Run(String),
+}
+
+fn run_err(e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Run(e.to_string())
+}
+
+/// One pass/fail check with its figure and bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct Criterion {
+    pub name: String,
+    pub passed: bool,
+    pub value: Option<f64>,
+    pub bound: Option<f64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainerRow {
+    pub name: String,
+    pub specialty: String,
+    pub behaviour: Behaviour,
+    pub solo_accuracy: Option<f64>,
+    pub collective_specialty_accuracy: Option<f64>,
+    pub collective_accuracy: f64,
+    pub versions_trained: u64,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub refused: u64,
+    pub refusal_codes: HashMap<String, u64>,
+}
+
+/// The outcome of one run of the scenario against one hub.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub strategy: Option<String>,
+    pub final_version: u64,
+    pub collective_accuracy: f64,
+    pub specialty_accuracy: BTreeMap<String, f64>,
+    pub trainers: Vec<TrainerRow>,
+    pub seconds: f64,
+    pub restarted_at: Option<u64>,
+    pub ledger_problems: Vec<String>,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub description: String,
+    pub seed: u64,
+    pub passed: bool,
+    pub hub: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub summary: Value,
+    pub criteria: Vec<Criterion>,
+    pub run: RunOutcome,
+    pub solo: BTreeMap<String, f64>,
+    pub compare: Option<RunOutcome>,
+    pub recorded_run_id: Option<i64>,
+    pub notes: Vec<String>,
+}
+
+/// A hub child process owned by the harness.
+struct OwnHub {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    token: String,
+}
+
+impl OwnHub {
+    fn start(
+        sc: &Scenario,
+        strategy_override: Option<&scenario::CompareSpec>,
+    ) -> Result<OwnHub, HarnessError> {
+        let dir = tempfile::tempdir().map_err(run_err)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(run_err)?
+            .port();
+        let token = format!("harness-{}", uuid::Uuid::new_v4().simple());
+        let h = &sc.hub;
+        let mut m = toml::Table::new();
+        let mut set = |k: &str, v: Option<toml::Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        let strategy = strategy_override.map(|c| c.strategy).or(h.strategy);
+        set(
+            "strategy",
+            strategy.map(|s| toml::Value::String(s.as_str().into())),
+        );
+        set(
+            "min_updates",
+            h.min_updates.map(|v| toml::Value::Integer(v as i64)),
+        );
+        set(
+            "round_timeout_secs",
+            h.round_timeout_secs.map(toml::Value::Float),
+        );
+        set(
+            "max_staleness",
+            h.max_staleness.map(|v| toml::Value::Integer(v as i64)),
+        );
+        set("momentum", h.momentum.map(|v| toml::Value::Float(v as f64)));
+        set(
+            "server_lr",
+            h.server_lr.map(|v| toml::Value::Float(v as f64)),
+        );
+        set(
+            "trim_fraction",
+            h.trim_fraction.map(|v| toml::Value::Float(v as f64)),
+        );
+        let clip = strategy_override.and_then(|c| c.clip_norm).or(h.clip_norm);
+        set("clip_norm", clip.map(|v| toml::Value::Float(v as f64)));
+        let mut models = toml::Table::new();
+        models.insert(h.model.clone(), toml::Value::Table(m));
+        let mut hub = toml::Table::new();
+        hub.insert("admin_token".into(), toml::Value::String(token.clone()));
+        hub.insert(
+            "state_dir".into(),
+            toml::Value::String(dir.path().display().to_string()),
+        );
+        let mut root = toml::Table::new();
+        root.insert("hub".into(), toml::Value::Table(hub));
+        root.insert("models".into(), toml::Value::Table(models));
+        let cfg_path = dir.path().join("hub.toml");
+        std::fs::write(&cfg_path, toml::to_string(&root).map_err(run_err)?).map_err(run_err)?;
+        let mut hub = OwnHub {
+            child: None,
+            dir,
+            port,
+            token,
+        };
+        hub.spawn()?;
+        Ok(hub)
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let exe = std::env::current_exe().map_err(run_err)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hub.log"))
+            .map_err(run_err)?;
+        let child = Command::new(exe)
+            .arg("hub")
+            .arg("--config")
+            .arg(self.dir.path().join("hub.toml"))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--db")
+            .arg(self.dir.path().join("hub.db"))
+            .env("RUST_LOG", "warn")
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| HarnessError::Run(format!("cannot start a hub: {e}")))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnHub {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn wait_healthy(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(HarnessError::Run(format!(
+                "the hub at {url} did not become healthy"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, HarnessError> {
+    let r = http.get(url).send().await.map_err(run_err)?;
+    if !r.status().is_success() {
+        return Err(HarnessError::Run(format!("GET {url}: {}", r.status())));
+    }
+    r.json().await.map_err(run_err)
+}
+
+/// Join and leave versions per trainer, random ones drawn from the seed.
+fn plan(sc: &Scenario, seed: u64) -> Vec<(u64, Option<u64>)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let v = sc.stop.versions;
+    sc.trainers
+        .iter()
+        .map(|t| {
+            // Trainers that give a join or leave version keep their plan;
+            // only the others churn.
+            if !sc.random_churn || t.join_at_version.is_some() || t.leave_at_version.is_some() {
+                return (t.join_at_version.unwrap_or(0), t.leave_at_version);
+            }
+            let join = rng.gen_range(0..=(v / 2).max(1));
+            // About half the churning trainers leave before the end.
+            let leave = if rng.gen_bool(0.5) {
+                Some(join + rng.gen_range((v / 6).max(1)..=(v / 2).max(2)))
+            } else {
+                None
+            };
+            (join, leave)
+        })
+        .collect()
+}
+
+struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<Summary, client::ClientError>>,
+}
+
+/// Runs the scenario once against `hub_url` and evaluates the final model.
+async fn run_once(
+    sc: &Scenario,
+    seed: u64,
+    hub_url: &str,
+    own: Option<&mut OwnHub>,
+    bar: &ProgressBar,
+    label: &str,
+) -> Result<RunOutcome, HarnessError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(run_err)?;
+    wait_healthy(&http, hub_url, Duration::from_secs(60)).await?;
+    let cfg = Config::builtin();
+    let model = sc.hub.model.clone();
+    let m = get_json(&http, &format!("{hub_url}/v1/models/{model}")).await?;
+    let layout = ModelLayout {
+        tensors: serde_json::from_value(m["tensors"].clone()).map_err(run_err)?,
+    };
+    let spec = MlpSpec::from_layout(&layout).ok_or_else(|| {
+        HarnessError::Run(format!(
+            "model `{model}` is not an MLP the reference trainer can train"
+        ))
+    })?;
+    let start_version = m["version"].as_u64().unwrap_or(0);
+    let schedule = plan(sc, seed);
+    let mut running: HashMap<usize, Running> = HashMap::new();
+    let mut done: HashMap<usize, Summary> = HashMap::new();
+    let mut own = own;
+    let mut restarted_at = None;
+    let started = Instant::now();
+    let timeout = Duration::from_secs(sc.stop.timeout_secs);
+    let mut version = start_version;
+    let mut accuracy = 0.0;
+    let mut timed_out = false;
+    bar.set_length(sc.stop.versions);
+    bar.set_position(0);
+    loop {
+        // Who should be online now?
+        for (i, t) in sc.trainers.iter().enumerate() {
+            let (join, leave) = schedule[i];
+            let rel = version - start_version;
+            let should = rel >= join && leave.map(|l| rel < l).unwrap_or(true);
+            if should && !running.contains_key(&i) && !done.contains_key(&i) {
+                let learner = make_learner(sc, t, spec, &cfg, seed)?;
+                let mut opts = ClientOptions::new(
+                    hub_url,
+                    &t.name,
+                    t.specialty.as_deref().unwrap_or("custom"),
+                    &format!("harness-token-{}", t.name),
+                );
+                opts.model = model.clone();
+                opts.behaviour = t.behaviour;
+                opts.compression = t.compression;
+                opts.max_backoff = Duration::from_secs(2);
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(client::run(opts, learner, |_| {}, async move {
+                    let _ = rx.await;
+                }));
+                running.insert(
+                    i,
+                    Running {
+                        stop: Some(tx),
+                        task,
+                    },
+                );
+            } else if !should && running.contains_key(&i) {
+                if let Some(mut r) = running.remove(&i) {
+                    if let Some(tx) = r.stop.take() {
+                        let _ = tx.send(());
+                    }
+                    let s = r.task.await.map_err(run_err)?.unwrap_or_default();
+                    done.insert(i, s);
+                }
+            }
+        }
+        // Crash and restart the hub once, if the scenario says so.
+        if let (Some(r), Some(h)) = (&sc.restart, own.as_deref_mut()) {
+            if restarted_at.is_none() && version - start_version >= r.at_version {
+                bar.println(format!("{label}: SIGKILL the hub at version {version}, restarting on the same database"));
+                h.kill9();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                h.spawn()?;
+                wait_healthy(&http, hub_url, Duration::from_secs(60)).await?;
+                restarted_at = Some(version);
+            }
+        }
+        if let Ok(m) = get_json(&http, &format!("{hub_url}/v1/models/{model}")).await {
+            version = m["version"].as_u64().unwrap_or(version);
+            accuracy = m["last_metrics"]["eval"]["accuracy"]
+                .as_f64()
+                .unwrap_or(accuracy);
+        }
+        bar.set_position(version - start_version);
+        bar.set_message(format!(
+            "{label}: version {version}, hub accuracy {accuracy:.3}, {} trainers online",
+            running.len()
+        ));
+        if version - start_version >= sc.stop.versions {
+            break;
+        }
+        if let Some(a) = sc.stop.accuracy {
+            if accuracy >= a {
+                break;
+            }
+        }
+        if started.elapsed() > timeout {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, mut r) in running.drain() {
+        if let Some(tx) = r.stop.take() {
+            let _ = tx.send(());
+        }
+        let s = match tokio::time::timeout(Duration::from_secs(30), r.task).await {
+            Ok(Ok(Ok(s))) => s,
+            _ => Summary::default(),
+        };
+        done.insert(i, s);
+    }
+    // Evaluate the final collective model on the whole test set and slices.
+    let weights_url = format!("{hub_url}/v1/models/{model}/versions/latest/weights");
+    let bytes = http
+        .get(&weights_url)
+        .send()
+        .await
+        .map_err(run_err)?
+        .bytes()
+        .await
+        .map_err(run_err)?;
+    let weights = layout.decode(&bytes).map_err(run_err)?;
+    let split = data::digits_split().map_err(run_err)?;
+    let collective = spec
+        .evaluate(&weights, &split.test)
+        .map_err(run_err)?
+        .accuracy;
+    let mut specialty_accuracy = BTreeMap::new();
+    for t in &sc.trainers {
+        if let Some(s) = &t.specialty {
+            if t.data.is_none() && !specialty_accuracy.contains_key(s) {
+                let slice = data::specialty_slice(&split.test, s, &cfg.specialties);
+                let a = spec.evaluate(&weights, &slice).map_err(run_err)?.accuracy;
+                specialty_accuracy.insert(s.clone(), a);
+            }
+        }
+    }
+    let ledger_problems = check_ledger(&http, hub_url, &model, &done, sc).await?;
+    let trainers = sc
+        .trainers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let s = done.get(&i).cloned().unwrap_or_default();
+            TrainerRow {
+                name: t.name.clone(),
+                specialty: t.specialty.clone().unwrap_or_else(|| "custom data".into()),
+                behaviour: t.behaviour,
+                solo_accuracy: None,
+                collective_specialty_accuracy: t
+                    .specialty
+                    .as_ref()
+                    .and_then(|s| specialty_accuracy.get(s).copied()),
+                collective_accuracy: collective,
+                versions_trained: s.versions_trained,
+                sent: s.sent,
+                acknowledged: s.acked,
+                refused: s.refused,
+                refusal_codes: s.refusal_codes,
+            }
+        })
+        .collect();
+    Ok(RunOutcome {
+        strategy: None,
+        final_version: version,
+        collective_accuracy: collective,
+        specialty_accuracy,
+        trainers,
+        seconds: started.elapsed().as_secs_f64(),
+        restarted_at,
+        ledger_problems,
+        timed_out,
+    })
+}
+
+fn make_learner(
+    sc: &Scenario,
+    t: &scenario::TrainerSpec,
+    spec: MlpSpec,
+    cfg: &Config,
+    seed: u64,
+) -> Result<MlpLearner, HarnessError> {
+    let settings = TrainSettings {
+        epochs: t.local_epochs.unwrap_or(sc.training.local_epochs),
+        lr: t.lr.unwrap_or(sc.training.lr),
+        batch_size: sc.training.batch_size,
+        seed: data::fnv1a(&t.name) ^ seed,
+    };
+    match &t.data {
+        Some(p) => {
+            let ds = data::load_csv(p).map_err(run_err)?;
+            Ok(MlpLearner::for_csv(spec, &ds, settings))
+        }
+        None => MlpLearner::for_digits(
+            spec,
+            t.specialty.as_deref().unwrap_or("custom"),
+            &cfg.specialties,
+            settings,
+        )
+        .map_err(HarnessError::Run),
+    }
+}
+
+/// Every acknowledged update must be in the ledger, once, and no update may
+/// be folded into two versions.
+async fn check_ledger(
+    http: &reqwest::Client,
+    hub_url: &str,
+    model: &str,
+    done: &HashMap<usize, Summary>,
+    sc: &Scenario,
+) -> Result<Vec<String>, HarnessError> {
+    let mut problems = Vec::new();
+    let mut ledger: HashMap<String, usize> = HashMap::new();
+    for t in &sc.trainers {
+        let rows = get_json(
+            http,
+            &format!(
+                "{hub_url}/v1/updates?model={model}&trainer={}&limit=1000000",
+                t.name
+            ),
+        )
+        .await?;
+        for u in rows["updates"].as_array().cloned().unwrap_or_default() {
+            if u["status"] != "refused" {
+                let id = format!(
+                    "{}/{}",
+                    u["trainer"].as_str().unwrap_or(""),
+                    u["update_id"].as_str().unwrap_or("")
+                );
+                *ledger.entry(id).or_default() += 1;
+            }
+        }
+    }
+    for (i, s) in done {
+        let name = &sc.trainers[*i].name;
+        for id in &s.acked_ids {
+            let key = format!("{name}/{id}");
+            match ledger.get(&key) {
+                None => problems.push(format!(
+                    "acknowledged update {key} is missing from the ledger"
+                )),
+                Some(n) if *n > 1 => {
+                    problems.push(format!("update {key} is in the ledger {n} times"))
+                }
+                _ => {}
+            }
+        }
+    }
+    let versions = get_json(
+        http,
+        &format!("{hub_url}/v1/models/{model}/versions?limit=100000"),
+    )
+    .await?;
+    let mut applied: HashMap<String, u32> = HashMap::new();
+    for v in versions["versions"].as_array().cloned().unwrap_or_default() {
+        for id in v["metrics"]["applied_update_ids"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            *applied
+                .entry(id.as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+    }
+    let mut twice: Vec<_> = applied
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    twice.sort();
+    for k in twice {
+        problems.push(format!("update {k} was applied more than once"));
+    }
+    Ok(problems)
+}
+
+/// Trains one specialty alone with the same budget as the collective run.
+fn solo_accuracy(
+    spec: MlpSpec,
+    specialty: &str,
+    rounds: u64,
+    sc: &Scenario,
+    seed: u64,
+) -> Result<f64, HarnessError> {
+    let cfg = Config::builtin();
+    let settings = TrainSettings {
+        epochs: sc.training.local_epochs,
+        lr: sc.training.lr,
+        batch_size: sc.training.batch_size,
+        seed: data::fnv1a(specialty) ^ seed,
+    };
+    let mut l = MlpLearner::for_digits(spec, specialty, &cfg.specialties, settings)
+        .map_err(HarnessError::Run)?;
+    let mut w = spec.init_weights(42);
+    for v in 0..rounds {
+        w = crate::trainer::Learner::train(&mut l, &w, v)
+            .map_err(HarnessError::Run)?
+            .weights;
+    }
+    Ok(spec
+        .evaluate(&w, &data::digits_split().map_err(run_err)?.test)
+        .map_err(run_err)?
+        .accuracy)
+}
+
+fn crit(
+    name: &str,
+    passed: bool,
+    value: Option<f64>,
+    bound: Option<f64>,
+    message: String,
+) -> Criterion {
+    Criterion {
+        name: name.into(),
+        passed,
+        value,
+        bound,
+        message,
+    }
+}
+
+/// Runs a scenario end to end. `Err` is a problem with the scenario or the
+/// run (exit 2); a failed criterion is an `Ok` report with `passed: false`.
+pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
+    let (sc, name, _path) = scenario::load(&args.scenario)?;
+    let seed = args.seed.unwrap_or(sc.seed);
+    let started_at = crate::db::now();
+    let mut notes = Vec::new();
+    let bar = if args.progress {
+        let b = ProgressBar::new(sc.stop.versions);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} versions {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut own = None;
+    let (hub_url, token) = match &args.hub {
+        Some(u) => {
+            if sc.restart.is_some() {
+                return Err(HarnessError::Run(
+                    "this scenario kills and restarts its hub; run it without --hub".into(),
+                ));
+            }
+            notes.push("ran against an existing hub: the scenario's [hub] settings were not applied; the hub's own are in force".into());
+            (client::http_url(u), args.admin_token.clone())
+        }
+        None => {
+            let h = OwnHub::start(&sc, None)?;
+            let u = h.url();
+            let t = h.token.clone();
+            own = Some(h);
+            (u, Some(t))
+        }
+    };
+    let mut run = match run_once(&sc, seed, &hub_url, own.as_mut(), &bar, &name).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut msg = e.to_string();
+            if let Some(h) = &own {
+                let log = std::fs::read_to_string(h.dir.path().join("hub.log")).unwrap_or_default();
+                if !log.is_empty() {
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    msg.push_str(&format!(" (hub log: {})", tail.join(" | ")));
+                }
+            }
+            return Err(HarnessError::Run(msg));
+        }
+    };
+    run.strategy = sc.hub.strategy.map(|s| s.as_str().to_string());
+    let cfg = Config::builtin();
+    let spec = MlpSpec {
+        inputs: 64,
+        hidden: cfg
+            .models
+            .get("digits")
+            .and_then(|m| m.hidden)
+            .unwrap_or(64),
+        classes: 10,
+    };
+    // Solo baselines for each specialty, with the collective's budget.
+    let rounds = run.final_version.max(1);
+    let mut solo = BTreeMap::new();
+    for t in &sc.trainers {
+        if let (Some(s), None) = (&t.specialty, &t.data) {
+            if !solo.contains_key(s) {
+                let (s2, sc2) = (s.clone(), sc.clone());
+                let a = tokio::task::spawn_blocking(move || {
+                    solo_accuracy(spec, &s2, rounds, &sc2, seed)
+                })
+                .await
+                .map_err(run_err)??;
+                solo.insert(s.clone(), a);
+            }
+        }
+    }
+    for row in run.trainers.iter_mut() {
+        row.solo_accuracy = solo.get(&row.specialty).copied();
+    }
+    // The comparison run (for example the same faults under plain fedavg).
+    let mut compare = None;
+    if let Some(c) = &sc.compare {
+        if args.hub.is_none() {
+            let mut h2 = OwnHub::start(&sc, Some(c))?;
+            let u2 = h2.url();
+            let mut r2 = run_once(
+                &sc,
+                seed,
+                &u2,
+                Some(&mut h2),
+                &bar,
+                &format!("{name} with {}", c.strategy.as_str()),
+            )
+            .await?;
+            r2.strategy = Some(c.strategy.as_str().to_string());
+            h2.stop();
+            compare = Some(r2);
+        } else {
+            notes.push("comparison run skipped: it needs the harness's own hub".into());
+        }
+    }
+    bar.finish_and_clear();
+
+    // Criteria.
+    let cfg_specialties = &cfg.specialties;
+    let specialists: Vec<(&String, f64)> = solo
+        .iter()
+        .filter(|(s, _)| cfg_specialties.contains_key(*s))
+        .map(|(s, a)| (s, *a))
+        .collect();
+    let acc = run.collective_accuracy;
+    let p = &sc.pass;
+    let mut criteria = Vec::new();
+    if run.timed_out {
+        criteria.push(crit(
+            "stop",
+            false,
+            Some(run.final_version as f64),
+            Some(sc.stop.versions as f64),
+            format!(
+                "timed out after {} s at version {}",
+                sc.stop.timeout_secs, run.final_version
+            ),
+        ));
+    }
+    if let Some(min) = p.min_accuracy {
+        criteria.push(crit(
+            "min_accuracy",
+            acc >= min,
+            Some(acc),
+            Some(min),
+            format!(
+                "collective accuracy on the whole test set {acc:.3} {} {min:.2}",
+                if acc >= min { ">=" } else { "<" }
+            ),
+        ));
+    }
+    if let Some(min) = p.min_specialty_accuracy {
+        for (s, a) in &run.specialty_accuracy {
+            criteria.push(crit(
+                &format!("min_specialty_accuracy[{s}]"),
+                *a >= min,
+                Some(*a),
+                Some(min),
+                format!(
+                    "collective accuracy on {s}'s test slice {a:.3} {} {min:.2}",
+                    if *a >= min { ">=" } else { "<" }
+                ),
+            ));
+        }
+    }
+    if let Some(max) = p.max_solo_accuracy {
+        for (s, a) in &specialists {
+            criteria.push(crit(
+                &format!("max_solo_accuracy[{s}]"),
+                *a <= max,
+                Some(*a),
+                Some(max),
+                format!(
+                    "{s} trained alone scores {a:.3} {} {max:.2}",
+                    if *a <= max { "<=" } else { ">" }
+                ),
+            ));
+        }
+    }
+    if let Some(gain) = p.min_gain_over_solo {
+        for (s, a) in &specialists {
+            let g = acc - a;
+            criteria.push(crit(
+                &format!("min_gain_over_solo[{s}]"),
+                g >= gain,
+                Some(g),
+                Some(gain),
+                format!(
+                    "collective beats {s} alone by {g:.3} {} {gain:.2}",
+                    if g >= gain { ">=" } else { "<" }
+                ),
+            ));
+        }
+    }
+    if p.no_lost_updates {
+        let ok = run.ledger_problems.is_empty();
+        let acked: u64 = run.trainers.iter().map(|t| t.acknowledged).sum();
+        criteria.push(crit(
+            "no_lost_updates",
+            ok,
+            Some(run.ledger_problems.len() as f64),
+            Some(0.0),
+            if ok {
+                format!("all {acked} acknowledged updates are in the ledger, none applied twice")
+            } else {
+                run.ledger_problems.join("; ")
+            },
+        ));
+    }
+    if p.faulty_refused_or_outvoted {
+        for t in run
+            .trainers
+            .iter()
+            .filter(|t| !matches!(t.behaviour, Behaviour::Honest | Behaviour::Silent))
+        {
+            let outvoted = p.min_accuracy.map(|m| acc >= m).unwrap_or(true);
+            let (ok, how) = if t.refused > 0 && t.acknowledged == 0 {
+                (
+                    true,
+                    format!(
+                        "all {} of its updates were refused ({:?})",
+                        t.refused, t.refusal_codes
+                    ),
+                )
+            } else if outvoted {
+                (true, format!("{} of its updates were accepted and outvoted: the collective still scores {acc:.3}", t.acknowledged))
+            } else {
+                (
+                    false,
+                    format!(
+                        "{} of its updates were accepted and the collective scores only {acc:.3}",
+                        t.acknowledged
+                    ),
+                )
+            };
+            criteria.push(crit(
+                &format!("faulty_refused_or_outvoted[{}]", t.name),
+                ok,
+                None,
+                None,
+                format!("{} ({:?}): {how}", t.name, t.behaviour),
+            ));
+        }
+    }
+    if let (Some(c), Some(cs)) = (&compare, &sc.compare) {
+        let drop = acc - c.collective_accuracy;
+        if let Some(min_drop) = cs.min_accuracy_drop {
+            criteria.push(crit("compare", drop >= min_drop, Some(drop), Some(min_drop),
+                format!("with {} the collective scores {:.3}, {drop:.3} below {acc:.3} {} {min_drop:.2}",
+                    cs.strategy.as_str(), c.collective_accuracy, if drop >= min_drop { ">=" } else { "<" })));
+        } else {
+            notes.push(format!(
+                "with {} the collective scores {:.3}",
+                cs.strategy.as_str(),
+                c.collective_accuracy
+            ));
+        }
+    }
+    // Regression against the last passing run recorded on the same hub.
+    let http = reqwest::Client::new();
+    if let Ok(v) = get_json(
+        &http,
+        &format!("{hub_url}/v1/harness/runs?scenario={name}&limit=100"),
+    )
+    .await
+    {
+        let prev = v["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r["passed"] == true)
+            .and_then(|r| r["collective_accuracy"].as_f64());
+        if let Some(prev) = prev {
+            let floor = prev - p.regression_tolerance;
+            criteria.push(crit(
+                "regression",
+                acc >= floor,
+                Some(acc),
+                Some(floor),
+                format!(
+                    "collective {acc:.3} vs last passing run {prev:.3} (tolerance {:.3})",
+                    p.regression_tolerance
+                ),
+            ));
+        } else {
+            notes.push(
+                "no earlier passing run of this scenario on this hub: regression check skipped"
+                    .into(),
+            );
+        }
+    }
+    let passed = criteria.iter().all(|c| c.passed);
+    let finished_at = crate::db::now();
+    let summary = json!({
+        "collective_accuracy": acc,
+        "final_version": run.final_version,
+        "seconds": run.seconds,
+        "solo": solo,
+        "compare_accuracy": compare.as_ref().map(|c| c.collective_accuracy),
+        "failed": criteria.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect::<Vec<_>>(),
+    });
+    let mut report = Report {
+        scenario: name.clone(),
+        description: sc.description.clone(),
+        seed,
+        passed,
+        hub: hub_url.clone(),
+        started_at,
+        finished_at,
+        summary,
+        criteria,
+        run,
+        solo,
+        compare,
+        recorded_run_id: None,
+        notes,
+    };
+    // Record the run on the hub.
+    if let Some(tok) = token {
+        let body = json!({
+            "scenario": name, "passed": report.passed,
+            "collective_accuracy": report.run.collective_accuracy,
+            "started_at": report.started_at, "finished_at": report.finished_at,
+            "report": serde_json::to_value(&report).unwrap_or_default(),
+        });
+        match http
+            .post(format!("{hub_url}/v1/harness/runs"))
+            .bearer_auth(tok)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                report.recorded_run_id =
+                    r.json::<Value>().await.ok().and_then(|v| v["id"].as_i64());
+            }
+            Ok(r) => report.notes.push(format!(
+                "could not record the run on the hub: {}",
+                r.status()
+            )),
+            Err(e) => report
+                .notes
+                .push(format!("could not record the run on the hub: {e}")),
+        }
+    } else {
+        report.notes.push("no admin token (--admin-token or KERNAL_ADMIN_TOKEN): the run was not recorded on the hub".into());
+    }
+    if let Some(mut h) = own {
+        h.stop();
+    }
+    Ok(report)
+}
+
+/// The readable table and verdict.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let pct = |v: Option<f64>| {
+        v.map(|x| format!("{:.1}%", x * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let _ = writeln!(
+        o,
+        "scenario {} (seed {}): {}",
+        report.scenario, report.seed, report.description
+    );
+    let _ = writeln!(
+        o,
+        "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
+        "trainer",
+        "specialty",
+        "behaviour",
+        "solo",
+        "collective",
+        "overall",
+        "sent",
+        "acked",
+        "refused"
+    );
+    let _ = writeln!(o, "{}", "-".repeat(94));
+    for t in &report.run.trainers {
+        let _ = writeln!(
+            o,
+            "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
+            t.name,
+            t.specialty,
+            serde_json::to_value(t.behaviour)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            pct(t.solo_accuracy),
+            pct(t.collective_specialty_accuracy),
+            pct(Some(t.collective_accuracy)),
+            t.sent,
+            t.acknowledged,
+            t.refused
+        );
+    }
+    let _ = writeln!(
+        o,
+        "collective model: version {}, accuracy {} on the whole test set ({:.1} s{})",
+        report.run.final_version,
+        pct(Some(report.run.collective_accuracy)),
+        report.run.seconds,
+        report
+            .run
+            .restarted_at
+            .map(|v| format!(", hub SIGKILLed and restarted at version {v}"))
+            .unwrap_or_default()
+    );
+    if let Some(c) = &report.compare {
+        let _ = writeln!(
+            o,
+            "comparison with {}: version {}, accuracy {}",
+            c.strategy.as_deref().unwrap_or("?"),
+            c.final_version,
+            pct(Some(c.collective_accuracy))
+        );
+    }
+    for c in &report.criteria {
+        let _ = writeln!(
+            o,
+            "  [{}] {}: {}",
+            if c.passed { " ok " } else { "FAIL" },
+            c.name,
+            c.message
+        );
+    }
+    for n in &report.notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    let failed: Vec<&Criterion> = report.criteria.iter().filter(|c| !c.passed).collect();
+    if failed.is_empty() {
+        let _ = writeln!(o, "PASS {}: every criterion holds", report.scenario);
+    } else {
+        let _ = writeln!(
+            o,
+            "FAIL {}: {}",
+            report.scenario,
+            failed
+                .iter()
+                .map(|c| match (c.value, c.bound) {
+                    (Some(v), Some(b)) => format!("{} ({:.3}, bound {:.3})", c.name, v, b),
+                    _ => c.name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    o
+}
+
+/// The CLI: prints the table, writes the report, returns the exit code
+/// (0 pass, 1 a criterion failed, 2 scenario or run error).
+pub fn run_cli(args: HarnessArgs) -> i32 {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kernal harness: {e}");
+            return 2;
+        }
+    };
+    match rt.block_on(run(&args)) {
+        Ok(report) => {
+            print!("{}", render(&report));
+            if let Some(path) = &args.report {
+                let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("kernal harness: cannot write {}: {e}", path.display());
+                    return 2;
+                }
+            }
+            if report.passed {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("kernal harness: {e}");
+            2
+        }
+    }
+}
+
+/// `kernal harness --list`.
+pub fn list_cli() -> i32 {
+    for (n, d) in scenario::list() {
+        println!("{n:<16} {d}");
+    }
+    0
+}

@@ -1,0 +1,405 @@
+//! Scenario files: `config/scenarios/NAME.toml`. Every key is documented in
+//! the README ("Writing a scenario"); unknown keys and bad values are errors
+//! that name the file, the key and the problem.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregation::Strategy;
+use crate::trainer::client::{Behaviour, Compression};
+
+/// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
+/// from any directory. A file in `config/scenarios/` of the working directory
+/// with the same name takes precedence.
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "multi_spec",
+        include_str!("../../config/scenarios/multi_spec.toml"),
+    ),
+    ("churn", include_str!("../../config/scenarios/churn.toml")),
+    (
+        "byzantine",
+        include_str!("../../config/scenarios/byzantine.toml"),
+    ),
+    (
+        "restart",
+        include_str!("../../config/scenarios/restart.toml"),
+    ),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub hub: HubSettings,
+    #[serde(default)]
+    pub training: TrainingDefaults,
+    pub trainers: Vec<TrainerSpec>,
+    /// Assign random join/leave versions (from the seed) to trainers that do
+    /// not give their own.
+    #[serde(default)]
+    pub random_churn: bool,
+    pub stop: StopCondition,
+    #[serde(default)]
+    pub pass: PassCriteria,
+    #[serde(default)]
+    pub restart: Option<RestartSpec>,
+    #[serde(default)]
+    pub compare: Option<CompareSpec>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// Aggregation settings for the run's model (own hub only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubSettings {
+    #[serde(default = "default_model")]
+    pub model: String,
+    pub strategy: Option<Strategy>,
+    pub min_updates: Option<usize>,
+    pub round_timeout_secs: Option<f64>,
+    pub max_staleness: Option<u64>,
+    pub momentum: Option<f32>,
+    pub server_lr: Option<f32>,
+    pub trim_fraction: Option<f32>,
+    pub clip_norm: Option<f32>,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            model: default_model(),
+            strategy: None,
+            min_updates: None,
+            round_timeout_secs: None,
+            max_staleness: None,
+            momentum: None,
+            server_lr: None,
+            trim_fraction: None,
+            clip_norm: None,
+        }
+    }
+}
+
+fn default_model() -> String {
+    "digits".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingDefaults {
+    #[serde(default = "default_epochs")]
+    pub local_epochs: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for TrainingDefaults {
+    fn default() -> Self {
+        TrainingDefaults {
+            local_epochs: default_epochs(),
+            lr: default_lr(),
+            batch_size: default_batch(),
+        }
+    }
+}
+
+fn default_epochs() -> usize {
+    2
+}
+fn default_lr() -> f64 {
+    0.1
+}
+fn default_batch() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSpec {
+    pub name: String,
+    #[serde(default)]
+    pub specialty: Option<String>,
+    /// A CSV file (relative to the scenario file) instead of a specialty slice.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    #[serde(default)]
+    pub behaviour: Behaviour,
+    #[serde(default)]
+    pub join_at_version: Option<u64>,
+    #[serde(default)]
+    pub leave_at_version: Option<u64>,
+    #[serde(default)]
+    pub local_epochs: Option<usize>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StopCondition {
+    /// Stop when the model reaches this version.
+    pub versions: u64,
+    /// ...or when the hub's evaluation reaches this accuracy.
+    #[serde(default)]
+    pub accuracy: Option<f64>,
+    /// ...or after this many seconds (the run then fails).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PassCriteria {
+    /// Collective accuracy on the whole test set, at least.
+    pub min_accuracy: Option<f64>,
+    /// Collective accuracy on each specialty's own test slice, at least.
+    pub min_specialty_accuracy: Option<f64>,
+    /// Each specialist trained alone with the same budget scores at most this.
+    pub max_solo_accuracy: Option<f64>,
+    /// The collective beats every specialist alone by at least this much.
+    pub min_gain_over_solo: Option<f64>,
+    /// Every acknowledged update is in the ledger, applied at most once.
+    #[serde(default = "yes")]
+    pub no_lost_updates: bool,
+    /// Every faulty trainer's updates were refused, or the collective still
+    /// met `min_accuracy` (they were outvoted).
+    #[serde(default = "yes")]
+    pub faulty_refused_or_outvoted: bool,
+    /// Fail when accuracy drops more than this below the last passing run of
+    /// the same scenario recorded on the hub.
+    #[serde(default = "default_tolerance")]
+    pub regression_tolerance: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_tolerance() -> f64 {
+    0.03
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    /// SIGKILL the hub when it reaches this version, then restart it on the
+    /// same database.
+    pub at_version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompareSpec {
+    /// Run the same scenario again with this strategy, for the report.
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub clip_norm: Option<f32>,
+    /// Require the comparison run to score at least this much lower
+    /// (shows that the scenario's own strategy matters).
+    #[serde(default)]
+    pub min_accuracy_drop: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ScenarioError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Scenario {
+    pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError {
+            file: file.to_string(),
+            message: e.to_string().trim().replace('\n', " | "),
+        })?;
+        s.validate().map_err(|message| ScenarioError {
+            file: file.to_string(),
+            message,
+        })?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.trainers.is_empty() {
+            return Err("trainers: a scenario needs at least one trainer".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.trainers.iter().enumerate() {
+            crate::protocol::validate_name(&t.name)
+                .map_err(|e| format!("trainers[{i}].name: {e}"))?;
+            if !names.insert(&t.name) {
+                return Err(format!("trainers[{i}].name: `{}` appears twice", t.name));
+            }
+            if t.specialty.is_none() && t.data.is_none() {
+                return Err(format!("trainers[{i}]: needs `specialty` or `data`"));
+            }
+            if let (Some(j), Some(l)) = (t.join_at_version, t.leave_at_version) {
+                if l <= j {
+                    return Err(format!(
+                        "trainers[{i}].leave_at_version: {l} is not after join_at_version {j}"
+                    ));
+                }
+            }
+            if t.local_epochs == Some(0) {
+                return Err(format!("trainers[{i}].local_epochs: must be at least 1"));
+            }
+        }
+        if self.stop.versions == 0 {
+            return Err("stop.versions: must be at least 1".into());
+        }
+        let unit = |k: &str, v: Option<f64>| -> Result<(), String> {
+            match v {
+                Some(x) if !(0.0..=1.0).contains(&x) => {
+                    Err(format!("{k}: {x} is not between 0 and 1"))
+                }
+                _ => Ok(()),
+            }
+        };
+        unit("stop.accuracy", self.stop.accuracy)?;
+        unit("pass.min_accuracy", self.pass.min_accuracy)?;
+        unit(
+            "pass.min_specialty_accuracy",
+            self.pass.min_specialty_accuracy,
+        )?;
+        unit("pass.max_solo_accuracy", self.pass.max_solo_accuracy)?;
+        unit("pass.min_gain_over_solo", self.pass.min_gain_over_solo)?;
+        if self.training.lr <= 0.0 || !self.training.lr.is_finite() {
+            return Err("training.lr: must be a positive number".into());
+        }
+        if self.training.local_epochs == 0 {
+            return Err("training.local_epochs: must be at least 1".into());
+        }
+        if let Some(r) = &self.restart {
+            if r.at_version == 0 || r.at_version >= self.stop.versions {
+                return Err(format!(
+                    "restart.at_version: {} must be between 1 and stop.versions ({})",
+                    r.at_version, self.stop.versions
+                ));
+            }
+        }
+        if self.hub.min_updates == Some(0) {
+            return Err("hub.min_updates: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Finds a scenario: `config/scenarios/NAME.toml` under the working
+/// directory, else a shipped one. A path ending in `.toml` is read as is.
+pub fn load(name: &str) -> Result<(Scenario, String, Option<PathBuf>), ScenarioError> {
+    let direct = Path::new(name);
+    let path = if name.ends_with(".toml") {
+        Some(direct.to_path_buf())
+    } else {
+        let p = Path::new("config/scenarios").join(format!("{name}.toml"));
+        p.exists().then_some(p)
+    };
+    if let Some(p) = path {
+        let text = std::fs::read_to_string(&p).map_err(|e| ScenarioError {
+            file: p.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let s = Scenario::parse(&text, &p.display().to_string())?;
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| name.to_string());
+        return Ok((s, stem, Some(p)));
+    }
+    match BUILTIN.iter().find(|(n, _)| *n == name) {
+        Some((n, text)) => Ok((
+            Scenario::parse(text, &format!("config/scenarios/{n}.toml"))?,
+            n.to_string(),
+            None,
+        )),
+        None => Err(ScenarioError {
+            file: format!("config/scenarios/{name}.toml"),
+            message: format!(
+                "no such scenario (shipped: {})",
+                BUILTIN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+/// Names of the scenarios available here (files, then shipped ones).
+pub fn list() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("config/scenarios") {
+        let mut files: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        for p in files {
+            if p.extension().map(|e| e == "toml").unwrap_or(false) {
+                let name = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let desc = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| Scenario::parse(&t, "").ok())
+                    .map(|s| s.description)
+                    .unwrap_or_else(|| "(invalid file)".into());
+                out.push((name, desc));
+            }
+        }
+    }
+    for (n, text) in BUILTIN {
+        if !out.iter().any(|(m, _)| m == n) {
+            let desc = Scenario::parse(text, n)
+                .map(|s| s.description)
+                .unwrap_or_default();
+            out.push((n.to_string(), desc));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        for (n, t) in BUILTIN {
+            Scenario::parse(t, n).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_are_named() {
+        let base = "[stop]\nversions = 5\n[[trainers]]\nname = \"a\"\nspecialty = \"graphics\"\n";
+        let e = Scenario::parse(&format!("{base}colour = 1\n"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("colour"), "{e}");
+        let e = Scenario::parse(&format!("{base}behaviour = \"evil\"\n"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("behaviour") && e.contains("evil"), "{e}");
+        let e = Scenario::parse(&format!("{base}[pass]\nmin_accuracy = 3.0\n"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pass.min_accuracy"), "{e}");
+    }
+}

@@ -1,0 +1,186 @@
+//! `kernal harness` as users run it: every shipped scenario passes, failures
+//! exit 1 naming the figure and bound, bad scenario files exit 2 naming the
+//! file and key, and a run against a running hub is recorded there and
+//! checked for regressions.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn harness(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(kernal_bin())
+        .arg("harness")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run kernal harness");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn run_shipped(name: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let (code, out, err) = harness(
+        &[name, "--quiet", "--report", report.to_str().unwrap()],
+        dir.path(),
+    );
+    println!("{out}");
+    assert_eq!(code, 0, "{name} failed:\n{out}\n{err}");
+    assert!(out.contains(&format!("PASS {name}")), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["passed"], true);
+    assert!(
+        r["recorded_run_id"].as_i64().is_some(),
+        "the run is recorded on its hub"
+    );
+    r
+}
+
+#[test]
+fn multi_spec_passes() {
+    let r = run_shipped("multi_spec");
+    assert!(r["run"]["collective_accuracy"].as_f64().unwrap() >= 0.90);
+    for (_, solo) in r["solo"].as_object().unwrap() {
+        assert!(solo.as_f64().unwrap() <= 0.45);
+    }
+}
+
+#[test]
+fn churn_passes() {
+    let r = run_shipped("churn");
+    let t = r["run"]["trainers"].as_array().unwrap();
+    assert_eq!(t.len(), 10);
+}
+
+#[test]
+fn byzantine_passes_and_fedavg_is_shown_damaged() {
+    let r = run_shipped("byzantine");
+    let robust = r["run"]["collective_accuracy"].as_f64().unwrap();
+    let plain = r["compare"]["collective_accuracy"].as_f64().unwrap();
+    assert!(
+        robust >= 0.85 && plain < robust - 0.2,
+        "{robust} vs {plain}"
+    );
+    assert_eq!(r["compare"]["strategy"], "fedavg");
+}
+
+#[test]
+fn restart_passes() {
+    let r = run_shipped("restart");
+    assert_eq!(
+        r["run"]["restarted_at"].as_u64().map(|v| v >= 12),
+        Some(true)
+    );
+    assert!(r["run"]["ledger_problems"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn list_and_bad_files_and_failed_criteria() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = harness(&["--list"], dir.path());
+    assert_eq!(code, 0);
+    for n in ["multi_spec", "churn", "byzantine", "restart"] {
+        assert!(out.contains(n), "{out}");
+    }
+    let scen = dir.path().join("config/scenarios");
+    std::fs::create_dir_all(&scen).unwrap();
+    let base = "[hub]\nmin_updates = 1\n[stop]\nversions = 3\n[[trainers]]\nname = \"a\"\nspecialty = \"networking\"\n";
+    std::fs::write(
+        scen.join("typo.toml"),
+        format!("{base}speciality = \"x\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = harness(&["typo", "--quiet"], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("config/scenarios/typo.toml") && err.contains("speciality"),
+        "{err}"
+    );
+    std::fs::write(
+        scen.join("badval.toml"),
+        format!("{base}[pass]\nmin_accuracy = 1.5\n"),
+    )
+    .unwrap();
+    let (code, _, err) = harness(&["badval", "--quiet"], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("badval.toml") && err.contains("pass.min_accuracy") && err.contains("1.5"),
+        "{err}"
+    );
+    // A criterion that cannot hold after 3 versions of one specialist.
+    std::fs::write(
+        scen.join("toohard.toml"),
+        format!("{base}[pass]\nmin_accuracy = 0.99\n"),
+    )
+    .unwrap();
+    let (code, out, err) = harness(&["toohard", "--quiet"], dir.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAIL toohard: min_accuracy (") && out.contains("bound 0.990"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_against_a_running_hub_are_recorded_and_checked_for_regressions() {
+    let hub = start_hub(|_| {});
+    let url = hub.url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let u2 = url.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        harness(
+            &[
+                "multi_spec",
+                "--quiet",
+                "--hub",
+                &u2,
+                "--admin-token",
+                ADMIN,
+            ],
+            &d,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("regression check skipped"), "{out}");
+    let runs = get_json(&format!("{url}/v1/harness/runs")).await;
+    let list = runs["runs"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["scenario"], "multi_spec");
+    assert_eq!(list[0]["passed"], true);
+    // A second run on the same hub continues from the trained model and is
+    // compared with the first.
+    let d = dir.path().to_path_buf();
+    let u2 = url.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        harness(
+            &[
+                "multi_spec",
+                "--quiet",
+                "--hub",
+                &u2,
+                "--admin-token",
+                ADMIN,
+            ],
+            &d,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("[ ok ] regression"), "{out}");
+    let id = get_json(&format!("{url}/v1/harness/runs")).await["runs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let one = get_json(&format!("{url}/v1/harness/runs/{id}")).await;
+    assert_eq!(one["report"]["scenario"], "multi_spec");
+}
