@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod harness;
 pub mod hub;
+pub mod logging;
 pub mod protocol;
 pub mod trainer;
 

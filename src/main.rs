@@ -92,16 +92,7 @@ enum Command {
 }
 
 fn init_logging(level: &str) {
-    let mut b = env_logger::Builder::new();
-    b.parse_filters(level);
-    if let Ok(f) = std::env::var("RUST_LOG") {
-        b.parse_filters(&f);
-    }
-    // Under systemd the journal stamps lines itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.format_timestamp(None);
-    }
-    b.init();
+    kernal::logging::init(level);
 }
 
 fn main() -> ExitCode {

@@ -25,11 +25,49 @@ pub struct AppState {
     pub metrics: Addr<MetricsAggregator>,
     pub pool: DbPool,
     pub admin_token: Arc<str>,
-    pub limits: SessionLimits,
+    /// Live limits: a config reload changes them for new connections.
+    pub limits: Arc<std::sync::RwLock<SessionLimits>>,
     pub handshakes: Arc<AtomicUsize>,
-    pub max_pending_handshakes: usize,
+    pub max_pending_handshakes: Arc<AtomicUsize>,
     pub started_at: String,
     pub reload: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
+}
+
+/// Declares every route once: the server registers exactly this list and the
+/// OpenAPI document is generated from it, so the two cannot drift apart.
+macro_rules! routes {
+    ($( ($method:ident, $path:expr, $handler:path, $tag:expr, $summary:expr) ),* $(,)?) => {
+        /// (method, path, tag, summary) of every route the server registers.
+        pub const ROUTES: &[(&str, &str, &str, &str)] = &[ $( (stringify!($method), $path, $tag, $summary) ),* ];
+        fn register(cfg: &mut web::ServiceConfig) {
+            $( cfg.route($path, web::$method().to($handler)); )*
+        }
+    };
+}
+
+routes! {
+    (get, "/healthz", healthz, "ops", "Liveness: `{\"status\":\"ok\"}`."),
+    (get, "/metrics", prometheus, "ops", "Prometheus text exposition."),
+    (get, "/openapi.json", openapi, "ops", "This OpenAPI 3 document."),
+    (get, "/v1/status", status, "hub", "Hub status: uptime, models and what each waits for, online trainers, rates."),
+    (get, "/v1/models", list_models, "models", "Models with current version, strategy and connected trainers."),
+    (post, "/v1/models", create_model, "models", "Create a model (admin): JSON for the built-in MLP, or a safetensors body with `?name=`."),
+    (get, "/v1/models/{model}", get_model, "models", "One model: tensors, aggregation settings, waiting state, last metrics."),
+    (get, "/v1/models/{model}/versions", list_versions, "models", "Version history with metrics (`?limit=`)."),
+    (get, "/v1/models/{model}/versions/{version}", get_version, "models", "One version (number or `latest`): metadata, metrics, federated evaluations."),
+    (get, "/v1/models/{model}/versions/{version}/weights", get_weights, "models", "The version's checkpoint as safetensors."),
+    (get, "/v1/models/{model}/evaluations", list_evaluations, "models", "Federated evaluations reported by trainers."),
+    (get, "/v1/trainers", list_trainers, "trainers", "Registered trainers with live figures."),
+    (get, "/v1/trainers/ws", trainer_ws, "trainers", "Trainer protocol v1 WebSocket (see docs/PROTOCOL.md)."),
+    (delete, "/v1/trainers/{name}", revoke_trainer, "trainers", "Revoke and disconnect a trainer (admin)."),
+    (get, "/v1/updates", list_updates, "updates", "The contributions ledger (`?model=&trainer=&status=&limit=`)."),
+    (get, "/v1/harness/runs", list_harness_runs, "harness", "Recorded harness runs (`?scenario=&limit=`)."),
+    (post, "/v1/harness/runs", record_harness_run, "harness", "Record a harness run (admin)."),
+    (get, "/v1/harness/runs/{id}", get_harness_run, "harness", "One harness run with its full report."),
+    (get, "/v1/events", events_ws, "events", "WebSocket feed of hub events, one JSON object per message."),
+    (post, "/v1/admin/reload", reload, "ops", "Re-read the config file (admin)."),
+    (get, "/", crate::hub::dashboard::index, "dashboard", "The live dashboard (HTML)."),
+    (get, "/assets/{file}", crate::hub::dashboard::asset, "dashboard", "Dashboard assets (embedded)."),
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
@@ -48,59 +86,62 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::bad_request(format!("bad path: {e}")).into()),
     )
-    .app_data(web::PayloadConfig::default().limit(max_body))
-    .route("/healthz", web::get().to(healthz))
-    .route("/metrics", web::get().to(prometheus))
-    .route("/v1/status", web::get().to(status))
-    .route("/v1/models", web::get().to(list_models))
-    .route("/v1/models", web::post().to(create_model))
-    .route("/v1/models/{model}", web::get().to(get_model))
-    .route("/v1/models/{model}/versions", web::get().to(list_versions))
-    .route(
-        "/v1/models/{model}/versions/{version}",
-        web::get().to(get_version),
-    )
-    .route(
-        "/v1/models/{model}/versions/{version}/weights",
-        web::get().to(get_weights),
-    )
-    .route(
-        "/v1/models/{model}/evaluations",
-        web::get().to(list_evaluations),
-    )
-    .route("/v1/trainers", web::get().to(list_trainers))
-    .route("/v1/trainers/ws", web::get().to(trainer_ws))
-    .route("/v1/trainers/{name}", web::delete().to(revoke_trainer))
-    .route("/v1/updates", web::get().to(list_updates))
-    .route("/v1/harness/runs", web::get().to(list_harness_runs))
-    .route("/v1/harness/runs", web::post().to(record_harness_run))
-    .route("/v1/harness/runs/{id}", web::get().to(get_harness_run))
-    .route("/v1/events", web::get().to(events_ws))
-    .route("/v1/admin/reload", web::post().to(reload));
+    .app_data(web::PayloadConfig::default().limit(max_body));
+    register(cfg);
 }
 
-/// Routes the server registers, for the OpenAPI completeness test.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("get", "/metrics"),
-    ("get", "/v1/status"),
-    ("get", "/v1/models"),
-    ("post", "/v1/models"),
-    ("get", "/v1/models/{model}"),
-    ("get", "/v1/models/{model}/versions"),
-    ("get", "/v1/models/{model}/versions/{version}"),
-    ("get", "/v1/models/{model}/versions/{version}/weights"),
-    ("get", "/v1/models/{model}/evaluations"),
-    ("get", "/v1/trainers"),
-    ("get", "/v1/trainers/ws"),
-    ("delete", "/v1/trainers/{name}"),
-    ("get", "/v1/updates"),
-    ("get", "/v1/harness/runs"),
-    ("post", "/v1/harness/runs"),
-    ("get", "/v1/harness/runs/{id}"),
-    ("get", "/v1/events"),
-    ("post", "/v1/admin/reload"),
-];
+fn error_response(description: &str) -> serde_json::Value {
+    serde_json::json!({"description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+/// The OpenAPI 3 document of the REST API, generated from [`ROUTES`].
+pub fn openapi_document() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, tag, summary) in ROUTES {
+        let params: Vec<serde_json::Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = serde_json::json!({
+            "tags": [tag],
+            "summary": summary,
+            "operationId": format!("{}_{}", method, path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),
+            "parameters": params,
+            "responses": {
+                "200": {"description": "Success"},
+                "400": error_response("Bad request"),
+                "404": error_response("Not found"),
+            }
+        });
+        if summary.contains("(admin)") {
+            op["security"] = serde_json::json!([{"adminToken": []}]);
+            op["responses"]["401"] = error_response("Admin token missing");
+            op["responses"]["403"] = error_response("Wrong admin token");
+        }
+        let entry = paths
+            .entry(path.to_string())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[*method] = op;
+    }
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "kernal hub", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "REST API of the kernal collaborative training hub. Errors are {code, message}."},
+        "servers": [{"url": "http://127.0.0.1:5001"}],
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": {"type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}
+        }
+    })
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(openapi_document())
+}
 
 async fn read<T: Send + 'static>(
     pool: &DbPool,
@@ -613,27 +654,35 @@ async fn trainer_ws(
 ) -> Result<HttpResponse, actix_web::Error> {
     // Bound the connections that have not said hello yet: a flood of idle
     // sockets is refused up front instead of holding memory until timeout.
+    let limit = st.max_pending_handshakes.load(Ordering::SeqCst);
     let pending = st.handshakes.fetch_add(1, Ordering::SeqCst);
-    if pending >= st.max_pending_handshakes {
+    if pending >= limit {
         st.handshakes.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::new(
             ErrorCode::TooManyHandshakes,
             format!(
-                "too many connections waiting for their hello (limit {}); try again shortly",
-                st.max_pending_handshakes
+                "too many connections waiting for their hello (limit {limit}); try again shortly"
             ),
         )
         .into());
     }
+    let limits = match st.limits.read() {
+        Ok(l) => l.clone(),
+        Err(_) => {
+            st.handshakes.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::internal("limits lock poisoned").into());
+        }
+    };
+    let frame_size = limits.max_message_bytes;
     let session = TrainerSession::new(
         req.peer_addr().map(|a| a.to_string()),
         st.hub.clone(),
         st.metrics.clone(),
-        st.limits.clone(),
+        limits,
         st.handshakes.clone(),
     );
     let res = ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(st.limits.max_message_bytes)
+        .frame_size(frame_size)
         .start();
     if res.is_err() {
         // The actor never started, so it cannot release its slot itself.

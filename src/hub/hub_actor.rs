@@ -632,6 +632,14 @@ impl Handler<SubmitUpdate> for Hub {
                             now,
                         );
                     }
+                    log::debug!(
+                        "update {} from {} accepted (base {}, staleness {}, {} bytes)",
+                        rec.update_id,
+                        rec.trainer,
+                        rec.base_version,
+                        rec.staleness,
+                        rec.bytes
+                    );
                     let live = act.live.entry(rec.trainer.clone()).or_default();
                     live.accepted += 1;
                     live.last_loss = rec.loss.or(live.last_loss);

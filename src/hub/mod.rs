@@ -1,6 +1,7 @@
 //! The hub daemon: actors, HTTP server, startup recovery and shutdown.
 
 pub mod daemon;
+pub mod dashboard;
 pub mod events;
 pub mod http;
 pub mod hub_actor;
@@ -101,6 +102,18 @@ pub struct Reloader {
     source: ConfigSource,
     current: Mutex<Config>,
     hub: Addr<Hub>,
+    limits: Arc<std::sync::RwLock<session::SessionLimits>>,
+    max_pending: Arc<AtomicUsize>,
+}
+
+fn session_limits(cfg: &Config) -> session::SessionLimits {
+    session::SessionLimits {
+        max_message_bytes: cfg.hub.max_message_bytes,
+        max_fragments: cfg.hub.max_fragments,
+        hello_timeout: Duration::from_secs(cfg.hub.hello_timeout_secs),
+        heartbeat_interval: Duration::from_secs(cfg.hub.heartbeat_interval_secs),
+        client_timeout: Duration::from_secs(cfg.hub.client_timeout_secs),
+    }
 }
 
 impl Reloader {
@@ -136,15 +149,82 @@ impl Reloader {
             ));
         }
         if new.log.level != cur.log.level {
-            if std::env::var("RUST_LOG").is_err() {
-                apply_log_level(&new.log.level);
+            if crate::logging::set_level(&new.log.level) {
+                notes.push(format!("log.level changed to {}", new.log.level));
+            } else {
+                notes.push(format!(
+                    "log.level changed to {} but RUST_LOG is set and wins",
+                    new.log.level
+                ));
             }
-            notes.push(format!("log.level = {}", new.log.level));
         }
+        for (key, old, newv) in [
+            (
+                "hub.max_message_bytes",
+                cur.hub.max_message_bytes.to_string(),
+                new.hub.max_message_bytes.to_string(),
+            ),
+            (
+                "hub.max_fragments",
+                cur.hub.max_fragments.to_string(),
+                new.hub.max_fragments.to_string(),
+            ),
+            (
+                "hub.hello_timeout_secs",
+                cur.hub.hello_timeout_secs.to_string(),
+                new.hub.hello_timeout_secs.to_string(),
+            ),
+            (
+                "hub.heartbeat_interval_secs",
+                cur.hub.heartbeat_interval_secs.to_string(),
+                new.hub.heartbeat_interval_secs.to_string(),
+            ),
+            (
+                "hub.client_timeout_secs",
+                cur.hub.client_timeout_secs.to_string(),
+                new.hub.client_timeout_secs.to_string(),
+            ),
+            (
+                "hub.max_pending_handshakes",
+                cur.hub.max_pending_handshakes.to_string(),
+                new.hub.max_pending_handshakes.to_string(),
+            ),
+        ] {
+            if old != newv {
+                notes.push(format!(
+                    "{key} changed from {old} to {newv} (new connections)"
+                ));
+            }
+        }
+        for (key, changed) in [
+            ("hub.state_dir", new.hub.state_dir != cur.hub.state_dir),
+            (
+                "hub.admin_token",
+                new.hub.admin_token != cur.hub.admin_token,
+            ),
+            (
+                "hub.shutdown_timeout_secs",
+                new.hub.shutdown_timeout_secs != cur.hub.shutdown_timeout_secs,
+            ),
+        ] {
+            if changed {
+                notes.push(format!("{key} changed (needs a restart; left as it was)"));
+            }
+        }
+        if let Ok(mut l) = self.limits.write() {
+            *l = session_limits(&new);
+        }
+        self.max_pending.store(
+            new.hub.max_pending_handshakes,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         let mut applied = new.clone();
         // Restart-only keys stay as they were.
         applied.hub.bind = cur.hub.bind.clone();
         applied.hub.db = cur.hub.db.clone();
+        applied.hub.state_dir = cur.hub.state_dir.clone();
+        applied.hub.admin_token = cur.hub.admin_token.clone();
+        applied.hub.shutdown_timeout_secs = cur.hub.shutdown_timeout_secs;
         let changed =
             futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
                 .map_err(|e| format!("hub unavailable: {e}"))?;
@@ -170,16 +250,6 @@ fn futures_executor_block<F: std::future::Future>(f: F) -> F::Output {
         Ok(rt) => rt.block_on(f),
         Err(e) => panic!("cannot build a runtime for reload: {e}"),
     }
-}
-
-/// Sets the global log level from a filter string's default level.
-pub fn apply_log_level(level: &str) {
-    let lf = level
-        .split(',')
-        .find(|p| !p.contains('='))
-        .and_then(|l| l.trim().parse::<log::LevelFilter>().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    log::set_max_level(lf);
 }
 
 /// Loads or creates the admin token: config first, else a 0600 file in the
@@ -421,10 +491,14 @@ pub async fn start_hub(
     )
     .start();
     let pool = db::pool(&db_path, 4)?;
+    let limits = Arc::new(std::sync::RwLock::new(session_limits(&cfg)));
+    let max_pending = Arc::new(AtomicUsize::new(cfg.hub.max_pending_handshakes));
     let reloader = Arc::new(Reloader {
         source,
         current: Mutex::new(cfg.clone()),
         hub: hub.clone(),
+        limits: limits.clone(),
+        max_pending: max_pending.clone(),
     });
     let r2 = reloader.clone();
     let state = http::AppState {
@@ -432,15 +506,9 @@ pub async fn start_hub(
         metrics: metrics.clone(),
         pool,
         admin_token: Arc::from(token.as_str()),
-        limits: session::SessionLimits {
-            max_message_bytes: cfg.hub.max_message_bytes,
-            max_fragments: cfg.hub.max_fragments,
-            hello_timeout: Duration::from_secs(cfg.hub.hello_timeout_secs),
-            heartbeat_interval: Duration::from_secs(cfg.hub.heartbeat_interval_secs),
-            client_timeout: Duration::from_secs(cfg.hub.client_timeout_secs),
-        },
+        limits,
         handshakes: Arc::new(AtomicUsize::new(0)),
-        max_pending_handshakes: cfg.hub.max_pending_handshakes,
+        max_pending_handshakes: max_pending,
         started_at: db::now(),
         reload: Arc::new(move || r2.reload()),
     };

@@ -468,6 +468,11 @@ async fn run_connection<L: Learner>(
                     ))
                     .await;
                 let _ = ws.close(None).await;
+                // Finish the closing handshake so the hub sees a clean leave.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
                 return Flow::Continue;
             }
         }

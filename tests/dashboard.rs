@@ -1,0 +1,370 @@
+//! The dashboard in a real headless browser (Debian's chromium driven through
+//! chromedriver's WebDriver API): trainer rows appear, the version and the
+//! accuracy chart advance without a reload, a refused update shows in the
+//! event log; then 50 trainers and a version a second, with the feed batched
+//! server-side. Saves a screenshot to target/artifacts/dashboard.png.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use futures_util::StreamExt;
+use kernal::trainer::client::{self, ClientOptions};
+use kernal::trainer::net::{MlpSpec, TrainSettings};
+use kernal::trainer::{EvalReport, Learner, MlpLearner, Trained};
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// The reference learner, slowed down so a person (and the test) can watch
+/// versions go by.
+struct Slow(MlpLearner);
+
+impl Learner for Slow {
+    fn check_layout(&self, l: &kernal::protocol::ModelLayout) -> Result<(), String> {
+        self.0.check_layout(l)
+    }
+    fn train(&mut self, g: &[f32], v: u64) -> Result<Trained, String> {
+        std::thread::sleep(Duration::from_millis(250));
+        self.0.train(g, v)
+    }
+    fn evaluate(&mut self, g: &[f32], v: u64) -> Result<Option<EvalReport>, String> {
+        self.0.evaluate(g, v)
+    }
+}
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let b2 = base.clone();
+        wait_for("chromedriver", Duration::from_secs(30), || {
+            let (b, h) = (b2.clone(), http.clone());
+            async move {
+                let r = h.get(format!("{b}/status")).send().await.ok()?;
+                let v: Value = r.json().await.ok()?;
+                (v["value"]["ready"] == true).then_some(())
+            }
+        })
+        .await;
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1400,1100",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+            .to_string();
+        Driver {
+            child,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{}", self.base, self.session, path);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn artifacts() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("artifacts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_updates_live_in_a_real_browser() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        // .ci/run installs them; a developer machine may not have them yet.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium and chromium-driver are required in CI"
+        );
+        eprintln!("SKIPPED: apt-get install chromium chromium-driver to run the browser test");
+        return;
+    }
+    let hub = start_hub(|c| {
+        let d = c.models.get_mut("digits").unwrap();
+        d.min_updates = Some(2);
+        d.round_timeout_secs = Some(30.0);
+    });
+    let url = hub.url();
+    let driver = Driver::start().await;
+    driver.goto(&format!("{url}/")).await;
+    driver.js("window.__noReload = 42; return 1;").await;
+    wait_for("the feed is live", Duration::from_secs(20), || async {
+        (driver
+            .js("return document.getElementById('hub-state').textContent")
+            .await
+            == "live")
+            .then_some(())
+    })
+    .await;
+
+    // Two trainers start after the page loaded: everything below is live.
+    let cfg = kernal::Config::builtin();
+    let spec = MlpSpec {
+        inputs: 64,
+        hidden: 64,
+        classes: 10,
+    };
+    let mut tasks = Vec::new();
+    for (name, s) in [("AI_Alice", "networking"), ("AI_Bob", "graphics")] {
+        let l = MlpLearner::for_digits(
+            spec,
+            s,
+            &cfg.specialties,
+            TrainSettings {
+                epochs: 2,
+                lr: 0.1,
+                batch_size: 32,
+                seed: 1,
+            },
+        )
+        .unwrap();
+        let mut o = ClientOptions::new(&hub.hub.ws_url(), name, s, "tok");
+        o.max_versions = Some(30);
+        tasks.push(tokio::spawn(client::run(
+            o,
+            Slow(l),
+            |_| {},
+            std::future::pending(),
+        )));
+    }
+    wait_for("trainer rows", Duration::from_secs(30), || async {
+        let rows = driver
+            .js("return [...document.querySelectorAll('#trainers tbody tr')].map(r => r.dataset.trainer)")
+            .await;
+        let names: Vec<String> = serde_json::from_value(rows).unwrap_or_default();
+        (names.contains(&"AI_Alice".to_string()) && names.contains(&"AI_Bob".to_string())).then_some(())
+    })
+    .await;
+    let read_version = || async {
+        driver
+            .js("return document.getElementById('version').textContent")
+            .await
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let first = wait_for("a first version", Duration::from_secs(30), || async {
+        read_version().await.filter(|v| *v >= 2)
+    })
+    .await;
+    let first_points = driver
+        .js("return window.kernalDash.charts.acc.data[0].length")
+        .await
+        .as_u64()
+        .unwrap();
+    let later = wait_for(
+        "the version to advance",
+        Duration::from_secs(60),
+        || async { read_version().await.filter(|v| *v >= first + 3) },
+    )
+    .await;
+    let later_points = wait_for(
+        "the accuracy chart to advance",
+        Duration::from_secs(30),
+        || async {
+            driver
+                .js("return window.kernalDash.charts.acc.data[0].length")
+                .await
+                .as_u64()
+                .filter(|n| *n > first_points)
+        },
+    )
+    .await;
+    println!("version {first} -> {later}; accuracy chart points {first_points} -> {later_points}");
+
+    // A refused update shows in the event log with its code.
+    let (mut bad, _, _) = Raw::hello(&hub.ws(), "mallory", "tok", "digits").await;
+    let layout = digits_layout();
+    let mut nan = vec![0.0f32; layout.num_params()];
+    nan[0] = f32::NAN;
+    bad.send_update("nan-1", 0, 5, layout.encode(&nan, None).unwrap())
+        .await;
+    assert_eq!(bad.outcome("nan-1").await["code"], "non_finite");
+    wait_for(
+        "the refusal in the event log",
+        Duration::from_secs(20),
+        || async {
+            (driver
+            .js("return document.querySelectorAll('#events li[data-code=\"non_finite\"]').length")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+            > 0)
+        .then_some(())
+        },
+    )
+    .await;
+    wait_for("the refusal in the trainers table", Duration::from_secs(20), || async {
+        let t = driver
+            .js("return document.querySelector('#trainers tr[data-trainer=\"mallory\"] .refusal')?.textContent || ''")
+            .await;
+        t.as_str().filter(|s| s.contains("non_finite")).map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        driver.js("return window.__noReload").await,
+        42,
+        "the page never reloaded"
+    );
+    let shot = artifacts().join("dashboard.png");
+    driver.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_trainers_feed_is_batched() {
+    let hub = start_hub(|_| {});
+    // A model that folds 50 updates (or whatever arrived within a second).
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/models", hub.url()))
+        .bearer_auth(ADMIN)
+        .json(
+            &json!({"name": "load", "inputs": 8, "hidden": 8, "classes": 2,
+                       "aggregation": {"min_updates": 50, "round_timeout_secs": 1.0}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (feed, _) = tokio_tungstenite::connect_async(format!("{}/v1/events", hub.hub.ws_url()))
+        .await
+        .unwrap();
+    let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let f2 = frames.clone();
+    let counter = tokio::spawn(async move {
+        let mut feed = feed;
+        while let Some(Ok(m)) = feed.next().await {
+            if m.is_text() {
+                f2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let layout = kernal::trainer::net::MlpSpec {
+        inputs: 8,
+        hidden: 8,
+        classes: 2,
+    }
+    .layout();
+    let mut tasks = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        let ws = hub.ws();
+        let layout = layout.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut r, w, _) = Raw::hello(&ws, &format!("load{i}"), "tok", "load").await;
+            let mut version = w["version"].as_u64().unwrap();
+            for k in 0..5 {
+                let id = format!("u{k}");
+                r.send_update(
+                    &id,
+                    version,
+                    1,
+                    layout
+                        .encode(&vec![0.001; layout.num_params()], None)
+                        .unwrap(),
+                )
+                .await;
+                assert_eq!(r.outcome(&id).await["type"], "ack");
+                version = r.wait_version(version + 1).await.0;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(kernal::hub::metrics::FLUSH_EVERY * 2).await;
+    let n = frames.load(std::sync::atomic::Ordering::SeqCst);
+    counter.abort();
+    // 250 updates, 5 versions, 50 joins: at most MAX_EVENTS_PER_FLUSH frames
+    // per 250 ms flush, whatever the load.
+    let flushes = (secs / kernal::hub::metrics::FLUSH_EVERY.as_secs_f64()).ceil() as usize + 2;
+    let bound = flushes * kernal::hub::metrics::MAX_EVENTS_PER_FLUSH;
+    println!("{n} feed frames in {secs:.1} s for 50 trainers (bound {bound})");
+    assert!(n <= bound, "{n} frames > {bound}");
+    assert!(n > 0);
+    let status = get_json(&format!("{}/v1/models/load", hub.url())).await;
+    assert!(status["version"].as_u64().unwrap() >= 5);
+}

@@ -1,0 +1,306 @@
+//! Running as a service: SIGHUP and `POST /v1/admin/reload` apply live keys
+//! without dropping trainers and refuse an invalid file as a whole;
+//! `/metrics` passes `promtool check metrics`; `/openapi.json` lists every
+//! route the server registers.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn log_contains(log: &Arc<Mutex<String>>, s: &str) -> bool {
+    log.lock().unwrap().contains(s)
+}
+
+async fn min_updates(port: u16) -> Option<u64> {
+    let v = get_json(&format!("http://127.0.0.1:{port}/v1/models/digits")).await;
+    v["settings"]["min_updates"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_live_keys_and_refuses_invalid_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("kernal.toml");
+    let write_cfg = |min: u32, level: &str, extra: &str| {
+        std::fs::write(
+            &cfg_path,
+            format!("[log]\nlevel = \"{level}\"\n[models.digits]\nmin_updates = {min}\n{extra}"),
+        )
+        .unwrap();
+    };
+    write_cfg(3, "info", "");
+    let port = free_port();
+    let mut hub = Command::new(kernal_bin())
+        .args(["hub", "--config"])
+        .arg(&cfg_path)
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.path().join("hub.db"))
+        .env("KERNAL__HUB__STATE_DIR", dir.path())
+        .env("KERNAL__HUB__ADMIN_TOKEN", ADMIN)
+        .env("KERNAL__MODELS__DIGITS__MAX_STALENESS", "4")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let l2 = log.clone();
+    let stderr = hub.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut g = l2.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    let ws = format!("ws://127.0.0.1:{port}/v1/trainers/ws");
+    wait_for("hub up", Duration::from_secs(30), || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(min_updates(port).await, Some(3));
+    let (mut t, _, _) = Raw::hello(&ws, "steady", "tok", "digits").await;
+    let layout = digits_layout();
+    let delta = || {
+        layout
+            .encode(&vec![0.0; layout.num_params()], None)
+            .unwrap()
+    };
+    assert!(!log_contains(&log, "DEBUG"));
+
+    // Edit: min_updates 3 -> 1 and log level info -> debug, then SIGHUP.
+    write_cfg(1, "debug", "");
+    let pid = hub.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("min_updates 1", Duration::from_secs(10), || async move {
+        (min_updates(port).await == Some(1)).then_some(())
+    })
+    .await;
+    let m = get_json(&format!("http://127.0.0.1:{port}/v1/models/digits")).await;
+    assert_eq!(
+        m["settings"]["max_staleness"], 4,
+        "environment overrides survive a reload"
+    );
+    // The connected trainer was not dropped, and one update now makes a version.
+    t.send_update("u1", 0, 10, delta()).await;
+    assert_eq!(t.outcome("u1").await["type"], "ack");
+    assert_eq!(t.wait_version(1).await.0, 1);
+    let l3 = log.clone();
+    wait_for("reload logged", Duration::from_secs(10), || {
+        let l = l3.clone();
+        async move {
+            (log_contains(&l, "config reload: log.level changed to debug")
+                && log_contains(&l, "config reload: models.digits aggregation settings"))
+            .then_some(())
+        }
+    })
+    .await;
+    let l3 = log.clone();
+    wait_for(
+        "debug lines after the reload",
+        Duration::from_secs(10),
+        || {
+            let l = l3.clone();
+            async move { log_contains(&l, "DEBUG").then_some(()) }
+        },
+    )
+    .await;
+
+    // An invalid file is refused as a whole; the old config stays in force.
+    write_cfg(7, "info", "[hub]\nbindd = \"oops\"\n");
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let l3 = log.clone();
+    wait_for("refusal logged", Duration::from_secs(10), || {
+        let l = l3.clone();
+        async move {
+            (log_contains(&l, "config reload refused") && log_contains(&l, "bindd")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(min_updates(port).await, Some(1));
+    t.send_update("u2", 1, 10, delta()).await;
+    assert_eq!(t.outcome("u2").await["type"], "ack");
+    assert_eq!(t.wait_version(2).await.0, 2);
+
+    // The same through the REST API.
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/admin/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("bindd"),
+        "{body}"
+    );
+    // --bind on the command line wins over the file, so edit a restart-only
+    // key that the command line does not set.
+    write_cfg(2, "info", "[hub]\nshutdown_timeout_secs = 3\n");
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/admin/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let changed = body["changed"].to_string();
+    assert!(
+        changed.contains("hub.shutdown_timeout_secs changed")
+            && changed.contains("needs a restart"),
+        "{changed}"
+    );
+    assert_eq!(min_updates(port).await, Some(2));
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Still serving on the old address.
+    assert_eq!(
+        get_json(&format!("http://127.0.0.1:{port}/healthz")).await["status"],
+        "ok"
+    );
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = hub.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_openapi_lists_every_route() {
+    let hub = start_hub(|c| c.models.get_mut("digits").unwrap().min_updates = Some(1));
+    let (mut t, _, _) = Raw::hello(&hub.ws(), "m1", "tok", "digits").await;
+    let layout = digits_layout();
+    t.send_update(
+        "a",
+        0,
+        3,
+        layout
+            .encode(&vec![0.0; layout.num_params()], None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(t.outcome("a").await["type"], "ack");
+    t.wait_version(1).await;
+    t.send_update(
+        "b",
+        0,
+        0,
+        layout
+            .encode(&vec![0.0; layout.num_params()], None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(t.outcome("b").await["code"], "bad_num_examples");
+    let text = reqwest::get(format!("{}/metrics", hub.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for m in [
+        "kernal_connected_trainers{model=\"digits\"} 1",
+        "kernal_model_version{model=\"digits\"} 1",
+        "kernal_updates_acknowledged_total{model=\"digits\"} 1",
+        "kernal_updates_refused_total{model=\"digits\",code=\"bad_num_examples\"} 1",
+        "kernal_aggregation_duration_seconds_count{model=\"digits\"} 1",
+        "kernal_persister_queue_depth",
+        "kernal_persister_commit_duration_seconds_bucket",
+        "kernal_websocket_sessions_opened_total{kind=\"trainer\"}",
+        "kernal_received_bytes_total",
+        "kernal_sent_bytes_total",
+    ] {
+        assert!(text.contains(m), "{m} missing from:\n{text}");
+    }
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    match promtool {
+        Some(p) => {
+            let mut child = Command::new(p)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool (Debian's prometheus) is required in CI"
+            );
+            eprintln!("SKIPPED promtool check: apt-get install prometheus");
+        }
+    }
+
+    // OpenAPI: every registered route is documented, and every documented
+    // plain GET is actually served.
+    let doc = get_json(&format!("{}/openapi.json", hub.url())).await;
+    assert_eq!(doc["openapi"], "3.0.3");
+    for (method, path, _, _) in kernal::hub::http::ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from openapi.json"
+        );
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(documented, kernal::hub::http::ROUTES.len());
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if ops.get("get").is_some()
+            && !path.contains('{')
+            && !path.ends_with("/ws")
+            && path != "/v1/events"
+        {
+            let r = reqwest::get(format!("{}{}", hub.url(), path))
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        }
+    }
+    // Routes with parameters answer with our JSON errors, not the router's 404.
+    let r = reqwest::get(format!("{}/v1/models/digits/versions/999", hub.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "not_found"
+    );
+}
