@@ -42,6 +42,7 @@ pub struct HubConfig {
     pub max_message_bytes: usize,
     pub max_fragments: usize,
     pub max_pending_handshakes: usize,
+    pub blob_file_threshold_bytes: usize,
     pub shutdown_timeout_secs: u64,
 }
 

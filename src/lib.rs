@@ -5,6 +5,7 @@
 //! [`hub::start_hub`] (inside an actix system) on a listener they bound.
 
 pub mod aggregation;
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -65,6 +65,37 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load benchmark: N synthetic trainers against a hub, R versions.
+    Bench {
+        /// Use this running hub instead of starting one (needs --admin-token).
+        #[arg(long)]
+        hub: Option<String>,
+        #[arg(long, env = "KERNAL_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Parameters of the flat float32 model.
+        #[arg(long)]
+        params: usize,
+        /// Synthetic trainers.
+        #[arg(long)]
+        trainers: usize,
+        /// Versions measured (after the warm-up).
+        #[arg(long)]
+        versions: u64,
+        /// Versions run before measuring.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Updates per version (default: every trainer).
+        #[arg(long)]
+        min_updates: Option<usize>,
+        #[arg(long, default_value = "fedavg", value_parser = ["fedavg", "fedavgm", "fedadam", "median", "trimmed_mean"])]
+        strategy: String,
+        /// Send float16 deltas.
+        #[arg(long)]
+        f16: bool,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a multi-trainer scenario (config/scenarios/NAME.toml) and check its pass criteria.
     Harness {
         /// Scenario name (or a path to a .toml file).
@@ -98,6 +129,44 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            hub,
+            admin_token,
+            params,
+            trainers,
+            versions,
+            warmup,
+            min_updates,
+            strategy,
+            f16,
+            json,
+        } => {
+            init_logging("warn");
+            let strategy = match strategy.as_str() {
+                "fedavgm" => kernal::aggregation::Strategy::Fedavgm,
+                "fedadam" => kernal::aggregation::Strategy::Fedadam,
+                "median" => kernal::aggregation::Strategy::Median,
+                "trimmed_mean" => kernal::aggregation::Strategy::TrimmedMean,
+                _ => kernal::aggregation::Strategy::Fedavg,
+            };
+            if params == 0 || trainers == 0 || versions == 0 {
+                eprintln!("kernal bench: --params, --trainers and --versions must be at least 1");
+                return ExitCode::from(2);
+            }
+            let args = kernal::bench::BenchArgs {
+                hub,
+                admin_token,
+                params,
+                trainers,
+                versions,
+                warmup,
+                min_updates,
+                strategy,
+                half: f16,
+                json,
+            };
+            ExitCode::from(kernal::bench::run_cli(args) as u8)
+        }
         Command::Harness {
             scenario,
             list,

@@ -22,6 +22,8 @@ fn spawn_hub(dir: &std::path::Path, port: u16) -> Child {
         .env("KERNAL__MODELS__DIGITS__MIN_UPDATES", "3")
         .env("KERNAL__MODELS__DIGITS__STRATEGY", "fedavg")
         .env("KERNAL__MODELS__DIGITS__ROUND_TIMEOUT_SECS", "1")
+        // Every payload and checkpoint in blob files: the crash path of files.
+        .env("KERNAL__HUB__BLOB_FILE_THRESHOLD_BYTES", "1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -234,28 +234,7 @@ pub fn aggregate(
         Strategy::Median => coordinate_median(contribs, s),
         Strategy::TrimmedMean => trimmed_mean(contribs, s),
     };
-    let n = weights.len();
-    match s.strategy {
-        Strategy::Fedavgm => {
-            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
-            for i in 0..n {
-                m[i] = s.momentum * m[i] + mean_delta[i];
-                weights[i] += s.server_lr * m[i];
-            }
-        }
-        Strategy::Fedadam => {
-            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
-            let v = state.second_moment.get_or_insert_with(|| vec![0.0; n]);
-            let (b1, b2) = (s.momentum, s.beta2);
-            for i in 0..n {
-                let d = mean_delta[i];
-                m[i] = b1 * m[i] + (1.0 - b1) * d;
-                v[i] = b2 * v[i] + (1.0 - b2) * d * d;
-                weights[i] += s.server_lr * m[i] / (v[i].sqrt() + s.tau);
-            }
-        }
-        _ => axpy(weights, s.server_lr, &mean_delta),
-    }
+    apply_server_update(weights, &mean_delta, s, state);
     state.steps += 1;
     let total_examples = contribs.iter().map(|c| c.num_examples).sum();
     let max_staleness = contribs.iter().map(|c| c.staleness).max().unwrap_or(0);
@@ -277,6 +256,47 @@ pub fn aggregate(
         update_norm: l2_norm(&mean_delta),
         clipped,
     }
+}
+
+/// Applies an aggregated delta with the model's server optimizer: plain step
+/// for fedavg and the robust strategies, momentum for fedavgm, Adam for fedadam.
+pub fn apply_server_update(
+    weights: &mut [f32],
+    mean_delta: &[f32],
+    s: &AggregationSettings,
+    state: &mut ServerState,
+) {
+    let n = weights.len();
+    match s.strategy {
+        Strategy::Fedavgm => {
+            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
+            for i in 0..n {
+                m[i] = s.momentum * m[i] + mean_delta[i];
+                weights[i] += s.server_lr * m[i];
+            }
+        }
+        Strategy::Fedadam => {
+            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
+            let v = state.second_moment.get_or_insert_with(|| vec![0.0; n]);
+            let (b1, b2) = (s.momentum, s.beta2);
+            for i in 0..n {
+                let d = mean_delta[i];
+                m[i] = b1 * m[i] + (1.0 - b1) * d;
+                v[i] = b2 * v[i] + (1.0 - b2) * d * d;
+                weights[i] += s.server_lr * m[i] / (v[i].sqrt() + s.tau);
+            }
+        }
+        _ => axpy(weights, s.server_lr, mean_delta),
+    }
+}
+
+/// Whether a strategy only needs a running weighted sum of the deltas, so
+/// each update can be folded into an accumulator as it arrives and dropped.
+pub fn streams(strategy: Strategy) -> bool {
+    matches!(
+        strategy,
+        Strategy::Fedavg | Strategy::Fedavgm | Strategy::Fedadam
+    )
 }
 
 /// Checks an update's base version against the model's current version.

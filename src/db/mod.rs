@@ -86,6 +86,8 @@ pub struct NewVersion<'a> {
     pub weights: &'a [u8],
     pub metrics: String,
     pub created_at: String,
+    /// Set when the checkpoint is in a blob file (then `weights` is empty).
+    pub weights_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -130,6 +132,7 @@ pub struct NewUpdate<'a> {
     pub refusal_message: Option<&'a str>,
     pub received_at: String,
     pub payload: Option<&'a [u8]>,
+    pub payload_file: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -198,7 +201,9 @@ pub struct PendingRow {
     pub trainer: String,
     pub base_version: i64,
     pub num_examples: i64,
+    pub staleness: i64,
     pub payload: Option<Vec<u8>>,
+    pub payload_file: Option<String>,
 }
 
 // ---------------------------------------------------------------- writes
@@ -257,12 +262,18 @@ pub fn commit_version(
     conn: &mut SqliteConnection,
     v: &NewVersion<'_>,
     applied_row_ids: &[i64],
-) -> Result<(), DbError> {
+) -> Result<Vec<String>, DbError> {
     conn.immediate_transaction(|conn| {
         diesel::insert_into(versions::table)
             .values(v)
             .execute(conn)?;
+        let mut files = Vec::new();
         for chunk in applied_row_ids.chunks(500) {
+            let f: Vec<Option<String>> = updates::table
+                .filter(updates::id.eq_any(chunk))
+                .select(updates::payload_file)
+                .load(conn)?;
+            files.extend(f.into_iter().flatten());
             let n = diesel::update(
                 updates::table
                     .filter(updates::id.eq_any(chunk))
@@ -272,6 +283,7 @@ pub fn commit_version(
                 updates::status.eq("applied"),
                 updates::applied_in_version.eq(v.version),
                 updates::payload.eq(None::<Vec<u8>>),
+                updates::payload_file.eq(None::<String>),
             ))
             .execute(conn)?;
             if n != chunk.len() {
@@ -286,7 +298,7 @@ pub fn commit_version(
                 )));
             }
         }
-        Ok(())
+        Ok(files)
     })
 }
 
@@ -458,17 +470,107 @@ pub fn get_version(
         .optional()?)
 }
 
+/// A version's checkpoint bytes, from the row or from its blob file.
 pub fn get_weights(
     conn: &mut SqliteConnection,
+    blobs: &BlobStore,
     model: &str,
     version: i64,
 ) -> Result<Option<Vec<u8>>, DbError> {
-    Ok(versions::table
+    let row: Option<(Vec<u8>, Option<String>)> = versions::table
         .filter(versions::model.eq(model))
         .filter(versions::version.eq(version))
-        .select(versions::weights)
+        .select((versions::weights, versions::weights_file))
         .first(conn)
-        .optional()?)
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((_, Some(file))) => Ok(Some(blobs.get(&file)?)),
+        Some((w, None)) => Ok(Some(w)),
+    }
+}
+
+/// Every blob file the database still refers to.
+pub fn referenced_blobs(
+    conn: &mut SqliteConnection,
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let mut set = std::collections::HashSet::new();
+    let v: Vec<Option<String>> = versions::table.select(versions::weights_file).load(conn)?;
+    let u: Vec<Option<String>> = updates::table
+        .filter(updates::payload_file.is_not_null())
+        .select(updates::payload_file)
+        .load(conn)?;
+    set.extend(v.into_iter().flatten());
+    set.extend(u.into_iter().flatten());
+    Ok(set)
+}
+
+/// Large payloads and checkpoints as files in `<database>.blobs/`, so a
+/// 400 MB update is one sequential file write instead of a SQLite blob write
+/// through the WAL. Files are written completely before the row naming them
+/// commits; files no row names (a crash in between) are removed at start.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    pub dir: std::path::PathBuf,
+    /// Blobs at least this large go to files.
+    pub threshold: usize,
+}
+
+impl BlobStore {
+    pub fn for_db(db: &Path, threshold: usize) -> BlobStore {
+        let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".blobs");
+        BlobStore {
+            dir: db.with_file_name(name),
+            threshold,
+        }
+    }
+
+    pub fn wants(&self, len: usize) -> bool {
+        self.threshold > 0 && len >= self.threshold
+    }
+
+    /// Writes a new blob file and returns its name. Durable against a crash
+    /// of the process (the page cache survives `kill -9`), like SQLite's WAL
+    /// with `synchronous=NORMAL`.
+    pub fn put(&self, bytes: &[u8]) -> Result<String, DbError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| DbError::Corrupt(format!("{}: {e}", self.dir.display())))?;
+        let name = format!("{}.safetensors", uuid::Uuid::new_v4().simple());
+        std::fs::write(self.dir.join(&name), bytes)
+            .map_err(|e| DbError::Corrupt(format!("{name}: {e}")))?;
+        Ok(name)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Vec<u8>, DbError> {
+        if name.contains('/') || name.contains("..") {
+            return Err(DbError::Corrupt(format!("bad blob name {name}")));
+        }
+        std::fs::read(self.dir.join(name))
+            .map_err(|e| DbError::Corrupt(format!("blob {name}: {e}")))
+    }
+
+    pub fn remove(&self, name: &str) {
+        if !name.contains('/') && !name.contains("..") {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+    }
+
+    /// Removes files no row refers to; returns how many.
+    pub fn sweep(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !keep.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 pub fn list_trainers(conn: &mut SqliteConnection) -> Result<Vec<TrainerRow>, DbError> {
@@ -518,7 +620,9 @@ pub fn pending_updates(
             updates::trainer,
             updates::base_version,
             updates::num_examples,
+            updates::staleness,
             updates::payload,
+            updates::payload_file,
         ))
         .load(conn)?)
 }
@@ -613,6 +717,7 @@ mod tests {
             weights: b"w",
             metrics: "{}".into(),
             created_at: now(),
+            weights_file: None,
         };
         insert_model(&mut conn, &m, &v0).unwrap();
         let u = NewUpdate {
@@ -629,6 +734,7 @@ mod tests {
             refusal_message: None,
             received_at: now(),
             payload: Some(b"d"),
+            payload_file: None,
         };
         let InsertOutcome::Inserted { row_id } = insert_update(&mut conn, &u).unwrap() else {
             panic!("first insert must insert")

@@ -20,6 +20,7 @@ diesel::table! {
         weights -> Binary,
         metrics -> Text,
         created_at -> Text,
+        weights_file -> Nullable<Text>,
     }
 }
 
@@ -63,6 +64,7 @@ diesel::table! {
         refusal_message -> Nullable<Text>,
         received_at -> Text,
         payload -> Nullable<Binary>,
+        payload_file -> Nullable<Text>,
     }
 }
 

@@ -64,6 +64,10 @@ pub fn bind(addr: &str) -> Result<TcpListener, HubError> {
 
 /// Runs the hub until SIGTERM or SIGINT. Returns after a clean shutdown.
 pub fn run(cfg: Config, source: ConfigSource) -> Result<(), HubError> {
+    // Every trainer is a socket: take the hard open-files limit.
+    if let Some(n) = crate::bench::raise_nofile_limit() {
+        log::debug!("open files limit: {n}");
+    }
     let listener = bind(&cfg.hub.bind)?;
     let sys = actix_rt::System::new();
     sys.block_on(async move {

@@ -24,6 +24,7 @@ pub struct AppState {
     pub hub: Addr<Hub>,
     pub metrics: Addr<MetricsAggregator>,
     pub pool: DbPool,
+    pub blobs: db::BlobStore,
     pub admin_token: Arc<str>,
     /// Live limits: a config reload changes them for new connections.
     pub limits: Arc<std::sync::RwLock<SessionLimits>>,
@@ -332,7 +333,8 @@ async fn get_weights(
     let (model, v) = path.into_inner();
     let version = resolve_version(&st.pool, &model, &v).await?;
     let m2 = model.clone();
-    let bytes = read(&st.pool, move |c| db::get_weights(c, &m2, version))
+    let blobs = st.blobs.clone();
+    let bytes = read(&st.pool, move |c| db::get_weights(c, &blobs, &m2, version))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("model `{model}` has no version {version}")))?;
     Ok(HttpResponse::Ok()
@@ -374,6 +376,9 @@ struct CreateModelJson {
     classes: Option<usize>,
     #[serde(default)]
     seed: Option<u64>,
+    /// Parameter count of a `flat` model.
+    #[serde(default)]
+    params: Option<usize>,
     #[serde(default)]
     aggregation: Option<crate::config::ModelConfig>,
 }
@@ -424,9 +429,30 @@ async fn create_model(
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
         crate::protocol::validate_name(&j.name).map_err(ApiError::bad_request)?;
         let arch = j.architecture.clone().unwrap_or_else(|| "mlp".into());
+        if arch == "flat" {
+            // One flat f32 tensor of zeros: for load tests and for trainers
+            // that keep their own structure in a flat buffer.
+            let n = j.params.unwrap_or(0);
+            if n == 0 || n > 1_000_000_000 {
+                return Err(ApiError::bad_request(
+                    "a flat model needs `params` between 1 and 1,000,000,000",
+                ));
+            }
+            let msg = hub_actor::CreateModel {
+                name: j.name.clone(),
+                architecture: "flat".into(),
+                layout: ModelLayout::new(vec![("weights".into(), vec![n])]),
+                weights: vec![0.0; n],
+                overrides: j.aggregation.unwrap_or_default(),
+            };
+            st.hub.send(msg).await?.map_err(refusal)?;
+            return Ok(
+                HttpResponse::Created().json(serde_json::json!({"name": j.name, "version": 0}))
+            );
+        }
         if arch != "mlp" && arch != "digits" {
             return Err(ApiError::bad_request(format!(
-                "unknown architecture `{arch}` (known: mlp); upload weights as safetensors for any other network"
+                "unknown architecture `{arch}` (known: mlp, flat); upload weights as safetensors for any other network"
             )));
         }
         let spec = MlpSpec {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::db::{EvalRow, InsertOutcome, ModelRow, NewHarnessRun, TrainerRow};
 use crate::hub::metrics::{self, HubEvent, MetricsAggregator};
 use crate::hub::persister::{self, Persister, UpdateRecord};
-use crate::hub::state::{self, Admission, Buffered, ModelState, TrainerInfo, Waiting};
+use crate::hub::state::{self, Admission, ModelState, TrainerInfo, Waiting};
 use crate::protocol::{ErrorCode, ModelLayout, ServerMessage, TensorSpec};
 use crate::trainer::data::Dataset;
 
@@ -157,8 +157,8 @@ impl Hub {
             .await;
             let (fold, eval, encoded) = match computed {
                 Ok((fold, eval, Ok(enc))) => (fold, eval, Bytes::from(enc)),
-                Ok((fold, _, Err(e))) => return Err((fold.applied, e.to_string())),
-                Err(e) => return Err((Vec::new(), format!("fold task failed: {e}"))),
+                Ok((fold, _, Err(e))) => return Err((fold.applied, fold.acc, e.to_string())),
+                Err(e) => return Err((Vec::new(), None, format!("fold task failed: {e}"))),
             };
             let agg_secs = started.elapsed().as_secs_f64();
             let metrics = serde_json::json!({
@@ -181,8 +181,8 @@ impl Hub {
             };
             match persister.send(commit).await {
                 Ok(Ok(())) => Ok((fold, encoded, metrics, agg_secs)),
-                Ok(Err(e)) => Err((fold.applied, e.to_string())),
-                Err(e) => Err((fold.applied, e.to_string())),
+                Ok(Err(e)) => Err((fold.applied, fold.acc, e.to_string())),
+                Err(e) => Err((fold.applied, fold.acc, e.to_string())),
             }
         };
         let model_name = model.to_string();
@@ -225,10 +225,10 @@ impl Hub {
                     act.gauges(&model_name);
                     act.maybe_fold(&model_name, ctx);
                 }
-                Err((updates, e)) => {
+                Err((updates, acc, e)) => {
                     log::error!("model {model_name}: could not commit a new version: {e}");
                     if let Some(m) = act.models.get_mut(&model_name) {
-                        m.abort_fold(updates, now);
+                        m.abort_fold(updates, acc, now);
                     }
                 }
             }
@@ -520,7 +520,8 @@ pub struct SubmitUpdate {
     pub base_version: u64,
     pub num_examples: u64,
     pub loss: Option<f64>,
-    pub delta: Vec<f32>,
+    /// The validated safetensors delta, kept encoded: streaming strategies
+    /// fold it straight from these bytes.
     pub payload: Bytes,
 }
 
@@ -584,7 +585,6 @@ impl Handler<SubmitUpdate> for Hub {
         rec.payload = Some(u.payload);
         let persister = self.persister.clone();
         self.queue(1);
-        let delta = Arc::new(u.delta);
         let fut = async move {
             persister
                 .send(persister::PersistUpdate(rec.clone()))
@@ -620,17 +620,20 @@ impl Handler<SubmitUpdate> for Hub {
                 InsertOutcome::Inserted { row_id } => {
                     let now = Instant::now();
                     if let Some(m) = act.models.get_mut(&rec.model) {
-                        m.push(
-                            Buffered {
-                                row_id,
-                                update_id: rec.update_id.clone(),
-                                trainer: rec.trainer.clone(),
-                                base_version: rec.base_version,
-                                num_examples: rec.num_examples,
-                                delta,
-                            },
+                        let payload = rec.payload.clone().unwrap_or_default();
+                        if let Err(e) = m.push_payload(
+                            row_id,
+                            rec.update_id.clone(),
+                            rec.trainer.clone(),
+                            rec.base_version,
+                            rec.num_examples,
+                            &payload,
                             now,
-                        );
+                        ) {
+                            // Validated before, so this is a hub bug; the row is
+                            // durable and will be reloaded at the next start.
+                            log::error!("update {} could not be buffered: {e}", rec.update_id);
+                        }
                     }
                     log::debug!(
                         "update {} from {} accepted (base {}, staleness {}, {} bytes)",

@@ -29,7 +29,7 @@ use crate::trainer::net::MlpSpec;
 use hub_actor::Hub;
 use metrics::MetricsAggregator;
 use persister::Persister;
-use state::{Buffered, ModelState, TrainerInfo};
+use state::{ModelState, TrainerInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -225,6 +225,7 @@ impl Reloader {
         applied.hub.state_dir = cur.hub.state_dir.clone();
         applied.hub.admin_token = cur.hub.admin_token.clone();
         applied.hub.shutdown_timeout_secs = cur.hub.shutdown_timeout_secs;
+        applied.hub.blob_file_threshold_bytes = cur.hub.blob_file_threshold_bytes;
         let changed =
             futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
                 .map_err(|e| format!("hub unavailable: {e}"))?;
@@ -312,8 +313,13 @@ pub struct Loaded {
 /// every model at its last committed version with its pending updates back
 /// in the buffer. Blocking: call it off the executor.
 pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
+    let blobs = db::BlobStore::for_db(path, cfg.hub.blob_file_threshold_bytes);
     let mut conn = db::connect(path)?;
     db::run_migrations(&mut conn)?;
+    let swept = blobs.sweep(&db::referenced_blobs(&mut conn)?);
+    if swept > 0 {
+        log::info!("removed {swept} blob file(s) no row refers to (left by an unclean stop)");
+    }
     let closed = db::close_stale_sessions(&mut conn)?;
     if closed > 0 {
         log::info!("closed {closed} session(s) left open by an unclean stop");
@@ -354,6 +360,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
                 weights: &encoded,
                 metrics: metrics.to_string(),
                 created_at: db::now(),
+                weights_file: None,
             },
         )?;
         log::info!("created model {name} ({} parameters)", layout.num_params());
@@ -380,7 +387,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         };
         let version = db::latest_version(&mut conn, &row.name)?
             .ok_or_else(|| corrupt("no version stored".into()))?;
-        let bytes = db::get_weights(&mut conn, &row.name, version)?
+        let bytes = db::get_weights(&mut conn, &blobs, &row.name, version)?
             .ok_or_else(|| corrupt(format!("version {version} has no weights")))?;
         let weights = layout
             .decode(&bytes)
@@ -406,21 +413,20 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
                 );
                 continue;
             };
-            let delta = st
-                .layout
-                .decode(&payload)
-                .map_err(|e| corrupt(format!("pending update {}: {e}", p.update_id)))?;
-            st.push(
-                Buffered {
-                    row_id: p.id,
-                    update_id: p.update_id,
-                    trainer: p.trainer,
-                    base_version: p.base_version as u64,
-                    num_examples: p.num_examples as u64,
-                    delta: Arc::new(delta),
-                },
+            st.push_payload(
+                p.id,
+                p.update_id.clone(),
+                p.trainer,
+                p.base_version as u64,
+                p.num_examples as u64,
+                &payload,
                 now,
-            );
+            )
+            .map_err(|e| corrupt(format!("pending update {}: {e}", p.update_id)))?;
+            // Keep the staleness recorded when it was accepted.
+            if let Some(b) = st.buffer.last_mut() {
+                b.staleness = p.staleness as u64;
+            }
             pending_total += 1;
         }
         log::info!(
@@ -480,7 +486,11 @@ pub async fn start_hub(
     let metrics = MetricsAggregator::default().start();
     let m2 = metrics.clone();
     let p3 = db_path.clone();
-    let persister = SyncArbiter::start(1, move || Persister::new(p3.clone(), Some(m2.clone())));
+    let blobs = db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes);
+    let b2 = blobs.clone();
+    let persister = SyncArbiter::start(1, move || {
+        Persister::new(p3.clone(), b2.clone(), Some(m2.clone()))
+    });
     let hub = Hub::new(
         cfg.clone(),
         loaded.models,
@@ -505,6 +515,7 @@ pub async fn start_hub(
         hub: hub.clone(),
         metrics: metrics.clone(),
         pool,
+        blobs,
         admin_token: Arc::from(token.as_str()),
         limits,
         handshakes: Arc::new(AtomicUsize::new(0)),

@@ -17,14 +17,20 @@ pub struct Persister {
     path: PathBuf,
     conn: Option<SqliteConnection>,
     metrics: Option<Addr<MetricsAggregator>>,
+    blobs: db::BlobStore,
 }
 
 impl Persister {
-    pub fn new(path: PathBuf, metrics: Option<Addr<MetricsAggregator>>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        blobs: db::BlobStore,
+        metrics: Option<Addr<MetricsAggregator>>,
+    ) -> Self {
         Persister {
             path,
             conn: None,
             metrics,
+            blobs,
         }
     }
 
@@ -81,7 +87,7 @@ pub struct UpdateRecord {
 }
 
 impl UpdateRecord {
-    fn row(&self) -> NewUpdate<'_> {
+    fn row<'a>(&'a self, payload_file: Option<&'a str>) -> NewUpdate<'a> {
         NewUpdate {
             update_id: &self.update_id,
             trainer: &self.trainer,
@@ -99,7 +105,12 @@ impl UpdateRecord {
             refusal_code: self.refusal.as_ref().map(|r| r.0.as_str()),
             refusal_message: self.refusal.as_ref().map(|r| r.1.as_str()),
             received_at: db::now(),
-            payload: self.payload.as_deref(),
+            payload: if payload_file.is_some() {
+                None
+            } else {
+                self.payload.as_deref()
+            },
+            payload_file,
         }
     }
 }
@@ -112,7 +123,25 @@ pub struct PersistUpdate(pub UpdateRecord);
 impl Handler<PersistUpdate> for Persister {
     type Result = Result<InsertOutcome, DbError>;
     fn handle(&mut self, msg: PersistUpdate, _: &mut Self::Context) -> Self::Result {
-        self.timed("update", |c| db::insert_update(c, &msg.0.row()))
+        let big = msg
+            .0
+            .payload
+            .as_ref()
+            .map(|p| self.blobs.wants(p.len()))
+            .unwrap_or(false);
+        if !big {
+            return self.timed("update", |c| db::insert_update(c, &msg.0.row(None)));
+        }
+        let blobs = self.blobs.clone();
+        self.timed("update", |c| {
+            let payload = msg.0.payload.as_deref().unwrap_or_default();
+            let file = blobs.put(payload)?;
+            let r = db::insert_update(c, &msg.0.row(Some(&file)));
+            if !matches!(r, Ok(InsertOutcome::Inserted { .. })) {
+                blobs.remove(&file);
+            }
+            r
+        })
     }
 }
 
@@ -124,7 +153,7 @@ pub struct RecordRefusal(pub UpdateRecord);
 impl Handler<RecordRefusal> for Persister {
     type Result = ();
     fn handle(&mut self, msg: RecordRefusal, _: &mut Self::Context) {
-        if let Err(e) = self.timed("refusal", |c| db::insert_refused(c, &msg.0.row())) {
+        if let Err(e) = self.timed("refusal", |c| db::insert_refused(c, &msg.0.row(None))) {
             log::warn!("could not record refused update: {e}");
         }
     }
@@ -146,21 +175,39 @@ pub struct CommitVersion {
 impl Handler<CommitVersion> for Persister {
     type Result = Result<(), DbError>;
     fn handle(&mut self, m: CommitVersion, _: &mut Self::Context) -> Self::Result {
-        self.timed("version", |c| {
-            db::commit_version(
+        let blobs = self.blobs.clone();
+        let done = self.timed("version", |c| {
+            let file = if blobs.wants(m.weights.len()) {
+                Some(blobs.put(&m.weights)?)
+            } else {
+                None
+            };
+            let r = db::commit_version(
                 c,
                 &db::NewVersion {
                     model: &m.model,
                     version: m.version as i64,
                     parent: Some(m.parent as i64),
                     num_updates: m.num_updates as i32,
-                    weights: &m.weights,
+                    weights: if file.is_some() { &[] } else { &m.weights },
                     metrics: m.metrics.clone(),
                     created_at: db::now(),
+                    weights_file: file.clone(),
                 },
                 &m.applied,
-            )
-        })
+            );
+            if r.is_err() {
+                if let Some(f) = &file {
+                    blobs.remove(f);
+                }
+            }
+            r
+        })?;
+        // The applied updates' payload files are no longer needed.
+        for f in done {
+            self.blobs.remove(&f);
+        }
+        Ok(())
     }
 }
 
@@ -187,6 +234,7 @@ impl Handler<CreateModel> for Persister {
                     weights: &m.weights,
                     metrics: m.metrics.clone(),
                     created_at: db::now(),
+                    weights_file: None,
                 },
             )
         })

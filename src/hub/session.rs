@@ -619,8 +619,8 @@ impl TrainerSession {
             return;
         }
         let (trainer, model) = (r.name.clone(), r.model.clone());
-        let delta = match r.layout.decode(&payload) {
-            Ok(d) => d,
+        match r.layout.validate(&payload) {
+            Ok(()) => {}
             Err(e) => {
                 self.hub.do_send(hub_actor::SessionRefusal {
                     trainer,
@@ -644,7 +644,6 @@ impl TrainerSession {
             base_version: h.base_version,
             num_examples: h.num_examples,
             loss: h.loss,
-            delta,
             payload,
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {

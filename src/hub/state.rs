@@ -24,7 +24,20 @@ pub struct Buffered {
     pub trainer: String,
     pub base_version: u64,
     pub num_examples: u64,
-    pub delta: Arc<Vec<f32>>,
+    /// Staleness when it was accepted.
+    pub staleness: u64,
+    pub clipped: bool,
+    /// The delta, kept only for strategies that need every delta at fold
+    /// time (median, trimmed mean); streamed ones live in the accumulator.
+    pub delta: Option<Arc<Vec<f32>>>,
+}
+
+/// Running weighted sum of streamed deltas: memory stays one model's worth
+/// however many updates a round folds.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    pub sum: Vec<f32>,
+    pub weight: f64,
 }
 
 /// Everything the hub holds about one model.
@@ -40,6 +53,7 @@ pub struct ModelState {
     /// session that sends it.
     pub encoded: Bytes,
     pub buffer: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
     pub clock: RoundClock,
     pub server: ServerState,
     /// A fold is being computed or committed; no second one starts meanwhile.
@@ -55,6 +69,7 @@ pub struct Fold {
     pub weights: Vec<f32>,
     pub report: AggregateReport,
     pub applied: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
     pub server: ServerState,
 }
 
@@ -87,6 +102,7 @@ impl ModelState {
             weights: Arc::new(weights),
             encoded,
             buffer: Vec::new(),
+            acc: None,
             clock: RoundClock::default(),
             server: ServerState::default(),
             folding: false,
@@ -121,6 +137,62 @@ impl ModelState {
     pub fn push(&mut self, b: Buffered, now: Instant) {
         self.buffer.push(b);
         self.clock.on_buffered(now);
+    }
+
+    /// Buffers a durable update from its encoded payload. Streaming
+    /// strategies fold it into the accumulator straight from the bytes; the
+    /// others keep the decoded delta for the fold.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_payload(
+        &mut self,
+        row_id: i64,
+        update_id: String,
+        trainer: String,
+        base_version: u64,
+        num_examples: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), crate::protocol::tensors::TensorError> {
+        let staleness = self.version.saturating_sub(base_version);
+        let s = &self.settings;
+        let factor = if s.clip_norm > 0.0 {
+            let norm = self.layout.sum_squares(payload)?.sqrt();
+            if norm > s.clip_norm as f64 {
+                (s.clip_norm as f64 / norm) as f32
+            } else {
+                1.0
+            }
+        } else {
+            1.0
+        };
+        let delta = if aggregation::streams(s.strategy) {
+            let w = aggregation::contribution_weight(num_examples, staleness, s.staleness_exponent);
+            let n = self.layout.num_params();
+            let acc = self.acc.get_or_insert_with(|| Accumulator {
+                sum: vec![0.0; n],
+                weight: 0.0,
+            });
+            self.layout
+                .accumulate(payload, &mut acc.sum, (w as f32) * factor)?;
+            acc.weight += w;
+            None
+        } else {
+            Some(Arc::new(self.layout.decode(payload)?))
+        };
+        self.push(
+            Buffered {
+                row_id,
+                update_id,
+                trainer,
+                base_version,
+                num_examples,
+                staleness,
+                clipped: factor < 1.0,
+                delta,
+            },
+            now,
+        );
+        Ok(())
     }
 
     pub fn decide(&self, now: Instant) -> RoundDecision {
@@ -159,6 +231,7 @@ impl ModelState {
             version: self.version,
             weights: self.weights.clone(),
             updates: std::mem::take(&mut self.buffer),
+            acc: self.acc.take(),
             settings: self.settings.clone(),
             server: self.server.clone(),
         })
@@ -175,9 +248,23 @@ impl ModelState {
 
     /// Puts the updates back (in front of anything that arrived meanwhile)
     /// when a fold could not be committed: acknowledged updates are never dropped.
-    pub fn abort_fold(&mut self, mut updates: Vec<Buffered>, now: Instant) {
+    pub fn abort_fold(
+        &mut self,
+        mut updates: Vec<Buffered>,
+        acc: Option<Accumulator>,
+        now: Instant,
+    ) {
         updates.append(&mut self.buffer);
         self.buffer = updates;
+        if let Some(old) = acc {
+            match self.acc.as_mut() {
+                Some(cur) => {
+                    aggregation::axpy(&mut cur.sum, 1.0, &old.sum);
+                    cur.weight += old.weight;
+                }
+                None => self.acc = Some(old),
+            }
+        }
         self.folding = false;
         self.clock.reset(self.buffer.len(), now);
     }
@@ -189,30 +276,104 @@ pub struct FoldInput {
     pub version: u64,
     pub weights: Arc<Vec<f32>>,
     pub updates: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
     pub settings: AggregationSettings,
     pub server: ServerState,
 }
 
-/// Folds the updates into a copy of the weights with the model's strategy.
+/// Folds the buffer into a copy of the weights with the model's strategy.
+/// Streamed updates come from the accumulator, kept ones from their deltas;
+/// the accumulator is handed back in the fold so a failed commit can restore it.
 pub fn compute_fold(input: FoldInput) -> Fold {
-    let mut weights = input.weights.as_ref().clone();
-    let mut server = input.server;
-    let contribs: Vec<Contribution<'_>> = input
+    let s = &input.settings;
+    let n = input.weights.len();
+    let kept: Vec<Contribution<'_>> = input
         .updates
         .iter()
-        .map(|u| Contribution {
-            delta: u.delta.as_slice(),
-            num_examples: u.num_examples,
-            staleness: input.version.saturating_sub(u.base_version),
+        .filter_map(|u| {
+            u.delta.as_ref().map(|d| Contribution {
+                delta: d.as_slice(),
+                num_examples: u.num_examples,
+                staleness: u.staleness,
+            })
         })
         .collect();
-    let report = aggregation::aggregate(&mut weights, &contribs, &input.settings, &mut server);
+    let acc_weight = input.acc.as_ref().map(|a| a.weight).unwrap_or(0.0);
+    let mean_delta: Vec<f32> = if aggregation::streams(s.strategy) || kept.is_empty() {
+        // Weighted mean of everything: the accumulator plus any kept deltas
+        // (kept ones exist when the strategy changed since they arrived).
+        let mut sum = input
+            .acc
+            .as_ref()
+            .map(|a| a.sum.clone())
+            .unwrap_or_else(|| vec![0.0; n]);
+        let mut total = acc_weight;
+        for c in &kept {
+            let w =
+                aggregation::contribution_weight(c.num_examples, c.staleness, s.staleness_exponent);
+            aggregation::axpy(
+                &mut sum,
+                w as f32 * aggregation::clip_factor(c.delta, s.clip_norm),
+                c.delta,
+            );
+            total += w;
+        }
+        if total > 0.0 {
+            let inv = (1.0 / total) as f32;
+            sum.iter_mut().for_each(|v| *v *= inv);
+        }
+        sum
+    } else {
+        // Robust strategies need every delta; streamed leftovers (from before
+        // a strategy change) enter as one more contribution.
+        let acc_mean: Option<Vec<f32>> = input.acc.as_ref().filter(|a| a.weight > 0.0).map(|a| {
+            let inv = (1.0 / a.weight) as f32;
+            a.sum.iter().map(|v| v * inv).collect()
+        });
+        let mut all = kept.clone();
+        if let Some(m) = &acc_mean {
+            all.push(Contribution {
+                delta: m.as_slice(),
+                num_examples: 1,
+                staleness: 0,
+            });
+        }
+        match s.strategy {
+            aggregation::Strategy::Median => aggregation::coordinate_median(&all, s),
+            _ => aggregation::trimmed_mean(&all, s),
+        }
+    };
+    let mut weights = input.weights.as_ref().clone();
+    let mut server = input.server;
+    aggregation::apply_server_update(&mut weights, &mean_delta, s, &mut server);
+    server.steps += 1;
+    let k = input.updates.len();
+    let report = AggregateReport {
+        strategy: s.strategy,
+        num_updates: k,
+        total_examples: input.updates.iter().map(|u| u.num_examples).sum(),
+        mean_staleness: if k == 0 {
+            0.0
+        } else {
+            input
+                .updates
+                .iter()
+                .map(|u| u.staleness as f64)
+                .sum::<f64>()
+                / k as f64
+        },
+        max_staleness: input.updates.iter().map(|u| u.staleness).max().unwrap_or(0),
+        update_norm: aggregation::l2_norm(&mean_delta),
+        clipped: input.updates.iter().filter(|u| u.clipped).count(),
+    };
+    drop(kept);
     Fold {
         version: input.version + 1,
         parent: input.version,
         weights,
         report,
         applied: input.updates,
+        acc: input.acc,
         server,
     }
 }
@@ -330,8 +491,36 @@ mod tests {
             trainer: "t".into(),
             base_version: base,
             num_examples: 1,
-            delta: Arc::new(delta),
+            staleness: 0,
+            clipped: false,
+            delta: Some(Arc::new(delta)),
         }
+    }
+
+    #[test]
+    fn streamed_updates_fold_like_kept_ones_and_survive_an_abort() {
+        let mut m = model();
+        let t = Instant::now();
+        let enc = |d: [f32; 2]| m_layout().encode(&d, None).unwrap();
+        m.push_payload(1, "a".into(), "t".into(), 0, 1, &enc([1.0, 2.0]), t)
+            .unwrap();
+        assert!(m.buffer[0].delta.is_none(), "fedavg streams");
+        let input = m.begin_fold(t).map(|_| ()).is_none();
+        assert!(input);
+        m.push_payload(2, "b".into(), "t".into(), 0, 3, &enc([5.0, 6.0]), t)
+            .unwrap();
+        let input = m.begin_fold(t).unwrap();
+        assert!(m.acc.is_none());
+        // A failed commit hands the accumulator back.
+        let fold = compute_fold(input);
+        assert_eq!(fold.weights, vec![4.0, 5.0]);
+        m.abort_fold(fold.applied, fold.acc, t);
+        let fold = compute_fold(m.begin_fold(t).unwrap());
+        assert_eq!(fold.weights, vec![4.0, 5.0]);
+    }
+
+    fn m_layout() -> ModelLayout {
+        ModelLayout::new(vec![("w".into(), vec![2])])
     }
 
     #[test]
@@ -363,7 +552,7 @@ mod tests {
         let later = t + Duration::from_secs(6);
         let input = m.begin_fold(later).unwrap();
         m.push(upd(2, 0, vec![0.0, 0.0]), later);
-        m.abort_fold(input.updates, later);
+        m.abort_fold(input.updates, input.acc, later);
         assert_eq!(
             m.buffer.iter().map(|b| b.row_id).collect::<Vec<_>>(),
             vec![1, 2]

@@ -158,29 +158,35 @@ impl ModelLayout {
         Ok(out)
     }
 
-    /// Decodes a safetensors buffer into a flat `f32` buffer in layout order,
-    /// refusing anything that does not match the layout exactly and any
-    /// non-finite value.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, TensorError> {
+    /// Checks a safetensors buffer against the layout and calls `f(offset,
+    /// values)` for each tensor in layout order, where `offset` is the
+    /// tensor's start in the flat buffer. Refuses any mismatch of names,
+    /// shapes or dtypes and any non-finite value. Never copies the bytes.
+    pub fn visit(
+        &self,
+        bytes: &[u8],
+        mut f: impl FnMut(usize, Values<'_>),
+    ) -> Result<(), TensorError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             TensorError::new(
                 ErrorCode::BadSafetensors,
                 format!("not a valid safetensors buffer: {e}"),
             )
         })?;
-        let names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-        for n in &names {
-            if !self.tensors.iter().any(|t| &t.name == n) {
-                return Err(TensorError::new(
-                    ErrorCode::TensorMismatch,
-                    format!(
-                        "unexpected tensor `{n}`; the model has {}",
-                        self.tensor_names()
-                    ),
-                ));
+        if st.len() != self.tensors.len() {
+            for n in st.names() {
+                if !self.tensors.iter().any(|t| t.name == *n) {
+                    return Err(TensorError::new(
+                        ErrorCode::TensorMismatch,
+                        format!(
+                            "unexpected tensor `{n}`; the model has {}",
+                            self.tensor_names()
+                        ),
+                    ));
+                }
             }
         }
-        let mut flat = Vec::with_capacity(self.num_params());
+        let mut offset = 0;
         for spec in &self.tensors {
             let view = st.tensor(&spec.name).map_err(|_| {
                 TensorError::new(
@@ -199,21 +205,10 @@ impl ModelLayout {
                     ),
                 ));
             }
-            let data = view.data();
-            let start = flat.len();
-            match view.dtype() {
-                Dtype::F32 => flat.extend(
-                    data.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                ),
-                Dtype::F16 => flat.extend(
-                    data.chunks_exact(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-                ),
-                Dtype::BF16 => flat.extend(
-                    data.chunks_exact(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-                ),
+            let values = match view.dtype() {
+                Dtype::F32 => Values::F32(view.data()),
+                Dtype::F16 => Values::F16(view.data()),
+                Dtype::BF16 => Values::BF16(view.data()),
                 other => {
                     return Err(TensorError::new(
                         ErrorCode::TensorMismatch,
@@ -223,19 +218,57 @@ impl ModelLayout {
                         ),
                     ))
                 }
-            }
-            if let Some(i) = flat[start..].iter().position(|v| !v.is_finite()) {
+            };
+            if let Some((i, v)) = values.first_non_finite() {
                 return Err(TensorError::new(
                     ErrorCode::NonFinite,
                     format!(
-                        "tensor `{}` holds a non-finite value ({}) at index {i}",
-                        spec.name,
-                        flat[start + i]
+                        "tensor `{}` holds a non-finite value ({v}) at index {i}",
+                        spec.name
                     ),
                 ));
             }
+            f(offset, values);
+            offset += spec.numel();
         }
+        Ok(())
+    }
+
+    /// Checks a buffer without decoding it.
+    pub fn validate(&self, bytes: &[u8]) -> Result<(), TensorError> {
+        self.visit(bytes, |_, _| {})
+    }
+
+    /// Decodes a safetensors buffer into a flat `f32` buffer in layout order,
+    /// refusing anything that does not match the layout exactly and any
+    /// non-finite value.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, TensorError> {
+        let mut flat = vec![0.0f32; self.num_params()];
+        self.visit(bytes, |off, v| v.write_into(&mut flat[off..]))?;
         Ok(flat)
+    }
+
+    /// `acc += factor * buffer`, straight from the encoded bytes.
+    pub fn accumulate(
+        &self,
+        bytes: &[u8],
+        acc: &mut [f32],
+        factor: f32,
+    ) -> Result<(), TensorError> {
+        if acc.len() != self.num_params() {
+            return Err(TensorError::new(
+                ErrorCode::TensorMismatch,
+                "accumulator size differs from the layout",
+            ));
+        }
+        self.visit(bytes, |off, v| v.axpy_into(&mut acc[off..], factor))
+    }
+
+    /// Sum of squares of every value (for clipping), from the encoded bytes.
+    pub fn sum_squares(&self, bytes: &[u8]) -> Result<f64, TensorError> {
+        let mut s = 0.0f64;
+        self.visit(bytes, |_, v| s += v.sum_squares())?;
+        Ok(s)
     }
 
     fn tensor_names(&self) -> String {
@@ -285,9 +318,132 @@ impl ModelLayout {
     }
 }
 
+/// The raw little-endian values of one tensor.
+#[derive(Debug, Clone, Copy)]
+pub enum Values<'a> {
+    F32(&'a [u8]),
+    F16(&'a [u8]),
+    BF16(&'a [u8]),
+}
+
+impl Values<'_> {
+    fn first_non_finite(&self) -> Option<(usize, f32)> {
+        match self {
+            Values::F32(d) => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .enumerate()
+                .find(|(_, v)| !v.is_finite()),
+            Values::F16(d) => d
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .enumerate()
+                .find(|(_, v)| !v.is_finite()),
+            Values::BF16(d) => d
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .enumerate()
+                .find(|(_, v)| !v.is_finite()),
+        }
+    }
+
+    fn write_into(&self, out: &mut [f32]) {
+        match self {
+            Values::F32(d) => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Values::F16(d) => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Values::BF16(d) => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+        }
+    }
+
+    fn axpy_into(&self, out: &mut [f32], a: f32) {
+        match self {
+            Values::F32(d) => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(4)) {
+                    *o += a * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Values::F16(d) => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
+                    *o += a * half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Values::BF16(d) => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
+                    *o += a * half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+        }
+    }
+
+    fn sum_squares(&self) -> f64 {
+        let mut buf = [0f32; 1];
+        let mut s = 0.0f64;
+        match self {
+            Values::F32(d) => {
+                for c in d.chunks_exact(4) {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+                    s += v * v;
+                }
+            }
+            other => {
+                let n = match other {
+                    Values::F16(d) | Values::BF16(d) => d.len() / 2,
+                    Values::F32(d) => d.len() / 4,
+                };
+                for i in 0..n {
+                    other.slice_value(i, &mut buf);
+                    s += (buf[0] as f64) * (buf[0] as f64);
+                }
+            }
+        }
+        s
+    }
+
+    fn slice_value(&self, i: usize, out: &mut [f32; 1]) {
+        out[0] = match self {
+            Values::F32(d) => {
+                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
+            }
+            Values::F16(d) => half::f16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f32(),
+            Values::BF16(d) => half::bf16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f32(),
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accumulate_from_bytes() {
+        let l = layout();
+        let a: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let bytes = l.encode(&a, None).unwrap();
+        let mut acc = vec![1.0f32; 8];
+        l.accumulate(&bytes, &mut acc, 0.5).unwrap();
+        assert_eq!(acc, a.iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>());
+        assert_eq!(
+            l.sum_squares(&bytes).unwrap(),
+            a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()
+        );
+        let h = l.encode_as(&a, None, Dtype::F16).unwrap();
+        assert_eq!(
+            l.sum_squares(&h).unwrap(),
+            a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()
+        );
+    }
 
     fn layout() -> ModelLayout {
         ModelLayout::new(vec![("w".into(), vec![2, 3]), ("b".into(), vec![2])])
