@@ -223,7 +223,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     let status = get_json(&format!("http://127.0.0.1:{port2}/v1/models/side")).await;
     assert_eq!(
         status["waiting"]["buffered"], 10,
-        "pending updates are back in the buffer"
+        "pending updates are back in the buffer: {status}"
     );
     eprintln!(
         "{} acks before SIGKILL; {} acknowledged updates were pending at restart",

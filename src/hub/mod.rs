@@ -405,13 +405,17 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         );
         st.last_metrics = meta;
         for p in db::pending_updates(&mut conn, &row.name)? {
-            let Some(payload) = p.payload else {
-                log::error!(
-                    "pending update {} of {} has no payload",
-                    p.update_id,
-                    row.name
-                );
-                continue;
+            let payload = match (p.payload, &p.payload_file) {
+                (_, Some(f)) => blobs.get(f)?,
+                (Some(b), None) => b,
+                (None, None) => {
+                    log::error!(
+                        "pending update {} of {} has no payload",
+                        p.update_id,
+                        row.name
+                    );
+                    continue;
+                }
             };
             st.push_payload(
                 p.id,
