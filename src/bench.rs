@@ -82,7 +82,7 @@ pub fn raise_nofile_limit() -> Option<u64> {
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
             let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
         }
-        Some(rl.rlim_cur as u64)
+        Some(rl.rlim_cur)
     }
     #[cfg(not(unix))]
     None
@@ -106,7 +106,7 @@ impl OwnHub {
         let max_msg = (args.params * 4 + (1 << 20)).max(256 << 20);
         let cfg = format!(
             "[hub]\nadmin_token = \"{token}\"\nstate_dir = \"{}\"\nmax_message_bytes = {max_msg}\n\
-             max_pending_handshakes = {}\nclient_timeout_secs = 120\n[log]\nlevel = \"warn\"\n",
+             max_pending_handshakes = {}\nclient_timeout_secs = 120\nhello_timeout_secs = 300\n[log]\nlevel = \"warn\"\n",
             dir.path().display(),
             args.trainers + 16
         );
@@ -217,8 +217,10 @@ async fn trainer(
         .map_err(err)?;
     let mut version = None;
     let mut expect_weights = false;
-    let mut pending: Option<(String, Instant)> = None;
+    let mut pending: std::collections::HashMap<String, (u64, Instant)> =
+        std::collections::HashMap::new();
     let mut first = true;
+    let mut unanswered: Option<u64> = None;
     while let Some(m) = ws.next().await {
         let m = m.map_err(err)?;
         match m {
@@ -230,14 +232,19 @@ async fn trainer(
                         expect_weights = true;
                     }
                     Some("ack") => {
-                        if let Some((id, at)) = pending.take() {
-                            if v["update_id"] == id.as_str() && version.unwrap_or(0) >= measure_from
-                            {
+                        let id = v["update_id"].as_str().unwrap_or("");
+                        if let Some((base, at)) = pending.remove(id) {
+                            if base >= measure_from {
                                 shared
                                     .latencies
                                     .lock()
                                     .map_err(err)?
                                     .push(at.elapsed().as_secs_f64() * 1000.0);
+                            }
+                        }
+                        if pending.is_empty() {
+                            if let Some(v) = unanswered.take() {
+                                send_update(&mut ws, i, v, &payload, &mut pending).await?;
                             }
                         }
                     }
@@ -265,22 +272,41 @@ async fn trainer(
                     let _ = ws.close(None).await;
                     return Ok(());
                 }
-                // Answer the version with a delta against it.
-                let id = format!("b{i}-{v}");
-                let header = json!({"type": "update", "update_id": id, "base_version": v, "num_examples": 1});
-                pending = Some((id, Instant::now()));
-                ws.send(Message::Text(header.to_string()))
-                    .await
-                    .map_err(err)?;
-                ws.send(Message::Binary(payload.as_ref().clone()))
-                    .await
-                    .map_err(err)?;
+                // Like a real trainer: one update in flight; answer the
+                // newest version once the previous update is acknowledged.
+                if pending.is_empty() {
+                    send_update(&mut ws, i, v, &payload, &mut pending).await?;
+                } else {
+                    unanswered = Some(v);
+                }
             }
             Message::Close(_) => return Ok(()),
             _ => {}
         }
     }
     Ok(())
+}
+
+type BenchWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends a delta against version `v` (the same bytes every time: no learning).
+async fn send_update(
+    ws: &mut BenchWs,
+    i: usize,
+    v: u64,
+    payload: &Arc<Vec<u8>>,
+    pending: &mut std::collections::HashMap<String, (u64, Instant)>,
+) -> Result<(), BenchError> {
+    let id = format!("b{i}-{v}");
+    let header = json!({"type": "update", "update_id": id, "base_version": v, "num_examples": 1});
+    pending.insert(id, (v, Instant::now()));
+    ws.send(Message::Text(header.to_string()))
+        .await
+        .map_err(err)?;
+    ws.send(Message::Binary(payload.as_ref().clone()))
+        .await
+        .map_err(err)
 }
 
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {

@@ -196,6 +196,11 @@ pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Token checks run at most this many at a time: each argon2 computation
+/// holds 19 MiB, so a storm of hellos (a thousand trainers reconnecting after
+/// a restart) must queue instead of allocating gigabytes at once.
+static TOKEN_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 fn hash_token(token: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -518,6 +523,10 @@ impl TrainerSession {
                 })
                 .await
                 .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))??;
+            let _permit = TOKEN_CHECKS
+                .acquire()
+                .await
+                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             let new_hash = match admission {
                 Admission::Verify { token_hash } => {
                     let ok = actix_web::rt::task::spawn_blocking(move || {
@@ -540,6 +549,7 @@ impl TrainerSession {
                         .map_err(|e| (ErrorCode::Internal, e))?,
                 ),
             };
+            drop(_permit);
             hub.send(hub_actor::Join {
                 session_id: sid,
                 name: n2,

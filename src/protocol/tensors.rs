@@ -328,23 +328,40 @@ pub enum Values<'a> {
 
 impl Values<'_> {
     fn first_non_finite(&self) -> Option<(usize, f32)> {
-        match self {
-            Values::F32(d) => d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .enumerate()
-                .find(|(_, v)| !v.is_finite()),
-            Values::F16(d) => d
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .enumerate()
-                .find(|(_, v)| !v.is_finite()),
-            Values::BF16(d) => d
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .enumerate()
-                .find(|(_, v)| !v.is_finite()),
+        // Branch-free scan in blocks (an exponent of all ones means NaN or
+        // infinity), so the common all-finite case vectorises; the exact
+        // index is only looked for when a block has one.
+        let (width, exp_mask): (usize, u32) = match self {
+            Values::F32(_) => (4, 0x7f80_0000),
+            Values::F16(_) => (2, 0x7c00),
+            Values::BF16(_) => (2, 0x7f80),
+        };
+        let d = match self {
+            Values::F32(d) | Values::F16(d) | Values::BF16(d) => *d,
+        };
+        const BLOCK: usize = 1024;
+        for (bi, block) in d.chunks(BLOCK * width).enumerate() {
+            let bad = if width == 4 {
+                block.chunks_exact(4).fold(false, |acc, c| {
+                    acc | (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & exp_mask == exp_mask)
+                })
+            } else {
+                block.chunks_exact(2).fold(false, |acc, c| {
+                    acc | ((u16::from_le_bytes([c[0], c[1]]) as u32) & exp_mask == exp_mask)
+                })
+            };
+            if bad {
+                let mut v = [0f32; 1];
+                for i in 0..block.len() / width {
+                    let idx = bi * BLOCK + i;
+                    self.slice_value(idx, &mut v);
+                    if !v[0].is_finite() {
+                        return Some((idx, v[0]));
+                    }
+                }
+            }
         }
+        None
     }
 
     fn write_into(&self, out: &mut [f32]) {
