@@ -325,6 +325,22 @@ async fn run_once(
             "model `{model}` is not an MLP the reference trainer can train"
         ))
     })?;
+    // Start from a settled model: updates left in the buffer by earlier
+    // trainers would otherwise share folds with this run's first round.
+    let mut m = m;
+    let settle_deadline = Instant::now() + Duration::from_secs(sc.stop.timeout_secs);
+    while m["waiting"]["buffered"].as_u64().unwrap_or(0) > 0 {
+        if Instant::now() > settle_deadline {
+            return Err(HarnessError::Run(format!(
+                "model `{model}` still has buffered updates from before the run"
+            )));
+        }
+        bar.set_message(format!(
+            "{label}: waiting for the hub to fold updates left from before the run"
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        m = get_json(&http, &format!("{hub_url}/v1/models/{model}")).await?;
+    }
     let start_version = m["version"].as_u64().unwrap_or(0);
     let schedule = plan(sc, seed);
     let mut running: HashMap<usize, Running> = HashMap::new();
