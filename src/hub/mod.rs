@@ -227,7 +227,7 @@ impl Reloader {
         applied.hub.shutdown_timeout_secs = cur.hub.shutdown_timeout_secs;
         applied.hub.blob_file_threshold_bytes = cur.hub.blob_file_threshold_bytes;
         let changed =
-            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
+            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
                 .map_err(|e| format!("hub unavailable: {e}"))?;
         notes.extend(changed);
         for n in &notes {
@@ -243,14 +243,12 @@ impl Reloader {
 
 /// Waits for an actor reply from a blocking thread (reload runs in
 /// `web::block` or the signal thread, never on the executor).
-fn futures_executor_block<F: std::future::Future>(f: F) -> F::Output {
+fn futures_executor_block<F: std::future::Future>(f: F) -> Result<F::Output, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build();
-    match rt {
-        Ok(rt) => rt.block_on(f),
-        Err(e) => panic!("cannot build a runtime for reload: {e}"),
-    }
+        .build()
+        .map_err(|e| format!("cannot build a runtime for reload: {e}"))?;
+    Ok(rt.block_on(f))
 }
 
 /// Loads or creates the admin token: config first, else a 0600 file in the
