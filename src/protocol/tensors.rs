@@ -364,67 +364,37 @@ impl Values<'_> {
         None
     }
 
-    fn write_into(&self, out: &mut [f32]) {
+    /// Calls `f(index, value)` for every value, widened to f32. Generic, so
+    /// each caller's loop is compiled per dtype and vectorises.
+    #[inline]
+    fn for_each(&self, mut f: impl FnMut(usize, f32)) {
         match self {
-            Values::F32(d) => {
-                for (o, c) in out.iter_mut().zip(d.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            Values::F16(d) => {
-                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            Values::BF16(d) => {
-                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
-                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
+            Values::F32(d) => d
+                .chunks_exact(4)
+                .enumerate()
+                .for_each(|(i, c)| f(i, f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            Values::F16(d) => d
+                .chunks_exact(2)
+                .enumerate()
+                .for_each(|(i, c)| f(i, half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+            Values::BF16(d) => d
+                .chunks_exact(2)
+                .enumerate()
+                .for_each(|(i, c)| f(i, half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
         }
+    }
+
+    fn write_into(&self, out: &mut [f32]) {
+        self.for_each(|i, v| out[i] = v);
     }
 
     fn axpy_into(&self, out: &mut [f32], a: f32) {
-        match self {
-            Values::F32(d) => {
-                for (o, c) in out.iter_mut().zip(d.chunks_exact(4)) {
-                    *o += a * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            Values::F16(d) => {
-                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
-                    *o += a * half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            Values::BF16(d) => {
-                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
-                    *o += a * half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-        }
+        self.for_each(|i, v| out[i] += a * v);
     }
 
     fn sum_squares(&self) -> f64 {
-        let mut buf = [0f32; 1];
         let mut s = 0.0f64;
-        match self {
-            Values::F32(d) => {
-                for c in d.chunks_exact(4) {
-                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
-                    s += v * v;
-                }
-            }
-            other => {
-                let n = match other {
-                    Values::F16(d) | Values::BF16(d) => d.len() / 2,
-                    Values::F32(d) => d.len() / 4,
-                };
-                for i in 0..n {
-                    other.slice_value(i, &mut buf);
-                    s += (buf[0] as f64) * (buf[0] as f64);
-                }
-            }
-        }
+        self.for_each(|_, v| s += (v as f64) * (v as f64));
         s
     }
 
