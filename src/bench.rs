@@ -65,29 +65,6 @@ fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())
 }
 
-/// Raises the soft open-files limit to the hard limit (a thousand trainers
-/// need a thousand sockets on each side). Returns the new soft limit.
-pub fn raise_nofile_limit() -> Option<u64> {
-    #[cfg(unix)]
-    unsafe {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return None;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        }
-        Some(rl.rlim_cur)
-    }
-    #[cfg(not(unix))]
-    None
-}
-
 struct OwnHub {
     child: Child,
     _dir: tempfile::TempDir,
@@ -310,7 +287,7 @@ async fn send_update(
 }
 
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
-    let nofile = raise_nofile_limit();
+    let nofile = crate::hub::daemon::raise_nofile_limit();
     let own = match &args.hub {
         Some(_) => None,
         None => Some(OwnHub::start(args)?),

@@ -59,8 +59,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Send deltas as f16 or bf16 (halves the bytes).
-        #[arg(long, value_parser = ["none", "f16", "bf16"], default_value = "none")]
-        compress: String,
+        #[arg(long, value_parser = by_name::<Compression>, default_value = "none")]
+        compress: Compression,
         /// Config file (for the `[specialties]` table).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -87,8 +87,9 @@ enum Command {
         /// Updates per version (default: every trainer).
         #[arg(long)]
         min_updates: Option<usize>,
-        #[arg(long, default_value = "fedavg", value_parser = ["fedavg", "fedavgm", "fedadam", "median", "trimmed_mean"])]
-        strategy: String,
+        /// fedavg, fedavgm, fedadam, median or trimmed_mean.
+        #[arg(long, default_value = "fedavg", value_parser = by_name::<kernal::aggregation::Strategy>)]
+        strategy: kernal::aggregation::Strategy,
         /// Send float16 deltas.
         #[arg(long)]
         f16: bool,
@@ -122,6 +123,12 @@ enum Command {
     },
 }
 
+/// Parses a CLI value by the same snake_case names the config and scenario
+/// files use, so there is one list of names (the serde one).
+fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+
 fn init_logging(level: &str) {
     kernal::logging::init(level);
 }
@@ -142,13 +149,6 @@ fn main() -> ExitCode {
             json,
         } => {
             init_logging("warn");
-            let strategy = match strategy.as_str() {
-                "fedavgm" => kernal::aggregation::Strategy::Fedavgm,
-                "fedadam" => kernal::aggregation::Strategy::Fedadam,
-                "median" => kernal::aggregation::Strategy::Median,
-                "trimmed_mean" => kernal::aggregation::Strategy::TrimmedMean,
-                _ => kernal::aggregation::Strategy::Fedavg,
-            };
             if params == 0 || trainers == 0 || versions == 0 {
                 eprintln!("kernal bench: --params, --trainers and --versions must be at least 1");
                 return ExitCode::from(2);
@@ -249,11 +249,7 @@ fn main() -> ExitCode {
                 batch_size,
                 max_versions,
                 json,
-                compression: match compress.as_str() {
-                    "f16" => Compression::F16,
-                    "bf16" => Compression::Bf16,
-                    _ => Compression::None,
-                },
+                compression: compress,
             };
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

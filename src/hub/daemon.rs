@@ -40,6 +40,29 @@ pub fn sd_notify(state: &str) {
     }
 }
 
+/// Raises the soft open-files limit to the hard limit (a thousand trainers
+/// need a thousand sockets on each side). Returns the new soft limit.
+pub fn raise_nofile_limit() -> Option<u64> {
+    #[cfg(unix)]
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return None;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        }
+        Some(rl.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Binds with SO_REUSEADDR so a restarted hub (after a crash or `kill -9`)
 /// gets its port back at once despite connections in TIME_WAIT.
 pub fn bind(addr: &str) -> Result<TcpListener, HubError> {
@@ -77,7 +100,7 @@ pub fn run(cfg: Config, source: ConfigSource) -> Result<(), HubError> {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
     }
     // Every trainer is a socket: take the hard open-files limit.
-    if let Some(n) = crate::bench::raise_nofile_limit() {
+    if let Some(n) = raise_nofile_limit() {
         log::debug!("open files limit: {n}");
     }
     let listener = bind(&cfg.hub.bind)?;
