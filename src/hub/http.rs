@@ -597,13 +597,13 @@ async fn list_harness_runs(
     let runs: Vec<_> = rows
         .iter()
         .map(|r| {
-            let report: serde_json::Value = serde_json::from_str(&r.report).unwrap_or_default();
-            serde_json::json!({
-                "id": r.id, "scenario": r.scenario, "passed": r.passed,
-                "collective_accuracy": r.collective_accuracy,
-                "started_at": r.started_at, "finished_at": r.finished_at,
-                "summary": report.get("summary").cloned(),
-            })
+            // The list carries each report's summary, not the whole report.
+            let mut j = run_json(r);
+            j["summary"] = j["report"]["summary"].take();
+            if let Some(o) = j.as_object_mut() {
+                o.remove("report");
+            }
+            j
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "runs": runs })))
@@ -617,13 +617,18 @@ async fn get_harness_run(
     let r = read(&st.pool, move |c| db::get_harness_run(c, id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no harness run {id}")))?;
+    Ok(HttpResponse::Ok().json(run_json(&r)))
+}
+
+/// A recorded harness run with its parsed report.
+fn run_json(r: &db::HarnessRunRow) -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_str(&r.report).unwrap_or_default();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    serde_json::json!({
         "id": r.id, "scenario": r.scenario, "passed": r.passed,
         "collective_accuracy": r.collective_accuracy,
         "started_at": r.started_at, "finished_at": r.finished_at,
         "report": report,
-    })))
+    })
 }
 
 #[derive(Deserialize)]

@@ -437,7 +437,9 @@ impl TrainerSession {
                     return self.error(ctx, code, message, Some(h.update_id));
                 }
                 r.pending = Some(h);
-                if let Some(p) = previous {
+                // An empty id is the placeholder that swallows the payload of
+                // a refused header; nothing to report about it.
+                if let Some(p) = previous.filter(|p| !p.update_id.is_empty()) {
                     self.error(
                         ctx,
                         ErrorCode::ExpectedBinary,
