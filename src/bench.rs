@@ -4,7 +4,6 @@
 //! process (no learning: each answers every version with a fixed delta),
 //! runs R versions after a warm-up and prints the figures.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::aggregation::Strategy;
+use crate::hub::child::ChildHub;
 use crate::protocol::ModelLayout;
 use crate::trainer::client;
 
@@ -65,92 +65,21 @@ fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())
 }
 
-struct OwnHub {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-    token: String,
-}
-
-impl OwnHub {
-    fn start(args: &BenchArgs) -> Result<OwnHub, BenchError> {
-        let dir = tempfile::tempdir().map_err(err)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(err)?
-            .port();
-        let token = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        let max_msg = (args.params * 4 + (1 << 20)).max(256 << 20);
-        let cfg = format!(
-            "[hub]\nadmin_token = \"{token}\"\nstate_dir = \"{}\"\nmax_message_bytes = {max_msg}\n\
-             max_pending_handshakes = {}\nclient_timeout_secs = 120\nhello_timeout_secs = 300\n[log]\nlevel = \"warn\"\n",
-            dir.path().display(),
-            args.trainers + 16
-        );
-        let cfg_path = dir.path().join("bench.toml");
-        std::fs::write(&cfg_path, cfg).map_err(err)?;
-        let log = std::fs::File::create(dir.path().join("hub.log")).map_err(err)?;
-        let child = Command::new(std::env::current_exe().map_err(err)?)
-            .arg("hub")
-            .arg("--config")
-            .arg(&cfg_path)
-            .args(["--bind", &format!("127.0.0.1:{port}"), "--db"])
-            .arg(dir.path().join("bench.db"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(err)?;
-        Ok(OwnHub {
-            child,
-            _dir: dir,
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-        })
-    }
-
-    /// Peak resident set (VmHWM) in MiB and CPU seconds (user + system).
-    fn usage(&self) -> (Option<f64>, Option<f64>) {
-        let pid = self.child.id();
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map(|kb| kb / 1024.0);
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit(')').next()?.to_string();
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ut: f64 = f.get(11)?.parse().ok()?;
-                let st: f64 = f.get(12)?.parse().ok()?;
-                let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-                Some((ut + st) / tck)
-            });
-        (rss, cpu)
-    }
-}
-
-impl Drop for OwnHub {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The benchmark's own hub: limits sized for the run.
+fn start_own_hub(args: &BenchArgs) -> Result<ChildHub, BenchError> {
+    let mut hub = toml::Table::new();
+    let max_msg = (args.params * 4 + (1 << 20)).max(256 << 20);
+    hub.insert("max_message_bytes".into(), (max_msg as i64).into());
+    hub.insert(
+        "max_pending_handshakes".into(),
+        ((args.trainers + 16) as i64).into(),
+    );
+    hub.insert("client_timeout_secs".into(), 120i64.into());
+    // A thousand registrations queue for argon2; give them time.
+    hub.insert("hello_timeout_secs".into(), 300i64.into());
+    let mut root = toml::Table::new();
+    root.insert("hub".into(), toml::Value::Table(hub));
+    ChildHub::start(root).map_err(BenchError)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -290,11 +219,11 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let nofile = crate::hub::daemon::raise_nofile_limit();
     let own = match &args.hub {
         Some(_) => None,
-        None => Some(OwnHub::start(args)?),
+        None => Some(start_own_hub(args)?),
     };
     let (base, token) = match (&args.hub, &own) {
         (Some(u), _) => (client::http_url(u), args.admin_token.clone()),
-        (None, Some(h)) => (h.url.clone(), Some(h.token.clone())),
+        (None, Some(h)) => (h.url(), Some(h.token.clone())),
         _ => return Err(BenchError("no hub".into())),
     };
     let http = reqwest::Client::new();

@@ -9,7 +9,6 @@ pub mod scenario;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,6 +17,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::hub::child::ChildHub;
 use crate::protocol::ModelLayout;
 use crate::trainer::client::{self, Behaviour, ClientOptions, Summary};
 use crate::trainer::data;
@@ -104,142 +104,34 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// A hub child process owned by the harness.
-struct OwnHub {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    token: String,
-}
-
-impl OwnHub {
-    fn start(
-        sc: &Scenario,
-        strategy_override: Option<&scenario::CompareSpec>,
-    ) -> Result<OwnHub, HarnessError> {
-        let dir = tempfile::tempdir().map_err(run_err)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(run_err)?
-            .port();
-        let token = format!("harness-{}", uuid::Uuid::new_v4().simple());
-        let h = &sc.hub;
-        let mut m = toml::Table::new();
-        let mut set = |k: &str, v: Option<toml::Value>| {
-            if let Some(v) = v {
-                m.insert(k.to_string(), v);
-            }
-        };
-        let strategy = strategy_override.map(|c| c.strategy).or(h.strategy);
-        set(
-            "strategy",
-            strategy.map(|s| toml::Value::String(s.as_str().into())),
-        );
-        set(
-            "min_updates",
-            h.min_updates.map(|v| toml::Value::Integer(v as i64)),
-        );
-        set(
-            "round_timeout_secs",
-            h.round_timeout_secs.map(toml::Value::Float),
-        );
-        set(
-            "max_staleness",
-            h.max_staleness.map(|v| toml::Value::Integer(v as i64)),
-        );
-        set("momentum", h.momentum.map(|v| toml::Value::Float(v as f64)));
-        set(
-            "server_lr",
-            h.server_lr.map(|v| toml::Value::Float(v as f64)),
-        );
-        set(
-            "trim_fraction",
-            h.trim_fraction.map(|v| toml::Value::Float(v as f64)),
-        );
-        let clip = strategy_override.and_then(|c| c.clip_norm).or(h.clip_norm);
-        set("clip_norm", clip.map(|v| toml::Value::Float(v as f64)));
-        let mut models = toml::Table::new();
-        models.insert(h.model.clone(), toml::Value::Table(m));
-        let mut hub = toml::Table::new();
-        hub.insert("admin_token".into(), toml::Value::String(token.clone()));
-        hub.insert(
-            "state_dir".into(),
-            toml::Value::String(dir.path().display().to_string()),
-        );
-        let mut root = toml::Table::new();
-        root.insert("hub".into(), toml::Value::Table(hub));
-        root.insert("models".into(), toml::Value::Table(models));
-        let cfg_path = dir.path().join("hub.toml");
-        std::fs::write(&cfg_path, toml::to_string(&root).map_err(run_err)?).map_err(run_err)?;
-        let mut hub = OwnHub {
-            child: None,
-            dir,
-            port,
-            token,
-        };
-        hub.spawn()?;
-        Ok(hub)
-    }
-
-    fn spawn(&mut self) -> Result<(), HarnessError> {
-        let exe = std::env::current_exe().map_err(run_err)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("hub.log"))
-            .map_err(run_err)?;
-        let child = Command::new(exe)
-            .arg("hub")
-            .arg("--config")
-            .arg(self.dir.path().join("hub.toml"))
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--db")
-            .arg(self.dir.path().join("hub.db"))
-            .env("RUST_LOG", "warn")
-            .env_remove("STATE_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| HarnessError::Run(format!("cannot start a hub: {e}")))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+/// The harness's own hub: the scenario's `[hub]` settings (or the
+/// comparison's strategy) applied to its model.
+fn start_own_hub(
+    sc: &Scenario,
+    strategy_override: Option<&scenario::CompareSpec>,
+) -> Result<ChildHub, HarnessError> {
+    let h = &sc.hub;
+    let mut m = toml::Table::new();
+    let mut set = |k: &str, v: Option<toml::Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
         }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnHub {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    };
+    let strategy = strategy_override.map(|c| c.strategy).or(h.strategy);
+    set("strategy", strategy.map(|s| s.as_str().into()));
+    set("min_updates", h.min_updates.map(|v| (v as i64).into()));
+    set("round_timeout_secs", h.round_timeout_secs.map(Into::into));
+    set("max_staleness", h.max_staleness.map(|v| (v as i64).into()));
+    set("momentum", h.momentum.map(|v| (v as f64).into()));
+    set("server_lr", h.server_lr.map(|v| (v as f64).into()));
+    set("trim_fraction", h.trim_fraction.map(|v| (v as f64).into()));
+    let clip = strategy_override.and_then(|c| c.clip_norm).or(h.clip_norm);
+    set("clip_norm", clip.map(|v| (v as f64).into()));
+    let mut models = toml::Table::new();
+    models.insert(h.model.clone(), toml::Value::Table(m));
+    let mut root = toml::Table::new();
+    root.insert("models".into(), toml::Value::Table(models));
+    ChildHub::start(root).map_err(HarnessError::Run)
 }
 
 async fn wait_healthy(
@@ -305,7 +197,7 @@ async fn run_once(
     sc: &Scenario,
     seed: u64,
     hub_url: &str,
-    own: Option<&mut OwnHub>,
+    own: Option<&mut ChildHub>,
     bar: &ProgressBar,
     label: &str,
 ) -> Result<RunOutcome, HarnessError> {
@@ -399,7 +291,7 @@ async fn run_once(
                 bar.println(format!("{label}: SIGKILL the hub at version {version}, restarting on the same database"));
                 h.kill9();
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                h.spawn()?;
+                h.spawn().map_err(HarnessError::Run)?;
                 wait_healthy(&http, hub_url, Duration::from_secs(60)).await?;
                 restarted_at = Some(version);
             }
@@ -680,7 +572,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             (client::http_url(u), args.admin_token.clone())
         }
         None => {
-            let h = OwnHub::start(&sc, None)?;
+            let h = start_own_hub(&sc, None)?;
             let u = h.url();
             let t = h.token.clone();
             own = Some(h);
@@ -692,10 +584,9 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         Err(e) => {
             let mut msg = e.to_string();
             if let Some(h) = &own {
-                let log = std::fs::read_to_string(h.dir.path().join("hub.log")).unwrap_or_default();
-                if !log.is_empty() {
-                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                    msg.push_str(&format!(" (hub log: {})", tail.join(" | ")));
+                let tail = h.log_tail(5);
+                if !tail.is_empty() {
+                    msg.push_str(&format!(" (hub log: {tail})"));
                 }
             }
             return Err(HarnessError::Run(msg));
@@ -735,7 +626,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     let mut compare = None;
     if let Some(c) = &sc.compare {
         if args.hub.is_none() {
-            let mut h2 = OwnHub::start(&sc, Some(c))?;
+            let mut h2 = start_own_hub(&sc, Some(c))?;
             let u2 = h2.url();
             let mut r2 = run_once(
                 &sc,

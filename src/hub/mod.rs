@@ -1,5 +1,6 @@
 //! The hub daemon: actors, HTTP server, startup recovery and shutdown.
 
+pub mod child;
 pub mod daemon;
 pub mod dashboard;
 pub mod events;
