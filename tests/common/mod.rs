@@ -81,6 +81,9 @@ type Ws =
 /// A raw protocol client that lets tests send anything, well-formed or not.
 pub struct Raw {
     pub ws: Ws,
+    /// The newest `model` push seen while skipping to something else: a
+    /// version can be pushed before the ack of the update that made it.
+    pub last_model: Option<(u64, Vec<u8>)>,
 }
 
 pub enum Frame {
@@ -99,7 +102,10 @@ impl Raw {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), false)
             .await
             .expect("ws connect");
-        Raw { ws }
+        Raw {
+            ws,
+            last_model: None,
+        }
     }
 
     pub async fn send_text(&mut self, s: &str) {
@@ -118,8 +124,10 @@ impl Raw {
     }
 
     pub async fn next(&mut self) -> Frame {
+        // One deadline for the whole wait: pings must not keep it alive.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame within 20 s");
             match m {
@@ -143,7 +151,17 @@ impl Raw {
             match self.next().await {
                 Frame::Json(v) if v["type"] == "model" => {
                     // its binary frame follows
-                    let _ = self.next().await;
+                    if let Frame::Binary(b) = self.next().await {
+                        let ver = v["version"].as_u64().unwrap_or(0);
+                        if self
+                            .last_model
+                            .as_ref()
+                            .map(|(l, _)| ver > *l)
+                            .unwrap_or(true)
+                        {
+                            self.last_model = Some((ver, b));
+                        }
+                    }
                 }
                 Frame::Json(v) => return v,
                 Frame::Binary(_) => continue,
@@ -220,6 +238,11 @@ impl Raw {
 
     /// Waits for a `model` push with version >= v; returns (version, weights bytes).
     pub async fn wait_version(&mut self, v: u64) -> (u64, Vec<u8>) {
+        if let Some((ver, b)) = self.last_model.take() {
+            if ver >= v {
+                return (ver, b);
+            }
+        }
         loop {
             match self.next().await {
                 Frame::Json(m) if m["type"] == "model" => {
