@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 
 use crate::aggregation::Strategy;
 use crate::hub::child::ChildHub;
@@ -96,49 +96,320 @@ struct Shared {
     highest: AtomicU64,
 }
 
+/// The synthetic trainers speak WebSocket over a plain socket: a general
+/// client library would copy and mask each 4 MB update again on every send
+/// and buffer each received model, and on a 2-core machine that CPU is taken
+/// from the hub being measured. Every frame is masked as RFC 6455 requires,
+/// with one random key per run, so the shared update is masked once.
+struct Wire {
+    mask: [u8; 4],
+    /// The update payload, already masked with `mask`.
+    masked: Arc<Vec<u8>>,
+}
+
+impl Wire {
+    fn new(payload: &[u8]) -> Wire {
+        let mask: [u8; 4] = rand::random();
+        let masked = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        Wire {
+            mask,
+            masked: Arc::new(masked),
+        }
+    }
+
+    fn header(&self, opcode: u8, len: usize) -> Vec<u8> {
+        let mut h = vec![0x80 | opcode];
+        if len < 126 {
+            h.push(0x80 | len as u8);
+        } else if len <= u16::MAX as usize {
+            h.push(0x80 | 126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            h.push(0x80 | 127);
+            h.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        h.extend_from_slice(&self.mask);
+        h
+    }
+
+    /// A whole masked frame for a small payload.
+    fn frame(&self, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = self.header(opcode, payload.len());
+        f.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ self.mask[i % 4]),
+        );
+        f
+    }
+}
+
+/// Opens the WebSocket: the HTTP upgrade by hand, checked for `101`.
+async fn connect(ws_url: &str) -> Result<(TcpStream, Vec<u8>), BenchError> {
+    let u = url::Url::parse(ws_url).map_err(err)?;
+    if u.scheme() != "ws" {
+        return Err(BenchError(format!(
+            "the benchmark speaks plain ws://, not {}",
+            u.scheme()
+        )));
+    }
+    let host = u.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = u.port_or_known_default().unwrap_or(80);
+    let mut sock = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(err)?;
+    sock.set_nodelay(true).map_err(err)?;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        u.path(),
+        tokio_tungstenite::tungstenite::handshake::client::generate_key()
+    );
+    sock.write_all(req.as_bytes()).await.map_err(err)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = sock.read(&mut chunk).await.map_err(err)?;
+        if n == 0 {
+            return Err(BenchError(
+                "hub closed the connection during the upgrade".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(BenchError("oversized upgrade response".into()));
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(BenchError(format!(
+            "upgrade refused: {}",
+            head.lines().next().unwrap_or("")
+        )));
+    }
+    Ok((sock, buf[end..].to_vec()))
+}
+
+/// Drops up to `n` received bytes without copying them out of the kernel
+/// (`MSG_TRUNC` on a TCP socket): a synthetic trainer never looks at the
+/// weights, and copying them would take CPU from the hub being measured.
+async fn discard(sock: &OwnedReadHalf, n: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let stream: &TcpStream = sock.as_ref();
+    loop {
+        stream.readable().await?;
+        let fd = stream.as_raw_fd();
+        let r = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: a null buffer is allowed with MSG_TRUNC on TCP sockets:
+            // the kernel discards the bytes instead of copying them.
+            let got = unsafe {
+                libc::recv(
+                    fd,
+                    std::ptr::null_mut(),
+                    n,
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            if got < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(got as usize)
+            }
+        });
+        match r {
+            Ok(got) => return Ok(got),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads server frames, keeping text payloads and discarding binary ones
+/// (a synthetic trainer needs only the version number from the JSON).
+struct FrameIn {
+    sock: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+enum In {
+    Text(Vec<u8>),
+    Binary,
+    Ping(Vec<u8>),
+    Close,
+}
+
+impl FrameIn {
+    async fn need(&mut self, n: usize) -> Result<bool, BenchError> {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 8192];
+            let got = self.sock.read(&mut chunk).await.map_err(err)?;
+            if got == 0 {
+                return Ok(false);
+            }
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+        Ok(true)
+    }
+
+    async fn next(&mut self) -> Result<Option<In>, BenchError> {
+        if !self.need(2).await? {
+            return Ok(None);
+        }
+        let opcode = self.buf[0] & 0x0F;
+        let len7 = (self.buf[1] & 0x7F) as usize;
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        if !self.need(2 + ext).await? {
+            return Ok(None);
+        }
+        let len = match ext {
+            2 => u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize,
+            8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.buf[2..10]);
+                u64::from_be_bytes(b) as usize
+            }
+            _ => len7,
+        };
+        self.buf.drain(..2 + ext);
+        if opcode == 0x2 {
+            // Discard the weights without keeping them.
+            let have = self.buf.len().min(len);
+            self.buf.drain(..have);
+            let mut left = len - have;
+            while left > 0 {
+                let got = discard(&self.sock, left).await.map_err(err)?;
+                if got == 0 {
+                    return Ok(None);
+                }
+                left -= got;
+            }
+            return Ok(Some(In::Binary));
+        }
+        if !self.need(len).await? {
+            return Ok(None);
+        }
+        let payload: Vec<u8> = self.buf.drain(..len).collect();
+        Ok(Some(match opcode {
+            0x1 => In::Text(payload),
+            0x9 => In::Ping(payload),
+            0x8 => In::Close,
+            _ => In::Text(Vec::new()),
+        }))
+    }
+}
+
+/// The fields a synthetic trainer reads from the hub's JSON, borrowed.
+#[derive(serde::Deserialize)]
+struct Reply<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    version: Option<u64>,
+    update_id: Option<&'a str>,
+}
+
+enum Out {
+    Frame(Vec<u8>),
+    Update { header: Vec<u8> },
+    Close,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn trainer(
     i: usize,
     ws_url: String,
     model: String,
-    payload: Arc<Vec<u8>>,
+    wire: Arc<Wire>,
     last_version: u64,
     measure_from: u64,
     shared: Arc<Shared>,
     ready: Arc<tokio::sync::Barrier>,
 ) -> Result<(), BenchError> {
-    let cfg = WebSocketConfig {
-        max_message_size: None,
-        max_frame_size: None,
-        ..Default::default()
+    let (sock, rest) = connect(&ws_url)
+        .await
+        .map_err(|e| BenchError(format!("trainer {i}: connect: {e}")))?;
+    let (rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
+    // Writes in their own task: a 4 MB update going out never stops this
+    // trainer from reading the model coming in.
+    let w2 = wire.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = rx.recv().await {
+            let r = match o {
+                Out::Frame(f) => wr.write_all(&f).await,
+                Out::Update { header } => {
+                    let h = w2.header(0x2, w2.masked.len());
+                    match wr.write_all(&header).await {
+                        Ok(()) => match wr.write_all(&h).await {
+                            Ok(()) => wr.write_all(&w2.masked).await,
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                Out::Close => {
+                    let _ = wr.write_all(&w2.frame(0x8, &1000u16.to_be_bytes())).await;
+                    break;
+                }
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+    });
+    let mut frames = FrameIn {
+        sock: rd,
+        buf: rest,
     };
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(cfg), true)
-            .await
-            .map_err(|e| BenchError(format!("trainer {i}: connect: {e}")))?;
     let hello = json!({"type": "hello", "name": format!("bench{i}"), "specialty": "bench",
                        "token": format!("bench-token-{i}"), "model": model});
-    ws.send(Message::Text(hello.to_string()))
-        .await
-        .map_err(err)?;
+    let send = |o: Out| {
+        tx.send(o)
+            .map_err(|_| BenchError(format!("trainer {i}: writer gone")))
+    };
+    send(Out::Frame(wire.frame(0x1, hello.to_string().as_bytes())))?;
     let mut version = None;
     let mut expect_weights = false;
     let mut pending: std::collections::HashMap<String, (u64, Instant)> =
         std::collections::HashMap::new();
     let mut first = true;
     let mut unanswered: Option<u64> = None;
-    while let Some(m) = ws.next().await {
-        let m = m.map_err(err)?;
+    let update = |v: u64, pending: &mut std::collections::HashMap<String, (u64, Instant)>| {
+        let id = format!("b{i}-{v}");
+        let header =
+            json!({"type": "update", "update_id": id, "base_version": v, "num_examples": 1});
+        pending.insert(id, (v, Instant::now()));
+        Out::Update {
+            header: wire.frame(0x1, header.to_string().as_bytes()),
+        }
+    };
+    let result = loop {
+        let m = match frames.next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
         match m {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(&t).map_err(err)?;
-                match v["type"].as_str() {
-                    Some("welcome") | Some("model") => {
-                        version = v["version"].as_u64();
+            In::Text(t) => {
+                let v: Reply<'_> = serde_json::from_slice(&t).map_err(err)?;
+                match v.kind {
+                    "welcome" | "model" => {
+                        version = v.version;
                         expect_weights = true;
                     }
-                    Some("ack") => {
-                        let id = v["update_id"].as_str().unwrap_or("");
+                    "ack" => {
+                        let id = v.update_id.unwrap_or("");
                         if let Some((base, at)) = pending.remove(id) {
                             if base >= measure_from {
                                 shared
@@ -150,16 +421,21 @@ async fn trainer(
                         }
                         if pending.is_empty() {
                             if let Some(v) = unanswered.take() {
-                                send_update(&mut ws, i, v, &payload, &mut pending).await?;
+                                send(update(v, &mut pending))?;
                             }
                         }
                     }
-                    Some("error") => return Err(BenchError(format!("trainer {i}: {t}"))),
-                    Some("goodbye") => return Ok(()),
+                    "error" => {
+                        break Err(BenchError(format!(
+                            "trainer {i}: {}",
+                            String::from_utf8_lossy(&t)
+                        )))
+                    }
+                    "goodbye" => break Ok(()),
                     _ => {}
                 }
             }
-            Message::Binary(_) if expect_weights => {
+            In::Binary if expect_weights => {
                 expect_weights = false;
                 let v = version.unwrap_or(0);
                 if first {
@@ -175,44 +451,73 @@ async fn trainer(
                 }
                 shared.highest.fetch_max(v, Ordering::SeqCst);
                 if v >= last_version {
-                    let _ = ws.close(None).await;
-                    return Ok(());
+                    break Ok(());
                 }
                 // Like a real trainer: one update in flight; answer the
                 // newest version once the previous update is acknowledged.
                 if pending.is_empty() {
-                    send_update(&mut ws, i, v, &payload, &mut pending).await?;
+                    send(update(v, &mut pending))?;
                 } else {
                     unanswered = Some(v);
                 }
             }
-            Message::Close(_) => return Ok(()),
-            _ => {}
+            In::Binary => {}
+            In::Ping(p) => send(Out::Frame(wire.frame(0xA, &p)))?,
+            In::Close => break Ok(()),
         }
-    }
-    Ok(())
+    };
+    let _ = tx.send(Out::Close);
+    drop(tx);
+    let _ = writer.await;
+    result
 }
 
-type BenchWs =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// (unix seconds, received bytes, sent bytes) from the hub's counters.
+type Sample = (f64, f64, f64);
 
-/// Sends a delta against version `v` (the same bytes every time: no learning).
-async fn send_update(
-    ws: &mut BenchWs,
-    i: usize,
-    v: u64,
-    payload: &Arc<Vec<u8>>,
-    pending: &mut std::collections::HashMap<String, (u64, Instant)>,
-) -> Result<(), BenchError> {
-    let id = format!("b{i}-{v}");
-    let header = json!({"type": "update", "update_id": id, "base_version": v, "num_examples": 1});
-    pending.insert(id, (v, Instant::now()));
-    ws.send(Message::Text(header.to_string()))
-        .await
-        .map_err(err)?;
-    ws.send(Message::Binary(payload.as_ref().clone()))
-        .await
-        .map_err(err)
+/// Reads the hub's byte counters every 100 ms until told to stop.
+async fn sample_traffic(
+    http: reqwest::Client,
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Sample> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(r) = http.get(&url).send().await {
+            if let Ok(text) = r.text().await {
+                let counter = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                if let (Some(i), Some(o)) = (
+                    counter("kernal_received_bytes_total "),
+                    counter("kernal_sent_bytes_total "),
+                ) {
+                    out.push((now, i, o));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
+
+/// Bytes per second in and out between the samples nearest `t0` and `t1`.
+fn traffic_rates(samples: &[Sample], t0: f64, t1: f64) -> (f64, f64) {
+    let near = |t: f64| {
+        samples
+            .iter()
+            .min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
+            .copied()
+    };
+    match (near(t0), near(t1)) {
+        (Some(a), Some(b)) if b.0 > a.0 => ((b.1 - a.1) / (b.0 - a.0), (b.2 - a.2) / (b.0 - a.0)),
+        _ => (0.0, 0.0),
+    }
 }
 
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
@@ -272,8 +577,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     } else {
         safetensors::Dtype::F32
     };
-    let payload = Arc::new(layout.encode_as(&delta, None, dtype).map_err(err)?);
+    let payload = layout.encode_as(&delta, None, dtype).map_err(err)?;
     drop(delta);
+    let wire = Arc::new(Wire::new(&payload));
+    drop(payload);
     let ws_url = client::ws_url(&base);
     let total = args.warmup + args.versions;
     let shared = Arc::new(Shared {
@@ -282,13 +589,19 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         highest: AtomicU64::new(0),
     });
     let ready = Arc::new(tokio::sync::Barrier::new(args.trainers));
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_traffic(
+        http.clone(),
+        format!("{base}/metrics"),
+        stop_sampling.clone(),
+    ));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.trainers {
         let (u, m, p, s, r) = (
             ws_url.clone(),
             model.clone(),
-            payload.clone(),
+            wire.clone(),
             shared.clone(),
             ready.clone(),
         );
@@ -307,14 +620,6 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .first()
         .map(|(_, t)| t.duration_since(started).as_secs_f64())
         .unwrap_or(elapsed);
-    let measured: Vec<&(u64, Instant)> =
-        arrivals.iter().filter(|(v, _)| *v >= args.warmup).collect();
-    let mut per_version: Vec<f64> = measured
-        .windows(2)
-        .map(|w| w[1].1.duration_since(w[0].1).as_secs_f64() / (w[1].0 - w[0].0).max(1) as f64)
-        .collect();
-    per_version.sort_by(|a, b| a.total_cmp(b));
-    let median = percentile(&per_version, 0.5);
     let mut lat = shared.latencies.lock().map_err(err)?.clone();
     lat.sort_by(|a, b| a.total_cmp(b));
     let versions: Value = http
@@ -335,8 +640,33 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .collect();
     agg.sort_by(|a, b| a.total_cmp(b));
     let agg_median = (!agg.is_empty()).then(|| percentile(&agg, 0.5));
-    let update_bytes = payload.len() as f64;
-    let model_bytes = (args.params * 4) as f64;
+    // Seconds per version from the hub's own record of when each version
+    // was made: what a trainer sees is bunched by its own scheduling.
+    let made: Vec<(u64, f64)> = versions["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| v["version"].as_u64().unwrap_or(0) >= args.warmup)
+        .filter_map(|v| {
+            let t = chrono::DateTime::parse_from_rfc3339(v["created_at"].as_str()?).ok()?;
+            Some((v["version"].as_u64()?, t.timestamp_micros() as f64 / 1e6))
+        })
+        .collect();
+    let mut made = made;
+    made.sort_by_key(|(v, _)| *v);
+    let mut per_version: Vec<f64> = made.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    per_version.sort_by(|a, b| a.total_cmp(b));
+    let median = percentile(&per_version, 0.5);
+    stop_sampling.store(true, Ordering::SeqCst);
+    let samples = sampler.await.map_err(err)?;
+    let window = match (made.first(), made.last()) {
+        (Some(a), Some(b)) if b.1 > a.1 => Some((a.1, b.1)),
+        _ => None,
+    };
+    let (bytes_in_rate, bytes_out_rate) = window
+        .map(|(t0, t1)| traffic_rates(&samples, t0, t1))
+        .unwrap_or((0.0, 0.0));
     let f32_bytes_per_version = (k * args.params * 4) as f64;
     let (rss, cpu) = own.as_ref().map(|h| h.usage()).unwrap_or((None, None));
     let report = BenchReport {
@@ -354,16 +684,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         seconds_per_version_min: per_version.first().copied().unwrap_or(0.0),
         seconds_per_version_max: per_version.last().copied().unwrap_or(0.0),
         versions_per_sec: if median > 0.0 { 1.0 / median } else { 0.0 },
-        update_bytes_in_per_sec: if median > 0.0 {
-            update_bytes * k as f64 / median
-        } else {
-            0.0
-        },
-        model_bytes_out_per_sec: if median > 0.0 {
-            model_bytes * args.trainers as f64 / median
-        } else {
-            0.0
-        },
+        update_bytes_in_per_sec: bytes_in_rate,
+        model_bytes_out_per_sec: bytes_out_rate,
         ack_latency_p50_ms: percentile(&lat, 0.5),
         ack_latency_p99_ms: percentile(&lat, 0.99),
         aggregation_seconds_median: agg_median,

@@ -43,6 +43,7 @@ pub struct HubConfig {
     pub max_fragments: usize,
     pub max_pending_handshakes: usize,
     pub blob_file_threshold_bytes: usize,
+    pub max_inflight_update_bytes: usize,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -192,6 +193,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.hub.max_message_bytes < 1024 {
             return Err("hub.max_message_bytes: must be at least 1024".into());
+        }
+        if self.hub.max_inflight_update_bytes < 1 << 20 {
+            return Err("hub.max_inflight_update_bytes: must be at least 1048576".into());
         }
         if self.hub.max_fragments == 0 {
             return Err("hub.max_fragments: must be at least 1".into());

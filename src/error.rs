@@ -37,6 +37,8 @@ pub enum DbError {
     Migration(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("storage error: {0}")]
+    Storage(String),
 }
 
 /// An error answered to a REST client.

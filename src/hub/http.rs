@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::{Actor, Addr, AsyncContext};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::Deserialize;
@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::hub::events::EventsSession;
 use crate::hub::hub_actor::{self, Hub};
 use crate::hub::metrics::{self, MetricsAggregator};
-use crate::hub::session::{SessionLimits, TrainerSession};
+use crate::hub::session::{Connection, SessionLimits, TrainerSession};
+use crate::hub::ws::{Activity, Budget, FrameReader, Outbox, OutboxBody};
 use crate::protocol::{ErrorCode, ModelLayout};
 use crate::trainer::net::MlpSpec;
 
@@ -30,6 +31,10 @@ pub struct AppState {
     pub limits: Arc<std::sync::RwLock<SessionLimits>>,
     pub handshakes: Arc<AtomicUsize>,
     pub max_pending_handshakes: Arc<AtomicUsize>,
+    /// Bytes of large incoming payloads held at once, over all trainers.
+    pub budget: Budget,
+    /// Weights bytes sent to trainers (shared with the metrics).
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
     pub started_at: String,
     pub reload: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
 }
@@ -704,22 +709,45 @@ async fn trainer_ws(
             return Err(ApiError::internal("limits lock poisoned").into());
         }
     };
-    let frame_size = limits.max_message_bytes;
+    let mut res = match ws::handshake(&req) {
+        Ok(r) => r,
+        Err(e) => {
+            // No session starts, so none can release the slot itself.
+            st.handshakes.fetch_sub(1, Ordering::SeqCst);
+            return Err(e.into());
+        }
+    };
+    let outbox = Outbox::new(st.sent.clone());
+    let activity = Activity::new();
+    let reader = FrameReader::new(
+        stream,
+        activity.clone(),
+        limits.max_message_bytes,
+        limits.max_fragments,
+        st.budget.clone(),
+    );
+    let incoming =
+        futures_util::stream::unfold(
+            reader,
+            |mut r| async move { r.next().await.map(|m| (m, r)) },
+        );
     let session = TrainerSession::new(
-        req.peer_addr().map(|a| a.to_string()),
+        Connection {
+            remote: req.peer_addr().map(|a| a.to_string()),
+            outbox: outbox.clone(),
+            activity,
+        },
         st.hub.clone(),
         st.metrics.clone(),
         limits,
         st.handshakes.clone(),
+        st.blobs.clone(),
     );
-    let res = ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(frame_size)
-        .start();
-    if res.is_err() {
-        // The actor never started, so it cannot release its slot itself.
-        st.handshakes.fetch_sub(1, Ordering::SeqCst);
-    }
-    res
+    TrainerSession::create(|ctx| {
+        ctx.add_stream(incoming);
+        session
+    });
+    Ok(res.streaming(OutboxBody::new(outbox)))
 }
 
 async fn events_ws(

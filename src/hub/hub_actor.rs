@@ -13,9 +13,11 @@ use serde::Serialize;
 use crate::aggregation::AggregationSettings;
 use crate::config::Config;
 use crate::db::{EvalRow, InsertOutcome, ModelRow, NewHarnessRun, TrainerRow};
+use crate::error::DbError;
 use crate::hub::metrics::{self, HubEvent, MetricsAggregator};
 use crate::hub::persister::{self, Persister, UpdateRecord};
 use crate::hub::state::{self, Admission, ModelState, TrainerInfo, Waiting};
+use crate::hub::ws::Outbox;
 use crate::protocol::{ErrorCode, ModelLayout, ServerMessage, TensorSpec};
 use crate::trainer::data::Dataset;
 
@@ -25,8 +27,6 @@ pub type Refusal = (ErrorCode, String);
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// A JSON frame followed by a binary frame (a new version).
-    Model { json: String, weights: Bytes },
     /// Send this error and close the connection.
     Close { code: ErrorCode, message: String },
     /// The hub is shutting down.
@@ -38,6 +38,8 @@ struct SessionEntry {
     model: String,
     specialty: String,
     addr: Recipient<ToSession>,
+    /// New versions go straight into it, not through the actor's mailbox.
+    outbox: Arc<Outbox>,
     since: String,
 }
 
@@ -63,7 +65,13 @@ pub struct Hub {
     test_data: Option<Arc<Dataset>>,
     stopping: bool,
     persister_in_flight: i64,
+    /// Updates waiting for the next group commit, with who to tell.
+    to_persist: Vec<(UpdateRecord, PersistReply)>,
+    persisting: bool,
+    blobs: crate::db::BlobStore,
 }
+
+type PersistReply = tokio::sync::oneshot::Sender<Result<InsertOutcome, DbError>>;
 
 impl Hub {
     pub fn new(
@@ -73,6 +81,7 @@ impl Hub {
         persister: Addr<Persister>,
         metrics: Addr<MetricsAggregator>,
         test_data: Option<Arc<Dataset>>,
+        blobs: crate::db::BlobStore,
     ) -> Self {
         Hub {
             cfg,
@@ -85,6 +94,9 @@ impl Hub {
             test_data,
             stopping: false,
             persister_in_flight: 0,
+            to_persist: Vec::new(),
+            persisting: false,
+            blobs,
         }
     }
 
@@ -101,6 +113,47 @@ impl Hub {
                 buffered: m.buffer.len(),
                 connected,
             });
+        }
+    }
+
+    /// Sends what waits to be persisted as one batch, unless a batch is
+    /// already being written: then it goes when that one returns.
+    fn persist_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.persisting || self.to_persist.is_empty() {
+            return;
+        }
+        self.persisting = true;
+        let (records, replies): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.to_persist).into_iter().unzip();
+        let n = records.len();
+        let fut = self.persister.send(persister::PersistUpdates(records));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.persisting = false;
+            let results = match res {
+                Ok(r) if r.len() == n => r,
+                Ok(_) => (0..n)
+                    .map(|_| {
+                        Err(DbError::Storage(
+                            "persister answered a different batch".into(),
+                        ))
+                    })
+                    .collect(),
+                Err(e) => (0..n)
+                    .map(|_| Err(DbError::Storage(format!("persister unavailable: {e}"))))
+                    .collect(),
+            };
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+            act.persist_batch(ctx);
+        }));
+    }
+
+    /// Removes the blob file a session wrote for an update refused before
+    /// it reached the ledger.
+    fn drop_blob(&self, file: &Option<String>) {
+        if let Some(f) = file {
+            self.blobs.remove(f);
         }
     }
 
@@ -142,28 +195,48 @@ impl Hub {
         let layout = m.layout.clone();
         let test = self.test_data.clone();
         let persister = self.persister.clone();
+        let blobs = self.blobs.clone();
         let name = model.to_string();
         self.queue(1);
         let fut = async move {
             let started = Instant::now();
             let computed = actix_web::rt::task::spawn_blocking(move || {
+                let fold_started = Instant::now();
+                let streamed = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
                 let fold = state::compute_fold(input);
+                let fold_secs = streamed + fold_started.elapsed().as_secs_f64();
                 let eval = state::evaluate_builtin(&layout, &fold.weights, test.as_deref());
                 let mut meta = std::collections::HashMap::new();
                 meta.insert("version".to_string(), fold.version.to_string());
-                let encoded = layout.encode(&fold.weights, Some(&meta));
-                (fold, eval, encoded)
+                // A large checkpoint is written to its file here, so the one
+                // SQLite writer only records its name.
+                let encoded = layout
+                    .encode(&fold.weights, Some(&meta))
+                    .map_err(|e| e.to_string())
+                    .and_then(|enc| {
+                        let file = if blobs.wants(enc.len()) {
+                            Some(blobs.put(&enc).map_err(|e| e.to_string())?)
+                        } else {
+                            None
+                        };
+                        Ok((Bytes::from(enc), file))
+                    });
+                (fold, fold_secs, eval, encoded)
             })
             .await;
-            let (fold, eval, encoded) = match computed {
-                Ok((fold, eval, Ok(enc))) => (fold, eval, Bytes::from(enc)),
-                Ok((fold, _, Err(e))) => return Err((fold.applied, fold.acc, e.to_string())),
+            let (fold, agg_secs, eval, (encoded, weights_file)) = match computed {
+                Ok((fold, secs, eval, Ok(enc))) => (fold, secs, eval, enc),
+                Ok((fold, _, _, Err(e))) => return Err((fold.applied, fold.acc, e)),
                 Err(e) => return Err((Vec::new(), None, format!("fold task failed: {e}"))),
             };
-            let agg_secs = started.elapsed().as_secs_f64();
+            let version_secs = started.elapsed().as_secs_f64();
             let metrics = serde_json::json!({
                 "aggregation": fold.report,
+                // Folding every update (as it came, for streaming strategies)
+                // and finishing the fold.
                 "aggregation_seconds": agg_secs,
+                // Fold, evaluation, encoding and the checkpoint file.
+                "version_build_seconds": version_secs,
                 "eval": eval.map(|e| serde_json::json!({
                     "accuracy": e.accuracy, "loss": e.loss, "examples": e.examples,
                     "dataset": "digits-test"
@@ -176,6 +249,7 @@ impl Hub {
                 parent: fold.parent,
                 num_updates: fold.applied.len(),
                 weights: encoded.clone(),
+                weights_file,
                 metrics: metrics.to_string(),
                 applied: fold.applied.iter().map(|b| b.row_id).collect(),
             };
@@ -206,13 +280,14 @@ impl Hub {
                         acc.map(|a| format!(", accuracy {a:.3}"))
                             .unwrap_or_default()
                     );
-                    act.broadcast(
-                        &model_name,
-                        version,
-                        num_updates,
-                        &encoded,
-                        Some(metrics_json),
-                    );
+                    // Trainers get the figures, not the list of folded
+                    // update ids (a hundred ids to each of a thousand
+                    // trainers); that list stays in the version's record.
+                    let mut pushed = metrics_json;
+                    if let Some(o) = pushed.as_object_mut() {
+                        o.remove("applied_update_ids");
+                    }
+                    act.broadcast(&model_name, version, num_updates, &encoded, Some(pushed));
                     act.event(HubEvent::Version {
                         model: model_name.clone(),
                         version,
@@ -250,15 +325,10 @@ impl Hub {
             metrics: metrics_json,
         }
         .to_json();
-        let mut sent = 0u64;
+        let json = Bytes::from(json);
         for s in self.sessions.values().filter(|s| s.model == model) {
-            s.addr.do_send(ToSession::Model {
-                json: json.clone(),
-                weights: encoded.clone(),
-            });
-            sent += encoded.len() as u64;
+            s.outbox.model(json.clone(), encoded.clone());
         }
-        self.metrics.do_send(metrics::BytesOut(sent));
     }
 }
 
@@ -340,6 +410,7 @@ pub struct Join {
     /// Set when the trainer registers (trust on first use).
     pub new_hash: Option<String>,
     pub addr: Recipient<ToSession>,
+    pub outbox: Arc<Outbox>,
 }
 
 impl Handler<Join> for Hub {
@@ -436,6 +507,7 @@ impl Handler<Join> for Hub {
                     model: m.model.clone(),
                     specialty: m.specialty.clone(),
                     addr: m.addr,
+                    outbox: m.outbox,
                     since: crate::db::now(),
                 },
             ) {
@@ -447,8 +519,6 @@ impl Handler<Join> for Hub {
                     ),
                 });
             }
-            act.metrics
-                .do_send(metrics::BytesOut(welcome.encoded.len() as u64));
             log::info!(
                 "trainer {} ({}) joined model {} at version {}{}",
                 m.name,
@@ -523,6 +593,8 @@ pub struct SubmitUpdate {
     /// The validated safetensors delta, kept encoded: streaming strategies
     /// fold it straight from these bytes.
     pub payload: Bytes,
+    /// The blob file the session already wrote the payload to, if large.
+    pub payload_file: Option<String>,
 }
 
 pub struct AckInfo {
@@ -534,7 +606,7 @@ pub struct AckInfo {
 
 impl Handler<SubmitUpdate> for Hub {
     type Result = ResponseActFuture<Self, Result<AckInfo, Refusal>>;
-    fn handle(&mut self, u: SubmitUpdate, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, u: SubmitUpdate, ctx: &mut Self::Context) -> Self::Result {
         let mut rec = UpdateRecord {
             update_id: u.update_id.clone(),
             trainer: u.trainer.clone(),
@@ -546,6 +618,7 @@ impl Handler<SubmitUpdate> for Hub {
             bytes: u.payload.len() as u64,
             refusal: None,
             payload: None,
+            payload_file: None,
         };
         self.metrics
             .do_send(metrics::BytesIn(u.payload.len() as u64));
@@ -563,9 +636,11 @@ impl Handler<SubmitUpdate> for Hub {
                     "this connection was replaced; the update was not accepted".to_string(),
                 )
             };
+            self.drop_blob(&u.payload_file);
             return Box::pin(fut::ready(Err(err)));
         }
         let Some(m) = self.models.get(&u.model) else {
+            self.drop_blob(&u.payload_file);
             return Box::pin(fut::ready(Err((
                 ErrorCode::UnknownModel,
                 format!("model `{}` does not exist", u.model),
@@ -577,25 +652,23 @@ impl Handler<SubmitUpdate> for Hub {
         let staleness = match check {
             Ok(s) => s,
             Err((code, message)) => {
+                self.drop_blob(&u.payload_file);
                 self.refuse(rec, code, message.clone());
                 return Box::pin(fut::ready(Err((code, message))));
             }
         };
         rec.staleness = staleness;
         rec.payload = Some(u.payload);
-        let persister = self.persister.clone();
+        rec.payload_file = u.payload_file;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.to_persist.push((rec.clone(), tx));
         self.queue(1);
-        let fut = async move {
-            persister
-                .send(persister::PersistUpdate(rec.clone()))
-                .await
-                .map(|r| (r, rec))
-        };
-        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+        self.persist_batch(ctx);
+        Box::pin(rx.into_actor(self).map(move |res, act, ctx| {
             act.queue(-1);
-            let (outcome, rec) = match res {
-                Ok((Ok(o), rec)) => (o, rec),
-                Ok((Err(e), _)) => {
+            let outcome = match res {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
                     log::error!("could not persist update: {e}");
                     return Err((
                         ErrorCode::Internal,
@@ -700,6 +773,7 @@ impl Handler<SessionRefusal> for Hub {
             bytes: r.bytes,
             refusal: None,
             payload: None,
+            payload_file: None,
         };
         self.refuse(rec, r.code, r.message);
     }

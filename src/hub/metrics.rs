@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -70,10 +72,6 @@ pub enum HubEvent {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Event(pub HubEvent);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BytesOut(pub u64);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -195,7 +193,10 @@ pub struct MetricsAggregator {
     refused: BTreeMap<(String, String), u64>,
     versions: u64,
     bytes_in: u64,
-    bytes_out: u64,
+    /// Weights bytes trainers' connections have started sending, counted
+    /// where they are written: versions held back or replaced by a newer one
+    /// are never sent, so counting at the broadcast would overstate it.
+    pub bytes_out: Arc<AtomicU64>,
     ws_opened: BTreeMap<&'static str, u64>,
     ws_closed: BTreeMap<&'static str, u64>,
     gauges: BTreeMap<String, ModelGauges>,
@@ -228,7 +229,7 @@ impl Default for MetricsAggregator {
             refused: BTreeMap::new(),
             versions: 0,
             bytes_in: 0,
-            bytes_out: 0,
+            bytes_out: Arc::new(AtomicU64::new(0)),
             ws_opened: BTreeMap::new(),
             ws_closed: BTreeMap::new(),
             gauges: BTreeMap::new(),
@@ -359,13 +360,6 @@ impl Handler<Event> for MetricsAggregator {
     }
 }
 
-impl Handler<BytesOut> for MetricsAggregator {
-    type Result = ();
-    fn handle(&mut self, m: BytesOut, _: &mut Self::Context) {
-        self.bytes_out += m.0;
-    }
-}
-
 impl Handler<BytesIn> for MetricsAggregator {
     type Result = ();
     fn handle(&mut self, m: BytesIn, _: &mut Self::Context) {
@@ -434,7 +428,7 @@ impl Handler<GetSnapshot> for MetricsAggregator {
             refusals_by_code: by_code,
             versions_committed: self.versions,
             bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
             connected_trainers: self.gauges.values().map(|g| g.connected).sum(),
             last_aggregation_seconds: self.last_agg,
             persister_queue: self.persister_queue,
@@ -572,7 +566,11 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
             "# HELP kernal_sent_bytes_total Model payload bytes sent to trainers."
         );
         let _ = writeln!(w, "# TYPE kernal_sent_bytes_total counter");
-        let _ = writeln!(w, "kernal_sent_bytes_total {}", self.bytes_out);
+        let _ = writeln!(
+            w,
+            "kernal_sent_bytes_total {}",
+            self.bytes_out.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             w,
             "# HELP kernal_persister_queue_depth Writes sent to the persister and not yet done."

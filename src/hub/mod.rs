@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod persister;
 pub mod session;
 pub mod state;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -227,6 +228,7 @@ impl Reloader {
         applied.hub.admin_token = cur.hub.admin_token.clone();
         applied.hub.shutdown_timeout_secs = cur.hub.shutdown_timeout_secs;
         applied.hub.blob_file_threshold_bytes = cur.hub.blob_file_threshold_bytes;
+        applied.hub.max_inflight_update_bytes = cur.hub.max_inflight_update_bytes;
         let changed =
             futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
                 .map_err(|e| format!("hub unavailable: {e}"))?;
@@ -486,7 +488,9 @@ pub async fn start_hub(
         .map(|s| Arc::new(s.test));
 
     // Actors start once, here, outside the per-worker server closure.
-    let metrics = MetricsAggregator::default().start();
+    let aggregator = MetricsAggregator::default();
+    let sent = aggregator.bytes_out.clone();
+    let metrics = aggregator.start();
     let m2 = metrics.clone();
     let p3 = db_path.clone();
     let blobs = db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes);
@@ -501,6 +505,7 @@ pub async fn start_hub(
         persister.clone(),
         metrics.clone(),
         test_data,
+        blobs.clone(),
     )
     .start();
     let pool = db::pool(&db_path, 4)?;
@@ -523,6 +528,8 @@ pub async fn start_hub(
         limits,
         handshakes: Arc::new(AtomicUsize::new(0)),
         max_pending_handshakes: max_pending,
+        budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),
+        sent,
         started_at: db::now(),
         reload: Arc::new(move || r2.reload()),
     };

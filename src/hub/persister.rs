@@ -18,6 +18,7 @@ pub struct Persister {
     conn: Option<SqliteConnection>,
     metrics: Option<Addr<MetricsAggregator>>,
     blobs: db::BlobStore,
+    janitor: Option<std::sync::mpsc::Sender<Vec<String>>>,
 }
 
 impl Persister {
@@ -31,6 +32,7 @@ impl Persister {
             conn: None,
             metrics,
             blobs,
+            janitor: None,
         }
     }
 
@@ -67,6 +69,42 @@ impl Persister {
     }
 }
 
+impl Persister {
+    /// Hands files to a janitor thread to unlink: dropping a few large files
+    /// from the page cache costs milliseconds that need not delay a reply.
+    fn discard(&mut self, files: Vec<String>) {
+        if files.is_empty() {
+            return;
+        }
+        if self.janitor.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+            let blobs = self.blobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kernal-janitor".into())
+                .spawn(move || {
+                    while let Ok(batch) = rx.recv() {
+                        for f in batch {
+                            blobs.remove(&f);
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                self.janitor = Some(tx);
+            }
+        }
+        let files = match &self.janitor {
+            Some(tx) => match tx.send(files) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => files,
+        };
+        for f in files {
+            self.blobs.remove(&f);
+        }
+    }
+}
+
 impl Actor for Persister {
     type Context = SyncContext<Self>;
 }
@@ -84,6 +122,8 @@ pub struct UpdateRecord {
     pub bytes: u64,
     pub refusal: Option<(String, String)>,
     pub payload: Option<Bytes>,
+    /// The blob file the payload was already written to, off this thread.
+    pub payload_file: Option<String>,
 }
 
 impl UpdateRecord {
@@ -115,33 +155,60 @@ impl UpdateRecord {
     }
 }
 
-/// Makes an accepted update durable; the hub acks only after this returns Ok.
+/// Makes accepted updates durable, all in one commit; the hub acks each only
+/// after its result here is Ok. The hub sends the next batch when this one
+/// returns, so under load every commit carries everything that arrived
+/// while the previous one was being written (group commit).
 #[derive(Message)]
-#[rtype(result = "Result<InsertOutcome, DbError>")]
-pub struct PersistUpdate(pub UpdateRecord);
+#[rtype(result = "Vec<Result<InsertOutcome, DbError>>")]
+pub struct PersistUpdates(pub Vec<UpdateRecord>);
 
-impl Handler<PersistUpdate> for Persister {
-    type Result = Result<InsertOutcome, DbError>;
-    fn handle(&mut self, msg: PersistUpdate, _: &mut Self::Context) -> Self::Result {
-        let big = msg
-            .0
-            .payload
-            .as_ref()
-            .map(|p| self.blobs.wants(p.len()))
-            .unwrap_or(false);
-        if !big {
-            return self.timed("update", |c| db::insert_update(c, &msg.0.row(None)));
-        }
+impl Handler<PersistUpdates> for Persister {
+    type Result = Vec<Result<InsertOutcome, DbError>>;
+    fn handle(&mut self, msg: PersistUpdates, _: &mut Self::Context) -> Self::Result {
         let blobs = self.blobs.clone();
-        self.timed("update", |c| {
-            let payload = msg.0.payload.as_deref().unwrap_or_default();
-            let file = blobs.put(payload)?;
-            let r = db::insert_update(c, &msg.0.row(Some(&file)));
-            if !matches!(r, Ok(InsertOutcome::Inserted { .. })) {
-                blobs.remove(&file);
+        // Payloads that were not written to a file by their session but are
+        // large enough for one (updates reloaded or sent by older paths).
+        let mut files: Vec<Option<String>> = Vec::with_capacity(msg.0.len());
+        for r in &msg.0 {
+            let file = match (&r.payload_file, &r.payload) {
+                (Some(f), _) => Ok(Some(f.clone())),
+                (None, Some(p)) if blobs.wants(p.len()) => blobs.put(p).map(Some),
+                _ => Ok(None),
+            };
+            match file {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    for f in files.iter().flatten() {
+                        blobs.remove(f);
+                    }
+                    return msg
+                        .0
+                        .iter()
+                        .map(|_| Err(DbError::Storage(e.to_string())))
+                        .collect();
+                }
             }
-            r
-        })
+        }
+        let rows: Vec<_> = msg
+            .0
+            .iter()
+            .zip(&files)
+            .map(|(r, f)| r.row(f.as_deref()))
+            .collect();
+        let results = match self.timed("update", |c| db::insert_updates(c, &rows)) {
+            Ok(r) => r,
+            Err(e) => rows
+                .iter()
+                .map(|_| Err(DbError::Storage(e.to_string())))
+                .collect(),
+        };
+        for (r, f) in results.iter().zip(&files) {
+            if let (false, Some(f)) = (matches!(r, Ok(InsertOutcome::Inserted { .. })), f) {
+                blobs.remove(f);
+            }
+        }
+        results
     }
 }
 
@@ -168,6 +235,8 @@ pub struct CommitVersion {
     pub parent: u64,
     pub num_updates: usize,
     pub weights: Bytes,
+    /// The file the weights were already written to, off this thread.
+    pub weights_file: Option<String>,
     pub metrics: String,
     pub applied: Vec<i64>,
 }
@@ -177,10 +246,10 @@ impl Handler<CommitVersion> for Persister {
     fn handle(&mut self, m: CommitVersion, _: &mut Self::Context) -> Self::Result {
         let blobs = self.blobs.clone();
         let done = self.timed("version", |c| {
-            let file = if blobs.wants(m.weights.len()) {
-                Some(blobs.put(&m.weights)?)
-            } else {
-                None
+            let file = match &m.weights_file {
+                Some(f) => Some(f.clone()),
+                None if blobs.wants(m.weights.len()) => Some(blobs.put(&m.weights)?),
+                None => None,
             };
             let r = db::commit_version(
                 c,
@@ -203,10 +272,9 @@ impl Handler<CommitVersion> for Persister {
             }
             r
         })?;
-        // The applied updates' payload files are no longer needed.
-        for f in done {
-            self.blobs.remove(&f);
-        }
+        // The applied updates' payload files are no longer needed; removing
+        // them is not on the path of the reply (the new version waits for it).
+        self.discard(done);
         Ok(())
     }
 }

@@ -1,23 +1,23 @@
-//! TrainerSession: one actor per trainer WebSocket. Frame reassembly, hello
-//! deadline, heartbeats, decoding and validation live in plain structs and
-//! functions here so that moving to `actix-ws` would touch this file only.
+//! TrainerSession: one actor per trainer WebSocket. Framing lives in
+//! [`crate::hub::ws`]; message parsing and validation are plain functions
+//! here, tested without actix.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web_actors::ws;
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::Argon2;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use crate::db::BlobStore;
 use crate::hub::hub_actor::{self, Hub, ToSession};
 use crate::hub::metrics::{self, MetricsAggregator};
 use crate::hub::state::Admission;
+use crate::hub::ws::{Activity, Incoming, Outbox};
 use crate::protocol::{
     validate_name, ClientMessage, ErrorCode, ModelLayout, ServerMessage, PROTOCOL_VERSION,
 };
@@ -36,101 +36,11 @@ pub type Refusal = (ErrorCode, String);
 
 // ---------------------------------------------------------------- plain logic
 
-/// A complete message after reassembly.
+/// A complete message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Whole {
     Text(Bytes),
     Binary(Bytes),
-}
-
-/// Reassembles fragmented messages, bounding both total bytes and the number
-/// of fragments, so a stream of empty continuation frames cannot grow memory
-/// or time without bound.
-#[derive(Debug)]
-pub struct FrameAssembler {
-    max_bytes: usize,
-    max_fragments: usize,
-    current: Option<(bool, BytesMut, usize)>,
-}
-
-impl FrameAssembler {
-    pub fn new(max_bytes: usize, max_fragments: usize) -> Self {
-        FrameAssembler {
-            max_bytes,
-            max_fragments,
-            current: None,
-        }
-    }
-
-    pub fn push(&mut self, item: Item) -> Result<Option<Whole>, Refusal> {
-        match item {
-            Item::FirstText(b) | Item::FirstBinary(b) if self.current.is_some() => {
-                let _ = b;
-                self.current = None;
-                Err((
-                    ErrorCode::BadJson,
-                    "a new fragmented message started before the previous one ended".into(),
-                ))
-            }
-            Item::FirstText(b) => self.start(true, b),
-            Item::FirstBinary(b) => self.start(false, b),
-            Item::Continue(b) => self.append(b, false),
-            Item::Last(b) => self.append(b, true),
-        }
-    }
-
-    fn start(&mut self, text: bool, b: Bytes) -> Result<Option<Whole>, Refusal> {
-        self.check(b.len(), 1)?;
-        let mut buf = BytesMut::with_capacity(b.len());
-        buf.extend_from_slice(&b);
-        self.current = Some((text, buf, 1));
-        Ok(None)
-    }
-
-    fn append(&mut self, b: Bytes, last: bool) -> Result<Option<Whole>, Refusal> {
-        let Some((text, mut buf, n)) = self.current.take() else {
-            return Err((
-                ErrorCode::BadJson,
-                "a continuation frame arrived with no message started".into(),
-            ));
-        };
-        self.check(buf.len() + b.len(), n + 1)?;
-        buf.extend_from_slice(&b);
-        if last {
-            let bytes = buf.freeze();
-            return Ok(Some(if text {
-                Whole::Text(bytes)
-            } else {
-                Whole::Binary(bytes)
-            }));
-        }
-        self.current = Some((text, buf, n + 1));
-        Ok(None)
-    }
-
-    fn check(&mut self, bytes: usize, fragments: usize) -> Result<(), Refusal> {
-        if bytes > self.max_bytes {
-            self.current = None;
-            return Err((
-                ErrorCode::MessageTooLarge,
-                format!(
-                    "message exceeds the hub's limit of {} bytes",
-                    self.max_bytes
-                ),
-            ));
-        }
-        if fragments > self.max_fragments {
-            self.current = None;
-            return Err((
-                ErrorCode::TooManyFragments,
-                format!(
-                    "message arrived in more than {} fragments",
-                    self.max_fragments
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Parses a text frame into a client message with the right error code:
@@ -201,6 +111,9 @@ pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
 /// a restart) must queue instead of allocating gigabytes at once.
 static TOKEN_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
+/// Blob files being written at once, over all sessions.
+static BLOB_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 fn hash_token(token: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -241,30 +154,46 @@ pub struct TrainerSession {
     hub: Addr<Hub>,
     metrics: Addr<MetricsAggregator>,
     limits: SessionLimits,
-    assembler: FrameAssembler,
+    outbox: Arc<Outbox>,
+    activity: Arc<Activity>,
+    blobs: BlobStore,
     phase: Phase,
-    last_heard: Instant,
     handshakes: Arc<AtomicUsize>,
     counted_handshake: bool,
 }
 
+/// One trainer's connection: where it came from, what it has to send, and
+/// when it was last heard from.
+pub struct Connection {
+    pub remote: Option<String>,
+    pub outbox: Arc<Outbox>,
+    pub activity: Arc<Activity>,
+}
+
 impl TrainerSession {
     pub fn new(
-        remote: Option<String>,
+        conn: Connection,
         hub: Addr<Hub>,
         metrics: Addr<MetricsAggregator>,
         limits: SessionLimits,
         handshakes: Arc<AtomicUsize>,
+        blobs: BlobStore,
     ) -> Self {
+        let Connection {
+            remote,
+            outbox,
+            activity,
+        } = conn;
         TrainerSession {
             id: uuid::Uuid::new_v4().to_string(),
             remote,
             hub,
             metrics,
-            assembler: FrameAssembler::new(limits.max_message_bytes, limits.max_fragments),
             limits,
+            outbox,
+            activity,
+            blobs,
             phase: Phase::AwaitingHello,
-            last_heard: Instant::now(),
             handshakes,
             counted_handshake: true,
         }
@@ -277,13 +206,13 @@ impl TrainerSession {
         }
     }
 
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, m: &ServerMessage) {
-        ctx.text(m.to_json());
+    fn send(&self, _: &mut Context<Self>, m: &ServerMessage) {
+        self.outbox.text(m.to_json());
     }
 
     fn error(
         &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
         code: ErrorCode,
         message: String,
         update_id: Option<String>,
@@ -308,22 +237,14 @@ impl TrainerSession {
         }
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: ErrorCode, message: &str) {
+    fn close(&mut self, ctx: &mut Context<Self>, code: ErrorCode, message: &str) {
+        // RFC 6455 close codes: 1009 too big, 1001 going away, 1008 policy.
         let ws_code = match code {
-            ErrorCode::MessageTooLarge => ws::CloseCode::Size,
-            ErrorCode::ShuttingDown => ws::CloseCode::Away,
-            _ => ws::CloseCode::Policy,
+            ErrorCode::MessageTooLarge => 1009,
+            ErrorCode::ShuttingDown => 1001,
+            _ => 1008,
         };
-        let reason = format!("{code}: {message}");
-        // Close reasons are limited to 123 bytes by the protocol.
-        let mut cut = reason.len().min(120);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        ctx.close(Some(ws::CloseReason {
-            code: ws_code,
-            description: Some(reason[..cut].to_string()),
-        }));
+        self.outbox.close(ws_code, &format!("{code}: {message}"));
         self.leave(code.as_str().to_string());
         self.phase = Phase::Closing;
         ctx.stop();
@@ -339,7 +260,7 @@ impl TrainerSession {
         }
     }
 
-    fn on_whole(&mut self, w: Whole, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_whole(&mut self, w: Whole, ctx: &mut Context<Self>) {
         match w {
             Whole::Text(b) => match std::str::from_utf8(&b) {
                 Ok(s) => {
@@ -357,7 +278,7 @@ impl TrainerSession {
         }
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let msg = match parse_client_message(text) {
             Ok(m) => m,
             Err((code, message)) => return self.error(ctx, code, message, None),
@@ -368,7 +289,7 @@ impl TrainerSession {
             (_, ClientMessage::Bye) => {
                 self.leave("bye".into());
                 self.phase = Phase::Closing;
-                ctx.close(Some(ws::CloseCode::Normal.into()));
+                self.outbox.close(1000, "");
                 ctx.stop();
             }
             (
@@ -488,7 +409,7 @@ impl TrainerSession {
         specialty: String,
         token: String,
         model: String,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         if protocol != PROTOCOL_VERSION {
             return self.error(
@@ -515,6 +436,7 @@ impl TrainerSession {
         self.phase = Phase::Verifying;
         let hub = self.hub.clone();
         let addr = ctx.address().recipient::<ToSession>();
+        let outbox = self.outbox.clone();
         let (sid, remote) = (self.id.clone(), self.remote.clone());
         let (n2, s2, m2) = (name.clone(), specialty.clone(), model.clone());
         let fut = async move {
@@ -560,6 +482,7 @@ impl TrainerSession {
                 remote,
                 new_hash,
                 addr,
+                outbox,
             })
             .await
             .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))?
@@ -571,23 +494,21 @@ impl TrainerSession {
             match res {
                 Ok(w) => {
                     act.handshake_done();
-                    act.send(
-                        ctx,
-                        &ServerMessage::Welcome {
-                            protocol: PROTOCOL_VERSION,
-                            session_id: act.id.clone(),
-                            trainer: name.clone(),
-                            specialty: specialty.clone(),
-                            model: model.clone(),
-                            version: w.version,
-                            registered: w.registered,
-                            tensors: w.layout.tensors.clone(),
-                            max_message_bytes: act.limits.max_message_bytes,
-                            heartbeat_interval_secs: act.limits.heartbeat_interval.as_secs(),
-                            max_staleness: w.max_staleness,
-                        },
-                    );
-                    ctx.binary(w.encoded);
+                    let welcome = ServerMessage::Welcome {
+                        protocol: PROTOCOL_VERSION,
+                        session_id: act.id.clone(),
+                        trainer: name.clone(),
+                        specialty: specialty.clone(),
+                        model: model.clone(),
+                        version: w.version,
+                        registered: w.registered,
+                        tensors: w.layout.tensors.clone(),
+                        max_message_bytes: act.limits.max_message_bytes,
+                        heartbeat_interval_secs: act.limits.heartbeat_interval.as_secs(),
+                        max_staleness: w.max_staleness,
+                    }
+                    .to_json();
+                    act.outbox.welcome(Bytes::from(welcome), w.encoded);
                     act.phase = Phase::Ready(Ready {
                         name,
                         specialty,
@@ -609,7 +530,7 @@ impl TrainerSession {
         }));
     }
 
-    fn on_binary(&mut self, payload: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_binary(&mut self, payload: Bytes, ctx: &mut Context<Self>) {
         let Phase::Ready(r) = &mut self.phase else {
             return self.error(
                 ctx,
@@ -648,7 +569,7 @@ impl TrainerSession {
             }
         };
         let update_id = h.update_id.clone();
-        let fut = self.hub.send(hub_actor::SubmitUpdate {
+        let sub = hub_actor::SubmitUpdate {
             session_id: self.id.clone(),
             trainer,
             model,
@@ -657,7 +578,37 @@ impl TrainerSession {
             num_examples: h.num_examples,
             loss: h.loss,
             payload,
-        });
+            payload_file: None,
+        };
+        let (hub, blobs) = (self.hub.clone(), self.blobs.clone());
+        self.outbox.update_started();
+        let fut = async move {
+            let mut sub = sub;
+            // A large payload goes to its file here, on a blocking thread of
+            // its own, so writing many at once proceeds in parallel and the
+            // one SQLite writer only records the name.
+            if blobs.wants(sub.payload.len()) {
+                // A few writers at a time: hundreds of threads writing into
+                // one directory at once spend their time on its lock.
+                let _writing = BLOB_WRITES.acquire().await;
+                let (b, p) = (blobs.clone(), sub.payload.clone());
+                let written = actix_web::rt::task::spawn_blocking(move || b.put(&p))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match written {
+                    Ok(name) => sub.payload_file = Some(name),
+                    Err(e) => {
+                        log::error!("could not write an update's blob file: {e}");
+                        return Ok(Err((
+                            ErrorCode::Internal,
+                            format!("the update could not be stored: {e}"),
+                        )));
+                    }
+                }
+            }
+            hub.send(sub).await
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(Ok(a)) => act.send(
@@ -690,12 +641,13 @@ impl TrainerSession {
                     Some(update_id),
                 ),
             }
+            act.outbox.update_answered();
         }));
     }
 }
 
 impl Actor for TrainerSession {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.metrics.do_send(metrics::WsSession {
@@ -714,14 +666,14 @@ impl Actor for TrainerSession {
             }
         });
         ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| {
-            if act.last_heard.elapsed() > act.limits.client_timeout {
+            if act.activity.silent_for() > act.limits.client_timeout {
                 log::info!("session {}: no sign of life, dropping it", act.id);
                 act.leave("timeout".into());
                 act.phase = Phase::Closing;
                 ctx.stop();
                 return;
             }
-            ctx.ping(b"");
+            act.outbox.ping();
         });
     }
 
@@ -730,6 +682,7 @@ impl Actor for TrainerSession {
         self.leave("disconnected".into());
         self.phase = Phase::Closing;
         self.handshake_done();
+        self.outbox.finish();
         self.metrics.do_send(metrics::WsSession {
             kind: "trainer",
             opened: false,
@@ -742,12 +695,6 @@ impl Handler<ToSession> for TrainerSession {
     type Result = ();
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Model { json, weights } => {
-                if matches!(self.phase, Phase::Ready(_)) {
-                    ctx.text(json);
-                    ctx.binary(weights);
-                }
-            }
             ToSession::Close { code, message } => {
                 // Leave was decided by the hub; do not report it back.
                 if code == ErrorCode::Replaced || code == ErrorCode::Revoked {
@@ -769,94 +716,33 @@ impl Handler<ToSession> for TrainerSession {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TrainerSession {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
-        let msg = match item {
-            Ok(m) => m,
-            Err(ws::ProtocolError::Overflow) => {
-                let limit = self.limits.max_message_bytes;
-                return self.error(
-                    ctx,
-                    ErrorCode::MessageTooLarge,
-                    format!("frame exceeds the hub's limit of {limit} bytes"),
-                    None,
-                );
-            }
-            Err(e) => {
-                log::info!("session {}: protocol error: {e}", self.id);
-                self.leave(format!("protocol error: {e}"));
-                self.phase = Phase::Closing;
-                ctx.stop();
-                return;
-            }
-        };
-        match msg {
-            ws::Message::Ping(p) => ctx.pong(&p),
-            ws::Message::Pong(_) => {}
-            ws::Message::Text(t) => {
-                let b = t.into_bytes();
-                if b.len() > self.limits.max_message_bytes {
-                    let limit = self.limits.max_message_bytes;
-                    return self.error(
-                        ctx,
-                        ErrorCode::MessageTooLarge,
-                        format!("message exceeds the hub's limit of {limit} bytes"),
-                        None,
-                    );
-                }
-                self.on_whole(Whole::Text(b), ctx)
-            }
-            ws::Message::Binary(b) => self.on_whole(Whole::Binary(b), ctx),
-            ws::Message::Continuation(item) => match self.assembler.push(item) {
-                Ok(Some(w)) => self.on_whole(w, ctx),
-                Ok(None) => {}
-                Err((code, message)) => self.error(ctx, code, message, None),
-            },
-            ws::Message::Close(_) => {
+impl StreamHandler<Incoming> for TrainerSession {
+    fn handle(&mut self, item: Incoming, ctx: &mut Self::Context) {
+        self.activity.touch();
+        match item {
+            Incoming::Ping(p) => self.outbox.pong(p),
+            Incoming::Pong => {}
+            Incoming::Text(b) => self.on_whole(Whole::Text(b), ctx),
+            Incoming::Binary(b) => self.on_whole(Whole::Binary(b), ctx),
+            Incoming::Refused(code, message) => self.error(ctx, code, message, None),
+            Incoming::Close => {
                 self.leave("closed by trainer".into());
                 self.phase = Phase::Closing;
-                ctx.close(None);
+                self.outbox.close(1000, "");
                 ctx.stop();
             }
-            ws::Message::Nop => {}
         }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The connection ended (or its framing broke): nothing more can arrive.
+        ctx.stop();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn assembler_joins_and_bounds() {
-        let mut a = FrameAssembler::new(10, 3);
-        assert_eq!(a.push(Item::FirstText(Bytes::from_static(b"ab"))), Ok(None));
-        assert_eq!(a.push(Item::Continue(Bytes::from_static(b"cd"))), Ok(None));
-        assert_eq!(
-            a.push(Item::Last(Bytes::from_static(b"e"))),
-            Ok(Some(Whole::Text(Bytes::from_static(b"abcde"))))
-        );
-        // Too many (even empty) fragments.
-        a.push(Item::FirstBinary(Bytes::new())).unwrap();
-        a.push(Item::Continue(Bytes::new())).unwrap();
-        a.push(Item::Continue(Bytes::new())).unwrap();
-        assert_eq!(
-            a.push(Item::Continue(Bytes::new())).unwrap_err().0,
-            ErrorCode::TooManyFragments
-        );
-        // Too many bytes.
-        a.push(Item::FirstBinary(Bytes::from_static(b"123456")))
-            .unwrap();
-        assert_eq!(
-            a.push(Item::Last(Bytes::from_static(b"789012")))
-                .unwrap_err()
-                .0,
-            ErrorCode::MessageTooLarge
-        );
-        // Continuation with nothing started.
-        assert!(a.push(Item::Last(Bytes::new())).is_err());
-    }
 
     #[test]
     fn message_parsing_codes() {

@@ -38,6 +38,8 @@ pub struct Buffered {
 pub struct Accumulator {
     pub sum: Vec<f32>,
     pub weight: f64,
+    /// Time spent folding updates into `sum` as they arrived.
+    pub seconds: f64,
 }
 
 /// Everything the hub holds about one model.
@@ -171,9 +173,12 @@ impl ModelState {
             let acc = self.acc.get_or_insert_with(|| Accumulator {
                 sum: vec![0.0; n],
                 weight: 0.0,
+                seconds: 0.0,
             });
+            let t = Instant::now();
             self.layout
                 .accumulate(payload, &mut acc.sum, (w as f32) * factor)?;
+            acc.seconds += t.elapsed().as_secs_f64();
             acc.weight += w;
             None
         } else {
