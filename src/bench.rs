@@ -75,6 +75,9 @@ fn start_own_hub(args: &BenchArgs) -> Result<ChildHub, BenchError> {
         ((args.trainers + 16) as i64).into(),
     );
     hub.insert("client_timeout_secs".into(), 120i64.into());
+    // A benchmark makes thousands of versions nobody will download: keep the
+    // newest few checkpoints, as a production hub keeps a bounded history.
+    hub.insert("keep_weights_versions".into(), 3i64.into());
     // A thousand registrations queue for argon2; give them time.
     hub.insert("hello_timeout_secs".into(), 300i64.into());
     let mut root = toml::Table::new();

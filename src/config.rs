@@ -44,6 +44,7 @@ pub struct HubConfig {
     pub max_pending_handshakes: usize,
     pub blob_file_threshold_bytes: usize,
     pub max_inflight_update_bytes: usize,
+    pub keep_weights_versions: u64,
     pub shutdown_timeout_secs: u64,
 }
 

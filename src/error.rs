@@ -100,6 +100,7 @@ impl ResponseError for ApiError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             Conflict => StatusCode::CONFLICT,
+            WeightsPruned => StatusCode::GONE,
             ShuttingDown | TooManyHandshakes => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

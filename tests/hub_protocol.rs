@@ -634,3 +634,45 @@ fn python_safetensors() -> std::path::PathBuf {
     }
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_checkpoints_are_pruned_but_versions_stay() {
+    let hub = start_hub(|c| {
+        c.hub.keep_weights_versions = 2;
+        // Checkpoints and payloads in files, so pruning retires files too.
+        c.hub.blob_file_threshold_bytes = 1024;
+        c.models.get_mut("digits").unwrap().min_updates = Some(1);
+    });
+    let (mut a, _, _) = Raw::hello(&hub.ws(), "alice", "tok-a", "digits").await;
+    let layout = digits_layout();
+    let n = layout.num_params();
+    for v in 0..4u64 {
+        let id = format!("a{v}");
+        a.send_update(&id, v, 1, layout.encode(&vec![0.01; n], None).unwrap())
+            .await;
+        assert_eq!(a.outcome(&id).await["type"], "ack");
+        a.wait_version(v + 1).await;
+    }
+    let c = reqwest::Client::new();
+    let weights = |v: u64| {
+        let c = c.clone();
+        let url = format!("{}/v1/models/digits/versions/{v}/weights", hub.url());
+        async move { c.get(url).send().await.unwrap() }
+    };
+    // Versions 3 and 4 keep their checkpoints...
+    for v in [3, 4] {
+        let r = weights(v).await;
+        assert_eq!(r.status(), 200, "version {v}");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(layout.decode(&body).unwrap().len(), n);
+    }
+    // ...older ones answer 410 with a code, and keep their record.
+    for v in [0, 1, 2] {
+        let r = weights(v).await;
+        assert_eq!(r.status(), 410, "version {v}");
+        let j: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(j["code"], "weights_pruned");
+        let meta = get_json(&format!("{}/v1/models/digits/versions/{v}", hub.url())).await;
+        assert_eq!(meta["version"], v);
+    }
+}

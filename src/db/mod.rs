@@ -333,6 +333,40 @@ pub fn commit_version(
     })
 }
 
+/// Drops the weights of every version of `model` up to `upto` that still
+/// has them (the rows, metrics and lineage stay); returns the blob files
+/// they named, for the caller to retire once this has committed.
+pub fn prune_weights(
+    conn: &mut SqliteConnection,
+    model: &str,
+    upto: i64,
+) -> Result<Vec<String>, DbError> {
+    conn.immediate_transaction(|conn| {
+        let files: Vec<Option<String>> = versions::table
+            .filter(versions::model.eq(model))
+            .filter(versions::version.le(upto))
+            .filter(versions::weights_file.is_not_null())
+            .select(versions::weights_file)
+            .load(conn)?;
+        diesel::update(
+            versions::table
+                .filter(versions::model.eq(model))
+                .filter(versions::version.le(upto))
+                .filter(versions::weights_file.is_not_null().or(diesel::dsl::sql::<
+                    diesel::sql_types::Bool,
+                >(
+                    "length(weights) > 0"
+                ))),
+        )
+        .set((
+            versions::weights.eq(Vec::<u8>::new()),
+            versions::weights_file.eq(None::<String>),
+        ))
+        .execute(conn)?;
+        Ok(files.into_iter().flatten().collect())
+    })
+}
+
 pub fn insert_model(
     conn: &mut SqliteConnection,
     row: &ModelRow,
@@ -641,8 +675,17 @@ impl BlobStore {
     /// removed otherwise. The sweep at start removes spares with any other
     /// file no row names.
     pub fn remove(&self, name: &str) {
+        if let Some(path) = self.retire(name) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Like [`BlobStore::remove`], but hands back the path to unlink when
+    /// the file cannot be kept, so the caller can unlink it elsewhere:
+    /// keeping a spare is a `stat`, unlinking a large file takes milliseconds.
+    pub fn retire(&self, name: &str) -> Option<std::path::PathBuf> {
         if name.contains('/') || name.contains("..") {
-            return;
+            return None;
         }
         let path = self.dir.join(name);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -650,10 +693,10 @@ impl BlobStore {
             if size > 0 && s.files.len() < SPARE_FILES && s.bytes + size <= SPARE_BYTES {
                 s.files.push((name.to_string(), size));
                 s.bytes += size;
-                return;
+                return None;
             }
         }
-        let _ = std::fs::remove_file(path);
+        Some(path)
     }
 
     /// How many spare files are kept for reuse.

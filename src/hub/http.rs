@@ -342,6 +342,15 @@ async fn get_weights(
     let bytes = read(&st.pool, move |c| db::get_weights(c, &blobs, &m2, version))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("model `{model}` has no version {version}")))?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::WeightsPruned,
+            format!(
+                "the weights of version {version} of `{model}` were dropped: the hub keeps the \
+                 newest hub.keep_weights_versions checkpoints of each model"
+            ),
+        ));
+    }
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((

@@ -196,6 +196,7 @@ impl Hub {
         let test = self.test_data.clone();
         let persister = self.persister.clone();
         let blobs = self.blobs.clone();
+        let keep_weights = self.cfg.hub.keep_weights_versions;
         let name = model.to_string();
         self.queue(1);
         let fut = async move {
@@ -252,6 +253,7 @@ impl Hub {
                 weights_file,
                 metrics: metrics.to_string(),
                 applied: fold.applied.iter().map(|b| b.row_id).collect(),
+                keep_weights,
             };
             match persister.send(commit).await {
                 Ok(Ok(())) => Ok((fold, encoded, metrics, agg_secs)),
@@ -343,6 +345,7 @@ impl Actor for Hub {
             let names: Vec<String> = act.models.keys().cloned().collect();
             for n in names {
                 act.maybe_fold(&n, ctx);
+                act.gauges(&n);
             }
         });
         let names: Vec<String> = self.models.keys().cloned().collect();
@@ -730,7 +733,9 @@ impl Handler<SubmitUpdate> for Hub {
                         loss: rec.loss,
                         bytes: rec.bytes,
                     });
-                    act.gauges(&rec.model);
+                    // Gauges follow on the next tick: counting sessions for
+                    // each of ten thousand updates a second costs more than
+                    // the update itself.
                     act.maybe_fold(&rec.model, ctx);
                     Ok(AckInfo {
                         staleness: rec.staleness,

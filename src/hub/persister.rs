@@ -18,7 +18,7 @@ pub struct Persister {
     conn: Option<SqliteConnection>,
     metrics: Option<Addr<MetricsAggregator>>,
     blobs: db::BlobStore,
-    janitor: Option<std::sync::mpsc::Sender<Vec<String>>>,
+    janitor: Option<std::sync::mpsc::Sender<Vec<std::path::PathBuf>>>,
 }
 
 impl Persister {
@@ -70,21 +70,24 @@ impl Persister {
 }
 
 impl Persister {
-    /// Hands files to a janitor thread to unlink: dropping a few large files
+    /// Retires files no row names any more. Keeping one as a spare is
+    /// immediate, so the next update can reuse it at once; a file that cannot
+    /// be kept goes to a janitor thread to unlink, since dropping a large file
     /// from the page cache costs milliseconds that need not delay a reply.
     fn discard(&mut self, files: Vec<String>) {
-        if files.is_empty() {
+        let doomed: Vec<std::path::PathBuf> =
+            files.iter().filter_map(|f| self.blobs.retire(f)).collect();
+        if doomed.is_empty() {
             return;
         }
         if self.janitor.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
-            let blobs = self.blobs.clone();
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<std::path::PathBuf>>();
             let spawned = std::thread::Builder::new()
                 .name("kernal-janitor".into())
                 .spawn(move || {
                     while let Ok(batch) = rx.recv() {
-                        for f in batch {
-                            blobs.remove(&f);
+                        for p in batch {
+                            let _ = std::fs::remove_file(p);
                         }
                     }
                 });
@@ -92,15 +95,15 @@ impl Persister {
                 self.janitor = Some(tx);
             }
         }
-        let files = match &self.janitor {
-            Some(tx) => match tx.send(files) {
+        let doomed = match &self.janitor {
+            Some(tx) => match tx.send(doomed) {
                 Ok(()) => return,
                 Err(e) => e.0,
             },
-            None => files,
+            None => doomed,
         };
-        for f in files {
-            self.blobs.remove(&f);
+        for p in doomed {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -239,6 +242,8 @@ pub struct CommitVersion {
     pub weights_file: Option<String>,
     pub metrics: String,
     pub applied: Vec<i64>,
+    /// Keep the weights of this many newest versions (0: all).
+    pub keep_weights: u64,
 }
 
 impl Handler<CommitVersion> for Persister {
@@ -272,9 +277,16 @@ impl Handler<CommitVersion> for Persister {
             }
             r
         })?;
-        // The applied updates' payload files are no longer needed; removing
-        // them is not on the path of the reply (the new version waits for it).
+        // The applied updates' payload files are no longer needed.
         self.discard(done);
+        if m.keep_weights > 0 && m.version >= m.keep_weights {
+            let upto = (m.version - m.keep_weights) as i64;
+            match self.timed("prune", |c| db::prune_weights(c, &m.model, upto)) {
+                Ok(files) => self.discard(files),
+                // Pruning is housekeeping: the version itself is committed.
+                Err(e) => log::warn!("could not prune old weights of {}: {e}", m.model),
+            }
+        }
         Ok(())
     }
 }

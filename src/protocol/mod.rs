@@ -51,6 +51,8 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     Conflict,
+    /// The version exists but its weights were dropped by the retention policy.
+    WeightsPruned,
     Internal,
 }
 
@@ -90,6 +92,7 @@ impl ErrorCode {
             Unauthorized => "unauthorized",
             Forbidden => "forbidden",
             Conflict => "conflict",
+            WeightsPruned => "weights_pruned",
             Internal => "internal",
         }
     }
