@@ -19,6 +19,8 @@ pub struct Persister {
     metrics: Option<Addr<MetricsAggregator>>,
     blobs: db::BlobStore,
     janitor: Option<std::sync::mpsc::Sender<Vec<std::path::PathBuf>>>,
+    /// Per model, the newest version whose weights are known pruned.
+    pruned: std::collections::HashMap<String, i64>,
 }
 
 impl Persister {
@@ -33,6 +35,7 @@ impl Persister {
             metrics,
             blobs,
             janitor: None,
+            pruned: std::collections::HashMap::new(),
         }
     }
 
@@ -281,8 +284,15 @@ impl Handler<CommitVersion> for Persister {
         self.discard(done);
         if m.keep_weights > 0 && m.version >= m.keep_weights {
             let upto = (m.version - m.keep_weights) as i64;
-            match self.timed("prune", |c| db::prune_weights(c, &m.model, upto)) {
-                Ok(files) => self.discard(files),
+            // Everything up to the last pruned version is known to be done;
+            // the first prune after a start (or a retention change) looks
+            // back over the whole history once.
+            let from = self.pruned.get(&m.model).copied().unwrap_or(-1).min(upto);
+            match self.timed("prune", |c| db::prune_weights(c, &m.model, from, upto)) {
+                Ok(files) => {
+                    self.pruned.insert(m.model.clone(), upto);
+                    self.discard(files)
+                }
                 // Pruning is housekeeping: the version itself is committed.
                 Err(e) => log::warn!("could not prune old weights of {}: {e}", m.model),
             }
