@@ -557,7 +557,26 @@ pub fn get_weights(
         .optional()?;
     match row {
         None => Ok(None),
-        Some((_, Some(file))) => Ok(Some(blobs.get(&file)?)),
+        Some((_, Some(file))) => {
+            // A pruned checkpoint's file is reused for later blobs. If the
+            // row still names the file after it was read, it was not pruned
+            // before the read ended (files are retired only after the
+            // pruning commits), so these are the version's bytes.
+            let read = blobs.get(&file);
+            let still: Option<Option<String>> = versions::table
+                .filter(versions::model.eq(model))
+                .filter(versions::version.eq(version))
+                .select(versions::weights_file)
+                .first(conn)
+                .optional()?;
+            match (read, still) {
+                (Ok(bytes), Some(Some(f))) if f == file => Ok(Some(bytes)),
+                (Err(e), Some(Some(f))) if f == file => Err(e),
+                // Pruned meanwhile: empty weights, as for any pruned version.
+                (_, Some(_)) => Ok(Some(Vec::new())),
+                (_, None) => Ok(None),
+            }
+        }
         Some((w, None)) => Ok(Some(w)),
     }
 }

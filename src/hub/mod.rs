@@ -198,6 +198,12 @@ impl Reloader {
                 ));
             }
         }
+        if new.hub.keep_weights_versions != cur.hub.keep_weights_versions {
+            notes.push(format!(
+                "hub.keep_weights_versions changed from {} to {} (from the next version)",
+                cur.hub.keep_weights_versions, new.hub.keep_weights_versions
+            ));
+        }
         for (key, changed) in [
             ("hub.state_dir", new.hub.state_dir != cur.hub.state_dir),
             (
@@ -207,6 +213,14 @@ impl Reloader {
             (
                 "hub.shutdown_timeout_secs",
                 new.hub.shutdown_timeout_secs != cur.hub.shutdown_timeout_secs,
+            ),
+            (
+                "hub.blob_file_threshold_bytes",
+                new.hub.blob_file_threshold_bytes != cur.hub.blob_file_threshold_bytes,
+            ),
+            (
+                "hub.max_inflight_update_bytes",
+                new.hub.max_inflight_update_bytes != cur.hub.max_inflight_update_bytes,
             ),
         ] {
             if changed {
