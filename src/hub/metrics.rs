@@ -84,6 +84,12 @@ pub struct PersisterTiming {
     pub seconds: f64,
 }
 
+/// Seconds from an update's last byte arriving to its answer being queued,
+/// measured by the session: the hub's share of what a trainer waits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AnswerTiming(pub f64);
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WsSession {
@@ -202,6 +208,7 @@ pub struct MetricsAggregator {
     gauges: BTreeMap<String, ModelGauges>,
     agg_hist: BTreeMap<String, Histogram>,
     persist_hist: BTreeMap<&'static str, Histogram>,
+    answer_hist: Histogram,
     persister_queue: i64,
     last_agg: Option<f64>,
     /// (time, updates, bytes) samples for the rolling rates.
@@ -235,6 +242,7 @@ impl Default for MetricsAggregator {
             gauges: BTreeMap::new(),
             agg_hist: BTreeMap::new(),
             persist_hist: BTreeMap::new(),
+            answer_hist: Histogram::default(),
             persister_queue: 0,
             last_agg: None,
             window: VecDeque::new(),
@@ -374,6 +382,13 @@ impl Handler<PersisterTiming> for MetricsAggregator {
             .entry(m.what)
             .or_default()
             .observe(m.seconds);
+    }
+}
+
+impl Handler<AnswerTiming> for MetricsAggregator {
+    type Result = ();
+    fn handle(&mut self, m: AnswerTiming, _: &mut Self::Context) {
+        self.answer_hist.observe(m.0);
     }
 }
 
@@ -592,6 +607,13 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
                 &format!("kind=\"{k}\""),
             );
         }
+        let _ = writeln!(
+            w,
+            "# HELP kernal_update_answer_seconds From an update's last byte received to its ack or error queued."
+        );
+        let _ = writeln!(w, "# TYPE kernal_update_answer_seconds histogram");
+        self.answer_hist
+            .render(w, "kernal_update_answer_seconds", "");
         let _ = writeln!(
             w,
             "# HELP kernal_websocket_sessions_opened_total WebSocket sessions opened, by kind."

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use argon2::password_hash::{
@@ -114,6 +114,9 @@ pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
 /// holds 19 MiB, so a storm of hellos (a thousand trainers reconnecting after
 /// a restart) must queue instead of allocating gigabytes at once.
 static TOKEN_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Blob files up to this size are written on the session's own thread.
+const INLINE_BLOB_WRITE: usize = 256 * 1024;
 
 /// Blob files being written at once, over all sessions.
 static BLOB_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
@@ -586,6 +589,7 @@ impl TrainerSession {
         };
         let (hub, blobs) = (self.hub.clone(), self.blobs.clone());
         self.outbox.update_started();
+        let received = Instant::now();
         let fut = async move {
             let mut sub = sub;
             // A large payload goes to its file here, on a blocking thread of
@@ -596,10 +600,16 @@ impl TrainerSession {
                 // one directory at once spend their time on its lock.
                 let _writing = BLOB_WRITES.acquire().await;
                 let (b, p) = (blobs.clone(), sub.payload.clone());
-                let written = actix_web::rt::task::spawn_blocking(move || b.put(&p))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let written = if p.len() <= INLINE_BLOB_WRITE {
+                    // A page-cache write this small costs less than handing
+                    // it to another thread and back.
+                    b.put(&p).map_err(|e| e.to_string())
+                } else {
+                    actix_web::rt::task::spawn_blocking(move || b.put(&p))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                };
                 match written {
                     Ok(name) => sub.payload_file = Some(name),
                     Err(e) => {
@@ -646,6 +656,8 @@ impl TrainerSession {
                 ),
             }
             act.outbox.update_answered();
+            act.metrics
+                .do_send(metrics::AnswerTiming(received.elapsed().as_secs_f64()));
         }));
     }
 }
