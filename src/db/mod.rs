@@ -245,9 +245,18 @@ pub fn insert_updates(
     conn: &mut SqliteConnection,
     rows: &[NewUpdate<'_>],
 ) -> Result<Vec<Result<InsertOutcome, DbError>>, DbError> {
+    // The unique index on (model, trainer, update_id) refuses a duplicate;
+    // it is rare (a resend after a reconnect), so the batch does not look
+    // for one first, and the per-row path below sorts it out.
     let all = conn.immediate_transaction(|conn| {
         rows.iter()
-            .map(|row| insert_update_in(conn, row))
+            .map(|row| {
+                let row_id: i64 = diesel::insert_into(updates::table)
+                    .values(row)
+                    .returning(updates::id)
+                    .get_result(conn)?;
+                Ok(InsertOutcome::Inserted { row_id })
+            })
             .collect::<Result<Vec<_>, DbError>>()
     });
     match all {
@@ -917,12 +926,31 @@ mod tests {
             insert_update(&mut conn, &u).unwrap(),
             InsertOutcome::Duplicate { .. }
         ));
+        // A batch with a duplicate of an earlier row and one within itself:
+        // the others are still inserted, each duplicate is reported as such.
+        let u2 = NewUpdate {
+            update_id: "u2",
+            ..u.clone()
+        };
+        let out = insert_updates(&mut conn, &[u2.clone(), u.clone(), u2.clone()]).unwrap();
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|r| match r {
+                Ok(InsertOutcome::Inserted { .. }) => "inserted",
+                Ok(InsertOutcome::Duplicate { .. }) => "duplicate",
+                Err(_) => "error",
+            })
+            .collect();
+        assert_eq!(kinds, ["inserted", "duplicate", "duplicate"]);
+        let Ok(InsertOutcome::Inserted { row_id: u2_id }) = out[0] else {
+            panic!("u2 inserted")
+        };
         let v1 = NewVersion {
             version: 1,
             parent: Some(0),
             ..v0.clone()
         };
-        commit_version(&mut conn, &v1, &[row_id]).unwrap();
+        commit_version(&mut conn, &v1, &[row_id, u2_id]).unwrap();
         // Applying the same update again aborts the whole version.
         let v2 = NewVersion {
             version: 2,
@@ -932,8 +960,8 @@ mod tests {
         assert!(commit_version(&mut conn, &v2, &[row_id]).is_err());
         assert_eq!(latest_version(&mut conn, "m").unwrap(), Some(1));
         let rows = list_updates(&mut conn, Some("m"), None, None, 10).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].status, "applied");
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.status == "applied"));
         assert_eq!(rows[0].applied_in_version, Some(1));
     }
 }
