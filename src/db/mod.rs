@@ -55,6 +55,36 @@ pub fn connect(path: &Path) -> Result<SqliteConnection, DbError> {
     Ok(conn)
 }
 
+/// Starts the thread that folds the WAL back into the database every 500 ms
+/// (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for the writer or
+/// readers). It runs as long as the process; returns false if it could not
+/// start, and then the writer keeps SQLite's automatic checkpoints.
+pub fn start_checkpointer(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("kernal-checkpoint".into())
+        .spawn(move || {
+            let mut conn = None;
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if conn.is_none() {
+                    conn = connect(&path).ok();
+                }
+                if let Some(c) = conn.as_mut() {
+                    if let Err(e) = c.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                        log::warn!("WAL checkpoint failed: {e}");
+                        conn = None;
+                    }
+                }
+                if !path.exists() {
+                    // The database is gone (a test's temporary directory).
+                    return;
+                }
+            }
+        })
+        .is_ok()
+}
+
 /// Opens the read pool used by REST handlers.
 pub fn pool(path: &Path, size: u32) -> Result<DbPool, DbError> {
     let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());

@@ -21,6 +21,7 @@ pub struct Persister {
     janitor: Option<std::sync::mpsc::Sender<Vec<std::path::PathBuf>>>,
     /// Per model, the newest version whose weights are known pruned.
     pruned: std::collections::HashMap<String, i64>,
+    checkpointer: bool,
 }
 
 impl Persister {
@@ -36,12 +37,27 @@ impl Persister {
             blobs,
             janitor: None,
             pruned: std::collections::HashMap::new(),
+            checkpointer: false,
         }
     }
 
     fn conn(&mut self) -> Result<&mut SqliteConnection, DbError> {
         if self.conn.is_none() {
-            self.conn = Some(db::connect(&self.path)?);
+            let mut c = db::connect(&self.path)?;
+            // The WAL is folded back into the database by a thread of its
+            // own, not by whichever commit crosses the threshold: that commit
+            // would hold every ack behind it for the checkpoint's writes and
+            // fsync.
+            if !self.checkpointer {
+                self.checkpointer = db::start_checkpointer(&self.path);
+            }
+            if self.checkpointer {
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut c,
+                    "PRAGMA wal_autocheckpoint = 0;",
+                )?;
+            }
+            self.conn = Some(c);
         }
         self.conn
             .as_mut()
