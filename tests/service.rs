@@ -227,6 +227,7 @@ async fn metrics_pass_promtool_and_openapi_lists_every_route() {
         "kernal_websocket_sessions_opened_total{kind=\"trainer\"}",
         "kernal_received_bytes_total",
         "kernal_sent_bytes_total",
+        "kernal_update_answer_seconds_count",
     ] {
         assert!(text.contains(m), "{m} missing from:\n{text}");
     }
