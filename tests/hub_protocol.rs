@@ -676,3 +676,87 @@ async fn old_checkpoints_are_pruned_but_versions_stay() {
         assert_eq!(meta["version"], v);
     }
 }
+
+/// Reads one server frame (unmasked) from a raw socket: (opcode, payload).
+async fn raw_frame(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if buf.len() >= 2 {
+            let len7 = (buf[1] & 0x7F) as usize;
+            let (head, len) = match len7 {
+                126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+                127 if buf.len() >= 10 => (
+                    10,
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                ),
+                126 | 127 => (usize::MAX, 0),
+                n => (2, n),
+            };
+            if head != usize::MAX && buf.len() >= head + len {
+                let op = buf[0] & 0x0F;
+                let payload = buf[head..head + len].to_vec();
+                buf.drain(..head + len);
+                return (op, payload);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+            .await
+            .expect("a frame within 20 s")
+            .unwrap();
+        assert!(n > 0, "connection closed before a frame");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_break_rfc6455_are_refused_while_others_keep_working() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = start_hub(|c| c.models.get_mut("digits").unwrap().min_updates = Some(100));
+    let (mut steady, _, _) = Raw::hello(&hub.ws(), "steady", "tok", "digits").await;
+    let layout = digits_layout();
+    let n = layout.num_params();
+    let addr = hub.url().trim_start_matches("http://").to_string();
+    // An unmasked frame, reserved bits, an unknown opcode: each ends its
+    // connection with `bad_frame` and a close frame.
+    for (what, frame) in [
+        ("unmasked", vec![0x81u8, 0x02, b'h', b'i']),
+        ("reserved bits", vec![0xC1, 0x80, 0, 0, 0, 0]),
+        ("unknown opcode", vec![0x83, 0x80, 0, 0, 0, 0]),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET /v1/trainers/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{what}");
+        buf.drain(..end);
+        s.write_all(&frame).await.unwrap();
+        let (op, payload) = raw_frame(&mut s, &mut buf).await;
+        assert_eq!(op, 0x1, "{what}: an error message first");
+        let e: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(e["code"], "bad_frame", "{what}: {e}");
+        assert_eq!(e["fatal"], true);
+        let (op, _) = raw_frame(&mut s, &mut buf).await;
+        assert_eq!(op, 0x8, "{what}: then a close frame");
+    }
+    // The steady trainer was served throughout.
+    steady
+        .send_update("s1", 0, 1, layout.encode(&vec![0.5; n], None).unwrap())
+        .await;
+    assert_eq!(steady.outcome("s1").await["type"], "ack");
+}

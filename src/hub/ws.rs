@@ -20,6 +20,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
 use crate::protocol::ErrorCode;
 
 /// Largest slice of a payload handed to the HTTP dispatcher at once: it copies
@@ -192,19 +195,17 @@ impl Outbox {
     }
 }
 
-fn frame_header(opcode: u8, len: usize) -> BytesMut {
-    let mut h = BytesMut::with_capacity(10);
-    h.put_u8(0x80 | opcode);
-    if len < 126 {
-        h.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        h.put_u8(126);
-        h.put_u16(len as u16);
-    } else {
-        h.put_u8(127);
-        h.put_u64(len as u64);
-    }
-    h
+/// A whole-frame header; `mask` is for client frames (tests, the benchmark).
+pub fn frame_header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let h = FrameHeader {
+        opcode: OpCode::from(opcode),
+        mask,
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(14);
+    // Writing into a Vec cannot fail.
+    let _ = h.format(len as u64, &mut out);
+    out
 }
 
 /// The response body of a WebSocket connection: frames from its [`Outbox`].
@@ -229,13 +230,13 @@ impl OutboxBody {
 
     /// A whole frame, or its header with the payload left in `rest`.
     fn start(&mut self, opcode: u8, payload: Bytes) -> Bytes {
-        let mut h = frame_header(opcode, payload.len());
+        let mut h = frame_header(opcode, payload.len(), None);
         if payload.len() < SMALL_FRAME {
             h.extend_from_slice(&payload);
         } else {
             self.rest = payload;
         }
-        h.freeze()
+        Bytes::from(h)
     }
 }
 
@@ -511,6 +512,46 @@ where
         Some(Incoming::Refused(code, message))
     }
 
+    /// The next frame header and its payload length, consumed from `buf`;
+    /// `Err` names what is wrong with it, `Ok(None)` is the end of the stream.
+    async fn header(&mut self) -> Result<Option<(FrameHeader, u64)>, String> {
+        loop {
+            let mut cursor = std::io::Cursor::new(&self.buf[..]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some(h)) => {
+                    let used = cursor.position() as usize;
+                    self.buf.advance(used);
+                    return Ok(Some(h));
+                }
+                Ok(None) => {
+                    let want = self.buf.len() + 1;
+                    if !self.fill(want).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Reads a payload into `out`; `None` (and the reader done) if the
+    /// connection ended first.
+    async fn payload(&mut self, out: &mut Vec<u8>, len: usize, mask: [u8; 4]) -> Option<()> {
+        if self.payload_into(out, len, mask).await {
+            Some(())
+        } else {
+            self.done = true;
+            None
+        }
+    }
+
+    /// Reads and drops a frame's payload, then refuses it; the connection
+    /// goes on (`bad_json`, as for any malformed message).
+    async fn skip(&mut self, len: usize, mask: [u8; 4], why: &str) -> Option<Incoming> {
+        self.payload(&mut Vec::new(), len, mask).await?;
+        Some(Incoming::Refused(ErrorCode::BadJson, why.to_string()))
+    }
+
     /// The next event, or `None` once the connection has ended. Not
     /// cancel-safe: a frame header is consumed before its payload is read,
     /// so the future must be driven to completion (a stream does that).
@@ -519,59 +560,31 @@ where
             if self.done {
                 return None;
             }
-            if !self.fill(2).await {
-                self.done = true;
-                return None;
-            }
-            let (b0, b1) = (self.buf[0], self.buf[1]);
-            let fin = b0 & 0x80 != 0;
-            let opcode = b0 & 0x0F;
-            let len7 = (b1 & 0x7F) as usize;
-            let ext = match len7 {
-                126 => 2,
-                127 => 8,
-                _ => 0,
+            let (h, len) = match self.header().await {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => return self.fatal(ErrorCode::BadFrame, format!("bad frame header: {e}")),
             };
-            let masked = b1 & 0x80 != 0;
-            let head = 2 + ext + if masked { 4 } else { 0 };
-            if !self.fill(head).await {
-                self.done = true;
-                return None;
-            }
-            let len = match ext {
-                2 => u16::from_be_bytes([self.buf[2], self.buf[3]]) as u64,
-                8 => u64::from_be_bytes([
-                    self.buf[2],
-                    self.buf[3],
-                    self.buf[4],
-                    self.buf[5],
-                    self.buf[6],
-                    self.buf[7],
-                    self.buf[8],
-                    self.buf[9],
-                ]),
-                _ => len7 as u64,
-            };
-            let mut mask = [0u8; 4];
-            if masked {
-                mask.copy_from_slice(&self.buf[2 + ext..head]);
-            }
-            if b0 & 0x70 != 0 {
+            let opcode: u8 = h.opcode.into();
+            if h.rsv1 || h.rsv2 || h.rsv3 {
                 return self.fatal(
-                    ErrorCode::BadJson,
+                    ErrorCode::BadFrame,
                     "frame uses reserved bits no extension was agreed for".into(),
                 );
             }
-            if !masked {
+            let Some(mask) = h.mask else {
                 return self.fatal(
-                    ErrorCode::BadJson,
+                    ErrorCode::BadFrame,
                     "client frames must be masked (RFC 6455 section 5.1)".into(),
                 );
-            }
+            };
             let control = opcode & 0x08 != 0;
-            if control && (!fin || len > 125) {
+            if control && (!h.is_final || len > 125) {
                 return self.fatal(
-                    ErrorCode::BadJson,
+                    ErrorCode::BadFrame,
                     "control frames must be whole and at most 125 bytes".into(),
                 );
             }
@@ -584,14 +597,10 @@ where
                 );
             }
             let len = len as usize;
-            self.buf.advance(head);
             match opcode {
                 OP_PING | OP_PONG | OP_CLOSE => {
                     let mut p = Vec::with_capacity(len);
-                    if !self.payload_into(&mut p, len, mask).await {
-                        self.done = true;
-                        return None;
-                    }
+                    self.payload(&mut p, len, mask).await?;
                     return Some(match opcode {
                         OP_PING => Incoming::Ping(Bytes::from(p)),
                         OP_PONG => Incoming::Pong,
@@ -602,17 +611,15 @@ where
                     });
                 }
                 OP_TEXT | OP_BINARY if self.partial.is_some() => {
-                    // Skip this frame; the half-assembled message is dropped.
+                    // The half-assembled message is dropped with this frame.
                     self.partial = None;
-                    let mut sink = Vec::new();
-                    if !self.payload_into(&mut sink, len, mask).await {
-                        self.done = true;
-                        return None;
-                    }
-                    return Some(Incoming::Refused(
-                        ErrorCode::BadJson,
-                        "a new message started before the previous fragmented one ended".into(),
-                    ));
+                    return self
+                        .skip(
+                            len,
+                            mask,
+                            "a new message started before the previous fragmented one ended",
+                        )
+                        .await;
                 }
                 OP_TEXT | OP_BINARY => {
                     let permit = if len >= BUDGET_MIN {
@@ -625,13 +632,10 @@ where
                         None
                     };
                     let mut data = Vec::new();
-                    if !self.payload_into(&mut data, len, mask).await {
-                        self.done = true;
-                        return None;
-                    }
+                    self.payload(&mut data, len, mask).await?;
                     let text = opcode == OP_TEXT;
                     let permits: Vec<_> = permit.into_iter().collect();
-                    if fin {
+                    if h.is_final {
                         return Some(whole(text, data, permits));
                     }
                     self.partial = Some(Assembling {
@@ -643,15 +647,13 @@ where
                 }
                 OP_CONT => {
                     let Some(mut p) = self.partial.take() else {
-                        let mut sink = Vec::new();
-                        if !self.payload_into(&mut sink, len, mask).await {
-                            self.done = true;
-                            return None;
-                        }
-                        return Some(Incoming::Refused(
-                            ErrorCode::BadJson,
-                            "a continuation frame arrived with no message started".into(),
-                        ));
+                        return self
+                            .skip(
+                                len,
+                                mask,
+                                "a continuation frame arrived with no message started",
+                            )
+                            .await;
                     };
                     p.fragments += 1;
                     if p.fragments > self.max_fragments {
@@ -664,18 +666,15 @@ where
                     if len >= BUDGET_MIN {
                         p.permits.extend(self.budget.try_acquire(len));
                     }
-                    if !self.payload_into(&mut p.data, len, mask).await {
-                        self.done = true;
-                        return None;
-                    }
-                    if fin {
+                    self.payload(&mut p.data, len, mask).await?;
+                    if h.is_final {
                         return Some(whole(p.text, p.data, p.permits));
                     }
                     self.partial = Some(p);
                 }
                 other => {
                     return self.fatal(
-                        ErrorCode::BadJson,
+                        ErrorCode::BadFrame,
                         format!("unknown WebSocket opcode {other:#x}"),
                     );
                 }
@@ -705,19 +704,10 @@ mod tests {
     use super::*;
 
     fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.push(if fin { 0x80 } else { 0 } | opcode);
-        let len = payload.len();
-        if len < 126 {
-            f.push(0x80 | len as u8);
-        } else if len <= 65535 {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(len as u64).to_be_bytes());
+        let mut f = frame_header(opcode, payload.len(), Some(mask));
+        if !fin {
+            f[0] &= 0x7F;
         }
-        f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         f
     }
@@ -828,7 +818,10 @@ mod tests {
         // Unmasked client frame.
         let mut r = reader(vec![0x82, 0x01, 0xFF], 3, &budget);
         run(async {
-            assert!(matches!(r.next().await, Some(Incoming::Refused(_, _))));
+            assert!(matches!(
+                r.next().await,
+                Some(Incoming::Refused(ErrorCode::BadFrame, _))
+            ));
             assert!(r.next().await.is_none());
         });
         // A stray continuation is refused but the connection reads on.

@@ -41,6 +41,9 @@ pub enum ErrorCode {
     StaleUpdate,
     MessageTooLarge,
     TooManyFragments,
+    /// A WebSocket frame that breaks RFC 6455 (unmasked, reserved bits or
+    /// opcode, bad control frame, a continuation with nothing to continue).
+    BadFrame,
     TooManyHandshakes,
     Replaced,
     ShuttingDown,
@@ -83,6 +86,7 @@ impl ErrorCode {
             StaleUpdate => "stale_update",
             MessageTooLarge => "message_too_large",
             TooManyFragments => "too_many_fragments",
+            BadFrame => "bad_frame",
             TooManyHandshakes => "too_many_handshakes",
             Replaced => "replaced",
             ShuttingDown => "shutting_down",
@@ -112,6 +116,7 @@ impl ErrorCode {
                 | UnknownModel
                 | MessageTooLarge
                 | TooManyFragments
+                | BadFrame
                 | TooManyHandshakes
                 | Replaced
                 | ShuttingDown
