@@ -13,9 +13,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use crate::aggregation::Strategy;
 use crate::hub::child::ChildHub;
+use crate::hub::ws::frame_header;
 use crate::protocol::ModelLayout;
 use crate::trainer::client;
 
@@ -125,18 +127,7 @@ impl Wire {
     }
 
     fn header(&self, opcode: u8, len: usize) -> Vec<u8> {
-        let mut h = vec![0x80 | opcode];
-        if len < 126 {
-            h.push(0x80 | len as u8);
-        } else if len <= u16::MAX as usize {
-            h.push(0x80 | 126);
-            h.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            h.push(0x80 | 127);
-            h.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        h.extend_from_slice(&self.mask);
-        h
+        frame_header(opcode, len, Some(self.mask))
     }
 
     /// A whole masked frame for a small payload.
@@ -263,29 +254,22 @@ impl FrameIn {
     }
 
     async fn next(&mut self) -> Result<Option<In>, BenchError> {
-        if !self.need(2).await? {
-            return Ok(None);
-        }
-        let opcode = self.buf[0] & 0x0F;
-        let len7 = (self.buf[1] & 0x7F) as usize;
-        let ext = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        if !self.need(2 + ext).await? {
-            return Ok(None);
-        }
-        let len = match ext {
-            2 => u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize,
-            8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.buf[2..10]);
-                u64::from_be_bytes(b) as usize
+        let (opcode, len) = loop {
+            let mut cursor = std::io::Cursor::new(&self.buf[..]);
+            match FrameHeader::parse(&mut cursor).map_err(err)? {
+                Some((h, len)) => {
+                    let used = cursor.position() as usize;
+                    self.buf.drain(..used);
+                    break (u8::from(h.opcode), len as usize);
+                }
+                None => {
+                    let want = self.buf.len() + 1;
+                    if !self.need(want).await? {
+                        return Ok(None);
+                    }
+                }
             }
-            _ => len7,
         };
-        self.buf.drain(..2 + ext);
         if opcode == 0x2 {
             // Discard the weights without keeping them.
             let have = self.buf.len().min(len);
@@ -478,14 +462,16 @@ async fn trainer(
 /// (unix seconds, received bytes, sent bytes) from the hub's counters.
 type Sample = (f64, f64, f64);
 
-/// Reads the hub's byte counters every 100 ms until told to stop.
+/// Reads the hub's byte counters every 100 ms, and once more when told to
+/// stop, so the samples bracket the whole run.
 async fn sample_traffic(
     http: reqwest::Client,
     url: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<Sample> {
     let mut out = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
         if let Ok(r) = http.get(&url).send().await {
             if let Ok(text) = r.text().await {
                 let counter = |name: &str| {
@@ -504,20 +490,20 @@ async fn sample_traffic(
                 }
             }
         }
+        if stopping {
+            return out;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    out
 }
 
-/// Bytes per second in and out between the samples nearest `t0` and `t1`.
+/// Bytes per second in and out between the last sample at or before `t0`
+/// and the first at or after `t1` (for a run shorter than the sampling
+/// interval this takes in a little of what came before and after).
 fn traffic_rates(samples: &[Sample], t0: f64, t1: f64) -> (f64, f64) {
-    let near = |t: f64| {
-        samples
-            .iter()
-            .min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
-            .copied()
-    };
-    match (near(t0), near(t1)) {
+    let a = samples.iter().rev().find(|s| s.0 <= t0).or(samples.first());
+    let b = samples.iter().find(|s| s.0 >= t1).or(samples.last());
+    match (a, b) {
         (Some(a), Some(b)) if b.0 > a.0 => ((b.1 - a.1) / (b.0 - a.0), (b.2 - a.2) / (b.0 - a.0)),
         _ => (0.0, 0.0),
     }
