@@ -227,6 +227,17 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub const MAX_EVENTS_PER_FLUSH: usize = 50;
 const RECENT: usize = 200;
 
+/// The `# HELP` and `# TYPE` lines of one metric family.
+fn family(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}");
+    let _ = writeln!(w, "# TYPE {name} {kind}");
+}
+
+/// One sample of a per-model metric.
+fn per_model(w: &mut String, name: &str, model: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(w, "{name}{{model=\"{}\"}} {value}", esc(model));
+}
+
 impl Default for MetricsAggregator {
     fn default() -> Self {
         MetricsAggregator {
@@ -463,87 +474,75 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
     fn handle(&mut self, _: RenderPrometheus, _: &mut Self::Context) -> String {
         let mut o = String::new();
         let w = &mut o;
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_up Whether the hub is serving (always 1 when scraped)."
+            "kernal_up",
+            "gauge",
+            "Whether the hub is serving (always 1 when scraped).",
         );
-        let _ = writeln!(w, "# TYPE kernal_up gauge");
         let _ = writeln!(w, "kernal_up 1");
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_uptime_seconds Seconds since the hub started."
+            "kernal_uptime_seconds",
+            "gauge",
+            "Seconds since the hub started.",
         );
-        let _ = writeln!(w, "# TYPE kernal_uptime_seconds gauge");
         let _ = writeln!(
             w,
             "kernal_uptime_seconds {}",
             self.started.elapsed().as_secs_f64()
         );
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_connected_trainers Trainers connected, by model."
+            "kernal_connected_trainers",
+            "gauge",
+            "Trainers connected, by model.",
         );
-        let _ = writeln!(w, "# TYPE kernal_connected_trainers gauge");
         for g in self.gauges.values() {
-            let _ = writeln!(
-                w,
-                "kernal_connected_trainers{{model=\"{}\"}} {}",
-                esc(&g.model),
-                g.connected
-            );
+            per_model(w, "kernal_connected_trainers", &g.model, g.connected);
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_model_version Current global version, by model."
+            "kernal_model_version",
+            "gauge",
+            "Current global version, by model.",
         );
-        let _ = writeln!(w, "# TYPE kernal_model_version gauge");
         for g in self.gauges.values() {
-            let _ = writeln!(
-                w,
-                "kernal_model_version{{model=\"{}\"}} {}",
-                esc(&g.model),
-                g.version
-            );
+            per_model(w, "kernal_model_version", &g.model, g.version);
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_buffered_updates Accepted updates waiting to be aggregated, by model."
+            "kernal_buffered_updates",
+            "gauge",
+            "Accepted updates waiting to be aggregated, by model.",
         );
-        let _ = writeln!(w, "# TYPE kernal_buffered_updates gauge");
         for g in self.gauges.values() {
-            let _ = writeln!(
-                w,
-                "kernal_buffered_updates{{model=\"{}\"}} {}",
-                esc(&g.model),
-                g.buffered
-            );
+            per_model(w, "kernal_buffered_updates", &g.model, g.buffered);
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_updates_received_total Updates received, by model."
+            "kernal_updates_received_total",
+            "counter",
+            "Updates received, by model.",
         );
-        let _ = writeln!(w, "# TYPE kernal_updates_received_total counter");
         for (m, n) in &self.received {
-            let _ = writeln!(
-                w,
-                "kernal_updates_received_total{{model=\"{}\"}} {n}",
-                esc(m)
-            );
+            per_model(w, "kernal_updates_received_total", m, n);
         }
-        let _ = writeln!(w, "# HELP kernal_updates_acknowledged_total Updates made durable and acknowledged, by model.");
-        let _ = writeln!(w, "# TYPE kernal_updates_acknowledged_total counter");
-        for (m, n) in &self.accepted {
-            let _ = writeln!(
-                w,
-                "kernal_updates_acknowledged_total{{model=\"{}\"}} {n}",
-                esc(m)
-            );
-        }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_updates_refused_total Updates refused, by model and error code."
+            "kernal_updates_acknowledged_total",
+            "counter",
+            "Updates made durable and acknowledged, by model.",
         );
-        let _ = writeln!(w, "# TYPE kernal_updates_refused_total counter");
+        for (m, n) in &self.accepted {
+            per_model(w, "kernal_updates_acknowledged_total", m, n);
+        }
+        family(
+            w,
+            "kernal_updates_refused_total",
+            "counter",
+            "Updates refused, by model and error code.",
+        );
         for ((m, c), n) in &self.refused {
             let _ = writeln!(
                 w,
@@ -552,17 +551,19 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
                 esc(c)
             );
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_versions_committed_total Global versions committed since start."
+            "kernal_versions_committed_total",
+            "counter",
+            "Global versions committed since start.",
         );
-        let _ = writeln!(w, "# TYPE kernal_versions_committed_total counter");
         let _ = writeln!(w, "kernal_versions_committed_total {}", self.versions);
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_aggregation_duration_seconds Time to fold a buffer into a new version."
+            "kernal_aggregation_duration_seconds",
+            "histogram",
+            "Time to fold a buffer into a new version.",
         );
-        let _ = writeln!(w, "# TYPE kernal_aggregation_duration_seconds histogram");
         for (m, h) in &self.agg_hist {
             h.render(
                 w,
@@ -570,35 +571,36 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
                 &format!("model=\"{}\"", esc(m)),
             );
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_received_bytes_total Update payload bytes received."
+            "kernal_received_bytes_total",
+            "counter",
+            "Update payload bytes received.",
         );
-        let _ = writeln!(w, "# TYPE kernal_received_bytes_total counter");
         let _ = writeln!(w, "kernal_received_bytes_total {}", self.bytes_in);
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_sent_bytes_total Model payload bytes sent to trainers."
+            "kernal_sent_bytes_total",
+            "counter",
+            "Model payload bytes sent to trainers.",
         );
-        let _ = writeln!(w, "# TYPE kernal_sent_bytes_total counter");
         let _ = writeln!(
             w,
             "kernal_sent_bytes_total {}",
             self.bytes_out.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_persister_queue_depth Writes sent to the persister and not yet done."
+            "kernal_persister_queue_depth",
+            "gauge",
+            "Writes sent to the persister and not yet done.",
         );
-        let _ = writeln!(w, "# TYPE kernal_persister_queue_depth gauge");
         let _ = writeln!(w, "kernal_persister_queue_depth {}", self.persister_queue);
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_persister_commit_duration_seconds Time of one persister write, by kind."
-        );
-        let _ = writeln!(
-            w,
-            "# TYPE kernal_persister_commit_duration_seconds histogram"
+            "kernal_persister_commit_duration_seconds",
+            "histogram",
+            "Time of one persister write, by kind.",
         );
         for (k, h) in &self.persist_hist {
             h.render(
@@ -607,29 +609,32 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
                 &format!("kind=\"{k}\""),
             );
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_update_answer_seconds From an update's last byte received to its ack or error queued."
+            "kernal_update_answer_seconds",
+            "histogram",
+            "From an update's last byte received to its ack or error queued.",
         );
-        let _ = writeln!(w, "# TYPE kernal_update_answer_seconds histogram");
         self.answer_hist
             .render(w, "kernal_update_answer_seconds", "");
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_websocket_sessions_opened_total WebSocket sessions opened, by kind."
+            "kernal_websocket_sessions_opened_total",
+            "counter",
+            "WebSocket sessions opened, by kind.",
         );
-        let _ = writeln!(w, "# TYPE kernal_websocket_sessions_opened_total counter");
         for (k, n) in &self.ws_opened {
             let _ = writeln!(
                 w,
                 "kernal_websocket_sessions_opened_total{{kind=\"{k}\"}} {n}"
             );
         }
-        let _ = writeln!(
+        family(
             w,
-            "# HELP kernal_websocket_sessions_closed_total WebSocket sessions closed, by kind."
+            "kernal_websocket_sessions_closed_total",
+            "counter",
+            "WebSocket sessions closed, by kind.",
         );
-        let _ = writeln!(w, "# TYPE kernal_websocket_sessions_closed_total counter");
         for (k, n) in &self.ws_closed {
             let _ = writeln!(
                 w,
