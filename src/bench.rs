@@ -21,17 +21,37 @@ use crate::hub::ws::frame_header;
 use crate::protocol::ModelLayout;
 use crate::trainer::client;
 
-#[derive(Debug, Clone)]
+/// `kernal bench` options (the CLI parses straight into this).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// Use this running hub instead of starting one (needs --admin-token).
+    #[arg(long)]
     pub hub: Option<String>,
+    #[arg(long, env = "KERNAL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Parameters of the flat float32 model.
+    #[arg(long)]
     pub params: usize,
+    /// Synthetic trainers.
+    #[arg(long)]
     pub trainers: usize,
+    /// Versions measured (after the warm-up).
+    #[arg(long)]
     pub versions: u64,
+    /// Versions run before measuring.
+    #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// Updates per version (default: every trainer).
+    #[arg(long)]
     pub min_updates: Option<usize>,
+    /// fedavg, fedavgm, fedadam, median or trimmed_mean.
+    #[arg(long, default_value = "fedavg", value_parser = crate::config::by_name::<Strategy>)]
     pub strategy: Strategy,
+    /// Send float16 deltas.
+    #[arg(long = "f16")]
     pub half: bool,
+    /// One JSON object instead of the table.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -59,44 +59,14 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Send deltas as f16 or bf16 (halves the bytes).
-        #[arg(long, value_parser = by_name::<Compression>, default_value = "none")]
+        #[arg(long, value_parser = kernal::config::by_name::<Compression>, default_value = "none")]
         compress: Compression,
         /// Config file (for the `[specialties]` table).
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Load benchmark: N synthetic trainers against a hub, R versions.
-    Bench {
-        /// Use this running hub instead of starting one (needs --admin-token).
-        #[arg(long)]
-        hub: Option<String>,
-        #[arg(long, env = "KERNAL_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// Parameters of the flat float32 model.
-        #[arg(long)]
-        params: usize,
-        /// Synthetic trainers.
-        #[arg(long)]
-        trainers: usize,
-        /// Versions measured (after the warm-up).
-        #[arg(long)]
-        versions: u64,
-        /// Versions run before measuring.
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
-        /// Updates per version (default: every trainer).
-        #[arg(long)]
-        min_updates: Option<usize>,
-        /// fedavg, fedavgm, fedadam, median or trimmed_mean.
-        #[arg(long, default_value = "fedavg", value_parser = by_name::<kernal::aggregation::Strategy>)]
-        strategy: kernal::aggregation::Strategy,
-        /// Send float16 deltas.
-        #[arg(long)]
-        f16: bool,
-        /// One JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(kernal::bench::BenchArgs),
     /// Run a multi-trainer scenario (config/scenarios/NAME.toml) and check its pass criteria.
     Harness {
         /// Scenario name (or a path to a .toml file).
@@ -123,12 +93,6 @@ enum Command {
     },
 }
 
-/// Parses a CLI value by the same snake_case names the config and scenario
-/// files use, so there is one list of names (the serde one).
-fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
-}
-
 fn init_logging(level: &str) {
     kernal::logging::init(level);
 }
@@ -136,35 +100,12 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench {
-            hub,
-            admin_token,
-            params,
-            trainers,
-            versions,
-            warmup,
-            min_updates,
-            strategy,
-            f16,
-            json,
-        } => {
+        Command::Bench(args) => {
             init_logging("warn");
-            if params == 0 || trainers == 0 || versions == 0 {
+            if args.params == 0 || args.trainers == 0 || args.versions == 0 {
                 eprintln!("kernal bench: --params, --trainers and --versions must be at least 1");
                 return ExitCode::from(2);
             }
-            let args = kernal::bench::BenchArgs {
-                hub,
-                admin_token,
-                params,
-                trainers,
-                versions,
-                warmup,
-                min_updates,
-                strategy,
-                half: f16,
-                json,
-            };
             ExitCode::from(kernal::bench::run_cli(args) as u8)
         }
         Command::Harness {
