@@ -133,6 +133,19 @@ fn list_and_bad_files_and_failed_criteria() {
     );
 }
 
+/// `kernal harness multi_spec --hub URL`, off the async executor.
+async fn multi_spec_against(url: &str, cwd: &std::path::Path) -> (i32, String, String) {
+    let (u, d) = (url.to_string(), cwd.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        harness(
+            &["multi_spec", "--quiet", "--hub", &u, "--admin-token", ADMIN],
+            &d,
+        )
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_against_a_running_hub_are_recorded_and_checked_for_regressions() {
     // A short round timeout: the harness waits for updates left over from
@@ -140,23 +153,7 @@ async fn runs_against_a_running_hub_are_recorded_and_checked_for_regressions() {
     let hub = start_hub(|c| c.models.get_mut("digits").unwrap().round_timeout_secs = Some(2.0));
     let url = hub.url();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let u2 = url.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        harness(
-            &[
-                "multi_spec",
-                "--quiet",
-                "--hub",
-                &u2,
-                "--admin-token",
-                ADMIN,
-            ],
-            &d,
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = multi_spec_against(&url, dir.path()).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("regression check skipped"), "{out}");
     let runs = get_json(&format!("{url}/v1/harness/runs")).await;
@@ -166,23 +163,7 @@ async fn runs_against_a_running_hub_are_recorded_and_checked_for_regressions() {
     assert_eq!(list[0]["passed"], true);
     // A second run on the same hub continues from the trained model and is
     // compared with the first.
-    let d = dir.path().to_path_buf();
-    let u2 = url.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        harness(
-            &[
-                "multi_spec",
-                "--quiet",
-                "--hub",
-                &u2,
-                "--admin-token",
-                ADMIN,
-            ],
-            &d,
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = multi_spec_against(&url, dir.path()).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("[ ok ] regression"), "{out}");
     let id = get_json(&format!("{url}/v1/harness/runs")).await["runs"][0]["id"]
