@@ -189,26 +189,13 @@ async fn metrics_pass_promtool_and_openapi_lists_every_route() {
     let hub = start_hub(|c| c.models.get_mut("digits").unwrap().min_updates = Some(1));
     let (mut t, _, _) = Raw::hello(&hub.ws(), "m1", "tok", "digits").await;
     let layout = digits_layout();
-    t.send_update(
-        "a",
-        0,
-        3,
-        layout
-            .encode(&vec![0.0; layout.num_params()], None)
-            .unwrap(),
-    )
-    .await;
+    let zeros = layout
+        .encode(&vec![0.0; layout.num_params()], None)
+        .unwrap();
+    t.send_update("a", 0, 3, zeros.clone()).await;
     assert_eq!(t.outcome("a").await["type"], "ack");
     t.wait_version(1).await;
-    t.send_update(
-        "b",
-        0,
-        0,
-        layout
-            .encode(&vec![0.0; layout.num_params()], None)
-            .unwrap(),
-    )
-    .await;
+    t.send_update("b", 0, 0, zeros).await;
     assert_eq!(t.outcome("b").await["code"], "bad_num_examples");
     let text = reqwest::get(format!("{}/metrics", hub.url()))
         .await
