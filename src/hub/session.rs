@@ -596,15 +596,15 @@ impl TrainerSession {
             // its own, so writing many at once proceeds in parallel and the
             // one SQLite writer only records the name.
             if blobs.wants(sub.payload.len()) {
-                // A few writers at a time: hundreds of threads writing into
-                // one directory at once spend their time on its lock.
-                let _writing = BLOB_WRITES.acquire().await;
                 let (b, p) = (blobs.clone(), sub.payload.clone());
                 let written = if p.len() <= INLINE_BLOB_WRITE {
                     // A page-cache write this small costs less than handing
                     // it to another thread and back.
                     b.put(&p).map_err(|e| e.to_string())
                 } else {
+                    // A few at a time: hundreds of threads writing into one
+                    // directory at once spend their time on its lock.
+                    let _writing = BLOB_WRITES.acquire().await;
                     actix_web::rt::task::spawn_blocking(move || b.put(&p))
                         .await
                         .map_err(|e| e.to_string())
