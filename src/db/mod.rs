@@ -5,6 +5,7 @@
 pub mod schema;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,10 +30,12 @@ pub type DbPool = Pool<ConnectionManager<SqliteConnection>>;
 /// instead of temporary files; and the WAL is folded back into the database
 /// every 16384 pages instead of 1000, so the few pages every commit touches
 /// (the ledger's tail and indexes) are copied back once, not every second.
+/// A WAL that a burst grew is cut back to 64 MiB when it starts over.
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
                        PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
                        PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY; \
-                       PRAGMA wal_autocheckpoint = 16384;";
+                       PRAGMA wal_autocheckpoint = 16384; \
+                       PRAGMA journal_size_limit = 67108864;";
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -57,10 +60,19 @@ pub fn connect(path: &Path) -> Result<SqliteConnection, DbError> {
 
 /// Starts the thread that folds the WAL back into the database every 500 ms
 /// (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for the writer or
-/// readers). It runs as long as the process; returns false if it could not
+/// readers). It runs as long as the process; returns None if it could not
 /// start, and then the writer keeps SQLite's automatic checkpoints.
-pub fn start_checkpointer(path: &Path) -> bool {
+///
+/// The flag it returns is raised after each pass that copied a sizeable WAL:
+/// a busy writer is nearly always inside a transaction when the pass ends,
+/// so the pass never reaches the WAL's end, SQLite never starts the WAL over
+/// and it grows without bound (gigabytes in a minute of a thousand
+/// trainers), making every page lookup and write slower. The writer answers
+/// the flag with [`wal_catch_up`] between two of its transactions.
+pub fn start_checkpointer(path: &Path) -> Option<Arc<AtomicBool>> {
     let path = path.to_path_buf();
+    let due = Arc::new(AtomicBool::new(false));
+    let flag = due.clone();
     std::thread::Builder::new()
         .name("kernal-checkpoint".into())
         .spawn(move || {
@@ -71,9 +83,15 @@ pub fn start_checkpointer(path: &Path) -> bool {
                     conn = connect(&path).ok();
                 }
                 if let Some(c) = conn.as_mut() {
-                    if let Err(e) = c.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
-                        log::warn!("WAL checkpoint failed: {e}");
-                        conn = None;
+                    match wal_checkpoint(c) {
+                        Ok(frames) if frames >= WAL_RESTART_FRAMES => {
+                            flag.store(true, Ordering::Release)
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::warn!("WAL checkpoint failed: {e}");
+                            conn = None;
+                        }
                     }
                 }
                 if !path.exists() {
@@ -82,7 +100,31 @@ pub fn start_checkpointer(path: &Path) -> bool {
                 }
             }
         })
-        .is_ok()
+        .ok()
+        .map(|_| due)
+}
+
+/// A WAL this long (4096 frames, about 16 MiB) is worth starting over.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
+#[derive(QueryableByName)]
+struct CheckpointRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    log: i64,
+}
+
+/// A passive checkpoint; returns the WAL's length in frames.
+fn wal_checkpoint(conn: &mut SqliteConnection) -> Result<i64, DbError> {
+    let rows: Vec<CheckpointRow> =
+        diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").load(conn)?;
+    Ok(rows.first().map(|r| r.log).unwrap_or(0))
+}
+
+/// Run by the writer between transactions after the checkpoint thread's
+/// pass: only the frames committed since that pass are left to copy, and
+/// with none left the writer's next transaction starts the WAL over.
+pub fn wal_catch_up(conn: &mut SqliteConnection) -> Result<(), DbError> {
+    wal_checkpoint(conn).map(|_| ())
 }
 
 /// Opens the read pool used by REST handlers.
@@ -304,7 +346,7 @@ fn insert_update_in(
             .filter(updates::model.eq(row.model))
             .filter(updates::trainer.eq(row.trainer))
             .filter(updates::update_id.eq(row.update_id))
-            .filter(updates::status.ne("refused"))
+            .filter(updates::refusal_code.is_null())
             .select((updates::status, updates::staleness, updates::base_version))
             .first(conn)
             .optional()?;
@@ -710,8 +752,6 @@ impl BlobStore {
     /// of the process (the page cache survives `kill -9`), like SQLite's WAL
     /// with `synchronous=NORMAL`.
     pub fn put(&self, bytes: &[u8]) -> Result<String, DbError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| DbError::Corrupt(format!("{}: {e}", self.dir.display())))?;
         if let Some((spare, size)) = self.take_spare(bytes.len() as u64) {
             match self.reuse(&spare, size, bytes) {
                 Ok(()) => return Ok(spare),
@@ -722,8 +762,18 @@ impl BlobStore {
             }
         }
         let name = format!("{}.safetensors", uuid::Uuid::new_v4().simple());
-        std::fs::write(self.dir.join(&name), bytes)
-            .map_err(|e| DbError::Corrupt(format!("{name}: {e}")))?;
+        let path = self.dir.join(&name);
+        let written = match std::fs::write(&path, bytes) {
+            // The directory is made by the first blob (not on every write:
+            // at ten thousand small updates a second the `mkdir` shows).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| DbError::Corrupt(format!("{}: {e}", self.dir.display())))?;
+                std::fs::write(&path, bytes)
+            }
+            r => r,
+        };
+        written.map_err(|e| DbError::Corrupt(format!("{name}: {e}")))?;
         Ok(name)
     }
 
@@ -993,5 +1043,64 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert!(rows.iter().all(|r| r.status == "applied"));
         assert_eq!(rows[0].applied_in_version, Some(1));
+        // Still a duplicate once applied (the index no longer follows the
+        // status), and a refused id does not block accepting it later.
+        match insert_update(&mut conn, &u).unwrap() {
+            InsertOutcome::Duplicate { status, .. } => assert_eq!(status, "applied"),
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
+        let refused = NewUpdate {
+            update_id: "u3",
+            status: "refused",
+            refusal_code: Some("stale_update"),
+            refusal_message: Some("too old"),
+            payload: None,
+            ..u.clone()
+        };
+        insert_refused(&mut conn, &refused).unwrap();
+        insert_refused(&mut conn, &refused).unwrap();
+        let u3 = NewUpdate {
+            update_id: "u3",
+            ..u.clone()
+        };
+        assert!(matches!(
+            insert_update(&mut conn, &u3).unwrap(),
+            InsertOutcome::Inserted { .. }
+        ));
+    }
+
+    /// Under a writer that never pauses, the checkpoint thread alone never
+    /// reaches the WAL's end; with the writer's catch-up the WAL starts over.
+    #[test]
+    fn wal_starts_over_under_a_busy_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let mut conn = connect(&path).unwrap();
+        conn.batch_execute("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x BLOB NOT NULL);")
+            .unwrap();
+        let due = start_checkpointer(&path).expect("checkpoint thread");
+        let write = |conn: &mut SqliteConnection| {
+            conn.immediate_transaction(|c| {
+                diesel::sql_query("INSERT INTO t (x) VALUES (zeroblob(65536))")
+                    .execute(c)
+                    .map(|_| ())
+            })
+            .unwrap()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !due.swap(false, Ordering::AcqRel) {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint pass");
+            write(&mut conn);
+        }
+        let before = wal_checkpoint(&mut conn).unwrap();
+        assert!(before >= WAL_RESTART_FRAMES, "{before} frames");
+        // The next transaction starts the WAL over, unless the checkpoint
+        // thread's own pass happens to hold it at that instant; then the
+        // next one does.
+        let restarted = (0..20).any(|_| {
+            write(&mut conn);
+            wal_checkpoint(&mut conn).unwrap() < before
+        });
+        assert!(restarted, "the WAL never started over from {before} frames");
     }
 }

@@ -3,6 +3,8 @@
 //! order they are sent, which is what makes `Flush` a barrier.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -21,7 +23,10 @@ pub struct Persister {
     janitor: Option<std::sync::mpsc::Sender<Vec<std::path::PathBuf>>>,
     /// Per model, the newest version whose weights are known pruned.
     pruned: std::collections::HashMap<String, i64>,
-    checkpointer: bool,
+    /// Raised by the checkpoint thread when the writer should finish its
+    /// pass (see `db::start_checkpointer`); None without that thread.
+    checkpointer: Option<Arc<AtomicBool>>,
+    started_checkpointer: bool,
 }
 
 impl Persister {
@@ -37,7 +42,8 @@ impl Persister {
             blobs,
             janitor: None,
             pruned: std::collections::HashMap::new(),
-            checkpointer: false,
+            checkpointer: None,
+            started_checkpointer: false,
         }
     }
 
@@ -48,10 +54,11 @@ impl Persister {
             // own, not by whichever commit crosses the threshold: that commit
             // would hold every ack behind it for the checkpoint's writes and
             // fsync.
-            if !self.checkpointer {
+            if !self.started_checkpointer {
+                self.started_checkpointer = true;
                 self.checkpointer = db::start_checkpointer(&self.path);
             }
-            if self.checkpointer {
+            if self.checkpointer.is_some() {
                 diesel::connection::SimpleConnection::batch_execute(
                     &mut c,
                     "PRAGMA wal_autocheckpoint = 0;",
@@ -78,13 +85,30 @@ impl Persister {
             // Reconnect next time: the connection may be what failed.
             self.conn = None;
         }
+        self.report(what, start);
+        let due = self
+            .checkpointer
+            .as_ref()
+            .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+        if due {
+            if let Some(c) = self.conn.as_mut() {
+                let start = Instant::now();
+                if let Err(e) = db::wal_catch_up(c) {
+                    log::warn!("WAL checkpoint failed: {e}");
+                }
+                self.report("checkpoint", start);
+            }
+        }
+        r
+    }
+
+    fn report(&self, what: &'static str, start: Instant) {
         if let Some(m) = &self.metrics {
             m.do_send(PersisterTiming {
                 what,
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
-        r
     }
 }
 
