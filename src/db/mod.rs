@@ -321,20 +321,82 @@ pub fn insert_updates(
     // it is rare (a resend after a reconnect), so the batch does not look
     // for one first, and the per-row path below sorts it out.
     let all = conn.immediate_transaction(|conn| {
-        rows.iter()
-            .map(|row| {
-                let row_id: i64 = diesel::insert_into(updates::table)
-                    .values(row)
-                    .returning(updates::id)
-                    .get_result(conn)?;
-                Ok(InsertOutcome::Inserted { row_id })
-            })
-            .collect::<Result<Vec<_>, DbError>>()
+        let mut ids = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            ids.extend(insert_chunk(conn, chunk)?);
+        }
+        Ok::<_, DbError>(ids)
     });
     match all {
-        Ok(outcomes) => Ok(outcomes.into_iter().map(Ok).collect()),
+        Ok(ids) => Ok(ids
+            .into_iter()
+            .map(|row_id| Ok(InsertOutcome::Inserted { row_id }))
+            .collect()),
         Err(_) => Ok(rows.iter().map(|row| insert_update(conn, row)).collect()),
     }
+}
+
+/// Rows per INSERT statement of a batch. One statement of many rows costs a
+/// fraction of as many single-row statements (each has its own statement
+/// lookup, binding and VDBE run: two thirds of the writer's time per update
+/// at a thousand trainers); full chunks share one cached statement.
+const INSERT_CHUNK: usize = 32;
+
+#[derive(QueryableByName)]
+struct LastId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// Inserts `rows` with one statement and returns their ids in order: the
+/// writer holds the database's write lock and the ids are AUTOINCREMENT, so
+/// the rows of one statement get consecutive ids ending at the last one.
+fn insert_chunk(conn: &mut SqliteConnection, rows: &[NewUpdate<'_>]) -> Result<Vec<i64>, DbError> {
+    use diesel::sql_types::{BigInt, Binary, Double, Nullable, Text};
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from(
+        "INSERT INTO updates (update_id, trainer, model, base_version, num_examples, \
+         staleness, loss, bytes, status, refusal_code, refusal_message, received_at, \
+         payload, payload_file) VALUES ",
+    );
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    }
+    let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
+    for r in rows {
+        q = q
+            .bind::<Text, _>(r.update_id)
+            .bind::<Text, _>(r.trainer)
+            .bind::<Text, _>(r.model)
+            .bind::<BigInt, _>(r.base_version)
+            .bind::<BigInt, _>(r.num_examples)
+            .bind::<BigInt, _>(r.staleness)
+            .bind::<Nullable<Double>, _>(r.loss)
+            .bind::<BigInt, _>(r.bytes)
+            .bind::<Text, _>(r.status)
+            .bind::<Nullable<Text>, _>(r.refusal_code)
+            .bind::<Nullable<Text>, _>(r.refusal_message)
+            .bind::<Text, _>(r.received_at.as_str())
+            .bind::<Nullable<Binary>, _>(r.payload)
+            .bind::<Nullable<Text>, _>(r.payload_file);
+    }
+    let n = q.execute(conn)?;
+    if n != rows.len() {
+        return Err(DbError::Corrupt(format!(
+            "inserted {n} of {} update rows",
+            rows.len()
+        )));
+    }
+    let last = diesel::sql_query("SELECT last_insert_rowid() AS id")
+        .get_result::<LastId>(conn)?
+        .id;
+    let first = last - rows.len() as i64 + 1;
+    Ok((first..=last).collect())
 }
 
 fn insert_update_in(
@@ -1059,6 +1121,28 @@ mod tests {
         };
         insert_refused(&mut conn, &refused).unwrap();
         insert_refused(&mut conn, &refused).unwrap();
+        // A batch over several statements: every id names its own row.
+        let ids: Vec<String> = (0..75).map(|i| format!("b{i}")).collect();
+        let batch: Vec<NewUpdate<'_>> = ids
+            .iter()
+            .map(|id| NewUpdate {
+                update_id: id,
+                bytes: id.len() as i64,
+                ..u.clone()
+            })
+            .collect();
+        let out = insert_updates(&mut conn, &batch).unwrap();
+        for (o, id) in out.iter().zip(&ids) {
+            let Ok(InsertOutcome::Inserted { row_id }) = o else {
+                panic!("{id} not inserted: {o:?}")
+            };
+            let stored: String = updates::table
+                .find(row_id)
+                .select(updates::update_id)
+                .first(&mut conn)
+                .unwrap();
+            assert_eq!(&stored, id);
+        }
         let u3 = NewUpdate {
             update_id: "u3",
             ..u.clone()
