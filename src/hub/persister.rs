@@ -117,9 +117,11 @@ impl Persister {
     /// immediate, so the next update can reuse it at once; a file that cannot
     /// be kept goes to a janitor thread to unlink, since dropping a large file
     /// from the page cache costs milliseconds that need not delay a reply.
-    fn discard(&mut self, files: Vec<String>) {
-        let doomed: Vec<std::path::PathBuf> =
-            files.iter().filter_map(|f| self.blobs.retire(f)).collect();
+    fn discard(&mut self, files: Vec<(String, Option<u64>)>) {
+        let doomed: Vec<std::path::PathBuf> = files
+            .iter()
+            .filter_map(|(f, size)| self.blobs.retire(f, *size))
+            .collect();
         if doomed.is_empty() {
             return;
         }
@@ -331,7 +333,7 @@ impl Handler<CommitVersion> for Persister {
             match self.timed("prune", |c| db::prune_weights(c, &m.model, from, upto)) {
                 Ok(files) => {
                     self.pruned.insert(m.model.clone(), upto);
-                    self.discard(files)
+                    self.discard(files.into_iter().map(|f| (f, None)).collect())
                 }
                 // Pruning is housekeeping: the version itself is committed.
                 Err(e) => log::warn!("could not prune old weights of {}: {e}", m.model),
