@@ -46,6 +46,7 @@ pub struct HubConfig {
     pub max_inflight_update_bytes: usize,
     pub keep_weights_versions: u64,
     pub shutdown_timeout_secs: u64,
+    pub http_workers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

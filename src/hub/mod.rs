@@ -108,6 +108,16 @@ pub struct Reloader {
     max_pending: Arc<AtomicUsize>,
 }
 
+/// The connection threads for `hub.http_workers` (0: one per core).
+fn http_workers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
 fn session_limits(cfg: &Config) -> session::SessionLimits {
     session::SessionLimits {
         max_message_bytes: cfg.hub.max_message_bytes,
@@ -222,6 +232,10 @@ impl Reloader {
                 "hub.max_inflight_update_bytes",
                 new.hub.max_inflight_update_bytes != cur.hub.max_inflight_update_bytes,
             ),
+            (
+                "hub.http_workers",
+                new.hub.http_workers != cur.hub.http_workers,
+            ),
         ] {
             if changed {
                 notes.push(format!("{key} changed (needs a restart; left as it was)"));
@@ -243,6 +257,7 @@ impl Reloader {
         applied.hub.shutdown_timeout_secs = cur.hub.shutdown_timeout_secs;
         applied.hub.blob_file_threshold_bytes = cur.hub.blob_file_threshold_bytes;
         applied.hub.max_inflight_update_bytes = cur.hub.max_inflight_update_bytes;
+        applied.hub.http_workers = cur.hub.http_workers;
         let changed =
             futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
                 .map_err(|e| format!("hub unavailable: {e}"))?;
@@ -556,7 +571,7 @@ pub async fn start_hub(
             .app_data(web::Data::new(state.clone()))
             .configure(|c| http::configure(c, max_body))
     })
-    .workers(2)
+    .workers(http_workers(cfg.hub.http_workers))
     .max_connections(100_000)
     .backlog(4096)
     .disable_signals()
