@@ -68,7 +68,7 @@ pub fn connect(path: &Path) -> Result<SqliteConnection, DbError> {
 /// so the pass never reaches the WAL's end, SQLite never starts the WAL over
 /// and it grows without bound (gigabytes in a minute of a thousand
 /// trainers), making every page lookup and write slower. The writer answers
-/// the flag with [`wal_catch_up`] between two of its transactions.
+/// the flag with [`wal_checkpoint`] between two of its transactions.
 pub fn start_checkpointer(path: &Path) -> Option<Arc<AtomicBool>> {
     let path = path.to_path_buf();
     let due = Arc::new(AtomicBool::new(false));
@@ -115,18 +115,14 @@ struct CheckpointRow {
     log: i64,
 }
 
-/// A passive checkpoint; returns the WAL's length in frames.
-fn wal_checkpoint(conn: &mut SqliteConnection) -> Result<i64, DbError> {
+/// A passive checkpoint; returns the WAL's length in frames. Run by the
+/// writer between transactions after the checkpoint thread's pass, only the
+/// frames committed since that pass are left to copy, and with none left the
+/// writer's next transaction starts the WAL over.
+pub fn wal_checkpoint(conn: &mut SqliteConnection) -> Result<i64, DbError> {
     let rows: Vec<CheckpointRow> =
         diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").load(conn)?;
     Ok(rows.first().map(|r| r.log).unwrap_or(0))
-}
-
-/// Run by the writer between transactions after the checkpoint thread's
-/// pass: only the frames committed since that pass are left to copy, and
-/// with none left the writer's next transaction starts the WAL over.
-pub fn wal_catch_up(conn: &mut SqliteConnection) -> Result<(), DbError> {
-    wal_checkpoint(conn).map(|_| ())
 }
 
 /// Opens the read pool used by REST handlers.

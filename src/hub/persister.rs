@@ -93,7 +93,7 @@ impl Persister {
         if due {
             if let Some(c) = self.conn.as_mut() {
                 let start = Instant::now();
-                if let Err(e) = db::wal_catch_up(c) {
+                if let Err(e) = db::wal_checkpoint(c) {
                     log::warn!("WAL checkpoint failed: {e}");
                 }
                 self.report("checkpoint", start);
