@@ -39,6 +39,7 @@ pub struct HubConfig {
     pub hello_timeout_secs: u64,
     pub heartbeat_interval_secs: u64,
     pub client_timeout_secs: u64,
+    pub model_hold_ms: u64,
     pub max_message_bytes: usize,
     pub max_fragments: usize,
     pub max_pending_handshakes: usize,

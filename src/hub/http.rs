@@ -726,7 +726,7 @@ async fn trainer_ws(
             return Err(e.into());
         }
     };
-    let outbox = Outbox::new(st.sent.clone());
+    let outbox = Outbox::new(st.sent.clone(), limits.model_hold);
     let activity = Activity::new();
     let reader = FrameReader::new(
         stream,

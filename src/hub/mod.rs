@@ -125,6 +125,7 @@ fn session_limits(cfg: &Config) -> session::SessionLimits {
         hello_timeout: Duration::from_secs(cfg.hub.hello_timeout_secs),
         heartbeat_interval: Duration::from_secs(cfg.hub.heartbeat_interval_secs),
         client_timeout: Duration::from_secs(cfg.hub.client_timeout_secs),
+        model_hold: Duration::from_millis(cfg.hub.model_hold_ms),
     }
 }
 
@@ -200,6 +201,11 @@ impl Reloader {
                 "hub.max_pending_handshakes",
                 cur.hub.max_pending_handshakes.to_string(),
                 new.hub.max_pending_handshakes.to_string(),
+            ),
+            (
+                "hub.model_hold_ms",
+                cur.hub.model_hold_ms.to_string(),
+                new.hub.model_hold_ms.to_string(),
             ),
         ] {
             if old != newv {

@@ -30,6 +30,7 @@ pub struct SessionLimits {
     pub hello_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub client_timeout: Duration,
+    pub model_hold: Duration,
 }
 
 pub type Refusal = (ErrorCode, String);

@@ -74,8 +74,24 @@ struct OutQueue {
     /// between, and with a thousand trainers pushing them all would spend
     /// the hub's time on weights nobody trains on.
     in_flight: usize,
+    /// When a version last went out to a trainer that has not sent an
+    /// update since: it is still training on that one and cannot use a
+    /// newer one before it is done, so newer versions wait (see
+    /// [`Outbox::hold`]).
+    working_since: Option<Instant>,
     held: Option<OutFrame>,
     waker: Option<Waker>,
+}
+
+impl OutQueue {
+    /// Whether a new version may go out now rather than wait as `held`.
+    fn may_push(&self, hold: Duration, now: Instant) -> bool {
+        self.ready
+            && self.in_flight == 0
+            && self
+                .working_since
+                .is_none_or(|t| now.saturating_duration_since(t) >= hold)
+    }
 }
 
 /// What a session has to send. Shared (and `Send`) so the hub can push a new
@@ -83,14 +99,18 @@ struct OutQueue {
 /// messages.
 pub struct Outbox {
     q: Mutex<OutQueue>,
+    /// How long a version sent to a trainer that has not answered it yet
+    /// holds back newer ones; zero sends every version as it is made.
+    hold: Duration,
     /// Weights bytes sent, over every connection of the hub.
     sent: Arc<AtomicU64>,
 }
 
 impl Outbox {
-    pub fn new(sent: Arc<AtomicU64>) -> Arc<Outbox> {
+    pub fn new(sent: Arc<AtomicU64>, hold: Duration) -> Arc<Outbox> {
         Arc::new(Outbox {
             q: Mutex::new(OutQueue::default()),
+            hold,
             sent,
         })
     }
@@ -140,11 +160,13 @@ impl Outbox {
     /// not a backlog of versions it would only skip through.
     pub fn model(&self, json: Bytes, weights: Bytes) {
         if let Ok(mut q) = self.q.lock() {
-            if !q.ready || q.in_flight > 0 {
+            let now = Instant::now();
+            if !q.may_push(self.hold, now) {
                 q.held = Some(OutFrame::Model { json, weights });
                 return;
             }
             q.frames.retain(|f| !matches!(f, OutFrame::Model { .. }));
+            q.working_since = Some(now);
         }
         self.push(OutFrame::Model { json, weights });
     }
@@ -155,6 +177,7 @@ impl Outbox {
         self.push(OutFrame::Welcome { json, weights });
         if let Ok(mut q) = self.q.lock() {
             q.ready = true;
+            q.working_since = Some(Instant::now());
         }
         self.release_held();
     }
@@ -163,6 +186,7 @@ impl Outbox {
     pub fn update_started(&self) {
         if let Ok(mut q) = self.q.lock() {
             q.in_flight += 1;
+            q.working_since = None;
         }
     }
 
@@ -175,8 +199,12 @@ impl Outbox {
     }
 
     fn release_held(&self) {
+        let now = Instant::now();
         let held = match self.q.lock() {
-            Ok(mut q) if q.ready && q.in_flight == 0 => q.held.take(),
+            Ok(mut q) if q.held.is_some() && q.may_push(self.hold, now) => {
+                q.working_since = Some(now);
+                q.held.take()
+            }
             _ => None,
         };
         if let Some(f) = held {
@@ -216,6 +244,9 @@ pub struct OutboxBody {
     /// The weights frame of a model whose JSON frame just went out.
     then: Option<Bytes>,
     ended: bool,
+    /// Wakes the body when a version held back only by [`Outbox::hold`] may
+    /// go out although the trainer has not answered the last one.
+    hold_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl OutboxBody {
@@ -225,6 +256,7 @@ impl OutboxBody {
             rest: Bytes::new(),
             then: None,
             ended: false,
+            hold_timer: None,
         }
     }
 
@@ -266,8 +298,40 @@ impl Stream for OutboxBody {
                 Some(f) => f,
                 None if q.closed => return Poll::Ready(None),
                 None => {
-                    q.waker = Some(cx.waker().clone());
-                    return Poll::Pending;
+                    // A version waits only for the hold: go and get it when
+                    // the hold ends, unless the trainer answers first.
+                    let until = match (&q.held, q.ready, q.in_flight, q.working_since) {
+                        (Some(_), true, 0, Some(t)) => Some(t + this.outbox.hold),
+                        _ => None,
+                    };
+                    match until {
+                        Some(until) if until <= Instant::now() => {
+                            q.working_since = Some(Instant::now());
+                            match q.held.take() {
+                                Some(f) => f,
+                                None => return Poll::Pending,
+                            }
+                        }
+                        Some(until) => {
+                            let t = this.hold_timer.get_or_insert_with(|| {
+                                Box::pin(tokio::time::sleep_until(until.into()))
+                            });
+                            if t.deadline() != until.into() {
+                                t.as_mut().reset(until.into());
+                            }
+                            q.waker = Some(cx.waker().clone());
+                            drop(q);
+                            if std::future::Future::poll(t.as_mut(), cx).is_ready() {
+                                cx.waker().wake_by_ref();
+                            }
+                            return Poll::Pending;
+                        }
+                        None => {
+                            this.hold_timer = None;
+                            q.waker = Some(cx.waker().clone());
+                            return Poll::Pending;
+                        }
+                    }
                 }
             }
         };
@@ -867,7 +931,7 @@ mod tests {
 
     #[test]
     fn a_version_waits_while_an_update_is_in_flight() {
-        let out = Outbox::new(Arc::default());
+        let out = Outbox::new(Arc::default(), Duration::ZERO);
         let mut body = OutboxBody::new(out.clone());
         out.welcome(Bytes::from_static(b"w"), Bytes::from_static(b"0"));
         out.update_started();
@@ -892,9 +956,66 @@ mod tests {
         assert_eq!(wire, expect, "the ack first, then only the newest version");
     }
 
+    /// Reads what the body has ready within `ms`, without ending it.
+    async fn ready_within(body: &mut OutboxBody, ms: u64) -> Vec<u8> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while let Ok(Some(Ok(b))) = tokio::time::timeout_at(deadline, body.next()).await {
+            got.extend_from_slice(&b);
+        }
+        got
+    }
+
+    #[test]
+    fn a_trainer_still_working_on_a_version_gets_newer_ones_with_its_ack_or_after_the_hold() {
+        let out = Outbox::new(Arc::default(), Duration::from_millis(300));
+        let mut body = OutboxBody::new(out.clone());
+        run(async {
+            out.welcome(Bytes::from_static(b"w"), Bytes::from_static(b"0"));
+            assert_eq!(
+                ready_within(&mut body, 20).await,
+                [0x81, 1, b'w', 0x82, 1, b'0']
+            );
+            // Still training on the welcome's version: v1 and v2 wait, only
+            // the newest is kept.
+            out.model(Bytes::from_static(b"m1"), Bytes::from_static(b"1"));
+            out.model(Bytes::from_static(b"m2"), Bytes::from_static(b"2"));
+            assert!(ready_within(&mut body, 50).await.is_empty());
+            // Its update arrives and is answered: the newest version follows the ack.
+            out.update_started();
+            out.text("ack".into());
+            out.update_answered();
+            assert_eq!(
+                ready_within(&mut body, 50).await,
+                [
+                    &[0x81, 3, b'a', b'c', b'k'][..],
+                    &[0x81, 2, b'm', b'2', 0x82, 1, b'2']
+                ]
+                .concat()
+            );
+            // A trainer that does not answer still gets v3, once the hold is over.
+            let pushed = std::time::Instant::now();
+            out.model(Bytes::from_static(b"m3"), Bytes::from_static(b"3"));
+            assert!(ready_within(&mut body, 100).await.is_empty());
+            assert_eq!(
+                ready_within(&mut body, 1000).await,
+                [0x81, 2, b'm', b'3', 0x82, 1, b'3']
+            );
+            assert!(pushed.elapsed() >= Duration::from_millis(250));
+            // Having answered every version it got, the next one goes at once.
+            out.update_started();
+            out.update_answered();
+            out.model(Bytes::from_static(b"m4"), Bytes::from_static(b"4"));
+            assert_eq!(
+                ready_within(&mut body, 50).await,
+                [0x81, 2, b'm', b'4', 0x82, 1, b'4']
+            );
+        });
+    }
+
     #[test]
     fn outbox_writes_frames_and_keeps_only_the_newest_model() {
-        let out = Outbox::new(Arc::default());
+        let out = Outbox::new(Arc::default(), Duration::ZERO);
         let mut body = OutboxBody::new(out.clone());
         out.model(Bytes::from_static(b"m0"), Bytes::from(vec![0u8; 10]));
         out.text("hi".into());
