@@ -35,6 +35,8 @@ pub struct AppState {
     pub budget: Budget,
     /// Weights bytes sent to trainers (shared with the metrics).
     pub sent: Arc<std::sync::atomic::AtomicU64>,
+    /// Per-update counters the sessions write directly.
+    pub hot: Arc<crate::hub::metrics::HotMetrics>,
     pub started_at: String,
     pub reload: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
 }
@@ -745,6 +747,7 @@ async fn trainer_ws(
             remote: req.peer_addr().map(|a| a.to_string()),
             outbox: outbox.clone(),
             activity,
+            hot: st.hot.clone(),
         },
         st.hub.clone(),
         st.metrics.clone(),

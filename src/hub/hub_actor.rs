@@ -62,6 +62,9 @@ pub struct Hub {
     sessions: HashMap<String, SessionEntry>,
     persister: Addr<Persister>,
     metrics: Addr<MetricsAggregator>,
+    hot: Arc<metrics::HotMetrics>,
+    /// Accepted-update events not yet handed to the aggregator (see `event`).
+    feed: Vec<HubEvent>,
     test_data: Option<Arc<Dataset>>,
     stopping: bool,
     persister_in_flight: i64,
@@ -71,15 +74,21 @@ pub struct Hub {
     blobs: crate::db::BlobStore,
 }
 
+/// Accepted-update events sent to the aggregator in one message.
+const FEED_BATCH: usize = 256;
+
 type PersistReply = tokio::sync::oneshot::Sender<Result<InsertOutcome, DbError>>;
 
 impl Hub {
+    // Everything the hub is handed at start; a parameter struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
         models: Vec<ModelState>,
         trainers: HashMap<String, TrainerInfo>,
         persister: Addr<Persister>,
         metrics: Addr<MetricsAggregator>,
+        hot: Arc<metrics::HotMetrics>,
         test_data: Option<Arc<Dataset>>,
         blobs: crate::db::BlobStore,
     ) -> Self {
@@ -91,6 +100,8 @@ impl Hub {
             sessions: HashMap::new(),
             persister,
             metrics,
+            hot,
+            feed: Vec::new(),
             test_data,
             stopping: false,
             persister_in_flight: 0,
@@ -100,8 +111,26 @@ impl Hub {
         }
     }
 
-    fn event(&self, e: HubEvent) {
+    /// Events go to the aggregator in order; accepted updates, the one kind
+    /// that comes thousands a second, in batches flushed by any other event,
+    /// by a full batch, or by the 100 ms tick.
+    fn event(&mut self, e: HubEvent) {
+        if matches!(e, HubEvent::UpdateAccepted { .. }) {
+            self.feed.push(e);
+            if self.feed.len() >= FEED_BATCH {
+                self.flush_feed();
+            }
+            return;
+        }
+        self.flush_feed();
         self.metrics.do_send(metrics::Event(e));
+    }
+
+    fn flush_feed(&mut self) {
+        if !self.feed.is_empty() {
+            let batch = std::mem::replace(&mut self.feed, Vec::with_capacity(FEED_BATCH));
+            self.metrics.do_send(metrics::Events(batch));
+        }
     }
 
     fn gauges(&self, model: &str) {
@@ -159,8 +188,7 @@ impl Hub {
 
     fn queue(&mut self, delta: i64) {
         self.persister_in_flight += delta;
-        self.metrics
-            .do_send(metrics::PersisterQueue(self.persister_in_flight));
+        self.hot.persister_queue(self.persister_in_flight);
     }
 
     fn refuse(&mut self, rec: UpdateRecord, code: ErrorCode, message: String) {
@@ -347,6 +375,7 @@ impl Actor for Hub {
                 act.maybe_fold(&n, ctx);
                 act.gauges(&n);
             }
+            act.flush_feed();
         });
         let names: Vec<String> = self.models.keys().cloned().collect();
         for n in names {
@@ -623,8 +652,7 @@ impl Handler<SubmitUpdate> for Hub {
             payload: None,
             payload_file: None,
         };
-        self.metrics
-            .do_send(metrics::BytesIn(u.payload.len() as u64));
+        self.hot.bytes_in(u.payload.len() as u64);
         let current = self
             .sessions
             .get(&u.trainer)

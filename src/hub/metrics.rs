@@ -73,9 +73,62 @@ pub enum HubEvent {
 #[rtype(result = "()")]
 pub struct Event(pub HubEvent);
 
+/// A batch of events, in order: the hub sends the accepted updates of a
+/// busy second together instead of one actor message each.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct BytesIn(pub u64);
+pub struct Events(pub Vec<HubEvent>);
+
+/// What changes with every update, kept in atomics the hub and the sessions
+/// write directly: at ten thousand updates a second, one actor message per
+/// update for each of these cost the ack latency p99 about 10 ms on 2 cores.
+#[derive(Debug, Default)]
+pub struct HotMetrics {
+    bytes_in: AtomicU64,
+    persister_queue: std::sync::atomic::AtomicI64,
+    /// `kernal_update_answer_seconds`, per bucket (not cumulative).
+    answer_buckets: [AtomicU64; AGG_BUCKETS.len()],
+    answer_over: AtomicU64,
+    answer_nanos: AtomicU64,
+}
+
+impl HotMetrics {
+    pub fn bytes_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn persister_queue(&self, depth: i64) {
+        self.persister_queue.store(depth, Ordering::Relaxed);
+    }
+
+    /// Seconds from an update's last byte arriving to its answer being
+    /// queued, measured by the session: the hub's share of what a trainer waits.
+    pub fn answered(&self, d: Duration) {
+        let v = d.as_secs_f64();
+        match AGG_BUCKETS.iter().position(|b| v <= *b) {
+            Some(i) => self.answer_buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.answer_over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.answer_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn answer_histogram(&self) -> Histogram {
+        let mut counts = Vec::with_capacity(AGG_BUCKETS.len());
+        let mut below = 0;
+        for b in &self.answer_buckets {
+            below += b.load(Ordering::Relaxed);
+            counts.push(below);
+        }
+        Histogram {
+            counts,
+            sum: self.answer_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: below + self.answer_over.load(Ordering::Relaxed),
+        }
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -83,12 +136,6 @@ pub struct PersisterTiming {
     pub what: &'static str,
     pub seconds: f64,
 }
-
-/// Seconds from an update's last byte arriving to its answer being queued,
-/// measured by the session: the hub's share of what a trainer waits.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AnswerTiming(pub f64);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -106,10 +153,6 @@ pub struct ModelGauges {
     pub buffered: usize,
     pub connected: usize,
 }
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PersisterQueue(pub i64);
 
 /// A JSON event for a feed subscriber.
 #[derive(Message, Clone)]
@@ -198,18 +241,16 @@ pub struct MetricsAggregator {
     accepted: HashMap<String, u64>,
     refused: BTreeMap<(String, String), u64>,
     versions: u64,
-    bytes_in: u64,
     /// Weights bytes trainers' connections have started sending, counted
     /// where they are written: versions held back or replaced by a newer one
     /// are never sent, so counting at the broadcast would overstate it.
     pub bytes_out: Arc<AtomicU64>,
+    pub hot: Arc<HotMetrics>,
     ws_opened: BTreeMap<&'static str, u64>,
     ws_closed: BTreeMap<&'static str, u64>,
     gauges: BTreeMap<String, ModelGauges>,
     agg_hist: BTreeMap<String, Histogram>,
     persist_hist: BTreeMap<&'static str, Histogram>,
-    answer_hist: Histogram,
-    persister_queue: i64,
     last_agg: Option<f64>,
     /// (time, updates, bytes) samples for the rolling rates.
     window: VecDeque<(Instant, u64, u64)>,
@@ -246,15 +287,13 @@ impl Default for MetricsAggregator {
             accepted: HashMap::new(),
             refused: BTreeMap::new(),
             versions: 0,
-            bytes_in: 0,
             bytes_out: Arc::new(AtomicU64::new(0)),
+            hot: Arc::default(),
             ws_opened: BTreeMap::new(),
             ws_closed: BTreeMap::new(),
             gauges: BTreeMap::new(),
             agg_hist: BTreeMap::new(),
             persist_hist: BTreeMap::new(),
-            answer_hist: Histogram::default(),
-            persister_queue: 0,
             last_agg: None,
             window: VecDeque::new(),
             recent: VecDeque::new(),
@@ -284,7 +323,8 @@ impl MetricsAggregator {
     fn sample(&mut self) {
         let now = Instant::now();
         let acc = self.total_accepted();
-        self.window.push_back((now, acc, self.bytes_in));
+        let bytes_in = self.hot.bytes_in.load(Ordering::Relaxed);
+        self.window.push_back((now, acc, bytes_in));
         while let Some(f) = self.window.front() {
             if now.duration_since(f.0) > Duration::from_secs(10) && self.window.len() > 1 {
                 self.window.pop_front();
@@ -379,10 +419,12 @@ impl Handler<Event> for MetricsAggregator {
     }
 }
 
-impl Handler<BytesIn> for MetricsAggregator {
+impl Handler<Events> for MetricsAggregator {
     type Result = ();
-    fn handle(&mut self, m: BytesIn, _: &mut Self::Context) {
-        self.bytes_in += m.0;
+    fn handle(&mut self, Events(evs): Events, ctx: &mut Self::Context) {
+        for e in evs {
+            <Self as Handler<Event>>::handle(self, Event(e), ctx);
+        }
     }
 }
 
@@ -393,20 +435,6 @@ impl Handler<PersisterTiming> for MetricsAggregator {
             .entry(m.what)
             .or_default()
             .observe(m.seconds);
-    }
-}
-
-impl Handler<AnswerTiming> for MetricsAggregator {
-    type Result = ();
-    fn handle(&mut self, m: AnswerTiming, _: &mut Self::Context) {
-        self.answer_hist.observe(m.0);
-    }
-}
-
-impl Handler<PersisterQueue> for MetricsAggregator {
-    type Result = ();
-    fn handle(&mut self, m: PersisterQueue, _: &mut Self::Context) {
-        self.persister_queue = m.0;
     }
 }
 
@@ -453,11 +481,11 @@ impl Handler<GetSnapshot> for MetricsAggregator {
             updates_refused: self.refused.values().sum(),
             refusals_by_code: by_code,
             versions_committed: self.versions,
-            bytes_in: self.bytes_in,
+            bytes_in: self.hot.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             connected_trainers: self.gauges.values().map(|g| g.connected).sum(),
             last_aggregation_seconds: self.last_agg,
-            persister_queue: self.persister_queue,
+            persister_queue: self.hot.persister_queue.load(Ordering::Relaxed),
             recent_events: self.recent.iter().cloned().collect(),
         })
     }
@@ -577,7 +605,11 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
             "counter",
             "Update payload bytes received.",
         );
-        let _ = writeln!(w, "kernal_received_bytes_total {}", self.bytes_in);
+        let _ = writeln!(
+            w,
+            "kernal_received_bytes_total {}",
+            self.hot.bytes_in.load(Ordering::Relaxed)
+        );
         family(
             w,
             "kernal_sent_bytes_total",
@@ -595,7 +627,11 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
             "gauge",
             "Writes sent to the persister and not yet done.",
         );
-        let _ = writeln!(w, "kernal_persister_queue_depth {}", self.persister_queue);
+        let _ = writeln!(
+            w,
+            "kernal_persister_queue_depth {}",
+            self.hot.persister_queue.load(Ordering::Relaxed)
+        );
         family(
             w,
             "kernal_persister_commit_duration_seconds",
@@ -615,7 +651,8 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
             "histogram",
             "From an update's last byte received to its ack or error queued.",
         );
-        self.answer_hist
+        self.hot
+            .answer_histogram()
             .render(w, "kernal_update_answer_seconds", "");
         family(
             w,
@@ -642,5 +679,42 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
             );
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_histogram_is_cumulative_with_everything_in_inf() {
+        let hot = HotMetrics::default();
+        hot.answered(Duration::from_micros(300));
+        hot.answered(Duration::from_millis(3));
+        hot.answered(Duration::from_millis(3));
+        hot.answered(Duration::from_secs(9));
+        hot.bytes_in(10);
+        hot.bytes_in(5);
+        hot.persister_queue(7);
+        let mut out = String::new();
+        hot.answer_histogram().render(&mut out, "a", "");
+        for line in [
+            "a_bucket{le=\"0.0005\"} 1",
+            "a_bucket{le=\"0.0025\"} 1",
+            "a_bucket{le=\"0.005\"} 3",
+            "a_bucket{le=\"5\"} 3",
+            "a_bucket{le=\"+Inf\"} 4",
+            "a_count 4",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing from\n{out}");
+        }
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("a_sum "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((sum - 9.0063).abs() < 1e-9, "{sum}");
+        assert_eq!(hot.bytes_in.load(Ordering::Relaxed), 15);
+        assert_eq!(hot.persister_queue.load(Ordering::Relaxed), 7);
     }
 }

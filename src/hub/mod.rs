@@ -525,6 +525,7 @@ pub async fn start_hub(
     // Actors start once, here, outside the per-worker server closure.
     let aggregator = MetricsAggregator::default();
     let sent = aggregator.bytes_out.clone();
+    let hot = aggregator.hot.clone();
     let metrics = aggregator.start();
     let m2 = metrics.clone();
     let p3 = db_path.clone();
@@ -539,6 +540,7 @@ pub async fn start_hub(
         loaded.trainers,
         persister.clone(),
         metrics.clone(),
+        hot.clone(),
         test_data,
         blobs.clone(),
     )
@@ -565,6 +567,7 @@ pub async fn start_hub(
         max_pending_handshakes: max_pending,
         budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),
         sent,
+        hot,
         started_at: db::now(),
         reload: Arc::new(move || r2.reload()),
     };

@@ -164,6 +164,7 @@ pub struct TrainerSession {
     limits: SessionLimits,
     outbox: Arc<Outbox>,
     activity: Arc<Activity>,
+    hot: Arc<metrics::HotMetrics>,
     blobs: BlobStore,
     phase: Phase,
     handshakes: Arc<AtomicUsize>,
@@ -176,6 +177,7 @@ pub struct Connection {
     pub remote: Option<String>,
     pub outbox: Arc<Outbox>,
     pub activity: Arc<Activity>,
+    pub hot: Arc<metrics::HotMetrics>,
 }
 
 impl TrainerSession {
@@ -191,6 +193,7 @@ impl TrainerSession {
             remote,
             outbox,
             activity,
+            hot,
         } = conn;
         TrainerSession {
             id: uuid::Uuid::new_v4().to_string(),
@@ -200,6 +203,7 @@ impl TrainerSession {
             limits,
             outbox,
             activity,
+            hot,
             blobs,
             phase: Phase::AwaitingHello,
             handshakes,
@@ -657,8 +661,7 @@ impl TrainerSession {
                 ),
             }
             act.outbox.update_answered();
-            act.metrics
-                .do_send(metrics::AnswerTiming(received.elapsed().as_secs_f64()));
+            act.hot.answered(received.elapsed());
         }));
     }
 }
