@@ -280,6 +280,48 @@ async fn data_flag_checks_shape_and_learns_from_unscaled_csv() {
     assert!(acc >= 0.85, "{acc}");
 }
 
+/// Under systemd or `> trainer.log` there is no terminal for the spinner:
+/// the status must still reach the log, as plain lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trainer_without_a_terminal_logs_plain_status_lines() {
+    let hub = start_hub(|c| {
+        c.models.get_mut("digits").unwrap().min_updates = Some(1);
+    });
+    let out = Command::new(kernal_bin())
+        .args([
+            "trainer",
+            "plain",
+            "networking",
+            "tok",
+            "--hub",
+            &hub.hub.ws_url(),
+            "--max-versions",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l == "joined model digits at version 0 (registered)"),
+        "{err}"
+    );
+    let status: Vec<&str> = err.lines().filter(|l| l.starts_with("version ")).collect();
+    assert!(status.len() >= 3, "one line per acked update: {err}");
+    assert!(
+        status
+            .iter()
+            .any(|l| l.contains("local loss 0.") || l.contains("local loss 1.")),
+        "{err}"
+    );
+    assert!(status.last().unwrap().contains("acked 3"), "{err}");
+    assert!(
+        !err.contains('\u{2819}'),
+        "no spinner frames in a log: {err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_trainer_example_joins_the_hub() {
     let hub = start_hub(|c| {

@@ -135,7 +135,12 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
     opts.model = args.model.clone();
     opts.max_versions = args.max_versions;
     opts.compression = args.compression;
-    let bar = if args.json {
+    // A spinner only means something on a terminal: under systemd, nohup or
+    // `> trainer.log` indicatif draws nothing at all, so there the status
+    // goes out as plain lines instead: one per acknowledged update, with the
+    // evaluation of the version it was trained on.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if args.json || !tty {
         None
     } else {
         let b = ProgressBar::new_spinner();
@@ -157,7 +162,19 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
             return;
         }
         line.apply(e);
-        if let Some(b) = &bar {
+        let Some(b) = &bar else {
+            match e {
+                ClientEvent::Error { .. }
+                | ClientEvent::Reconnect { .. }
+                | ClientEvent::Welcome { .. } => eprintln!("{}", line.note),
+                ClientEvent::Ack { .. } | ClientEvent::Done { .. } => {
+                    eprintln!("{}", line.render())
+                }
+                _ => {}
+            }
+            return;
+        };
+        {
             match e {
                 ClientEvent::Error { .. }
                 | ClientEvent::Reconnect { .. }
