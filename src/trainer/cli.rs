@@ -162,29 +162,25 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
             return;
         }
         line.apply(e);
-        let Some(b) = &bar else {
-            match e {
-                ClientEvent::Error { .. }
-                | ClientEvent::Reconnect { .. }
-                | ClientEvent::Welcome { .. } => eprintln!("{}", line.note),
-                ClientEvent::Ack { .. } | ClientEvent::Done { .. } => {
-                    eprintln!("{}", line.render())
-                }
-                _ => {}
-            }
-            return;
-        };
-        {
-            match e {
-                ClientEvent::Error { .. }
-                | ClientEvent::Reconnect { .. }
-                | ClientEvent::Welcome { .. } => {
+        let note = matches!(
+            e,
+            ClientEvent::Error { .. } | ClientEvent::Reconnect { .. } | ClientEvent::Welcome { .. }
+        );
+        match &bar {
+            Some(b) => {
+                if note {
                     b.println(line.note.clone());
                 }
-                ClientEvent::Done { .. } => b.finish_with_message(line.render()),
-                _ => {}
+                if let ClientEvent::Done { .. } = e {
+                    b.finish_with_message(line.render());
+                }
+                b.set_message(line.render());
             }
-            b.set_message(line.render());
+            None if note => eprintln!("{}", line.note),
+            None if matches!(e, ClientEvent::Ack { .. } | ClientEvent::Done { .. }) => {
+                eprintln!("{}", line.render())
+            }
+            None => {}
         }
     };
     let stop = async {
