@@ -33,8 +33,6 @@ pub struct AppState {
     pub max_pending_handshakes: Arc<AtomicUsize>,
     /// Bytes of large incoming payloads held at once, over all trainers.
     pub budget: Budget,
-    /// Weights bytes sent to trainers (shared with the metrics).
-    pub sent: Arc<std::sync::atomic::AtomicU64>,
     /// Per-update counters the sessions write directly.
     pub hot: Arc<crate::hub::metrics::HotMetrics>,
     pub started_at: String,
@@ -728,7 +726,7 @@ async fn trainer_ws(
             return Err(e.into());
         }
     };
-    let outbox = Outbox::new(st.sent.clone(), limits.model_hold);
+    let outbox = Outbox::new(st.hot.clone(), limits.model_hold);
     let activity = Activity::new();
     let reader = FrameReader::new(
         stream,

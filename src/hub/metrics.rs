@@ -85,6 +85,10 @@ pub struct Events(pub Vec<HubEvent>);
 #[derive(Debug, Default)]
 pub struct HotMetrics {
     bytes_in: AtomicU64,
+    /// Weights bytes trainers' connections have started sending, counted
+    /// where they are written: versions held back or replaced by a newer one
+    /// are never sent, so counting at the broadcast would overstate it.
+    bytes_out: AtomicU64,
     persister_queue: std::sync::atomic::AtomicI64,
     /// `kernal_update_answer_seconds`, per bucket (not cumulative).
     answer_buckets: [AtomicU64; AGG_BUCKETS.len()],
@@ -95,6 +99,10 @@ pub struct HotMetrics {
 impl HotMetrics {
     pub fn bytes_in(&self, n: u64) {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn persister_queue(&self, depth: i64) {
@@ -241,10 +249,6 @@ pub struct MetricsAggregator {
     accepted: HashMap<String, u64>,
     refused: BTreeMap<(String, String), u64>,
     versions: u64,
-    /// Weights bytes trainers' connections have started sending, counted
-    /// where they are written: versions held back or replaced by a newer one
-    /// are never sent, so counting at the broadcast would overstate it.
-    pub bytes_out: Arc<AtomicU64>,
     pub hot: Arc<HotMetrics>,
     ws_opened: BTreeMap<&'static str, u64>,
     ws_closed: BTreeMap<&'static str, u64>,
@@ -287,7 +291,6 @@ impl Default for MetricsAggregator {
             accepted: HashMap::new(),
             refused: BTreeMap::new(),
             versions: 0,
-            bytes_out: Arc::new(AtomicU64::new(0)),
             hot: Arc::default(),
             ws_opened: BTreeMap::new(),
             ws_closed: BTreeMap::new(),
@@ -482,7 +485,7 @@ impl Handler<GetSnapshot> for MetricsAggregator {
             refusals_by_code: by_code,
             versions_committed: self.versions,
             bytes_in: self.hot.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            bytes_out: self.hot.bytes_out.load(Ordering::Relaxed),
             connected_trainers: self.gauges.values().map(|g| g.connected).sum(),
             last_aggregation_seconds: self.last_agg,
             persister_queue: self.hot.persister_queue.load(Ordering::Relaxed),
@@ -619,7 +622,7 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
         let _ = writeln!(
             w,
             "kernal_sent_bytes_total {}",
-            self.bytes_out.load(Ordering::Relaxed)
+            self.hot.bytes_out.load(Ordering::Relaxed)
         );
         family(
             w,

@@ -23,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use crate::hub::metrics::HotMetrics;
 use crate::protocol::ErrorCode;
 
 /// Largest slice of a payload handed to the HTTP dispatcher at once: it copies
@@ -92,6 +93,26 @@ impl OutQueue {
                 .working_since
                 .is_none_or(|t| now.saturating_duration_since(t) >= hold)
     }
+
+    /// The held version if it may go out now, marked as what the trainer
+    /// works on next.
+    fn release(&mut self, hold: Duration, now: Instant) -> Option<OutFrame> {
+        if self.held.is_none() || !self.may_push(hold, now) {
+            return None;
+        }
+        self.working_since = Some(now);
+        self.held.take()
+    }
+
+    /// When the held version goes out without an answer: only while nothing
+    /// but the hold keeps it (the welcome and an update's answer release it
+    /// themselves).
+    fn hold_ends(&self, hold: Duration) -> Option<Instant> {
+        match (&self.held, self.ready, self.in_flight, self.working_since) {
+            (Some(_), true, 0, Some(t)) => Some(t + hold),
+            _ => None,
+        }
+    }
 }
 
 /// What a session has to send. Shared (and `Send`) so the hub can push a new
@@ -102,16 +123,16 @@ pub struct Outbox {
     /// How long a version sent to a trainer that has not answered it yet
     /// holds back newer ones; zero sends every version as it is made.
     hold: Duration,
-    /// Weights bytes sent, over every connection of the hub.
-    sent: Arc<AtomicU64>,
+    /// Where the weights bytes sent over every connection are counted.
+    hot: Arc<HotMetrics>,
 }
 
 impl Outbox {
-    pub fn new(sent: Arc<AtomicU64>, hold: Duration) -> Arc<Outbox> {
+    pub fn new(hot: Arc<HotMetrics>, hold: Duration) -> Arc<Outbox> {
         Arc::new(Outbox {
             q: Mutex::new(OutQueue::default()),
             hold,
-            sent,
+            hot,
         })
     }
 
@@ -199,13 +220,9 @@ impl Outbox {
     }
 
     fn release_held(&self) {
-        let now = Instant::now();
         let held = match self.q.lock() {
-            Ok(mut q) if q.held.is_some() && q.may_push(self.hold, now) => {
-                q.working_since = Some(now);
-                q.held.take()
-            }
-            _ => None,
+            Ok(mut q) => q.release(self.hold, Instant::now()),
+            Err(_) => None,
         };
         if let Some(f) = held {
             self.push(f);
@@ -282,9 +299,7 @@ impl Stream for OutboxBody {
             return Poll::Ready(Some(Ok(this.rest.split_to(n))));
         }
         if let Some(w) = this.then.take() {
-            this.outbox
-                .sent
-                .fetch_add(w.len() as u64, Ordering::Relaxed);
+            this.outbox.hot.bytes_out(w.len() as u64);
             return Poll::Ready(Some(Ok(this.start(OP_BINARY, w))));
         }
         if this.ended {
@@ -298,39 +313,30 @@ impl Stream for OutboxBody {
                 Some(f) => f,
                 None if q.closed => return Poll::Ready(None),
                 None => {
-                    // A version waits only for the hold: go and get it when
-                    // the hold ends, unless the trainer answers first.
-                    let until = match (&q.held, q.ready, q.in_flight, q.working_since) {
-                        (Some(_), true, 0, Some(t)) => Some(t + this.outbox.hold),
-                        _ => None,
-                    };
-                    match until {
-                        Some(until) if until <= Instant::now() => {
-                            q.working_since = Some(Instant::now());
-                            match q.held.take() {
-                                Some(f) => f,
-                                None => return Poll::Pending,
+                    if let Some(f) = q.release(this.outbox.hold, Instant::now()) {
+                        f
+                    } else {
+                        // A version waiting only for the hold goes out when
+                        // it ends, unless the trainer answers first.
+                        q.waker = Some(cx.waker().clone());
+                        let until = q.hold_ends(this.outbox.hold);
+                        drop(q);
+                        match until {
+                            Some(until) => {
+                                let until = tokio::time::Instant::from_std(until);
+                                let t = this.hold_timer.get_or_insert_with(|| {
+                                    Box::pin(tokio::time::sleep_until(until))
+                                });
+                                if t.deadline() != until {
+                                    t.as_mut().reset(until);
+                                }
+                                if std::future::Future::poll(t.as_mut(), cx).is_ready() {
+                                    cx.waker().wake_by_ref();
+                                }
                             }
+                            None => this.hold_timer = None,
                         }
-                        Some(until) => {
-                            let t = this.hold_timer.get_or_insert_with(|| {
-                                Box::pin(tokio::time::sleep_until(until.into()))
-                            });
-                            if t.deadline() != until.into() {
-                                t.as_mut().reset(until.into());
-                            }
-                            q.waker = Some(cx.waker().clone());
-                            drop(q);
-                            if std::future::Future::poll(t.as_mut(), cx).is_ready() {
-                                cx.waker().wake_by_ref();
-                            }
-                            return Poll::Pending;
-                        }
-                        None => {
-                            this.hold_timer = None;
-                            q.waker = Some(cx.waker().clone());
-                            return Poll::Pending;
-                        }
+                        return Poll::Pending;
                     }
                 }
             }
