@@ -194,8 +194,10 @@ pub struct TrainerRow {
     pub last_seen: Option<String>,
 }
 
+// NULL, not DEFAULT, for a None: a batch of rows with DEFAULT cannot be one
+// SQLite statement, and no nullable column of `updates` has another default.
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = updates)]
+#[diesel(table_name = updates, treat_none_as_default_value = false)]
 pub struct NewUpdate<'a> {
     pub update_id: &'a str,
     pub trainer: &'a str,
@@ -350,40 +352,12 @@ struct LastId {
 /// writer holds the database's write lock and the ids are AUTOINCREMENT, so
 /// the rows of one statement get consecutive ids ending at the last one.
 fn insert_chunk(conn: &mut SqliteConnection, rows: &[NewUpdate<'_>]) -> Result<Vec<i64>, DbError> {
-    use diesel::sql_types::{BigInt, Binary, Double, Nullable, Text};
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = String::from(
-        "INSERT INTO updates (update_id, trainer, model, base_version, num_examples, \
-         staleness, loss, bytes, status, refusal_code, refusal_message, received_at, \
-         payload, payload_file) VALUES ",
-    );
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-    }
-    let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
-    for r in rows {
-        q = q
-            .bind::<Text, _>(r.update_id)
-            .bind::<Text, _>(r.trainer)
-            .bind::<Text, _>(r.model)
-            .bind::<BigInt, _>(r.base_version)
-            .bind::<BigInt, _>(r.num_examples)
-            .bind::<BigInt, _>(r.staleness)
-            .bind::<Nullable<Double>, _>(r.loss)
-            .bind::<BigInt, _>(r.bytes)
-            .bind::<Text, _>(r.status)
-            .bind::<Nullable<Text>, _>(r.refusal_code)
-            .bind::<Nullable<Text>, _>(r.refusal_message)
-            .bind::<Text, _>(r.received_at.as_str())
-            .bind::<Nullable<Binary>, _>(r.payload)
-            .bind::<Nullable<Text>, _>(r.payload_file);
-    }
-    let n = q.execute(conn)?;
+    let n = diesel::insert_into(updates::table)
+        .values(rows)
+        .execute(conn)?;
     if n != rows.len() {
         return Err(DbError::Corrupt(format!(
             "inserted {n} of {} update rows",
@@ -769,7 +743,7 @@ struct Spares {
     /// Open handles of files written here, by name, so a spare is written
     /// over without an `open` and `close`: at ten thousand small updates a
     /// second those two were a third of the cost of storing a payload, on
-    /// the connection threads. Bounded by [`open_handles_limit`].
+    /// the connection threads. Bounded by `open_limit` (see `keep_open`).
     open: std::collections::HashMap<String, std::fs::File>,
     open_limit: usize,
 }
@@ -778,22 +752,6 @@ struct Spares {
 const SPARE_FILES: usize = 4096;
 const SPARE_BYTES: u64 = 1 << 30;
 
-/// Open blob handles kept: at most 2048, and at most an eighth of the
-/// process's open-files limit, which the connections need more.
-fn open_handles_limit() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur as usize
-    } else {
-        1024
-    };
-    (soft / 8).min(2048)
-}
-
 impl BlobStore {
     pub fn for_db(db: &Path, threshold: usize) -> BlobStore {
         let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -801,11 +759,16 @@ impl BlobStore {
         BlobStore {
             dir: db.with_file_name(name),
             threshold,
-            spares: Arc::new(Mutex::new(Spares {
-                open_limit: open_handles_limit(),
-                ..Spares::default()
-            })),
+            spares: Arc::new(Mutex::new(Spares::default())),
         }
+    }
+
+    /// Keeps up to `n` handles of files written here open (none by default).
+    pub fn keep_open(self, n: usize) -> BlobStore {
+        if let Ok(mut s) = self.spares.lock() {
+            s.open_limit = n;
+        }
+        self
     }
 
     /// The open handle of a file written here, taken out while it is used.
@@ -1083,7 +1046,7 @@ mod tests {
     #[test]
     fn blob_files_are_written_over_through_their_kept_handles() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::for_db(&dir.path().join("b.db"), 16);
+        let blobs = BlobStore::for_db(&dir.path().join("b.db"), 16).keep_open(8);
         let a = blobs.put(&[1u8; 100]).unwrap();
         let b = blobs.put(&[2u8; 100]).unwrap();
         assert_eq!(blobs.open_handles(), 2);

@@ -40,24 +40,36 @@ pub fn sd_notify(state: &str) {
     }
 }
 
+#[cfg(unix)]
+fn nofile() -> Option<libc::rlimit> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0).then_some(rl)
+}
+
+/// The process's soft open-files limit.
+pub fn nofile_limit() -> Option<u64> {
+    #[cfg(unix)]
+    return nofile().map(|rl| rl.rlim_cur);
+    #[cfg(not(unix))]
+    None
+}
+
 /// Raises the soft open-files limit to the hard limit (a thousand trainers
 /// need a thousand sockets on each side). Returns the new soft limit.
 pub fn raise_nofile_limit() -> Option<u64> {
     #[cfg(unix)]
-    unsafe {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return None;
-        }
+    {
+        let mut rl = nofile()?;
         if rl.rlim_cur < rl.rlim_max {
             rl.rlim_cur = rl.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+            // SAFETY: setrlimit only reads the struct it is given.
+            let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
         }
-        Some(rl.rlim_cur)
+        nofile_limit()
     }
     #[cfg(not(unix))]
     None

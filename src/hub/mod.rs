@@ -524,12 +524,15 @@ pub async fn start_hub(
 
     // Actors start once, here, outside the per-worker server closure.
     let aggregator = MetricsAggregator::default();
-    let sent = aggregator.bytes_out.clone();
     let hot = aggregator.hot.clone();
     let metrics = aggregator.start();
     let m2 = metrics.clone();
     let p3 = db_path.clone();
-    let blobs = db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes);
+    // Handles of blob files kept open: at most 2048 and an eighth of the
+    // open-files limit, which the connections need more.
+    let handles = daemon::nofile_limit().map_or(128, |n| (n / 8).min(2048) as usize);
+    let blobs =
+        db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes).keep_open(handles);
     let b2 = blobs.clone();
     let persister = SyncArbiter::start(1, move || {
         Persister::new(p3.clone(), b2.clone(), Some(m2.clone()))
@@ -566,7 +569,6 @@ pub async fn start_hub(
         handshakes: Arc::new(AtomicUsize::new(0)),
         max_pending_handshakes: max_pending,
         budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),
-        sent,
         hot,
         started_at: db::now(),
         reload: Arc::new(move || r2.reload()),
