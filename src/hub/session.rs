@@ -367,7 +367,8 @@ impl TrainerSession {
                             ..h.clone()
                         });
                     }
-                    return self.error(ctx, code, message, Some(h.update_id));
+                    self.error(ctx, code, message, Some(h.update_id));
+                    return self.outbox.update_refused();
                 }
                 r.pending = Some(h);
                 // An empty id is the placeholder that swallows the payload of
@@ -577,7 +578,8 @@ impl TrainerSession {
                     code: e.code,
                     message: e.message.clone(),
                 });
-                return self.error(ctx, e.code, e.message, Some(h.update_id));
+                self.error(ctx, e.code, e.message, Some(h.update_id));
+                return self.outbox.update_refused();
             }
         };
         let update_id = h.update_id.clone();

@@ -211,6 +211,16 @@ impl Outbox {
         }
     }
 
+    /// An update of this trainer was refused by its session (bad header,
+    /// shape, NaN...): like an answer, it ends the wait for the version the
+    /// trainer was working on, so the newest goes out after the error.
+    pub fn update_refused(&self) {
+        if let Ok(mut q) = self.q.lock() {
+            q.working_since = None;
+        }
+        self.release_held();
+    }
+
     /// The hub's answer to an update (ack or error) has been queued.
     pub fn update_answered(&self) {
         if let Ok(mut q) = self.q.lock() {
@@ -1015,6 +1025,20 @@ mod tests {
             assert_eq!(
                 ready_within(&mut body, 50).await,
                 [0x81, 2, b'm', b'4', 0x82, 1, b'4']
+            );
+            // An update its session refuses (bad shape, NaN) answers v4 too:
+            // v5, held meanwhile, follows the error at once.
+            out.model(Bytes::from_static(b"m5"), Bytes::from_static(b"5"));
+            assert!(ready_within(&mut body, 50).await.is_empty());
+            out.text("err".into());
+            out.update_refused();
+            assert_eq!(
+                ready_within(&mut body, 50).await,
+                [
+                    &[0x81, 3, b'e', b'r', b'r'][..],
+                    &[0x81, 2, b'm', b'5', 0x82, 1, b'5']
+                ]
+                .concat()
             );
         });
     }
