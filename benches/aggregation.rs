@@ -23,6 +23,7 @@ fn settings(strategy: Strategy) -> AggregationSettings {
         trim_fraction: 0.2,
         clip_norm: 0.0,
         max_num_examples: 1_000_000,
+        max_update_norm: 0.0,
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregation::{AggregationSettings, Strategy};
+use crate::aggregation::{AggregationOverrides, AggregationSettings};
 use crate::error::ConfigError;
+use crate::range::{self, Ends};
 
 /// The documented defaults, embedded so the binary needs no file to start.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -20,7 +21,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub struct Config {
     pub hub: HubConfig,
     pub log: LogConfig,
-    pub aggregation: AggregationDefaults,
+    pub aggregation: AggregationSettings,
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
@@ -34,17 +35,27 @@ pub struct HubConfig {
     pub db: String,
     pub state_dir: String,
     pub admin_token: String,
+    pub tls_cert: String,
+    pub tls_key: String,
     pub open_registration: bool,
     pub allowed_trainers: Vec<String>,
+    pub allowed_origins: Vec<String>,
     pub hello_timeout_secs: u64,
     pub heartbeat_interval_secs: u64,
     pub client_timeout_secs: u64,
     pub model_hold_ms: u64,
     pub max_message_bytes: usize,
+    pub max_prehello_bytes: usize,
     pub max_fragments: usize,
     pub max_pending_handshakes: usize,
+    pub max_prehello_per_ip: usize,
+    pub max_outbound_bytes: usize,
     pub blob_file_threshold_bytes: usize,
     pub max_inflight_update_bytes: usize,
+    pub max_inflight_share: f64,
+    pub min_upload_bytes_per_sec: u64,
+    pub max_model_params: u64,
+    pub max_models: usize,
     pub keep_weights_versions: u64,
     pub shutdown_timeout_secs: u64,
     pub http_workers: usize,
@@ -56,63 +67,84 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AggregationDefaults {
-    pub strategy: Strategy,
-    pub min_updates: usize,
-    pub round_timeout_secs: f64,
-    pub max_staleness: u64,
-    pub staleness_exponent: f64,
-    pub server_lr: f32,
-    pub momentum: f32,
-    pub beta2: f32,
-    pub tau: f32,
-    pub trim_fraction: f32,
-    pub clip_norm: f32,
-    pub max_num_examples: u64,
+/// One model declared in config: its architecture, then any aggregation key
+/// overriding `[aggregation]` for this model only.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ModelConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(flatten)]
+    pub aggregation: AggregationOverrides,
 }
 
-/// One model declared in config. Aggregation keys are optional overrides of
-/// `[aggregation]`; they are listed explicitly because `deny_unknown_fields`
-/// does not work through `#[serde(flatten)]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    #[serde(default)]
-    pub architecture: Option<String>,
-    #[serde(default)]
-    pub hidden: Option<usize>,
-    #[serde(default)]
-    pub inputs: Option<usize>,
-    #[serde(default)]
-    pub classes: Option<usize>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub strategy: Option<Strategy>,
-    #[serde(default)]
-    pub min_updates: Option<usize>,
-    #[serde(default)]
-    pub round_timeout_secs: Option<f64>,
-    #[serde(default)]
-    pub max_staleness: Option<u64>,
-    #[serde(default)]
-    pub staleness_exponent: Option<f64>,
-    #[serde(default)]
-    pub server_lr: Option<f32>,
-    #[serde(default)]
-    pub momentum: Option<f32>,
-    #[serde(default)]
-    pub beta2: Option<f32>,
-    #[serde(default)]
-    pub tau: Option<f32>,
-    #[serde(default)]
-    pub trim_fraction: Option<f32>,
-    #[serde(default)]
-    pub clip_norm: Option<f32>,
-    #[serde(default)]
-    pub max_num_examples: Option<u64>,
+/// The architecture keys of a `[models.NAME]` table (the rest are aggregation keys).
+const MODEL_KEYS: &[&str] = &["architecture", "hidden", "inputs", "classes", "seed"];
+
+impl<'de> Deserialize<'de> for ModelConfig {
+    /// Strict like every other table: serde cannot deny unknown fields
+    /// through `flatten`, so the keys are checked against both lists here.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Arch {
+            architecture: Option<String>,
+            hidden: Option<usize>,
+            inputs: Option<usize>,
+            classes: Option<usize>,
+            seed: Option<u64>,
+        }
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let (mut arch, mut agg) = (serde_json::Map::new(), serde_json::Map::new());
+        for (k, v) in map {
+            if MODEL_KEYS.contains(&k.as_str()) {
+                arch.insert(k, v);
+            } else if AggregationSettings::KEYS.contains(&k.as_str()) {
+                agg.insert(k, v);
+            } else {
+                return Err(D::Error::custom(format!(
+                    "unknown key `{k}` (known: {}, {})",
+                    MODEL_KEYS.join(", "),
+                    AggregationSettings::KEYS.join(", ")
+                )));
+            }
+        }
+        let a: Arch = from_map_naming_key(arch).map_err(D::Error::custom)?;
+        let aggregation: AggregationOverrides =
+            from_map_naming_key(agg).map_err(D::Error::custom)?;
+        Ok(ModelConfig {
+            architecture: a.architecture,
+            hidden: a.hidden,
+            inputs: a.inputs,
+            classes: a.classes,
+            seed: a.seed,
+            aggregation,
+        })
+    }
+}
+
+/// Deserializes a table; a bad value's error names its key (serde's message
+/// alone says only which type it expected).
+pub fn from_map_naming_key<T: serde::de::DeserializeOwned>(
+    map: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|e| {
+        let bad = map.iter().find(|(k, v)| {
+            let one = serde_json::Map::from_iter([((*k).clone(), (*v).clone())]);
+            serde_json::from_value::<T>(serde_json::Value::Object(one)).is_err()
+        });
+        match bad {
+            Some((k, _)) => format!("{k}: {e}"),
+            None => e.to_string(),
+        }
+    })
 }
 
 /// Overrides given on the command line; they win over every other layer.
@@ -120,6 +152,17 @@ pub struct ModelConfig {
 pub struct CliOverrides {
     pub bind: Option<String>,
     pub db: Option<String>,
+}
+
+impl ModelConfig {
+    /// The reference network this entry declares (64-64-10 unless set).
+    pub fn mlp_spec(&self) -> crate::trainer::net::MlpSpec {
+        crate::trainer::net::MlpSpec {
+            inputs: self.inputs.unwrap_or(64),
+            hidden: self.hidden.unwrap_or(64),
+            classes: self.classes.unwrap_or(10),
+        }
+    }
 }
 
 impl Config {
@@ -192,32 +235,157 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks values that parse but make no sense; names the offending key.
+    /// Checks values that parse but make no sense; names the offending key
+    /// and its range.
     pub fn validate(&self) -> Result<(), String> {
-        if self.hub.max_message_bytes < 1024 {
-            return Err("hub.max_message_bytes: must be at least 1024".into());
-        }
-        if self.hub.max_inflight_update_bytes < 1 << 20 {
-            return Err("hub.max_inflight_update_bytes: must be at least 1048576".into());
-        }
-        if self.hub.max_fragments == 0 {
-            return Err("hub.max_fragments: must be at least 1".into());
-        }
-        if self.hub.hello_timeout_secs == 0 {
-            return Err("hub.hello_timeout_secs: must be at least 1".into());
-        }
-        if self.hub.heartbeat_interval_secs == 0 {
-            return Err("hub.heartbeat_interval_secs: must be at least 1".into());
-        }
-        if self.hub.client_timeout_secs <= self.hub.heartbeat_interval_secs {
+        let h = &self.hub;
+        const GIB: f64 = (1u64 << 30) as f64;
+        range::key(
+            "hub.hello_timeout_secs",
+            h.hello_timeout_secs,
+            1.0,
+            3600.0,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.heartbeat_interval_secs",
+            h.heartbeat_interval_secs,
+            1.0,
+            3600.0,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.client_timeout_secs",
+            h.client_timeout_secs,
+            2.0,
+            86_400.0,
+            Ends::Closed,
+        )?;
+        if h.client_timeout_secs <= h.heartbeat_interval_secs {
             return Err(
                 "hub.client_timeout_secs: must be larger than hub.heartbeat_interval_secs".into(),
             );
         }
+        range::key(
+            "hub.model_hold_ms",
+            h.model_hold_ms,
+            0.0,
+            60_000.0,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_message_bytes",
+            h.max_message_bytes,
+            1024.0,
+            4.0 * GIB,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_prehello_bytes",
+            h.max_prehello_bytes,
+            1024.0,
+            16.0 * 1048576.0,
+            Ends::Closed,
+        )?;
+        range::key("hub.max_fragments", h.max_fragments, 1.0, 1e6, Ends::Closed)?;
+        range::key(
+            "hub.max_pending_handshakes",
+            h.max_pending_handshakes,
+            1.0,
+            1e6,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_prehello_per_ip",
+            h.max_prehello_per_ip,
+            1.0,
+            1e6,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_outbound_bytes",
+            h.max_outbound_bytes,
+            65_536.0,
+            GIB,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.blob_file_threshold_bytes",
+            h.blob_file_threshold_bytes,
+            0.0,
+            GIB,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_inflight_update_bytes",
+            h.max_inflight_update_bytes,
+            1048576.0,
+            1024.0 * GIB,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_inflight_share",
+            h.max_inflight_share,
+            0.0,
+            1.0,
+            Ends::OpenLow,
+        )?;
+        range::key(
+            "hub.min_upload_bytes_per_sec",
+            h.min_upload_bytes_per_sec,
+            0.0,
+            1e12,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.max_model_params",
+            h.max_model_params,
+            1.0,
+            4e9,
+            Ends::Closed,
+        )?;
+        range::key("hub.max_models", h.max_models, 1.0, 1e6, Ends::Closed)?;
+        range::key(
+            "hub.keep_weights_versions",
+            h.keep_weights_versions,
+            0.0,
+            1e9,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.shutdown_timeout_secs",
+            h.shutdown_timeout_secs,
+            0.0,
+            3600.0,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.http_workers",
+            h.http_workers,
+            0.0,
+            1024.0,
+            Ends::Closed,
+        )?;
+        if h.tls_cert.is_empty() != h.tls_key.is_empty() {
+            return Err(
+                "hub.tls_cert, hub.tls_key: give both (TLS) or neither (plain HTTP)".into(),
+            );
+        }
+        for o in &h.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(format!(
+                    "hub.allowed_origins: `{o}` is not an origin like `https://dashboard.example:8443`"
+                ));
+            }
+        }
+        self.aggregation
+            .validate()
+            .map_err(|e| format!("aggregation.{e}"))?;
         for (name, m) in &self.models {
             crate::hub::validate_model_name(name).map_err(|e| format!("models.{name}: {e}"))?;
-            let s = self.aggregation_for(name);
-            s.validate().map_err(|e| format!("models.{name}.{e}"))?;
+            self.aggregation_for(name)
+                .validate()
+                .map_err(|e| format!("models.{name}.{e}"))?;
             if let Some(arch) = &m.architecture {
                 if arch != "digits" {
                     return Err(format!(
@@ -225,10 +393,10 @@ impl Config {
                     ));
                 }
             }
+            let spec = m.mlp_spec();
+            spec.check(h.max_model_params)
+                .map_err(|e| format!("models.{name}: {e}"))?;
         }
-        self.aggregation_settings(&ModelConfig::default())
-            .validate()
-            .map_err(|e| format!("aggregation.{e}"))?;
         for (name, classes) in &self.specialties {
             if classes.is_empty() {
                 return Err(format!("specialties.{name}: needs at least one class"));
@@ -241,27 +409,14 @@ impl Config {
     /// the defaults for a model that is not.
     pub fn aggregation_for(&self, model: &str) -> AggregationSettings {
         match self.models.get(model) {
-            Some(m) => self.aggregation_settings(m),
-            None => self.aggregation_settings(&ModelConfig::default()),
+            Some(m) => self.aggregation.with(&m.aggregation),
+            None => self.aggregation.clone(),
         }
     }
 
-    pub fn aggregation_settings(&self, m: &ModelConfig) -> AggregationSettings {
-        let d = &self.aggregation;
-        AggregationSettings {
-            strategy: m.strategy.unwrap_or(d.strategy),
-            min_updates: m.min_updates.unwrap_or(d.min_updates),
-            round_timeout_secs: m.round_timeout_secs.unwrap_or(d.round_timeout_secs),
-            max_staleness: m.max_staleness.unwrap_or(d.max_staleness),
-            staleness_exponent: m.staleness_exponent.unwrap_or(d.staleness_exponent),
-            server_lr: m.server_lr.unwrap_or(d.server_lr),
-            momentum: m.momentum.unwrap_or(d.momentum),
-            beta2: m.beta2.unwrap_or(d.beta2),
-            tau: m.tau.unwrap_or(d.tau),
-            trim_fraction: m.trim_fraction.unwrap_or(d.trim_fraction),
-            clip_norm: m.clip_norm.unwrap_or(d.clip_norm),
-            max_num_examples: m.max_num_examples.unwrap_or(d.max_num_examples),
-        }
+    /// The defaults with a model's own overrides applied.
+    pub fn aggregation_settings(&self, o: &AggregationOverrides) -> AggregationSettings {
+        self.aggregation.with(o)
     }
 
     /// Directory for hub-created state: config, then systemd's

@@ -37,6 +37,10 @@ pub enum DbError {
     Migration(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Reading or writing a file failed (permissions, disk full, ...): the
+    /// data may be fine, the hub cannot reach it.
+    #[error("storage I/O error: {0}")]
+    Io(String),
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -49,10 +53,13 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
+/// Every REST error: a stable code (see docs/PROTOCOL.md) and a sentence.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// Stable error code, for scripts to match on.
+    pub code: &'a str,
+    /// What went wrong, for people.
+    pub message: &'a str,
 }
 
 impl ApiError {
@@ -80,6 +87,16 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// 413 for a body over its limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over this call's limit of {limit} bytes"),
+        )
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         ApiError::internal(e.to_string())
@@ -94,18 +111,7 @@ impl From<actix::MailboxError> for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        use ErrorCode::*;
-        match self.code {
-            NotFound | UnknownModel | UnknownTrainer => StatusCode::NOT_FOUND,
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden => StatusCode::FORBIDDEN,
-            Conflict => StatusCode::CONFLICT,
-            WeightsPruned => StatusCode::GONE,
-            ShuttingDown | TooManyHandshakes => StatusCode::SERVICE_UNAVAILABLE,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        }
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {

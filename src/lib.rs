@@ -13,6 +13,7 @@ pub mod harness;
 pub mod hub;
 pub mod logging;
 pub mod protocol;
+pub mod range;
 pub mod trainer;
 
 pub use config::Config;

@@ -196,7 +196,7 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_flag_checks_shape_and_learns_from_unscaled_csv() {
     let hub = start_hub(|c| {
-        c.models.get_mut("digits").unwrap().min_updates = Some(1);
+        c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(1);
     });
     // A CSV of another shape: refused before connecting, naming both shapes.
     let bad = hub.dir.path().join("iris_like.csv");
@@ -285,7 +285,7 @@ async fn data_flag_checks_shape_and_learns_from_unscaled_csv() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trainer_without_a_terminal_logs_plain_status_lines() {
     let hub = start_hub(|c| {
-        c.models.get_mut("digits").unwrap().min_updates = Some(1);
+        c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(1);
     });
     let out = Command::new(kernal_bin())
         .args([
@@ -325,7 +325,7 @@ async fn trainer_without_a_terminal_logs_plain_status_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_trainer_example_joins_the_hub() {
     let hub = start_hub(|c| {
-        c.models.get_mut("digits").unwrap().min_updates = Some(1);
+        c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(1);
     });
     let exe = kernal_bin()
         .parent()

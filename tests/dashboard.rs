@@ -161,8 +161,8 @@ async fn dashboard_updates_live_in_a_real_browser() {
     }
     let hub = start_hub(|c| {
         let d = c.models.get_mut("digits").unwrap();
-        d.min_updates = Some(2);
-        d.round_timeout_secs = Some(30.0);
+        d.aggregation.min_updates = Some(2);
+        d.aggregation.round_timeout_secs = Some(30.0);
     });
     let url = hub.url();
     let driver = Driver::start().await;

@@ -150,7 +150,13 @@ async fn multi_spec_against(url: &str, cwd: &std::path::Path) -> (i32, String, S
 async fn runs_against_a_running_hub_are_recorded_and_checked_for_regressions() {
     // A short round timeout: the harness waits for updates left over from
     // the first run to be folded before it starts the second.
-    let hub = start_hub(|c| c.models.get_mut("digits").unwrap().round_timeout_secs = Some(2.0));
+    let hub = start_hub(|c| {
+        c.models
+            .get_mut("digits")
+            .unwrap()
+            .aggregation
+            .round_timeout_secs = Some(2.0)
+    });
     let url = hub.url();
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = multi_spec_against(&url, dir.path()).await;

@@ -32,8 +32,9 @@ async fn create_tiny(url: &str, name: &str, query: &str, w0: [f32; 2]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_updates_acks_and_versions_reach_every_trainer() {
     let hub = start_hub(|c| {
-        c.models.get_mut("digits").unwrap().min_updates = Some(2);
-        c.models.get_mut("digits").unwrap().strategy = Some(kernal::aggregation::Strategy::Fedavg);
+        c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(2);
+        c.models.get_mut("digits").unwrap().aggregation.strategy =
+            Some(kernal::aggregation::Strategy::Fedavg);
     });
     let health = get_json(&format!("{}/healthz", hub.url())).await;
     assert_eq!(health["status"], "ok");
@@ -166,9 +167,9 @@ async fn bad_inputs_are_refused_with_codes_while_others_keep_working() {
         c.hub.max_message_bytes = 200_000;
         c.hub.max_pending_handshakes = 4;
         let d = c.models.get_mut("digits").unwrap();
-        d.min_updates = Some(1);
-        d.max_staleness = Some(1);
-        d.max_num_examples = Some(10_000);
+        d.aggregation.min_updates = Some(1);
+        d.aggregation.max_staleness = Some(1);
+        d.aggregation.max_num_examples = Some(10_000);
     });
     let ws = hub.ws();
     let layout = digits_layout();
@@ -641,7 +642,7 @@ async fn old_checkpoints_are_pruned_but_versions_stay() {
         c.hub.keep_weights_versions = 2;
         // Checkpoints and payloads in files, so pruning retires files too.
         c.hub.blob_file_threshold_bytes = 1024;
-        c.models.get_mut("digits").unwrap().min_updates = Some(1);
+        c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(1);
     });
     let (mut a, _, _) = Raw::hello(&hub.ws(), "alice", "tok-a", "digits").await;
     let layout = digits_layout();
@@ -712,7 +713,8 @@ async fn raw_frame(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u8, Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_that_break_rfc6455_are_refused_while_others_keep_working() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hub = start_hub(|c| c.models.get_mut("digits").unwrap().min_updates = Some(100));
+    let hub =
+        start_hub(|c| c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(100));
     let (mut steady, _, _) = Raw::hello(&hub.ws(), "steady", "tok", "digits").await;
     let layout = digits_layout();
     let n = layout.num_params();

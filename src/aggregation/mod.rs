@@ -2,13 +2,16 @@
 //! server optimizer state, and the buffering policy that decides when to fold.
 //! Nothing here knows about actix, so it is tested directly.
 
+pub mod settings;
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::ErrorCode;
+pub use settings::{AggregationOverrides, AggregationSettings};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Example- and staleness-weighted mean of deltas.
@@ -32,63 +35,6 @@ impl Strategy {
             Strategy::Median => "median",
             Strategy::TrimmedMean => "trimmed_mean",
         }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AggregationSettings {
-    pub strategy: Strategy,
-    pub min_updates: usize,
-    pub round_timeout_secs: f64,
-    pub max_staleness: u64,
-    pub staleness_exponent: f64,
-    pub server_lr: f32,
-    pub momentum: f32,
-    pub beta2: f32,
-    pub tau: f32,
-    pub trim_fraction: f32,
-    pub clip_norm: f32,
-    pub max_num_examples: u64,
-}
-
-impl AggregationSettings {
-    /// Validates values; the error starts with the key's name.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.min_updates == 0 {
-            return Err("min_updates: must be at least 1".into());
-        }
-        if !(self.round_timeout_secs > 0.0 && self.round_timeout_secs.is_finite()) {
-            return Err("round_timeout_secs: must be a positive number of seconds".into());
-        }
-        if !(self.staleness_exponent >= 0.0 && self.staleness_exponent.is_finite()) {
-            return Err("staleness_exponent: must be >= 0".into());
-        }
-        if !(self.server_lr > 0.0 && self.server_lr.is_finite()) {
-            return Err("server_lr: must be > 0".into());
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err("momentum: must be in [0, 1)".into());
-        }
-        if !(0.0..1.0).contains(&self.beta2) {
-            return Err("beta2: must be in [0, 1)".into());
-        }
-        if !(self.tau > 0.0 && self.tau.is_finite()) {
-            return Err("tau: must be > 0".into());
-        }
-        if !(0.0..0.5).contains(&self.trim_fraction) {
-            return Err("trim_fraction: must be in [0, 0.5)".into());
-        }
-        if !(self.clip_norm >= 0.0 && self.clip_norm.is_finite()) {
-            return Err("clip_norm: must be >= 0 (0 disables clipping)".into());
-        }
-        if self.max_num_examples == 0 {
-            return Err("max_num_examples: must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    pub fn round_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.round_timeout_secs)
     }
 }
 
@@ -387,6 +333,7 @@ mod tests {
             trim_fraction: 0.25,
             clip_norm: 0.0,
             max_num_examples: 1000,
+            max_update_norm: 0.0,
         }
     }
 

@@ -2,11 +2,17 @@
 //! calls writes from the Persister (a SyncArbiter thread) and reads inside
 //! `web::block`, never on an async executor thread.
 
+pub mod acked;
+pub mod blobs;
+pub mod health;
 pub mod schema;
+
+pub use blobs::BlobStore;
+pub use health::StorageHealth;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -31,11 +37,18 @@ pub type DbPool = Pool<ConnectionManager<SqliteConnection>>;
 /// every 16384 pages instead of 1000, so the few pages every commit touches
 /// (the ledger's tail and indexes) are copied back once, not every second.
 /// A WAL that a burst grew is cut back to 128 MiB when it starts over.
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+///
+/// The busy timeout comes first: switching to WAL takes a lock, and without
+/// a timeout a connection opened while the writer holds one failed at once
+/// ("database is locked" on about one start in five). Read connections do
+/// not switch the mode (the writer did, and it is kept in the file).
+const PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                        PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
                        PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY; \
                        PRAGMA wal_autocheckpoint = 16384; \
                        PRAGMA journal_size_limit = 134217728;";
+const READ_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                            PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;";
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -46,16 +59,83 @@ struct Pragmas;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(PRAGMAS)
+        conn.batch_execute(READ_PRAGMAS)
             .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
-/// Opens the single writer connection.
+/// Opens the single writer connection. The database file is created (or
+/// kept) readable by the hub's user only; SQLite gives its WAL and shared
+/// memory files the same mode.
 pub fn connect(path: &Path) -> Result<SqliteConnection, DbError> {
+    make_private(path)?;
     let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
     conn.batch_execute(PRAGMAS)?;
     Ok(conn)
+}
+
+/// Creates `path` with mode 0600 if it is missing, or narrows the mode of
+/// an existing file to 0600 (the ledger holds trainers' updates).
+pub fn make_private(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| DbError::Io(format!("{}: {e}", path.display()));
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+                    .map_err(io)?;
+                log::warn!(
+                    "{} was readable by others (mode {mode:o}); narrowed to {:o}",
+                    path.display(),
+                    mode & 0o700
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map(|_| ())
+            .map_err(io),
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[derive(QueryableByName)]
+struct CheckRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    quick_check: String,
+}
+
+/// `PRAGMA quick_check`: the database's structure is sound, or what is wrong.
+pub fn quick_check(conn: &mut SqliteConnection) -> Result<(), DbError> {
+    let rows: Vec<CheckRow> = diesel::sql_query("PRAGMA quick_check").load(conn)?;
+    let problems: Vec<String> = rows
+        .into_iter()
+        .map(|r| r.quick_check)
+        .filter(|r| r != "ok")
+        .take(5)
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DbError::Corrupt(format!(
+            "PRAGMA quick_check failed: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// The highest ledger id.
+pub fn max_update_id(conn: &mut SqliteConnection) -> Result<i64, DbError> {
+    Ok(updates::table
+        .select(diesel::dsl::max(updates::id))
+        .first::<Option<i64>>(conn)?
+        .unwrap_or(0))
 }
 
 /// Starts the thread that folds the WAL back into the database every 500 ms
@@ -215,10 +295,11 @@ pub struct NewUpdate<'a> {
     pub payload_file: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+/// One entry of the contributions ledger.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = updates)]
 pub struct UpdateRow {
-    #[serde(skip)]
+    /// Ledger id: increasing, the cursor of `GET /v1/updates?after=`.
     pub id: i64,
     pub update_id: String,
     pub trainer: String,
@@ -235,7 +316,7 @@ pub struct UpdateRow {
     pub received_at: String,
 }
 
-#[derive(Debug, Clone, Insertable, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Insertable, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = evaluations)]
 pub struct EvalRow {
     pub model: String,
@@ -412,12 +493,21 @@ pub fn commit_version(
     conn: &mut SqliteConnection,
     v: &NewVersion<'_>,
     applied_row_ids: &[i64],
+    refused_row_ids: &[i64],
 ) -> Result<Vec<(String, Option<u64>)>, DbError> {
     conn.immediate_transaction(|conn| {
         diesel::insert_into(versions::table)
             .values(v)
             .execute(conn)?;
-        let mut files = Vec::new();
+        let mut files = refuse_pending_in(
+            conn,
+            refused_row_ids,
+            crate::protocol::ErrorCode::RolledBack.as_str(),
+            &format!(
+                "the model was rolled back by an administrator (new version {}); this update was trained from a discarded version",
+                v.version
+            ),
+        )?;
         for chunk in applied_row_ids.chunks(500) {
             let f: Vec<(Option<String>, i64)> = updates::table
                 .filter(updates::id.eq_any(chunk))
@@ -455,6 +545,68 @@ pub fn commit_version(
         }
         Ok(files)
     })
+}
+
+/// Marks pending updates refused with `code`; returns the payload files
+/// they named (with their sizes), to retire once this has committed.
+pub fn refuse_pending(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    code: &str,
+    message: &str,
+) -> Result<Vec<(String, Option<u64>)>, DbError> {
+    conn.immediate_transaction(|conn| refuse_pending_in(conn, ids, code, message))
+}
+
+fn refuse_pending_in(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    code: &str,
+    message: &str,
+) -> Result<Vec<(String, Option<u64>)>, DbError> {
+    let mut files = Vec::new();
+    for chunk in ids.chunks(500) {
+        let f: Vec<(Option<String>, i64)> = updates::table
+            .filter(updates::id.eq_any(chunk))
+            .filter(updates::status.eq("pending"))
+            .filter(updates::payload_file.is_not_null())
+            .select((updates::payload_file, updates::bytes))
+            .load(conn)?;
+        files.extend(
+            f.into_iter()
+                .filter_map(|(f, n)| f.map(|f| (f, Some(n.max(0) as u64)))),
+        );
+        diesel::update(
+            updates::table
+                .filter(updates::id.eq_any(chunk))
+                .filter(updates::status.eq("pending")),
+        )
+        .set((
+            updates::status.eq("refused"),
+            updates::refusal_code.eq(code),
+            updates::refusal_message.eq(message),
+            updates::payload.eq(None::<Vec<u8>>),
+            updates::payload_file.eq(None::<String>),
+        ))
+        .execute(conn)?;
+    }
+    Ok(files)
+}
+
+/// Where a pending update's payload is: inline bytes, or a blob file.
+pub type StoredPayload = (Option<Vec<u8>>, Option<String>);
+
+/// A pending update's stored payload.
+pub fn pending_payload(
+    conn: &mut SqliteConnection,
+    row_id: i64,
+) -> Result<Option<StoredPayload>, DbError> {
+    Ok(updates::table
+        .filter(updates::id.eq(row_id))
+        .filter(updates::status.eq("pending"))
+        .select((updates::payload, updates::payload_file))
+        .first(conn)
+        .optional()?)
 }
 
 /// Drops the weights of the versions of `model` after `from` up to `upto`
@@ -716,215 +868,6 @@ pub fn referenced_blobs(
     Ok(set)
 }
 
-/// Large payloads and checkpoints as files in `<database>.blobs/`, so a
-/// 400 MB update is one sequential file write instead of a SQLite blob write
-/// through the WAL. Files are written completely before the row naming them
-/// commits; files no row names (a crash in between) are removed at start.
-///
-/// Removed files are kept as spares and written over, under the same name,
-/// by a later blob: overwriting a file whose blocks and cached pages exist
-/// costs a quarter of creating a file, allocating its blocks and later
-/// unlinking it (measured: 0.35 ms against 1.4 ms for 4 MB on ext4), and a
-/// thousand small updates a second do not contend for the directory's lock.
-/// A name is only reused after the transaction that stopped naming it
-/// committed, so no two live rows can share a file.
-#[derive(Debug, Clone)]
-pub struct BlobStore {
-    pub dir: std::path::PathBuf,
-    /// Blobs at least this large go to files.
-    pub threshold: usize,
-    spares: Arc<Mutex<Spares>>,
-}
-
-#[derive(Debug, Default)]
-struct Spares {
-    files: Vec<(String, u64)>,
-    bytes: u64,
-    /// Open handles of files written here, by name, so a spare is written
-    /// over without an `open` and `close`: at ten thousand small updates a
-    /// second those two were a third of the cost of storing a payload, on
-    /// the connection threads. Bounded by `open_limit` (see `keep_open`).
-    open: std::collections::HashMap<String, std::fs::File>,
-    open_limit: usize,
-}
-
-/// At most this many spare files, holding at most this many bytes.
-const SPARE_FILES: usize = 4096;
-const SPARE_BYTES: u64 = 1 << 30;
-
-impl BlobStore {
-    pub fn for_db(db: &Path, threshold: usize) -> BlobStore {
-        let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        name.push(".blobs");
-        BlobStore {
-            dir: db.with_file_name(name),
-            threshold,
-            spares: Arc::new(Mutex::new(Spares::default())),
-        }
-    }
-
-    /// Keeps up to `n` handles of files written here open (none by default).
-    pub fn keep_open(self, n: usize) -> BlobStore {
-        if let Ok(mut s) = self.spares.lock() {
-            s.open_limit = n;
-        }
-        self
-    }
-
-    /// The open handle of a file written here, taken out while it is used.
-    fn take_handle(&self, name: &str) -> Option<std::fs::File> {
-        self.spares.lock().ok()?.open.remove(name)
-    }
-
-    /// Keeps a handle of a file just written, while there is room.
-    fn keep_handle(&self, name: &str, f: std::fs::File) {
-        if let Ok(mut s) = self.spares.lock() {
-            if s.open.len() < s.open_limit {
-                s.open.insert(name.to_string(), f);
-            }
-        }
-    }
-
-    /// How many blob files are held open.
-    pub fn open_handles(&self) -> usize {
-        self.spares.lock().map(|s| s.open.len()).unwrap_or(0)
-    }
-
-    /// A spare file, the one of exactly `len` bytes if there is one.
-    fn take_spare(&self, len: u64) -> Option<(String, u64)> {
-        let mut s = self.spares.lock().ok()?;
-        let i = s
-            .files
-            .iter()
-            .position(|(_, l)| *l == len)
-            .or_else(|| s.files.len().checked_sub(1))?;
-        let f = s.files.swap_remove(i);
-        s.bytes -= f.1;
-        Some(f)
-    }
-
-    /// Writes `bytes` over a spare file.
-    fn reuse(&self, name: &str, size: u64, bytes: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let f = match self.take_handle(name) {
-            Some(f) => f,
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .open(self.dir.join(name))?,
-        };
-        f.write_all_at(bytes, 0)?;
-        if size != bytes.len() as u64 {
-            f.set_len(bytes.len() as u64)?;
-        }
-        self.keep_handle(name, f);
-        Ok(())
-    }
-
-    pub fn wants(&self, len: usize) -> bool {
-        self.threshold > 0 && len >= self.threshold
-    }
-
-    /// Writes a new blob file and returns its name. Durable against a crash
-    /// of the process (the page cache survives `kill -9`), like SQLite's WAL
-    /// with `synchronous=NORMAL`.
-    pub fn put(&self, bytes: &[u8]) -> Result<String, DbError> {
-        if let Some((spare, size)) = self.take_spare(bytes.len() as u64) {
-            match self.reuse(&spare, size, bytes) {
-                Ok(()) => return Ok(spare),
-                Err(e) => {
-                    log::debug!("blob spare {spare} not reusable: {e}");
-                    let _ = std::fs::remove_file(self.dir.join(&spare));
-                }
-            }
-        }
-        let name = format!("{}.safetensors", uuid::Uuid::new_v4().simple());
-        let path = self.dir.join(&name);
-        let write = || -> std::io::Result<std::fs::File> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&path)?;
-            f.write_all(bytes)?;
-            Ok(f)
-        };
-        let written = match write() {
-            // The directory is made by the first blob (not on every write:
-            // at ten thousand small updates a second the `mkdir` shows).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.dir)
-                    .map_err(|e| DbError::Corrupt(format!("{}: {e}", self.dir.display())))?;
-                write()
-            }
-            r => r,
-        };
-        let f = written.map_err(|e| DbError::Corrupt(format!("{name}: {e}")))?;
-        self.keep_handle(&name, f);
-        Ok(name)
-    }
-
-    pub fn get(&self, name: &str) -> Result<Vec<u8>, DbError> {
-        if name.contains('/') || name.contains("..") {
-            return Err(DbError::Corrupt(format!("bad blob name {name}")));
-        }
-        std::fs::read(self.dir.join(name))
-            .map_err(|e| DbError::Corrupt(format!("blob {name}: {e}")))
-    }
-
-    /// Retires a file no row names any more (the caller's transaction that
-    /// stopped naming it has committed): kept as a spare while there is room,
-    /// removed otherwise. The sweep at start removes spares with any other
-    /// file no row names.
-    pub fn remove(&self, name: &str) {
-        if let Some(path) = self.retire(name, None) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-
-    /// Like [`BlobStore::remove`], but hands back the path to unlink when
-    /// the file cannot be kept, so the caller can unlink it elsewhere:
-    /// keeping a spare is a `stat`, unlinking a large file takes milliseconds.
-    /// `size` is the file's size when the caller knows it (a `stat` per
-    /// folded update shows at ten thousand updates a second).
-    pub fn retire(&self, name: &str, size: Option<u64>) -> Option<std::path::PathBuf> {
-        if name.contains('/') || name.contains("..") {
-            return None;
-        }
-        let path = self.dir.join(name);
-        let size = size.unwrap_or_else(|| std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
-        if let Ok(mut s) = self.spares.lock() {
-            if size > 0 && s.files.len() < SPARE_FILES && s.bytes + size <= SPARE_BYTES {
-                s.files.push((name.to_string(), size));
-                s.bytes += size;
-                return None;
-            }
-            s.open.remove(name);
-        }
-        Some(path)
-    }
-
-    /// How many spare files are kept for reuse.
-    pub fn spare_count(&self) -> usize {
-        self.spares.lock().map(|s| s.files.len()).unwrap_or(0)
-    }
-
-    /// Removes files no row refers to; returns how many.
-    pub fn sweep(&self, keep: &std::collections::HashSet<String>) -> usize {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
-        let mut n = 0;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !keep.contains(&name) {
-                if let Ok(mut s) = self.spares.lock() {
-                    s.open.remove(&name);
-                }
-                let _ = std::fs::remove_file(e.path());
-                n += 1;
-            }
-        }
-        n
-    }
-}
-
 pub fn list_trainers(conn: &mut SqliteConnection) -> Result<Vec<TrainerRow>, DbError> {
     Ok(trainers::table
         .order(trainers::name.asc())
@@ -932,22 +875,40 @@ pub fn list_trainers(conn: &mut SqliteConnection) -> Result<Vec<TrainerRow>, DbE
         .load(conn)?)
 }
 
+/// Which ledger rows to list.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateFilter<'a> {
+    pub model: Option<&'a str>,
+    pub trainer: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// Rows after this id, oldest first (paging); None: the newest rows.
+    pub after: Option<i64>,
+}
+
+/// Ledger rows, oldest first: after `f.after` (the next page), or the
+/// newest `limit`.
 pub fn list_updates(
     conn: &mut SqliteConnection,
-    model: Option<&str>,
-    trainer: Option<&str>,
-    status: Option<&str>,
+    f: &UpdateFilter<'_>,
     limit: i64,
 ) -> Result<Vec<UpdateRow>, DbError> {
     let mut q = updates::table.into_boxed();
-    if let Some(m) = model {
+    if let Some(m) = f.model {
         q = q.filter(updates::model.eq(m.to_string()));
     }
-    if let Some(t) = trainer {
+    if let Some(t) = f.trainer {
         q = q.filter(updates::trainer.eq(t.to_string()));
     }
-    if let Some(s) = status {
+    if let Some(s) = f.status {
         q = q.filter(updates::status.eq(s.to_string()));
+    }
+    if let Some(after) = f.after {
+        return Ok(q
+            .filter(updates::id.gt(after))
+            .order(updates::id.asc())
+            .limit(limit)
+            .select(UpdateRow::as_select())
+            .load(conn)?);
     }
     let mut rows: Vec<UpdateRow> = q
         .order(updates::id.desc())
@@ -992,6 +953,25 @@ pub fn list_evaluations(
         .load(conn)?;
     rows.reverse();
     Ok(rows)
+}
+
+/// The federated evaluations reported for one version.
+pub fn version_evaluations(
+    conn: &mut SqliteConnection,
+    model: &str,
+    version: i64,
+) -> Result<Vec<EvalRow>, DbError> {
+    Ok(evaluations::table
+        .filter(evaluations::model.eq(model))
+        .filter(evaluations::version.eq(version))
+        .order(evaluations::id.asc())
+        .limit(100_000)
+        .select(EvalRow::as_select())
+        .load(conn)?)
+}
+
+pub fn delete_harness_run(conn: &mut SqliteConnection, id: i64) -> Result<bool, DbError> {
+    Ok(diesel::delete(harness_runs::table.filter(harness_runs::id.eq(id))).execute(conn)? > 0)
 }
 
 pub fn list_harness_runs(
@@ -1041,31 +1021,6 @@ mod tests {
         assert_eq!(left, 0);
         run_migrations(&mut conn).unwrap();
         assert!(list_trainers(&mut conn).unwrap().is_empty());
-    }
-
-    #[test]
-    fn blob_files_are_written_over_through_their_kept_handles() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::for_db(&dir.path().join("b.db"), 16).keep_open(8);
-        let a = blobs.put(&[1u8; 100]).unwrap();
-        let b = blobs.put(&[2u8; 100]).unwrap();
-        assert_eq!(blobs.open_handles(), 2);
-        // Retired as a spare, a file keeps its handle; the next blob of any
-        // size is written over it through that handle, truncated to fit.
-        assert!(blobs.retire(&a, Some(100)).is_none());
-        let c = blobs.put(&[3u8; 40]).unwrap();
-        assert_eq!(c, a);
-        assert_eq!(blobs.get(&c).unwrap(), vec![3u8; 40]);
-        assert_eq!(blobs.get(&b).unwrap(), vec![2u8; 100]);
-        assert_eq!(blobs.open_handles(), 2);
-        // A file that cannot be kept as a spare loses its handle too.
-        blobs.spares.lock().unwrap().bytes = SPARE_BYTES;
-        let path = blobs.retire(&b, Some(100)).expect("no room for a spare");
-        std::fs::remove_file(path).unwrap();
-        assert_eq!(blobs.open_handles(), 1);
-        // The sweep at start drops the handles of what it removes.
-        assert_eq!(blobs.sweep(&std::collections::HashSet::new()), 1);
-        assert_eq!(blobs.open_handles(), 0);
     }
 
     #[derive(QueryableByName)]
@@ -1144,16 +1099,20 @@ mod tests {
             parent: Some(0),
             ..v0.clone()
         };
-        commit_version(&mut conn, &v1, &[row_id, u2_id]).unwrap();
+        commit_version(&mut conn, &v1, &[row_id, u2_id], &[]).unwrap();
         // Applying the same update again aborts the whole version.
         let v2 = NewVersion {
             version: 2,
             parent: Some(1),
             ..v0.clone()
         };
-        assert!(commit_version(&mut conn, &v2, &[row_id]).is_err());
+        assert!(commit_version(&mut conn, &v2, &[row_id], &[]).is_err());
         assert_eq!(latest_version(&mut conn, "m").unwrap(), Some(1));
-        let rows = list_updates(&mut conn, Some("m"), None, None, 10).unwrap();
+        let only_m = UpdateFilter {
+            model: Some("m"),
+            ..Default::default()
+        };
+        let rows = list_updates(&mut conn, &only_m, 10).unwrap();
         assert_eq!(rows.len(), 2);
         assert!(rows.iter().all(|r| r.status == "applied"));
         assert_eq!(rows[0].applied_in_version, Some(1));

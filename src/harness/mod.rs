@@ -110,25 +110,20 @@ fn start_own_hub(
     sc: &Scenario,
     strategy_override: Option<&scenario::CompareSpec>,
 ) -> Result<ChildHub, HarnessError> {
-    let h = &sc.hub;
-    let mut m = toml::Table::new();
-    let mut set = |k: &str, v: Option<toml::Value>| {
-        if let Some(v) = v {
-            m.insert(k.to_string(), v);
-        }
+    // Only what the scenario sets: the hub's own file supplies the rest.
+    let aggregation = match strategy_override {
+        Some(c) => sc.hub.aggregation.then(&c.aggregation),
+        None => sc.hub.aggregation.clone(),
     };
-    let strategy = strategy_override.map(|c| c.strategy).or(h.strategy);
-    set("strategy", strategy.map(|s| s.as_str().into()));
-    set("min_updates", h.min_updates.map(|v| (v as i64).into()));
-    set("round_timeout_secs", h.round_timeout_secs.map(Into::into));
-    set("max_staleness", h.max_staleness.map(|v| (v as i64).into()));
-    set("momentum", h.momentum.map(|v| (v as f64).into()));
-    set("server_lr", h.server_lr.map(|v| (v as f64).into()));
-    set("trim_fraction", h.trim_fraction.map(|v| (v as f64).into()));
-    let clip = strategy_override.and_then(|c| c.clip_norm).or(h.clip_norm);
-    set("clip_norm", clip.map(|v| (v as f64).into()));
+    let model = crate::config::ModelConfig {
+        aggregation,
+        ..Default::default()
+    };
     let mut models = toml::Table::new();
-    models.insert(h.model.clone(), toml::Value::Table(m));
+    models.insert(
+        sc.hub.model.clone(),
+        toml::Value::try_from(&model).map_err(run_err)?,
+    );
     let mut root = toml::Table::new();
     root.insert("models".into(), toml::Value::Table(models));
     ChildHub::start(root).map_err(HarnessError::Run)
@@ -592,7 +587,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             return Err(HarnessError::Run(msg));
         }
     };
-    run.strategy = sc.hub.strategy.map(|s| s.as_str().to_string());
+    run.strategy = sc.hub.aggregation.strategy.map(|s| s.as_str().to_string());
     let cfg = Config::builtin();
     let spec = MlpSpec {
         inputs: 64,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregation::Strategy;
+use crate::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 use crate::trainer::client::{Behaviour, Compression};
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
@@ -57,35 +57,51 @@ fn default_seed() -> u64 {
     1
 }
 
-/// Aggregation settings for the run's model (own hub only).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// The run's model and its aggregation settings (own hub only): `model`,
+/// then any aggregation key (`strategy`, `min_updates`, ...; see
+/// [`AggregationSettings::KEYS`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HubSettings {
-    #[serde(default = "default_model")]
     pub model: String,
-    pub strategy: Option<Strategy>,
-    pub min_updates: Option<usize>,
-    pub round_timeout_secs: Option<f64>,
-    pub max_staleness: Option<u64>,
-    pub momentum: Option<f32>,
-    pub server_lr: Option<f32>,
-    pub trim_fraction: Option<f32>,
-    pub clip_norm: Option<f32>,
+    #[serde(flatten)]
+    pub aggregation: AggregationOverrides,
 }
 
 impl Default for HubSettings {
     fn default() -> Self {
         HubSettings {
             model: default_model(),
-            strategy: None,
-            min_updates: None,
-            round_timeout_secs: None,
-            max_staleness: None,
-            momentum: None,
-            server_lr: None,
-            trim_fraction: None,
-            clip_norm: None,
+            aggregation: AggregationOverrides::default(),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for HubSettings {
+    /// Strict: an unknown key is an error that names it (serde cannot deny
+    /// unknown fields through `flatten`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let model = match map.remove("model") {
+            Some(serde_json::Value::String(m)) => m,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "model: expected a model name, got {other}"
+                )))
+            }
+            None => default_model(),
+        };
+        if let Some(k) = map
+            .keys()
+            .find(|k| !AggregationSettings::KEYS.contains(&k.as_str()))
+        {
+            return Err(D::Error::custom(format!(
+                "unknown key `{k}` in [hub] (known: model, {})",
+                AggregationSettings::KEYS.join(", ")
+            )));
+        }
+        let aggregation = crate::config::from_map_naming_key(map).map_err(D::Error::custom)?;
+        Ok(HubSettings { model, aggregation })
     }
 }
 
@@ -203,17 +219,50 @@ pub struct RestartSpec {
     pub at_version: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// Run the same scenario again with other aggregation settings (own hub
+/// only): `strategy` (required), any other aggregation key, and
+/// `min_accuracy_drop`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CompareSpec {
-    /// Run the same scenario again with this strategy, for the report.
     pub strategy: Strategy,
-    #[serde(default)]
-    pub clip_norm: Option<f32>,
+    /// Settings of the comparison run, over the scenario's `[hub]`.
+    #[serde(flatten)]
+    pub aggregation: AggregationOverrides,
     /// Require the comparison run to score at least this much lower
-    /// (shows that the scenario's own strategy matters).
-    #[serde(default)]
+    /// (shows that the scenario's own settings matter).
     pub min_accuracy_drop: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for CompareSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let drop = match map.remove("min_accuracy_drop") {
+            None => None,
+            Some(v) => Some(v.as_f64().ok_or_else(|| {
+                D::Error::custom(format!("min_accuracy_drop: expected a number, got {v}"))
+            })?),
+        };
+        if let Some(k) = map
+            .keys()
+            .find(|k| !AggregationSettings::KEYS.contains(&k.as_str()))
+        {
+            return Err(D::Error::custom(format!(
+                "unknown key `{k}` in [compare] (known: min_accuracy_drop, {})",
+                AggregationSettings::KEYS.join(", ")
+            )));
+        }
+        let aggregation: AggregationOverrides =
+            crate::config::from_map_naming_key(map).map_err(D::Error::custom)?;
+        let strategy = aggregation.strategy.ok_or_else(|| {
+            D::Error::custom("strategy: [compare] needs the strategy to compare with")
+        })?;
+        Ok(CompareSpec {
+            strategy,
+            aggregation,
+            min_accuracy_drop: drop,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,8 +343,14 @@ impl Scenario {
                 ));
             }
         }
-        if self.hub.min_updates == Some(0) {
-            return Err("hub.min_updates: must be at least 1".into());
+        self.hub
+            .aggregation
+            .validate()
+            .map_err(|e| format!("hub.{e}"))?;
+        if let Some(c) = &self.compare {
+            c.aggregation
+                .validate()
+                .map_err(|e| format!("compare.{e}"))?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The dashboard: one page and its assets, embedded in the binary so the hub
 //! works offline (no CDN).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 
 use crate::error::ApiError;
 
@@ -36,6 +36,9 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
+/// The live dashboard (HTML).
+#[utoipa::path(tag = "dashboard", responses((status = 200, description = "The dashboard page", content_type = "text/html")))]
+#[get("/")]
 pub async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -43,6 +46,16 @@ pub async fn index() -> HttpResponse {
         .body(INDEX)
 }
 
+/// The dashboard's scripts, styles and the uPlot licence (embedded).
+#[utoipa::path(
+    tag = "dashboard",
+    params(("file" = String, Path, description = "Asset name, e.g. `dashboard.js`")),
+    responses(
+        (status = 200, description = "The asset", content_type = "text/plain"),
+        (status = 404, description = "No such asset", body = crate::error::ErrorBody),
+    )
+)]
+#[get("/assets/{file}")]
 pub async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
     let (_, ctype, bytes) = ASSETS

@@ -27,6 +27,9 @@ impl Actor for EventsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Room for a few flushes of the feed (at most 50 events each); a
+        // subscriber whose mailbox is full is dropped by the aggregator.
+        ctx.set_mailbox_capacity(256);
         self.metrics
             .do_send(metrics::Subscribe(ctx.address().recipient()));
         self.metrics.do_send(metrics::WsSession {

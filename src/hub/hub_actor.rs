@@ -12,14 +12,19 @@ use serde::Serialize;
 
 use crate::aggregation::AggregationSettings;
 use crate::config::Config;
+use crate::db::{BlobStore, DbPool};
 use crate::db::{EvalRow, InsertOutcome, ModelRow, NewHarnessRun, TrainerRow};
 use crate::error::DbError;
 use crate::hub::metrics::{self, HubEvent, MetricsAggregator};
+use crate::hub::outbox::Outbox;
 use crate::hub::persister::{self, Persister, UpdateRecord};
-use crate::hub::state::{self, Admission, ModelState, TrainerInfo, Waiting};
-use crate::hub::ws::Outbox;
+use crate::hub::state::{
+    self, Accumulator, Admission, Arrival, Buffered, Fold, FoldInput, ModelState, Poisoned,
+    TrainerInfo, Waiting,
+};
 use crate::protocol::{ErrorCode, ModelLayout, ServerMessage, TensorSpec};
 use crate::trainer::data::Dataset;
+use crate::trainer::net::Evaluation;
 
 pub type Refusal = (ErrorCode, String);
 
@@ -43,7 +48,7 @@ struct SessionEntry {
     since: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct TrainerLive {
     pub accepted: u64,
     pub refused: u64,
@@ -71,7 +76,55 @@ pub struct Hub {
     /// Updates waiting for the next group commit, with who to tell.
     to_persist: Vec<(UpdateRecord, PersistReply)>,
     persisting: bool,
-    blobs: crate::db::BlobStore,
+    blobs: BlobStore,
+    /// Read connections, for payloads and checkpoints read back off the actor.
+    pool: DbPool,
+}
+
+/// What the hub is started with.
+pub struct HubParts {
+    pub cfg: Config,
+    pub models: Vec<ModelState>,
+    pub trainers: HashMap<String, TrainerInfo>,
+    pub persister: Addr<Persister>,
+    pub metrics: Addr<MetricsAggregator>,
+    pub hot: Arc<metrics::HotMetrics>,
+    pub test_data: Option<Arc<Dataset>>,
+    pub blobs: BlobStore,
+    pub pool: DbPool,
+}
+
+/// What the fold task computed off the actor.
+enum Computed {
+    Fold(
+        Fold,
+        f64,
+        Option<Evaluation>,
+        Result<(Bytes, Option<String>), String>,
+    ),
+    /// Not finite: taken apart, or why it could not be (with the updates
+    /// and accumulator to put back).
+    Poisoned(Result<Poisoned, String>, Vec<Buffered>, Option<Accumulator>),
+}
+
+/// How a fold ended.
+enum FoldOutcome {
+    Committed(Fold, Bytes, serde_json::Value, f64),
+    /// Abandoned: the culprits were refused, the rest go back in the buffer.
+    Poisoned(Poisoned, String),
+    /// Not committed (storage); every update goes back in the buffer.
+    Failed(Vec<Buffered>, Option<Accumulator>, String),
+}
+
+/// A pending update's payload, read back from the ledger or its blob file
+/// (blocking: called from the fold task's thread).
+fn read_payload(pool: &DbPool, blobs: &BlobStore, row_id: i64) -> Result<Vec<u8>, String> {
+    let mut conn = pool.get().map_err(|e| e.to_string())?;
+    match crate::db::pending_payload(&mut conn, row_id).map_err(|e| e.to_string())? {
+        Some((_, Some(file))) => blobs.get(&file).map_err(|e| e.to_string()),
+        Some((Some(bytes), None)) => Ok(bytes),
+        _ => Err(format!("ledger row {row_id} has no payload")),
+    }
 }
 
 /// Accepted-update events sent to the aggregator in one message.
@@ -80,34 +133,24 @@ const FEED_BATCH: usize = 256;
 type PersistReply = tokio::sync::oneshot::Sender<Result<InsertOutcome, DbError>>;
 
 impl Hub {
-    // Everything the hub is handed at start; a parameter struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: Config,
-        models: Vec<ModelState>,
-        trainers: HashMap<String, TrainerInfo>,
-        persister: Addr<Persister>,
-        metrics: Addr<MetricsAggregator>,
-        hot: Arc<metrics::HotMetrics>,
-        test_data: Option<Arc<Dataset>>,
-        blobs: crate::db::BlobStore,
-    ) -> Self {
+    pub fn new(p: HubParts) -> Self {
         Hub {
-            cfg,
-            models: models.into_iter().map(|m| (m.name.clone(), m)).collect(),
-            trainers,
+            cfg: p.cfg,
+            models: p.models.into_iter().map(|m| (m.name.clone(), m)).collect(),
+            trainers: p.trainers,
             live: HashMap::new(),
             sessions: HashMap::new(),
-            persister,
-            metrics,
-            hot,
+            persister: p.persister,
+            metrics: p.metrics,
+            hot: p.hot,
             feed: Vec::new(),
-            test_data,
+            test_data: p.test_data,
             stopping: false,
             persister_in_flight: 0,
             to_persist: Vec::new(),
             persisting: false,
-            blobs,
+            blobs: p.blobs,
+            pool: p.pool,
         }
     }
 
@@ -217,6 +260,9 @@ impl Hub {
         let Some(m) = self.models.get_mut(model) else {
             return;
         };
+        if m.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
         let Some(input) = m.begin_fold(now) else {
             return;
         };
@@ -224,15 +270,34 @@ impl Hub {
         let test = self.test_data.clone();
         let persister = self.persister.clone();
         let blobs = self.blobs.clone();
+        let pool = self.pool.clone();
         let keep_weights = self.cfg.hub.keep_weights_versions;
         let name = model.to_string();
+        let attempted = input.version + 1;
         self.queue(1);
         let fut = async move {
             let started = Instant::now();
+            let (b2, name2) = (blobs.clone(), name.clone());
             let computed = actix_web::rt::task::spawn_blocking(move || {
                 let fold_started = Instant::now();
                 let streamed = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
+                // Kept for taking a poisoned fold apart.
+                let again = FoldInput {
+                    version: input.version,
+                    weights: input.weights.clone(),
+                    updates: input.updates.clone(),
+                    acc: None,
+                    settings: input.settings.clone(),
+                    server: input.server.clone(),
+                };
                 let fold = state::compute_fold(input);
+                if !fold.is_finite() {
+                    let acc = fold.acc;
+                    let poisoned = state::separate_poison(again, &layout, |b| {
+                        read_payload(&pool, &b2, b.row_id)
+                    });
+                    return Computed::Poisoned(poisoned, fold.applied, acc);
+                }
                 let fold_secs = streamed + fold_started.elapsed().as_secs_f64();
                 let eval = state::evaluate_builtin(&layout, &fold.weights, test.as_deref());
                 let mut meta = std::collections::HashMap::new();
@@ -243,20 +308,55 @@ impl Hub {
                     .encode(&fold.weights, Some(&meta))
                     .map_err(|e| e.to_string())
                     .and_then(|enc| {
-                        let file = if blobs.wants(enc.len()) {
-                            Some(blobs.put(&enc).map_err(|e| e.to_string())?)
+                        let file = if b2.wants(enc.len()) {
+                            Some(b2.put(&enc).map_err(|e| e.to_string())?)
                         } else {
                             None
                         };
                         Ok((Bytes::from(enc), file))
                     });
-                (fold, fold_secs, eval, encoded)
+                Computed::Fold(fold, fold_secs, eval, encoded)
             })
             .await;
             let (fold, agg_secs, eval, (encoded, weights_file)) = match computed {
-                Ok((fold, secs, eval, Ok(enc))) => (fold, secs, eval, enc),
-                Ok((fold, _, _, Err(e))) => return Err((fold.applied, fold.acc, e)),
-                Err(e) => return Err((Vec::new(), None, format!("fold task failed: {e}"))),
+                Ok(Computed::Fold(fold, secs, eval, Ok(enc))) => (fold, secs, eval, enc),
+                Ok(Computed::Fold(fold, _, _, Err(e))) => {
+                    return FoldOutcome::Failed(fold.applied, fold.acc, e)
+                }
+                Ok(Computed::Poisoned(Ok(p), _, _)) => {
+                    let ids: Vec<i64> = p.culprits.iter().map(|b| b.row_id).collect();
+                    let message = format!(
+                        "folding it into version {attempted} of `{name2}` made the weights non-finite; the fold was abandoned"
+                    );
+                    let refused = persister
+                        .send(persister::RefusePending {
+                            ids,
+                            code: ErrorCode::NonFiniteResult,
+                            message: message.clone(),
+                        })
+                        .await;
+                    return match refused {
+                        Ok(Ok(())) => FoldOutcome::Poisoned(p, message),
+                        Ok(Err(e)) => FoldOutcome::Failed(
+                            [p.culprits, p.kept].concat(),
+                            p.acc,
+                            format!("could not refuse a poisoned fold's updates: {e}"),
+                        ),
+                        Err(e) => {
+                            FoldOutcome::Failed([p.culprits, p.kept].concat(), p.acc, e.to_string())
+                        }
+                    };
+                }
+                Ok(Computed::Poisoned(Err(e), updates, acc)) => {
+                    return FoldOutcome::Failed(
+                        updates,
+                        acc,
+                        format!("a fold was not finite and could not be taken apart: {e}"),
+                    )
+                }
+                Err(e) => {
+                    return FoldOutcome::Failed(Vec::new(), None, format!("fold task failed: {e}"))
+                }
             };
             let version_secs = started.elapsed().as_secs_f64();
             let metrics = serde_json::json!({
@@ -281,12 +381,13 @@ impl Hub {
                 weights_file,
                 metrics: metrics.to_string(),
                 applied: fold.applied.iter().map(|b| b.row_id).collect(),
+                refused: Vec::new(),
                 keep_weights,
             };
             match persister.send(commit).await {
-                Ok(Ok(())) => Ok((fold, encoded, metrics, agg_secs)),
-                Ok(Err(e)) => Err((fold.applied, fold.acc, e.to_string())),
-                Err(e) => Err((fold.applied, fold.acc, e.to_string())),
+                Ok(Ok(())) => FoldOutcome::Committed(fold, encoded, metrics, agg_secs),
+                Ok(Err(e)) => FoldOutcome::Failed(fold.applied, fold.acc, e.to_string()),
+                Err(e) => FoldOutcome::Failed(fold.applied, fold.acc, e.to_string()),
             }
         };
         let model_name = model.to_string();
@@ -294,10 +395,12 @@ impl Hub {
             act.queue(-1);
             let now = Instant::now();
             match res {
-                Ok((fold, encoded, metrics_json, agg_secs)) => {
+                FoldOutcome::Committed(fold, encoded, metrics_json, agg_secs) => {
                     let Some(m) = act.models.get_mut(&model_name) else {
                         return;
                     };
+                    m.retry_at = None;
+                    m.failures = 0;
                     let version = fold.version;
                     let num_updates = fold.applied.len();
                     let mean_staleness = fold.report.mean_staleness;
@@ -330,10 +433,51 @@ impl Hub {
                     act.gauges(&model_name);
                     act.maybe_fold(&model_name, ctx);
                 }
-                Err((updates, acc, e)) => {
-                    log::error!("model {model_name}: could not commit a new version: {e}");
+                FoldOutcome::Poisoned(p, message) => {
+                    log::error!(
+                        "model {model_name}: a fold was not finite; refused {} update(s) ({}) with {}, kept {}",
+                        p.culprits.len(),
+                        p.culprits
+                            .iter()
+                            .map(|b| format!("{}/{}", b.trainer, b.update_id))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        ErrorCode::NonFiniteResult,
+                        p.kept.len()
+                    );
+                    for b in &p.culprits {
+                        let live = act.live.entry(b.trainer.clone()).or_default();
+                        live.refused += 1;
+                        live.last_refusal = Some(format!("{}: {message}", ErrorCode::NonFiniteResult));
+                    }
+                    act.event(HubEvent::FoldAbandoned {
+                        model: model_name.clone(),
+                        refused: p
+                            .culprits
+                            .iter()
+                            .map(|b| format!("{}/{}", b.trainer, b.update_id))
+                            .collect(),
+                        code: ErrorCode::NonFiniteResult.as_str().to_string(),
+                        message,
+                    });
+                    if let Some(m) = act.models.get_mut(&model_name) {
+                        m.abort_fold(p.kept, p.acc, now);
+                    }
+                    act.gauges(&model_name);
+                    act.maybe_fold(&model_name, ctx);
+                }
+                FoldOutcome::Failed(updates, acc, e) => {
                     if let Some(m) = act.models.get_mut(&model_name) {
                         m.abort_fold(updates, acc, now);
+                        // Back off: a failing disk is not retried ten times a second.
+                        m.failures += 1;
+                        let wait = Duration::from_secs(1 << m.failures.min(6)).min(Duration::from_secs(60));
+                        m.retry_at = Some(now + wait);
+                        log::error!(
+                            "model {model_name}: could not commit a new version: {e} (attempt {}, next in {} s)",
+                            m.failures,
+                            wait.as_secs()
+                        );
                     }
                 }
             }
@@ -622,6 +766,8 @@ pub struct SubmitUpdate {
     pub base_version: u64,
     pub num_examples: u64,
     pub loss: Option<f64>,
+    /// L2 norm of the delta, computed by the session while validating it.
+    pub norm: f64,
     /// The validated safetensors delta, kept encoded: streaming strategies
     /// fold it straight from these bytes.
     pub payload: Bytes,
@@ -679,6 +825,7 @@ impl Handler<SubmitUpdate> for Hub {
         };
         let check = m
             .check_num_examples(u.num_examples)
+            .and_then(|_| m.check_norm(u.norm))
             .and_then(|_| m.check_base(u.base_version));
         let staleness = match check {
             Ok(s) => s,
@@ -689,6 +836,7 @@ impl Handler<SubmitUpdate> for Hub {
             }
         };
         rec.staleness = staleness;
+        let norm = u.norm;
         rec.payload = Some(u.payload);
         rec.payload_file = u.payload_file;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -725,15 +873,16 @@ impl Handler<SubmitUpdate> for Hub {
                     let now = Instant::now();
                     if let Some(m) = act.models.get_mut(&rec.model) {
                         let payload = rec.payload.clone().unwrap_or_default();
-                        if let Err(e) = m.push_payload(
+                        let arrival = Arrival {
                             row_id,
-                            rec.update_id.clone(),
-                            rec.trainer.clone(),
-                            rec.base_version,
-                            rec.num_examples,
-                            &payload,
-                            now,
-                        ) {
+                            update_id: rec.update_id.clone(),
+                            trainer: rec.trainer.clone(),
+                            base_version: rec.base_version,
+                            num_examples: rec.num_examples,
+                            staleness: None,
+                            norm: Some(norm),
+                        };
+                        if let Err(e) = m.push_payload(arrival, &payload, now) {
                             // Validated before, so this is a hub bug; the row is
                             // durable and will be reloaded at the next start.
                             log::error!("update {} could not be buffered: {e}", rec.update_id);
@@ -813,7 +962,7 @@ impl Handler<SessionRefusal> for Hub {
 }
 
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), Refusal>")]
 pub struct SubmitEval {
     pub trainer: String,
     pub specialty: String,
@@ -826,8 +975,31 @@ pub struct SubmitEval {
 }
 
 impl Handler<SubmitEval> for Hub {
-    type Result = ();
-    fn handle(&mut self, e: SubmitEval, _: &mut Self::Context) {
+    type Result = Result<(), Refusal>;
+    fn handle(&mut self, e: SubmitEval, _: &mut Self::Context) -> Self::Result {
+        let Some(m) = self.models.get(&e.model) else {
+            return Err((ErrorCode::UnknownModel, format!("no model `{}`", e.model)));
+        };
+        if e.version > m.version {
+            return Err((
+                ErrorCode::BadEval,
+                format!(
+                    "version {} of `{}` does not exist yet (current: {})",
+                    e.version, e.model, m.version
+                ),
+            ));
+        }
+        if let Some(n) = e.num_examples {
+            if n > m.settings.max_num_examples {
+                return Err((
+                    ErrorCode::BadEval,
+                    format!(
+                        "num_examples {n} is above this model's limit of {}",
+                        m.settings.max_num_examples
+                    ),
+                ));
+            }
+        }
         let live = self.live.entry(e.trainer.clone()).or_default();
         live.specialty_accuracy = e.specialty_accuracy.or(live.specialty_accuracy);
         live.global_accuracy = e.global_accuracy.or(live.global_accuracy);
@@ -850,10 +1022,327 @@ impl Handler<SubmitEval> for Hub {
             specialty_accuracy: e.specialty_accuracy,
             global_accuracy: e.global_accuracy,
         });
+        Ok(())
     }
 }
 
 // ---------------------------------------------------------------- admin
+
+/// Makes an earlier kept checkpoint the model's current weights, as a new
+/// version (its parent is the version it replaces; the metrics name the
+/// version it restores). The server optimizer starts over, and pending
+/// updates trained from a version after the restored one are refused
+/// (`rolled_back`): they were computed from the weights being discarded.
+#[derive(Message)]
+#[rtype(result = "Result<RolledBack, Refusal>")]
+pub struct Rollback {
+    pub model: String,
+    pub to_version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RolledBack {
+    pub model: String,
+    /// The new current version.
+    pub version: u64,
+    /// The version whose weights it holds.
+    pub restored: u64,
+    /// Pending updates refused because they were trained after `restored`.
+    pub refused_updates: usize,
+}
+
+impl Handler<Rollback> for Hub {
+    type Result = ResponseActFuture<Self, Result<RolledBack, Refusal>>;
+    fn handle(&mut self, r: Rollback, _: &mut Self::Context) -> Self::Result {
+        let refuse = |code, msg: String| -> Self::Result { Box::pin(fut::ready(Err((code, msg)))) };
+        if self.stopping {
+            return refuse(ErrorCode::ShuttingDown, "the hub is shutting down".into());
+        }
+        let Some(m) = self.models.get_mut(&r.model) else {
+            return refuse(
+                ErrorCode::UnknownModel,
+                format!("no model named `{}`", r.model),
+            );
+        };
+        if r.to_version >= m.version {
+            return refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "version: {} is not older than the current version {}; roll back to an earlier one",
+                    r.to_version, m.version
+                ),
+            );
+        }
+        // Like a fold: nothing else changes the model meanwhile.
+        let Some(input) = m.begin_rollback() else {
+            return refuse(
+                ErrorCode::Conflict,
+                "a new version is being made; try again in a moment".into(),
+            );
+        };
+        let layout = m.layout.clone();
+        let (pool, blobs, persister) = (
+            self.pool.clone(),
+            self.blobs.clone(),
+            self.persister.clone(),
+        );
+        let test = self.test_data.clone();
+        let keep_weights = self.cfg.hub.keep_weights_versions;
+        let (name, to) = (r.model.clone(), r.to_version);
+        let current = input.version;
+        let fut = async move {
+            let (b2, n2) = (blobs.clone(), name.clone());
+            let job = actix_web::rt::task::spawn_blocking(move || {
+                build_rollback(
+                    &pool,
+                    &b2,
+                    &layout,
+                    &n2,
+                    to,
+                    current + 1,
+                    input,
+                    test.as_deref(),
+                )
+            })
+            .await;
+            let built = match job {
+                Ok(Ok(b)) => b,
+                Ok(Err((e, updates))) => return Err((e, Some((updates, None)))),
+                Err(e) => return Err(((ErrorCode::Internal, e.to_string()), None)),
+            };
+            let RollbackBuilt {
+                weights,
+                encoded,
+                file,
+                eval,
+                kept,
+                refused,
+                acc,
+            } = built;
+            let metrics = serde_json::json!({
+                "rollback": {"restored_version": to, "replaced_version": current,
+                             "refused_updates": refused.len()},
+                "eval": eval.map(|e| serde_json::json!({
+                    "accuracy": e.accuracy, "loss": e.loss, "examples": e.examples,
+                    "dataset": "digits-test"
+                })),
+            });
+            let refused_ids: Vec<i64> = refused.iter().map(|b| b.row_id).collect();
+            let commit = persister::CommitVersion {
+                model: name.clone(),
+                version: current + 1,
+                parent: current,
+                num_updates: 0,
+                weights: encoded.clone(),
+                weights_file: file,
+                metrics: metrics.to_string(),
+                applied: Vec::new(),
+                refused: refused_ids,
+                keep_weights,
+            };
+            let restore = (kept, acc);
+            match persister.send(commit).await {
+                Ok(Ok(())) => Ok((weights, encoded, metrics, restore, refused)),
+                Ok(Err(e)) => Err(((ErrorCode::Internal, e.to_string()), Some(restore))),
+                Err(e) => Err(((ErrorCode::ShuttingDown, e.to_string()), Some(restore))),
+            }
+        };
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            let now = Instant::now();
+            let Some(m) = act.models.get_mut(&r.model) else {
+                return Err((ErrorCode::UnknownModel, "the model is gone".into()));
+            };
+            match res {
+                Ok((weights, encoded, metrics, (kept, acc), refused)) => {
+                    let version = current + 1;
+                    m.finish_rollback(version, weights, encoded.clone(), kept, acc, now);
+                    m.last_metrics = Some(metrics.clone());
+                    log::warn!(
+                        "model {}: rolled back to the weights of version {to} as version {version}; {} pending update(s) refused",
+                        r.model,
+                        refused.len()
+                    );
+                    for b in &refused {
+                        let live = act.live.entry(b.trainer.clone()).or_default();
+                        live.refused += 1;
+                        live.last_refusal = Some(format!(
+                            "{}: the model was rolled back to version {to}",
+                            ErrorCode::RolledBack
+                        ));
+                    }
+                    act.broadcast(&r.model, version, 0, &encoded, Some(metrics.clone()));
+                    act.event(HubEvent::RolledBack {
+                        model: r.model.clone(),
+                        version,
+                        restored_version: to,
+                        refused_updates: refused.len(),
+                    });
+                    act.event(HubEvent::Version {
+                        model: r.model.clone(),
+                        version,
+                        num_updates: 0,
+                        accuracy: metrics["eval"]["accuracy"].as_f64(),
+                        loss: metrics["eval"]["loss"].as_f64(),
+                        aggregation_seconds: 0.0,
+                        mean_staleness: 0.0,
+                    });
+                    act.gauges(&r.model);
+                    act.maybe_fold(&r.model, ctx);
+                    Ok(RolledBack {
+                        model: r.model.clone(),
+                        version,
+                        restored: to,
+                        refused_updates: refused.len(),
+                    })
+                }
+                Err((e, restore)) => {
+                    let (kept, acc) = restore.unwrap_or_default();
+                    m.abort_fold(kept, acc, now);
+                    Err(e)
+                }
+            }
+        }))
+    }
+}
+
+/// A rolled-back model, built off the actor.
+struct RollbackBuilt {
+    weights: Vec<f32>,
+    encoded: Bytes,
+    file: Option<String>,
+    eval: Option<Evaluation>,
+    kept: Vec<Buffered>,
+    refused: Vec<Buffered>,
+    acc: Option<Accumulator>,
+}
+
+/// Reads the restored checkpoint, splits the pending updates into those
+/// trained from it or before (kept, their accumulator rebuilt from their
+/// payloads) and after (refused), and encodes the new version. On error
+/// the updates come back to be put in the buffer again.
+#[allow(clippy::too_many_arguments)]
+fn build_rollback(
+    pool: &DbPool,
+    blobs: &BlobStore,
+    layout: &ModelLayout,
+    model: &str,
+    to: u64,
+    version: u64,
+    input: FoldInput,
+    test: Option<&Dataset>,
+) -> Result<RollbackBuilt, (Refusal, Vec<Buffered>)> {
+    let FoldInput {
+        updates, settings, ..
+    } = input;
+    let weights = (|| {
+        let mut conn = pool
+            .get()
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        let bytes = crate::db::get_weights(&mut conn, blobs, model, to as i64)
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+            .ok_or_else(|| {
+                (
+                    ErrorCode::NotFound,
+                    format!("`{model}` has no version {to}"),
+                )
+            })?;
+        if bytes.is_empty() {
+            return Err((
+                ErrorCode::WeightsPruned,
+                format!(
+                    "the weights of version {to} of `{model}` were dropped (hub.keep_weights_versions); roll back to a kept one"
+                ),
+            ));
+        }
+        layout
+            .decode(&bytes)
+            .map_err(|e| (ErrorCode::Internal, format!("version {to}: {e}")))
+    })();
+    let weights = match weights {
+        Ok(w) => w,
+        Err(e) => return Err((e, updates)),
+    };
+    let (kept, refused): (Vec<Buffered>, Vec<Buffered>) =
+        updates.into_iter().partition(|b| b.base_version <= to);
+    let mut acc: Option<Accumulator> = None;
+    for b in kept.iter().filter(|b| b.delta.is_none()) {
+        let streamed = read_payload(pool, blobs, b.row_id).and_then(|p| {
+            let a = acc.get_or_insert_with(|| Accumulator {
+                sum: vec![0.0; layout.num_params()],
+                weight: 0.0,
+                seconds: 0.0,
+            });
+            state::stream_into(a, layout, &settings, b, &p).map_err(|e| e.to_string())
+        });
+        if let Err(e) = streamed {
+            return Err(((ErrorCode::Internal, e), [kept, refused].concat()));
+        }
+    }
+    let eval = state::evaluate_builtin(layout, &weights, test);
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("version".to_string(), version.to_string());
+    let stored = layout
+        .encode(&weights, Some(&meta))
+        .map_err(|e| e.to_string())
+        .and_then(|enc| {
+            let file = if blobs.wants(enc.len()) {
+                Some(blobs.put(&enc).map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
+            Ok((enc, file))
+        });
+    match stored {
+        Ok((enc, file)) => Ok(RollbackBuilt {
+            weights,
+            encoded: Bytes::from(enc),
+            file,
+            eval,
+            kept,
+            refused,
+            acc,
+        }),
+        Err(e) => Err(((ErrorCode::Internal, e), [kept, refused].concat())),
+    }
+}
+
+/// Lets a revoked trainer name join again (with the token it registered).
+#[derive(Message)]
+#[rtype(result = "Result<bool, Refusal>")]
+pub struct Unrevoke {
+    pub name: String,
+}
+
+impl Handler<Unrevoke> for Hub {
+    type Result = ResponseActFuture<Self, Result<bool, Refusal>>;
+    fn handle(&mut self, m: Unrevoke, _: &mut Self::Context) -> Self::Result {
+        let Some(t) = self.trainers.get_mut(&m.name) else {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::UnknownTrainer,
+                format!("no trainer named `{}`", m.name),
+            ))));
+        };
+        t.revoked = false;
+        let persister = self.persister.clone();
+        let name = m.name.clone();
+        Box::pin(
+            async move {
+                persister
+                    .send(persister::SetRevoked {
+                        name,
+                        revoked: false,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, _, _| match res {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
+                Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+            }),
+        )
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "Result<bool, Refusal>")]
@@ -912,7 +1401,7 @@ pub struct CreateModel {
     pub architecture: String,
     pub layout: ModelLayout,
     pub weights: Vec<f32>,
-    pub overrides: crate::config::ModelConfig,
+    pub overrides: crate::aggregation::AggregationOverrides,
 }
 
 impl Handler<CreateModel> for Hub {
@@ -924,9 +1413,21 @@ impl Handler<CreateModel> for Hub {
                 format!("model `{}` already exists", m.name),
             ))));
         }
+        if self.models.len() >= self.cfg.hub.max_models {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::Conflict,
+                format!(
+                    "the hub already serves {} models (hub.max_models)",
+                    self.models.len()
+                ),
+            ))));
+        }
         let settings = self.cfg.aggregation_settings(&m.overrides);
         if let Err(e) = settings.validate() {
-            return Box::pin(fut::ready(Err((ErrorCode::BadRequest, e))));
+            return Box::pin(fut::ready(Err((
+                ErrorCode::BadRequest,
+                format!("aggregation.{e}"),
+            ))));
         }
         let mut meta = std::collections::HashMap::new();
         meta.insert("version".to_string(), "0".to_string());
@@ -950,7 +1451,8 @@ impl Handler<CreateModel> for Hub {
             metrics: metrics.to_string(),
         };
         // Reserve the name so a concurrent create gets a conflict.
-        let state = ModelState::new(
+        let overrides = m.overrides.clone();
+        let mut state = ModelState::new(
             m.name.clone(),
             m.architecture.clone(),
             m.layout.clone(),
@@ -959,6 +1461,7 @@ impl Handler<CreateModel> for Hub {
             m.weights,
             encoded,
         );
+        state.overrides = Some(overrides);
         self.models.insert(m.name.clone(), state);
         let name = m.name;
         Box::pin(
@@ -1022,20 +1525,18 @@ impl Handler<ApplyConfig> for Hub {
     fn handle(&mut self, ApplyConfig(new): ApplyConfig, ctx: &mut Self::Context) -> Vec<String> {
         let mut changed = Vec::new();
         for (name, m) in self.models.iter_mut() {
-            let s: AggregationSettings =
-                if new.models.contains_key(name) || self.cfg.models.contains_key(name) {
-                    new.aggregation_for(name)
-                } else {
-                    // API-created models keep their own overrides over new defaults.
-                    let old_default = self.cfg.aggregation_for("\u{0}");
-                    if m.settings == old_default {
-                        new.aggregation_for("\u{0}")
-                    } else {
-                        continue;
-                    }
-                };
-            if s != m.settings {
-                changed.push(format!("models.{name} aggregation settings"));
+            // Models created through the API keep their own overrides over
+            // the new defaults; config models follow the file.
+            let s: AggregationSettings = match (&m.overrides, new.models.contains_key(name)) {
+                (Some(o), false) => new.aggregation_settings(o),
+                _ => new.aggregation_for(name),
+            };
+            let keys = s.changed_keys(&m.settings);
+            if !keys.is_empty() {
+                changed.push(format!(
+                    "models.{name} aggregation settings ({})",
+                    keys.join(", ")
+                ));
                 m.settings = s;
             }
         }
@@ -1073,7 +1574,7 @@ impl Handler<Shutdown> for Hub {
 
 // ---------------------------------------------------------------- status
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelStatus {
     pub name: String,
     pub architecture: String,
@@ -1083,10 +1584,12 @@ pub struct ModelStatus {
     pub settings: AggregationSettings,
     pub waiting: Waiting,
     pub connected_trainers: usize,
+    /// The newest version's metrics (evaluation, aggregation report).
+    #[schema(value_type = Option<Object>)]
     pub last_metrics: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OnlineTrainer {
     pub name: String,
     pub specialty: String,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::dev::SendError;
 use actix::prelude::*;
 use serde::Serialize;
 
@@ -66,6 +67,21 @@ pub enum HubEvent {
         passed: bool,
         collective_accuracy: Option<f64>,
     },
+    /// A fold whose result was not finite was abandoned; these updates
+    /// (`trainer/update_id`) were refused, the others went back in the buffer.
+    FoldAbandoned {
+        model: String,
+        refused: Vec<String>,
+        code: String,
+        message: String,
+    },
+    /// An administrator made an earlier checkpoint current again.
+    RolledBack {
+        model: String,
+        version: u64,
+        restored_version: u64,
+        refused_updates: usize,
+    },
     HubStopping,
 }
 
@@ -94,6 +110,8 @@ pub struct HotMetrics {
     answer_buckets: [AtomicU64; AGG_BUCKETS.len()],
     answer_over: AtomicU64,
     answer_nanos: AtomicU64,
+    /// Connections dropped because they did not read what they were sent.
+    slow_consumers: AtomicU64,
 }
 
 impl HotMetrics {
@@ -103,6 +121,14 @@ impl HotMetrics {
 
     pub fn bytes_out(&self, n: u64) {
         self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn slow_consumer(&self) {
+        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
     }
 
     pub fn persister_queue(&self, depth: i64) {
@@ -179,7 +205,7 @@ pub struct GetSnapshot;
 #[rtype(result = "String")]
 pub struct RenderPrometheus;
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, utoipa::ToSchema)]
 pub struct Snapshot {
     pub uptime_secs: f64,
     pub updates_per_sec: f64,
@@ -194,6 +220,7 @@ pub struct Snapshot {
     pub connected_trainers: usize,
     pub last_aggregation_seconds: Option<f64>,
     pub persister_queue: i64,
+    #[schema(value_type = Vec<Object>)]
     pub recent_events: Vec<serde_json::Value>,
 }
 
@@ -361,9 +388,18 @@ impl MetricsAggregator {
         self.subscribers.retain(|s| s.connected());
         for e in events {
             let frame = EventFrame(std::sync::Arc::from(e.to_string()));
-            for s in &self.subscribers {
-                s.do_send(frame.clone());
-            }
+            // A feed whose browser does not read fills its mailbox (the
+            // session's actor runs only while its socket drains): it is
+            // dropped rather than queued for without bound.
+            self.subscribers
+                .retain(|s| match s.try_send(frame.clone()) {
+                    Ok(()) => true,
+                    Err(SendError::Full(_)) => {
+                        log::info!("an event feed subscriber does not read; dropping it");
+                        false
+                    }
+                    Err(SendError::Closed(_)) => false,
+                });
         }
     }
 }
@@ -492,6 +528,37 @@ impl Handler<GetSnapshot> for MetricsAggregator {
             recent_events: self.recent.iter().cloned().collect(),
         })
     }
+}
+
+/// The storage families of `/metrics`, from the hub's storage record.
+pub fn storage_metrics(h: &crate::db::StorageHealth) -> String {
+    let mut w = String::new();
+    family(
+        &mut w,
+        "kernal_storage_errors_total",
+        "counter",
+        "Failed writes to the database or blob files.",
+    );
+    let _ = writeln!(w, "kernal_storage_errors_total {}", h.errors());
+    family(
+        &mut w,
+        "kernal_storage_ok",
+        "gauge",
+        "1 while the hub can store what it is sent, 0 while writes fail.",
+    );
+    let _ = writeln!(w, "kernal_storage_ok {}", u8::from(!h.failing()));
+    family(
+        &mut w,
+        "kernal_storage_lost_acknowledged_updates",
+        "gauge",
+        "Acknowledged updates the ledger no longer had at start (at most).",
+    );
+    let _ = writeln!(
+        w,
+        "kernal_storage_lost_acknowledged_updates {}",
+        h.lost_acknowledged()
+    );
+    w
 }
 
 fn esc(v: &str) -> String {

@@ -1,13 +1,15 @@
 //! The hub daemon: actors, HTTP server, startup recovery and shutdown.
 
+pub mod api;
 pub mod child;
 pub mod daemon;
 pub mod dashboard;
 pub mod events;
-pub mod http;
 pub mod hub_actor;
 pub mod metrics;
+pub mod outbox;
 pub mod persister;
+pub mod reload;
 pub mod session;
 pub mod state;
 pub mod ws;
@@ -15,8 +17,7 @@ pub mod ws;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -26,7 +27,7 @@ use bytes::Bytes;
 use crate::config::{CliOverrides, Config};
 use crate::db;
 use crate::error::DbError;
-use crate::protocol::ModelLayout;
+use crate::protocol::{ErrorCode, ModelLayout};
 use crate::trainer::net::MlpSpec;
 use hub_actor::Hub;
 use metrics::MetricsAggregator;
@@ -71,7 +72,7 @@ pub struct HubHandle {
     hub: Addr<Hub>,
     persister: Addr<Persister>,
     shutdown_timeout: Duration,
-    reloader: Arc<Reloader>,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl HubHandle {
@@ -98,16 +99,6 @@ impl HubHandle {
     }
 }
 
-/// Re-reads configuration: validates the whole file first, applies live keys,
-/// reports restart-only keys as such.
-pub struct Reloader {
-    source: ConfigSource,
-    current: Mutex<Config>,
-    hub: Addr<Hub>,
-    limits: Arc<std::sync::RwLock<session::SessionLimits>>,
-    max_pending: Arc<AtomicUsize>,
-}
-
 /// The connection threads for `hub.http_workers` (0: one per core).
 fn http_workers(configured: usize) -> usize {
     if configured > 0 {
@@ -118,175 +109,20 @@ fn http_workers(configured: usize) -> usize {
         .unwrap_or(2)
 }
 
-fn session_limits(cfg: &Config) -> session::SessionLimits {
+/// What a new trainer connection is held to, from the current settings.
+pub fn session_limits_of(h: &crate::config::HubConfig) -> session::SessionLimits {
     session::SessionLimits {
-        max_message_bytes: cfg.hub.max_message_bytes,
-        max_fragments: cfg.hub.max_fragments,
-        hello_timeout: Duration::from_secs(cfg.hub.hello_timeout_secs),
-        heartbeat_interval: Duration::from_secs(cfg.hub.heartbeat_interval_secs),
-        client_timeout: Duration::from_secs(cfg.hub.client_timeout_secs),
-        model_hold: Duration::from_millis(cfg.hub.model_hold_ms),
+        max_message_bytes: h.max_message_bytes,
+        max_prehello_bytes: h.max_prehello_bytes,
+        max_fragments: h.max_fragments,
+        max_outbound_bytes: h.max_outbound_bytes,
+        hello_timeout: Duration::from_secs(h.hello_timeout_secs),
+        heartbeat_interval: Duration::from_secs(h.heartbeat_interval_secs),
+        client_timeout: Duration::from_secs(h.client_timeout_secs),
+        model_hold: Duration::from_millis(h.model_hold_ms),
+        min_upload_bytes_per_sec: h.min_upload_bytes_per_sec,
+        inflight_share: h.max_inflight_share,
     }
-}
-
-impl Reloader {
-    pub fn reload(&self) -> Result<Vec<String>, String> {
-        let new = if self.source.file.is_some() || self.source.use_env {
-            Config::from_sources(
-                self.source.file.as_deref(),
-                self.source.use_env,
-                &self.source.cli,
-            )
-            .map_err(|e| e.to_string())?
-        } else {
-            self.current
-                .lock()
-                .map_err(|_| "config lock poisoned".to_string())?
-                .clone()
-        };
-        let mut cur = self
-            .current
-            .lock()
-            .map_err(|_| "config lock poisoned".to_string())?;
-        let mut notes = Vec::new();
-        if new.hub.bind != cur.hub.bind {
-            notes.push(format!(
-                "hub.bind changed to {} (needs a restart; still serving on {})",
-                new.hub.bind, cur.hub.bind
-            ));
-        }
-        if new.hub.db != cur.hub.db {
-            notes.push(format!(
-                "hub.db changed to {} (needs a restart; still using {})",
-                new.hub.db, cur.hub.db
-            ));
-        }
-        if new.log.level != cur.log.level {
-            if crate::logging::set_level(&new.log.level) {
-                notes.push(format!("log.level changed to {}", new.log.level));
-            } else {
-                notes.push(format!(
-                    "log.level changed to {} but RUST_LOG is set and wins",
-                    new.log.level
-                ));
-            }
-        }
-        for (key, old, newv) in [
-            (
-                "hub.max_message_bytes",
-                cur.hub.max_message_bytes.to_string(),
-                new.hub.max_message_bytes.to_string(),
-            ),
-            (
-                "hub.max_fragments",
-                cur.hub.max_fragments.to_string(),
-                new.hub.max_fragments.to_string(),
-            ),
-            (
-                "hub.hello_timeout_secs",
-                cur.hub.hello_timeout_secs.to_string(),
-                new.hub.hello_timeout_secs.to_string(),
-            ),
-            (
-                "hub.heartbeat_interval_secs",
-                cur.hub.heartbeat_interval_secs.to_string(),
-                new.hub.heartbeat_interval_secs.to_string(),
-            ),
-            (
-                "hub.client_timeout_secs",
-                cur.hub.client_timeout_secs.to_string(),
-                new.hub.client_timeout_secs.to_string(),
-            ),
-            (
-                "hub.max_pending_handshakes",
-                cur.hub.max_pending_handshakes.to_string(),
-                new.hub.max_pending_handshakes.to_string(),
-            ),
-            (
-                "hub.model_hold_ms",
-                cur.hub.model_hold_ms.to_string(),
-                new.hub.model_hold_ms.to_string(),
-            ),
-        ] {
-            if old != newv {
-                notes.push(format!(
-                    "{key} changed from {old} to {newv} (new connections)"
-                ));
-            }
-        }
-        if new.hub.keep_weights_versions != cur.hub.keep_weights_versions {
-            notes.push(format!(
-                "hub.keep_weights_versions changed from {} to {} (from the next version)",
-                cur.hub.keep_weights_versions, new.hub.keep_weights_versions
-            ));
-        }
-        for (key, changed) in [
-            ("hub.state_dir", new.hub.state_dir != cur.hub.state_dir),
-            (
-                "hub.admin_token",
-                new.hub.admin_token != cur.hub.admin_token,
-            ),
-            (
-                "hub.shutdown_timeout_secs",
-                new.hub.shutdown_timeout_secs != cur.hub.shutdown_timeout_secs,
-            ),
-            (
-                "hub.blob_file_threshold_bytes",
-                new.hub.blob_file_threshold_bytes != cur.hub.blob_file_threshold_bytes,
-            ),
-            (
-                "hub.max_inflight_update_bytes",
-                new.hub.max_inflight_update_bytes != cur.hub.max_inflight_update_bytes,
-            ),
-            (
-                "hub.http_workers",
-                new.hub.http_workers != cur.hub.http_workers,
-            ),
-        ] {
-            if changed {
-                notes.push(format!("{key} changed (needs a restart; left as it was)"));
-            }
-        }
-        if let Ok(mut l) = self.limits.write() {
-            *l = session_limits(&new);
-        }
-        self.max_pending.store(
-            new.hub.max_pending_handshakes,
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        let mut applied = new.clone();
-        // Restart-only keys stay as they were.
-        applied.hub.bind = cur.hub.bind.clone();
-        applied.hub.db = cur.hub.db.clone();
-        applied.hub.state_dir = cur.hub.state_dir.clone();
-        applied.hub.admin_token = cur.hub.admin_token.clone();
-        applied.hub.shutdown_timeout_secs = cur.hub.shutdown_timeout_secs;
-        applied.hub.blob_file_threshold_bytes = cur.hub.blob_file_threshold_bytes;
-        applied.hub.max_inflight_update_bytes = cur.hub.max_inflight_update_bytes;
-        applied.hub.http_workers = cur.hub.http_workers;
-        let changed =
-            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
-                .map_err(|e| format!("hub unavailable: {e}"))?;
-        notes.extend(changed);
-        for n in &notes {
-            log::info!("config reload: {n}");
-        }
-        if notes.is_empty() {
-            log::info!("config reload: nothing changed");
-        }
-        *cur = applied;
-        Ok(notes)
-    }
-}
-
-/// Waits for an actor reply from a blocking thread (reload runs in
-/// `web::block` or the signal thread, never on the executor).
-fn futures_executor_block<F: std::future::Future>(f: F) -> Result<F::Output, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build a runtime for reload: {e}"))?;
-    Ok(rt.block_on(f))
 }
 
 /// Loads or creates the admin token: config first, else a 0600 file in the
@@ -338,11 +174,51 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     }
 }
 
+/// The aggregation overrides stored with an API-created model. Read
+/// leniently: rows written by older versions carry architecture keys and
+/// nulls, and a value outside today's ranges (stored before they were
+/// checked, such as a round timeout of 1e300) is dropped with a warning
+/// instead of stopping the hub at every start.
+pub fn stored_overrides(
+    model: &str,
+    text: Option<&str>,
+) -> crate::aggregation::AggregationOverrides {
+    use crate::aggregation::{AggregationOverrides, AggregationSettings};
+    let Some(text) = text else {
+        return AggregationOverrides::default();
+    };
+    let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            log::warn!("model {model}: stored settings unreadable ({e}); using the defaults");
+            return AggregationOverrides::default();
+        }
+    };
+    let mut good = serde_json::Map::new();
+    for (k, v) in map {
+        if v.is_null() || !AggregationSettings::KEYS.contains(&k.as_str()) {
+            continue;
+        }
+        let one = serde_json::Map::from_iter([(k.clone(), v.clone())]);
+        match crate::config::from_map_naming_key::<AggregationOverrides>(one)
+            .and_then(|o| o.validate())
+        {
+            Ok(()) => {
+                good.insert(k, v);
+            }
+            Err(e) => log::warn!("model {model}: stored setting {e}; using the default instead"),
+        }
+    }
+    crate::config::from_map_naming_key(good).unwrap_or_default()
+}
+
 /// Everything loaded from the database at start.
 pub struct Loaded {
     pub models: Vec<ModelState>,
     pub trainers: HashMap<String, TrainerInfo>,
     pub pending: usize,
+    /// Acknowledged updates the ledger no longer has (at most this many).
+    pub lost_acknowledged: u64,
 }
 
 /// Runs migrations, creates config models that do not exist yet, and loads
@@ -350,8 +226,34 @@ pub struct Loaded {
 /// in the buffer. Blocking: call it off the executor.
 pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
     let blobs = db::BlobStore::for_db(path, cfg.hub.blob_file_threshold_bytes);
+    if !path.exists() {
+        // A new database: a mark left by an older one means nothing.
+        db::acked::reset(path);
+    }
     let mut conn = db::connect(path)?;
+    // Opening the database recovered its WAL. Refuse to serve from a
+    // damaged one, and say so if the recovery lost acknowledged updates.
+    db::quick_check(&mut conn).map_err(|e| {
+        HubError::Other(format!(
+            "the database {} is damaged ({e}); restore a backup, or salvage it with `sqlite3 {} .recover`",
+            path.display(),
+            path.display()
+        ))
+    })?;
     db::run_migrations(&mut conn)?;
+    let newest = db::max_update_id(&mut conn)?;
+    let lost_acknowledged = match db::acked::lost(db::acked::read(path), newest) {
+        Some((newest, acked)) => {
+            log::error!(
+                "the ledger ends at id {newest} but updates up to id {acked} were acknowledged: \
+                 the database lost its newest commits (a damaged WAL?); up to {} acknowledged \
+                 update(s) are missing and their trainers will not resend them",
+                acked - newest
+            );
+            (acked - newest) as u64
+        }
+        None => 0,
+    };
     let swept = blobs.sweep(&db::referenced_blobs(&mut conn)?);
     if swept > 0 {
         log::info!("removed {swept} blob file(s) no row refers to (left by an unclean stop)");
@@ -411,15 +313,11 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         };
         let layout: ModelLayout =
             serde_json::from_str(&row.layout).map_err(|e| corrupt(e.to_string()))?;
-        let settings = if cfg.models.contains_key(&row.name) {
-            cfg.aggregation_for(&row.name)
-        } else {
-            let overrides: crate::config::ModelConfig = row
-                .settings
-                .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default();
-            cfg.aggregation_settings(&overrides)
+        let overrides = (!cfg.models.contains_key(&row.name))
+            .then(|| stored_overrides(&row.name, row.settings.as_deref()));
+        let settings = match &overrides {
+            Some(o) => cfg.aggregation_settings(o),
+            None => cfg.aggregation_for(&row.name),
         };
         let version = db::latest_version(&mut conn, &row.name)?
             .ok_or_else(|| corrupt("no version stored".into()))?;
@@ -440,34 +338,53 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
             Bytes::from(bytes),
         );
         st.last_metrics = meta;
+        st.overrides = overrides;
+        // A pending update that cannot be read back is refused with the
+        // reason, never a reason not to start.
+        let mut unreadable = Vec::new();
         for p in db::pending_updates(&mut conn, &row.name)? {
             let payload = match (p.payload, &p.payload_file) {
-                (_, Some(f)) => blobs.get(f)?,
-                (Some(b), None) => b,
-                (None, None) => {
-                    log::error!(
-                        "pending update {} of {} has no payload",
-                        p.update_id,
-                        row.name
-                    );
-                    continue;
-                }
+                (_, Some(f)) => blobs.get(f).map_err(|e| e.to_string()),
+                (Some(b), None) => Ok(b),
+                (None, None) => Err("no payload is stored".to_string()),
             };
-            st.push_payload(
-                p.id,
-                p.update_id.clone(),
-                p.trainer,
-                p.base_version as u64,
-                p.num_examples as u64,
-                &payload,
-                now,
-            )
-            .map_err(|e| corrupt(format!("pending update {}: {e}", p.update_id)))?;
-            // Keep the staleness recorded when it was accepted.
-            if let Some(b) = st.buffer.last_mut() {
-                b.staleness = p.staleness as u64;
+            let arrival = state::Arrival {
+                row_id: p.id,
+                update_id: p.update_id.clone(),
+                trainer: p.trainer,
+                base_version: p.base_version.max(0) as u64,
+                num_examples: p.num_examples.max(1) as u64,
+                staleness: Some(p.staleness.max(0) as u64),
+                norm: None,
+            };
+            let pushed = payload.and_then(|bytes| {
+                st.push_payload(arrival, &bytes, now)
+                    .map_err(|e| e.to_string())
+            });
+            match pushed {
+                Ok(()) => pending_total += 1,
+                Err(e) => {
+                    log::error!(
+                        "model {}: pending update {} (ledger id {}) cannot be read back: {e}; refusing it ({})",
+                        row.name,
+                        p.update_id,
+                        p.id,
+                        ErrorCode::UnreadableUpdate
+                    );
+                    unreadable.push(p.id);
+                }
             }
-            pending_total += 1;
+        }
+        if !unreadable.is_empty() {
+            let files = db::refuse_pending(
+                &mut conn,
+                &unreadable,
+                ErrorCode::UnreadableUpdate.as_str(),
+                "the hub could not read this acknowledged update back at start (payload missing or damaged)",
+            )?;
+            for (f, _) in files {
+                blobs.remove(&f);
+            }
         }
         log::info!(
             "model {}: version {}, {} pending update(s), strategy {}",
@@ -495,6 +412,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         models,
         trainers,
         pending: pending_total,
+        lost_acknowledged,
     })
 }
 
@@ -531,56 +449,57 @@ pub async fn start_hub(
     // Handles of blob files kept open: at most 2048 and an eighth of the
     // open-files limit, which the connections need more.
     let handles = daemon::nofile_limit().map_or(128, |n| (n / 8).min(2048) as usize);
-    let blobs =
-        db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes).keep_open(handles);
+    let health = Arc::new(db::StorageHealth::default());
+    health.set_lost_acknowledged(loaded.lost_acknowledged);
+    let blobs = db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes)
+        .keep_open(handles)
+        .with_health(health);
     let b2 = blobs.clone();
     let persister = SyncArbiter::start(1, move || {
         Persister::new(p3.clone(), b2.clone(), Some(m2.clone()))
     });
-    let hub = Hub::new(
-        cfg.clone(),
-        loaded.models,
-        loaded.trainers,
-        persister.clone(),
-        metrics.clone(),
-        hot.clone(),
-        test_data,
-        blobs.clone(),
-    )
-    .start();
     let pool = db::pool(&db_path, 4)?;
-    let limits = Arc::new(std::sync::RwLock::new(session_limits(&cfg)));
-    let max_pending = Arc::new(AtomicUsize::new(cfg.hub.max_pending_handshakes));
-    let reloader = Arc::new(Reloader {
+    let hub = Hub::new(hub_actor::HubParts {
+        cfg: cfg.clone(),
+        models: loaded.models,
+        trainers: loaded.trainers,
+        persister: persister.clone(),
+        metrics: metrics.clone(),
+        hot: hot.clone(),
+        test_data,
+        blobs: blobs.clone(),
+        pool: pool.clone(),
+    })
+    .start();
+    let live = Arc::new(std::sync::RwLock::new(cfg.hub.clone()));
+    let reloader = Arc::new(reload::Reloader::new(
         source,
-        current: Mutex::new(cfg.clone()),
-        hub: hub.clone(),
-        limits: limits.clone(),
-        max_pending: max_pending.clone(),
-    });
+        cfg.clone(),
+        hub.clone(),
+        live.clone(),
+    ));
     let r2 = reloader.clone();
-    let state = http::AppState {
+    let state = api::AppState {
         hub: hub.clone(),
         metrics: metrics.clone(),
+        persister: persister.clone(),
         pool,
         blobs,
         admin_token: Arc::from(token.as_str()),
-        limits,
-        handshakes: Arc::new(AtomicUsize::new(0)),
-        max_pending_handshakes: max_pending,
+        config: live,
+        handshakes: Arc::default(),
         budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),
         hot,
         started_at: db::now(),
         reload: Arc::new(move || r2.reload()),
     };
-    let max_body = cfg.hub.max_message_bytes;
     let addr = listener
         .local_addr()
         .map_err(|e| HubError::Io("listener".into(), e))?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
-            .configure(|c| http::configure(c, max_body))
+            .configure(api::configure)
     })
     .workers(http_workers(cfg.hub.http_workers))
     .max_connections(100_000)

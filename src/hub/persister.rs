@@ -27,6 +27,8 @@ pub struct Persister {
     /// pass (see `db::start_checkpointer`); None without that thread.
     checkpointer: Option<Arc<AtomicBool>>,
     started_checkpointer: bool,
+    /// The newest acknowledged ledger id, kept beside the database.
+    ackmark: Option<db::acked::AckMark>,
 }
 
 impl Persister {
@@ -44,6 +46,7 @@ impl Persister {
             pruned: std::collections::HashMap::new(),
             checkpointer: None,
             started_checkpointer: false,
+            ackmark: None,
         }
     }
 
@@ -81,9 +84,13 @@ impl Persister {
             Ok(c) => f(c),
             Err(e) => Err(e),
         };
-        if r.is_err() {
-            // Reconnect next time: the connection may be what failed.
-            self.conn = None;
+        match &r {
+            Ok(_) => self.blobs.health().wrote(),
+            Err(e) => {
+                self.blobs.health().failed(&e.to_string());
+                // Reconnect next time: the connection may be what failed.
+                self.conn = None;
+            }
         }
         self.report(what, start);
         let due = self
@@ -149,6 +156,28 @@ impl Persister {
         };
         for p in doomed {
             let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Persister {
+    /// Records the newest acknowledged ledger id before the acks go out.
+    /// Best effort: the updates are durable whether or not the mark is.
+    fn mark_acked(&mut self, id: i64) {
+        if self.ackmark.is_none() {
+            match db::acked::AckMark::open(&self.path) {
+                Ok(m) => self.ackmark = Some(m),
+                Err(e) => {
+                    log::warn!("{e}");
+                    return;
+                }
+            }
+        }
+        if let Some(m) = self.ackmark.as_mut() {
+            if let Err(e) = m.record(id) {
+                log::warn!("{e}");
+                self.ackmark = None;
+            }
         }
     }
 }
@@ -256,6 +285,16 @@ impl Handler<PersistUpdates> for Persister {
                 blobs.remove(f);
             }
         }
+        let newest = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(InsertOutcome::Inserted { row_id }) => Some(*row_id),
+                _ => None,
+            })
+            .max();
+        if let Some(id) = newest {
+            self.mark_acked(id);
+        }
         results
     }
 }
@@ -287,6 +326,8 @@ pub struct CommitVersion {
     pub weights_file: Option<String>,
     pub metrics: String,
     pub applied: Vec<i64>,
+    /// Pending updates refused in the same transaction (`rolled_back`).
+    pub refused: Vec<i64>,
     /// Keep the weights of this many newest versions (0: all).
     pub keep_weights: u64,
 }
@@ -314,6 +355,7 @@ impl Handler<CommitVersion> for Persister {
                     weights_file: file.clone(),
                 },
                 &m.applied,
+                &m.refused,
             );
             if r.is_err() {
                 if let Some(f) = &file {
@@ -339,6 +381,27 @@ impl Handler<CommitVersion> for Persister {
                 Err(e) => log::warn!("could not prune old weights of {}: {e}", m.model),
             }
         }
+        Ok(())
+    }
+}
+
+/// Marks pending (acknowledged) updates refused, with the reason: the
+/// culprits of a poisoned fold. Their payload files are no longer needed.
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RefusePending {
+    pub ids: Vec<i64>,
+    pub code: crate::protocol::ErrorCode,
+    pub message: String,
+}
+
+impl Handler<RefusePending> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: RefusePending, _: &mut Self::Context) -> Self::Result {
+        let files = self.timed("refusal", |c| {
+            db::refuse_pending(c, &m.ids, m.code.as_str(), &m.message)
+        })?;
+        self.discard(files);
         Ok(())
     }
 }
@@ -464,6 +527,17 @@ impl Handler<InsertHarnessRun> for Persister {
     type Result = Result<i64, DbError>;
     fn handle(&mut self, m: InsertHarnessRun, _: &mut Self::Context) -> Self::Result {
         self.timed("harness_run", |c| db::insert_harness_run(c, &m.0))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<bool, DbError>")]
+pub struct DeleteHarnessRun(pub i64);
+
+impl Handler<DeleteHarnessRun> for Persister {
+    type Result = Result<bool, DbError>;
+    fn handle(&mut self, m: DeleteHarnessRun, _: &mut Self::Context) -> Self::Result {
+        self.timed("harness_run", |c| db::delete_harness_run(c, m.0))
     }
 }
 

@@ -2,7 +2,6 @@
 //! [`crate::hub::ws`]; message parsing and validation are plain functions
 //! here, tested without actix.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +15,9 @@ use bytes::Bytes;
 use crate::db::BlobStore;
 use crate::hub::hub_actor::{self, Hub, ToSession};
 use crate::hub::metrics::{self, MetricsAggregator};
+use crate::hub::outbox::Outbox;
 use crate::hub::state::Admission;
-use crate::hub::ws::{Activity, Incoming, Outbox};
+use crate::hub::ws::{Activity, Incoming};
 use crate::protocol::{
     validate_name, ClientMessage, ErrorCode, ModelLayout, ServerMessage, PROTOCOL_VERSION,
 };
@@ -26,11 +26,17 @@ use crate::protocol::{
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub max_message_bytes: usize,
+    pub max_prehello_bytes: usize,
     pub max_fragments: usize,
+    pub max_outbound_bytes: usize,
     pub hello_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub client_timeout: Duration,
     pub model_hold: Duration,
+    /// A message holding part of the in-flight budget must arrive at least
+    /// this fast (bytes per second), or the connection is dropped.
+    pub min_upload_bytes_per_sec: u64,
+    pub inflight_share: f64,
 }
 
 pub type Refusal = (ErrorCode, String);
@@ -44,28 +50,116 @@ pub enum Whole {
     Binary(Bytes),
 }
 
+/// A text frame refused before it became a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseRefusal {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `update_id` of a refused `update` header, recovered where the
+    /// frame allows it, so the error can name the update.
+    pub update_id: Option<String>,
+    /// The frame was an `update` header: its binary frame is swallowed.
+    pub was_update: bool,
+}
+
+impl ParseRefusal {
+    fn plain(code: ErrorCode, message: String) -> Self {
+        ParseRefusal {
+            code,
+            message,
+            update_id: None,
+            was_update: false,
+        }
+    }
+}
+
+/// What bare non-finite tokens are replaced with so the rest of the frame
+/// can still be read.
+const NON_FINITE_MARK: &str = "\u{0}non-finite";
+/// The same marker as it is written into JSON text.
+const NON_FINITE_MARK_JSON: &str = "\\u0000non-finite";
+
+/// Python's `json.dumps` writes `NaN`, `Infinity` and `-Infinity` as bare
+/// tokens, which JSON does not have. Returns the text with each such token
+/// outside a string replaced by a marker string, or None if it has none.
+fn mark_non_finite_tokens(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let (mut out, mut last, mut i) = (String::new(), 0, 0);
+    let (mut in_string, mut escaped, mut found) = (false, false, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| b[i..].starts_with(t.as_bytes()));
+        let ends = |n: usize| b.get(i + n).is_none_or(|c| !c.is_ascii_alphanumeric());
+        match token {
+            Some(t) if ends(t.len()) => {
+                out.push_str(&text[last..i]);
+                out.push('"');
+                out.push_str(NON_FINITE_MARK_JSON);
+                out.push('"');
+                i += t.len();
+                last = i;
+                found = true;
+            }
+            _ => i += 1,
+        }
+    }
+    found.then(|| {
+        out.push_str(&text[last..]);
+        out
+    })
+}
+
 /// Parses a text frame into a client message with the right error code:
-/// not JSON at all, JSON with an unknown `type`, or a known type with bad fields.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
+/// not JSON at all, JSON with an unknown `type`, or a known type with bad
+/// fields. A refused `update` header carries its `update_id` where the frame
+/// has one, and says it was an update (its payload frame is swallowed).
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
     // The common case in one pass; the slower path below only names the error.
     if let Ok(m) = serde_json::from_str::<ClientMessage>(text) {
         return Ok(m);
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| (ErrorCode::BadJson, format!("frame is not valid JSON: {e}")))?;
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => match mark_non_finite_tokens(text).and_then(|t| serde_json::from_str(&t).ok()) {
+            Some(v) => v,
+            None => {
+                return Err(ParseRefusal::plain(
+                    ErrorCode::BadJson,
+                    format!("frame is not valid JSON: {e}"),
+                ))
+            }
+        },
+    };
     let Some(kind) = value
         .get("type")
         .and_then(|t| t.as_str())
         .map(str::to_string)
     else {
-        return Err((
+        return Err(ParseRefusal::plain(
             ErrorCode::UnknownType,
             "message has no string field `type`".into(),
         ));
     };
     const KNOWN: [&str; 5] = ["hello", "update", "eval", "ping", "bye"];
     if !KNOWN.contains(&kind.as_str()) {
-        return Err((
+        return Err(ParseRefusal::plain(
             ErrorCode::UnknownType,
             format!(
                 "unknown message type `{}` (known: {})",
@@ -74,8 +168,75 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
             ),
         ));
     }
-    serde_json::from_value(value)
-        .map_err(|e| (ErrorCode::BadJson, format!("bad `{kind}` message: {e}")))
+    let non_finite = value.as_object().and_then(|o| {
+        o.iter()
+            .find(|(_, v)| v.as_str() == Some(NON_FINITE_MARK))
+            .map(|(k, _)| k.clone())
+    });
+    let update_id = (kind == "update")
+        .then(|| {
+            value
+                .get("update_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .flatten()
+        .filter(|id| id != NON_FINITE_MARK);
+    let refusal = |code: ErrorCode, message: String| ParseRefusal {
+        code,
+        message,
+        update_id: update_id.clone(),
+        was_update: kind == "update",
+    };
+    if let Some(field) = non_finite {
+        let code = match (kind.as_str(), field.as_str()) {
+            ("update", "loss") => ErrorCode::BadLoss,
+            ("eval", _) => ErrorCode::BadEval,
+            _ => ErrorCode::BadJson,
+        };
+        return Err(refusal(
+            code,
+            format!("`{field}` must be a finite number, not NaN or Infinity"),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let code = if kind == "eval" {
+            ErrorCode::BadEval
+        } else {
+            ErrorCode::BadJson
+        };
+        refusal(code, format!("bad `{kind}` message: {e}"))
+    })
+}
+
+/// Checks what an `eval` reports (the hub checks the version exists).
+pub fn validate_eval(
+    specialty_accuracy: Option<f64>,
+    global_accuracy: Option<f64>,
+    loss: Option<f64>,
+) -> Result<(), Refusal> {
+    for (name, v) in [
+        ("specialty_accuracy", specialty_accuracy),
+        ("global_accuracy", global_accuracy),
+    ] {
+        if let Some(x) = v {
+            if !(0.0..=1.0).contains(&x) {
+                return Err((
+                    ErrorCode::BadEval,
+                    format!("{name} must be between 0 and 1, not {x}"),
+                ));
+            }
+        }
+    }
+    if let Some(l) = loss {
+        if !(l.is_finite() && l >= 0.0) {
+            return Err((
+                ErrorCode::BadEval,
+                format!("loss must be a finite number >= 0, not {l}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An update header waiting for its binary frame.
@@ -85,6 +246,22 @@ pub struct UpdateHeader {
     pub base_version: u64,
     pub num_examples: u64,
     pub loss: Option<f64>,
+}
+
+impl UpdateHeader {
+    /// The placeholder that swallows the payload of a refused header.
+    fn swallow() -> Self {
+        UpdateHeader {
+            update_id: String::new(),
+            base_version: 0,
+            num_examples: 0,
+            loss: None,
+        }
+    }
+
+    fn is_swallow(&self) -> bool {
+        self.update_id.is_empty()
+    }
 }
 
 pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
@@ -143,6 +320,8 @@ fn verify_token(token: &str, hash: &str) -> bool {
 
 enum Phase {
     AwaitingHello,
+    /// The hello arrived; its token is being checked. The hello deadline no
+    /// longer runs: it covers the client's sending, not the hub's queue.
     Verifying,
     Ready(Ready),
     Closing,
@@ -167,8 +346,37 @@ pub struct TrainerSession {
     hot: Arc<metrics::HotMetrics>,
     blobs: BlobStore,
     phase: Phase,
-    handshakes: Arc<AtomicUsize>,
-    counted_handshake: bool,
+    handshake: Option<HandshakeSlot>,
+    /// Payload bytes received at the last heartbeat, for the upload-rate floor.
+    received_at_beat: u64,
+}
+
+/// A connection's place among those waiting for their hello: counted hub-wide
+/// and per address, released exactly once (welcome, refusal or end).
+pub struct HandshakeSlot {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl HandshakeSlot {
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        HandshakeSlot {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl std::fmt::Debug for HandshakeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeSlot")
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Some(f) = self.release.take() {
+            f();
+        }
+    }
 }
 
 /// One trainer's connection: where it came from, what it has to send, and
@@ -178,6 +386,8 @@ pub struct Connection {
     pub outbox: Arc<Outbox>,
     pub activity: Arc<Activity>,
     pub hot: Arc<metrics::HotMetrics>,
+    pub handshake: HandshakeSlot,
+    pub blobs: BlobStore,
 }
 
 impl TrainerSession {
@@ -186,14 +396,14 @@ impl TrainerSession {
         hub: Addr<Hub>,
         metrics: Addr<MetricsAggregator>,
         limits: SessionLimits,
-        handshakes: Arc<AtomicUsize>,
-        blobs: BlobStore,
     ) -> Self {
         let Connection {
             remote,
             outbox,
             activity,
             hot,
+            handshake,
+            blobs,
         } = conn;
         TrainerSession {
             id: uuid::Uuid::new_v4().to_string(),
@@ -206,19 +416,12 @@ impl TrainerSession {
             hot,
             blobs,
             phase: Phase::AwaitingHello,
-            handshakes,
-            counted_handshake: true,
+            handshake: Some(handshake),
+            received_at_beat: 0,
         }
     }
 
-    fn handshake_done(&mut self) {
-        if self.counted_handshake {
-            self.counted_handshake = false;
-            self.handshakes.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    fn send(&self, _: &mut Context<Self>, m: &ServerMessage) {
+    fn send(&self, m: &ServerMessage) {
         self.outbox.text(m.to_json());
     }
 
@@ -235,15 +438,12 @@ impl TrainerSession {
         } else {
             log::debug!("session {}: {code}: {message}", self.id);
         }
-        self.send(
-            ctx,
-            &ServerMessage::Error {
-                code,
-                message: message.clone(),
-                update_id,
-                fatal,
-            },
-        );
+        self.send(&ServerMessage::Error {
+            code,
+            message: message.clone(),
+            update_id,
+            fatal,
+        });
         if fatal {
             self.close(ctx, code, &message);
         }
@@ -272,32 +472,51 @@ impl TrainerSession {
         }
     }
 
-    fn on_whole(&mut self, w: Whole, ctx: &mut Context<Self>) {
-        match w {
-            Whole::Text(b) => match std::str::from_utf8(&b) {
-                Ok(s) => {
-                    let s = s.to_string();
-                    self.on_text(&s, ctx)
-                }
-                Err(_) => self.error(
-                    ctx,
-                    ErrorCode::BadJson,
-                    "text frame is not UTF-8".into(),
-                    None,
-                ),
-            },
-            Whole::Binary(b) => self.on_binary(b, ctx),
-        }
+    /// Ends the session without a closing handshake (the client is gone or
+    /// does not read).
+    fn drop_connection(&mut self, ctx: &mut Context<Self>, reason: &str) {
+        self.leave(reason.to_string());
+        self.phase = Phase::Closing;
+        ctx.stop();
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+    fn on_text(&mut self, b: Bytes, ctx: &mut Context<Self>) {
+        let Ok(text) = std::str::from_utf8(&b) else {
+            return self.error(
+                ctx,
+                ErrorCode::BadJson,
+                "text frame is not UTF-8".into(),
+                None,
+            );
+        };
         let msg = match parse_client_message(text) {
             Ok(m) => m,
-            Err((code, message)) => return self.error(ctx, code, message, None),
+            Err(r) => {
+                if r.was_update {
+                    if let Phase::Ready(ready) = &mut self.phase {
+                        // Its payload frame follows: swallow it quietly.
+                        ready.pending = Some(UpdateHeader::swallow());
+                        let refusal = hub_actor::SessionRefusal {
+                            trainer: ready.name.clone(),
+                            model: ready.model.clone(),
+                            update_id: r.update_id.clone().unwrap_or_default(),
+                            base_version: 0,
+                            num_examples: 0,
+                            bytes: 0,
+                            code: r.code,
+                            message: r.message.clone(),
+                        };
+                        self.hub.do_send(refusal);
+                        self.error(ctx, r.code, r.message, r.update_id);
+                        return self.outbox.update_refused();
+                    }
+                }
+                return self.error(ctx, r.code, r.message, r.update_id);
+            }
         };
         match (&mut self.phase, msg) {
             (Phase::Closing, _) => {}
-            (_, ClientMessage::Ping { nonce }) => self.send(ctx, &ServerMessage::Pong { nonce }),
+            (_, ClientMessage::Ping { nonce }) => self.send(&ServerMessage::Pong { nonce }),
             (_, ClientMessage::Bye) => {
                 self.leave("bye".into());
                 self.phase = Phase::Closing;
@@ -349,10 +568,9 @@ impl TrainerSession {
                 };
                 let previous = r.pending.take();
                 if let Err((code, message)) = validate_update_header(&h) {
-                    let (trainer, model) = (r.name.clone(), r.model.clone());
                     self.hub.do_send(hub_actor::SessionRefusal {
-                        trainer,
-                        model,
+                        trainer: r.name.clone(),
+                        model: r.model.clone(),
                         update_id: h.update_id.clone(),
                         base_version: h.base_version,
                         num_examples: h.num_examples,
@@ -361,19 +579,12 @@ impl TrainerSession {
                         message: message.clone(),
                     });
                     // Its payload frame will follow; swallow it quietly.
-                    if let Phase::Ready(r) = &mut self.phase {
-                        r.pending = Some(UpdateHeader {
-                            update_id: String::new(),
-                            ..h.clone()
-                        });
-                    }
+                    r.pending = Some(UpdateHeader::swallow());
                     self.error(ctx, code, message, Some(h.update_id));
                     return self.outbox.update_refused();
                 }
                 r.pending = Some(h);
-                // An empty id is the placeholder that swallows the payload of
-                // a refused header; nothing to report about it.
-                if let Some(p) = previous.filter(|p| !p.update_id.is_empty()) {
+                if let Some(p) = previous.filter(|p| !p.is_swallow()) {
                     self.error(
                         ctx,
                         ErrorCode::ExpectedBinary,
@@ -392,16 +603,12 @@ impl TrainerSession {
                     num_examples,
                 },
             ) => {
-                let finite = |v: Option<f64>| v.map(|x| x.is_finite()).unwrap_or(true);
-                if !(finite(specialty_accuracy) && finite(global_accuracy) && finite(loss)) {
-                    return self.error(
-                        ctx,
-                        ErrorCode::BadJson,
-                        "evaluation figures must be finite numbers".into(),
-                        None,
-                    );
+                if let Err((code, message)) =
+                    validate_eval(specialty_accuracy, global_accuracy, loss)
+                {
+                    return self.error(ctx, code, message, None);
                 }
-                self.hub.do_send(hub_actor::SubmitEval {
+                let eval = hub_actor::SubmitEval {
                     trainer: r.name.clone(),
                     specialty: r.specialty.clone(),
                     model: r.model.clone(),
@@ -410,7 +617,22 @@ impl TrainerSession {
                     global_accuracy,
                     loss,
                     num_examples,
-                });
+                };
+                ctx.spawn(
+                    self.hub
+                        .send(eval)
+                        .into_actor(self)
+                        .map(|res, act, ctx| match res {
+                            Ok(Ok(())) => {}
+                            Ok(Err((code, message))) => act.error(ctx, code, message, None),
+                            Err(e) => act.error(
+                                ctx,
+                                ErrorCode::ShuttingDown,
+                                format!("hub unavailable: {e}"),
+                                None,
+                            ),
+                        }),
+                );
             }
         }
     }
@@ -451,16 +673,25 @@ impl TrainerSession {
         let addr = ctx.address().recipient::<ToSession>();
         let outbox = self.outbox.clone();
         let (sid, remote) = (self.id.clone(), self.remote.clone());
-        let (n2, s2, m2) = (name.clone(), specialty.clone(), model.clone());
+        let join = hub_actor::Join {
+            session_id: sid,
+            name: name.clone(),
+            specialty: specialty.clone(),
+            model: model.clone(),
+            remote,
+            new_hash: None,
+            addr,
+            outbox,
+        };
         let fut = async move {
             let admission = hub
                 .send(hub_actor::Hello {
-                    name: n2.clone(),
-                    model: m2.clone(),
+                    name: join.name.clone(),
+                    model: join.model.clone(),
                 })
                 .await
                 .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))??;
-            let _permit = TOKEN_CHECKS
+            let permit = TOKEN_CHECKS
                 .acquire()
                 .await
                 .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
@@ -474,7 +705,7 @@ impl TrainerSession {
                     if !ok {
                         return Err((
                             ErrorCode::BadToken,
-                            format!("wrong token for trainer `{n2}`"),
+                            format!("wrong token for trainer `{}`", join.name),
                         ));
                     }
                     None
@@ -486,27 +717,19 @@ impl TrainerSession {
                         .map_err(|e| (ErrorCode::Internal, e))?,
                 ),
             };
-            drop(_permit);
-            hub.send(hub_actor::Join {
-                session_id: sid,
-                name: n2,
-                specialty: s2,
-                model: m2,
-                remote,
-                new_hash,
-                addr,
-                outbox,
-            })
-            .await
-            .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))?
+            drop(permit);
+            hub.send(hub_actor::Join { new_hash, ..join })
+                .await
+                .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))?
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if matches!(act.phase, Phase::Closing) {
                 return;
             }
+            // Welcomed or refused, this connection no longer waits for its hello.
+            act.handshake = None;
             match res {
                 Ok(w) => {
-                    act.handshake_done();
                     let welcome = ServerMessage::Welcome {
                         protocol: PROTOCOL_VERSION,
                         session_id: act.id.clone(),
@@ -521,6 +744,7 @@ impl TrainerSession {
                         max_staleness: w.max_staleness,
                     }
                     .to_json();
+                    act.activity.authenticate();
                     act.outbox.welcome(Bytes::from(welcome), w.encoded);
                     act.phase = Phase::Ready(Ready {
                         name,
@@ -560,13 +784,14 @@ impl TrainerSession {
                 None,
             );
         };
-        if h.update_id.is_empty() {
+        if h.is_swallow() {
             // The payload of an update whose header was refused.
             return;
         }
         let (trainer, model) = (r.name.clone(), r.model.clone());
-        match r.layout.validate(&payload) {
-            Ok(()) => {}
+        // Shapes, dtypes, finite values and the norm, in one pass.
+        let norm = match r.layout.check_sum_squares(&payload) {
+            Ok(s) => s.sqrt(),
             Err(e) => {
                 self.hub.do_send(hub_actor::SessionRefusal {
                     trainer,
@@ -591,6 +816,7 @@ impl TrainerSession {
             base_version: h.base_version,
             num_examples: h.num_examples,
             loss: h.loss,
+            norm,
             payload,
             payload_file: None,
         };
@@ -620,7 +846,7 @@ impl TrainerSession {
                 match written {
                     Ok(name) => sub.payload_file = Some(name),
                     Err(e) => {
-                        log::error!("could not write an update's blob file: {e}");
+                        blobs.health().failed(&e);
                         return Ok(Err((
                             ErrorCode::Internal,
                             format!("the update could not be stored: {e}"),
@@ -632,29 +858,20 @@ impl TrainerSession {
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             match res {
-                Ok(Ok(a)) => act.send(
-                    ctx,
-                    &ServerMessage::Ack {
-                        update_id,
-                        base_version: a.base_version,
-                        staleness: a.staleness,
-                        duplicate: a.duplicate,
-                        status: a.status,
-                    },
-                ),
-                Ok(Err((code, message))) => {
-                    // A refused update is this message's error, not the connection's.
-                    let code_nonfatal = code;
-                    act.send(
-                        ctx,
-                        &ServerMessage::Error {
-                            code: code_nonfatal,
-                            message,
-                            update_id: Some(update_id),
-                            fatal: false,
-                        },
-                    )
-                }
+                Ok(Ok(a)) => act.send(&ServerMessage::Ack {
+                    update_id,
+                    base_version: a.base_version,
+                    staleness: a.staleness,
+                    duplicate: a.duplicate,
+                    status: a.status,
+                }),
+                // A refused update is this message's error, not the connection's.
+                Ok(Err((code, message))) => act.send(&ServerMessage::Error {
+                    code,
+                    message,
+                    update_id: Some(update_id),
+                    fatal: false,
+                }),
                 Err(e) => act.error(
                     ctx,
                     ErrorCode::ShuttingDown,
@@ -665,6 +882,37 @@ impl TrainerSession {
             act.outbox.update_answered();
             act.hot.answered(received.elapsed());
         }));
+    }
+
+    /// The heartbeat: pings, and drops connections that are silent, do not
+    /// read, or hold part of the in-flight budget while sending too slowly.
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        if self.outbox.aborted() {
+            log::info!(
+                "session {}: {}: the client does not read what it is sent; dropped",
+                self.id,
+                ErrorCode::SlowConsumer
+            );
+            return self.drop_connection(ctx, ErrorCode::SlowConsumer.as_str());
+        }
+        if self.activity.silent_for() > self.limits.client_timeout {
+            log::info!("session {}: no sign of life, dropping it", self.id);
+            return self.drop_connection(ctx, "timeout");
+        }
+        let (holding, received) = self.activity.holding();
+        let since = received.saturating_sub(self.received_at_beat);
+        self.received_at_beat = received;
+        let floor = self.limits.min_upload_bytes_per_sec as f64
+            * self.limits.heartbeat_interval.as_secs_f64();
+        if holding && (since as f64) < floor {
+            let message = format!(
+                "{since} bytes in {} s while holding part of the in-flight budget; the floor is {} bytes/s",
+                self.limits.heartbeat_interval.as_secs(),
+                self.limits.min_upload_bytes_per_sec
+            );
+            return self.error(ctx, ErrorCode::TooSlow, message, None);
+        }
+        self.outbox.ping();
     }
 }
 
@@ -677,33 +925,24 @@ impl Actor for TrainerSession {
             opened: true,
         });
         ctx.run_later(self.limits.hello_timeout, |act, ctx| {
-            if matches!(act.phase, Phase::AwaitingHello | Phase::Verifying) {
+            if matches!(act.phase, Phase::AwaitingHello) {
                 let secs = act.limits.hello_timeout.as_secs();
                 act.error(
                     ctx,
                     ErrorCode::HelloTimeout,
-                    format!("no valid `hello` within {secs} s"),
+                    format!("no `hello` within {secs} s of connecting"),
                     None,
                 );
             }
         });
-        ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| {
-            if act.activity.silent_for() > act.limits.client_timeout {
-                log::info!("session {}: no sign of life, dropping it", act.id);
-                act.leave("timeout".into());
-                act.phase = Phase::Closing;
-                ctx.stop();
-                return;
-            }
-            act.outbox.ping();
-        });
+        ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| act.beat(ctx));
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         // Always tell the Hub, however the connection ended, so no session leaks.
         self.leave("disconnected".into());
         self.phase = Phase::Closing;
-        self.handshake_done();
+        self.handshake = None;
         self.outbox.finish();
         self.metrics.do_send(metrics::WsSession {
             kind: "trainer",
@@ -722,16 +961,13 @@ impl Handler<ToSession> for TrainerSession {
                 if code == ErrorCode::Replaced || code == ErrorCode::Revoked {
                     self.phase = Phase::Closing;
                 }
-                self.send(ctx, &ServerMessage::error(code, message.clone()));
+                self.send(&ServerMessage::error(code, message.clone()));
                 self.close(ctx, code, &message);
             }
             ToSession::Goodbye => {
-                self.send(
-                    ctx,
-                    &ServerMessage::Goodbye {
-                        reason: "the hub is shutting down; reconnect later".into(),
-                    },
-                );
+                self.send(&ServerMessage::Goodbye {
+                    reason: "the hub is shutting down; reconnect later".into(),
+                });
                 self.close(ctx, ErrorCode::ShuttingDown, "hub shutting down");
             }
         }
@@ -744,8 +980,8 @@ impl StreamHandler<Incoming> for TrainerSession {
         match item {
             Incoming::Ping(p) => self.outbox.pong(p),
             Incoming::Pong => {}
-            Incoming::Text(b) => self.on_whole(Whole::Text(b), ctx),
-            Incoming::Binary(b) => self.on_whole(Whole::Binary(b), ctx),
+            Incoming::Text(b) => self.on_text(b, ctx),
+            Incoming::Binary(b) => self.on_binary(b, ctx),
             Incoming::Refused(code, message) => self.error(ctx, code, message, None),
             Incoming::Close => {
                 self.leave("closed by trainer".into());
@@ -769,21 +1005,72 @@ mod tests {
     #[test]
     fn message_parsing_codes() {
         assert_eq!(
-            parse_client_message("nope").unwrap_err().0,
+            parse_client_message("nope").unwrap_err().code,
             ErrorCode::BadJson
         );
         assert_eq!(
-            parse_client_message(r#"{"type":"dance"}"#).unwrap_err().0,
+            parse_client_message(r#"{"type":"dance"}"#)
+                .unwrap_err()
+                .code,
             ErrorCode::UnknownType
         );
+        let r = parse_client_message(r#"{"type":"update"}"#).unwrap_err();
         assert_eq!(
-            parse_client_message(r#"{"type":"update"}"#).unwrap_err().0,
-            ErrorCode::BadJson
+            (r.code, r.was_update, r.update_id),
+            (ErrorCode::BadJson, true, None)
         );
         assert!(matches!(
             parse_client_message(r#"{"type":"ping"}"#),
             Ok(ClientMessage::Ping { nonce: None })
         ));
+    }
+
+    /// Python's json.dumps writes a NaN loss as a bare token: the header is
+    /// still read far enough to refuse it as `bad_loss` with its id.
+    #[test]
+    fn update_headers_that_are_not_json_keep_their_id_where_possible() {
+        let r = parse_client_message(
+            r#"{"type": "update", "update_id": "py-1", "base_version": 3, "num_examples": 10, "loss": NaN}"#,
+        )
+        .unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadLoss);
+        assert_eq!(r.update_id.as_deref(), Some("py-1"));
+        assert!(r.was_update);
+        let r = parse_client_message(
+            r#"{"type":"update","update_id":"a NaN \"Infinity\"","base_version":-Infinity,"num_examples":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadJson);
+        assert_eq!(r.update_id.as_deref(), Some("a NaN \"Infinity\""));
+        let r = parse_client_message(
+            r#"{"type":"update","update_id":"x","base_version":"three","num_examples":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (r.code, r.update_id.as_deref()),
+            (ErrorCode::BadJson, Some("x"))
+        );
+        let r = parse_client_message(r#"{"type":"eval","version":1,"global_accuracy":NaN}"#)
+            .unwrap_err();
+        assert_eq!((r.code, r.was_update), (ErrorCode::BadEval, false));
+        // Tokens inside strings and longer words are left alone.
+        assert_eq!(mark_non_finite_tokens(r#"{"a":"NaN","b":NaNa}"#), None);
+        assert_eq!(
+            parse_client_message("{not json").unwrap_err().update_id,
+            None
+        );
+    }
+
+    #[test]
+    fn eval_figures_are_checked() {
+        assert!(validate_eval(Some(0.5), Some(1.0), Some(0.3)).is_ok());
+        assert!(validate_eval(None, None, None).is_ok());
+        assert_eq!(
+            validate_eval(Some(5.0), None, None).unwrap_err().0,
+            ErrorCode::BadEval
+        );
+        assert!(validate_eval(None, Some(-0.1), None).is_err());
+        assert!(validate_eval(None, None, Some(-1.0)).is_err());
     }
 
     #[test]

@@ -26,10 +26,54 @@ pub struct Buffered {
     pub num_examples: u64,
     /// Staleness when it was accepted.
     pub staleness: u64,
+    /// L2 norm of the delta (before clipping).
+    pub norm: f64,
     pub clipped: bool,
     /// The delta, kept only for strategies that need every delta at fold
     /// time (median, trimmed mean); streamed ones live in the accumulator.
     pub delta: Option<Arc<Vec<f32>>>,
+}
+
+/// A durable update about to be buffered.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub row_id: i64,
+    pub update_id: String,
+    pub trainer: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    /// Staleness recorded when it was accepted (a reloaded update keeps
+    /// it); None: counted from the model's current version.
+    pub staleness: Option<u64>,
+    /// The delta's L2 norm when the session already computed it.
+    pub norm: Option<f64>,
+}
+
+/// The factor that scales a delta of norm `norm` down to the clip norm.
+fn clip_factor(norm: f64, s: &AggregationSettings) -> f32 {
+    if s.clip_norm > 0.0 && norm > s.clip_norm as f64 {
+        (s.clip_norm as f64 / norm) as f32
+    } else {
+        1.0
+    }
+}
+
+/// Adds one update's weighted (and clipped) delta to the accumulator,
+/// straight from its encoded bytes; returns whether it was clipped.
+pub fn stream_into(
+    acc: &mut Accumulator,
+    layout: &ModelLayout,
+    s: &AggregationSettings,
+    b: &Buffered,
+    payload: &[u8],
+) -> Result<bool, crate::protocol::tensors::TensorError> {
+    let factor = clip_factor(b.norm, s);
+    let w = aggregation::contribution_weight(b.num_examples, b.staleness, s.staleness_exponent);
+    let t = Instant::now();
+    layout.accumulate(payload, &mut acc.sum, (w as f32) * factor)?;
+    acc.seconds += t.elapsed().as_secs_f64();
+    acc.weight += w;
+    Ok(factor < 1.0)
 }
 
 /// Running weighted sum of streamed deltas: memory stays one model's worth
@@ -49,6 +93,9 @@ pub struct ModelState {
     pub architecture: String,
     pub layout: Arc<ModelLayout>,
     pub settings: AggregationSettings,
+    /// The overrides of a model created through the API (None: a model
+    /// declared in config, whose settings follow the file).
+    pub overrides: Option<crate::aggregation::AggregationOverrides>,
     pub version: u64,
     pub weights: Arc<Vec<f32>>,
     /// The current version encoded once as safetensors and shared by every
@@ -60,6 +107,10 @@ pub struct ModelState {
     pub server: ServerState,
     /// A fold is being computed or committed; no second one starts meanwhile.
     pub folding: bool,
+    /// After a fold could not be committed (storage), the next waits until
+    /// then, doubling with each failure in a row.
+    pub retry_at: Option<Instant>,
+    pub failures: u32,
     pub last_metrics: Option<serde_json::Value>,
 }
 
@@ -75,8 +126,96 @@ pub struct Fold {
     pub server: ServerState,
 }
 
+impl Fold {
+    /// Whether the new weights and the server optimizer's state are all
+    /// finite and below [`MAX_WEIGHT`]: a version that is not is never
+    /// committed (the next fold from weights near f32's limit would overflow).
+    pub fn is_finite(&self) -> bool {
+        let finite = |v: &[f32]| v.iter().all(|x| x.abs() <= MAX_WEIGHT);
+        finite(&self.weights)
+            && self.server.momentum.as_deref().is_none_or(finite)
+            && self.server.second_moment.as_deref().is_none_or(finite)
+    }
+}
+
+/// Weights (and optimizer state) beyond this magnitude count as poisoned.
+pub const MAX_WEIGHT: f32 = 1e30;
+
+/// A fold whose result was not finite, taken apart: the updates that made
+/// it so, and the rest with their accumulator rebuilt, to go back in the
+/// buffer.
+#[derive(Debug)]
+pub struct Poisoned {
+    pub culprits: Vec<Buffered>,
+    pub kept: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
+}
+
+/// Finds which updates of a fold made it non-finite: the update with the
+/// largest weighted norm is set aside until folding the others gives finite
+/// weights (or none is left). Streamed updates are folded again from their
+/// stored payloads (`payload`), kept ones from their deltas. A rare path:
+/// each step folds the remaining updates once.
+pub fn separate_poison(
+    input: FoldInput,
+    layout: &ModelLayout,
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
+) -> Result<Poisoned, String> {
+    let FoldInput {
+        version,
+        weights,
+        mut updates,
+        settings,
+        server,
+        ..
+    } = input;
+    let mut culprits = Vec::new();
+    loop {
+        let mut acc: Option<Accumulator> = None;
+        for b in updates.iter().filter(|b| b.delta.is_none()) {
+            let bytes = payload(b)?;
+            let a = acc.get_or_insert_with(|| Accumulator {
+                sum: vec![0.0; layout.num_params()],
+                weight: 0.0,
+                seconds: 0.0,
+            });
+            stream_into(a, layout, &settings, b, &bytes)
+                .map_err(|e| format!("update {}: {e}", b.update_id))?;
+        }
+        let fold = compute_fold(FoldInput {
+            version,
+            weights: weights.clone(),
+            updates: updates.clone(),
+            acc: acc.clone(),
+            settings: settings.clone(),
+            server: server.clone(),
+        });
+        if fold.is_finite() || updates.is_empty() {
+            return Ok(Poisoned {
+                culprits,
+                kept: updates,
+                acc,
+            });
+        }
+        let weight = |b: &Buffered| {
+            aggregation::contribution_weight(
+                b.num_examples,
+                b.staleness,
+                settings.staleness_exponent,
+            ) * b.norm
+        };
+        let worst = updates
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| weight(a).total_cmp(&weight(b)))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        culprits.push(updates.remove(worst));
+    }
+}
+
 /// What the hub is waiting for, shown in status and on the dashboard.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Waiting {
     pub buffered: usize,
     pub min_updates: usize,
@@ -100,6 +239,7 @@ impl ModelState {
             architecture,
             layout: Arc::new(layout),
             settings,
+            overrides: None,
             version,
             weights: Arc::new(weights),
             encoded,
@@ -108,6 +248,8 @@ impl ModelState {
             clock: RoundClock::default(),
             server: ServerState::default(),
             folding: false,
+            retry_at: None,
+            failures: 0,
             last_metrics: None,
         }
     }
@@ -115,6 +257,22 @@ impl ModelState {
     /// Staleness of an update based on `base`, or its refusal.
     pub fn check_base(&self, base: u64) -> Result<u64, (ErrorCode, String)> {
         aggregation::check_staleness(self.version, base, self.settings.max_staleness)
+    }
+
+    /// Refuses a delta whose L2 norm is above the model's `max_update_norm`.
+    pub fn check_norm(&self, norm: f64) -> Result<(), (ErrorCode, String)> {
+        let max = self.settings.max_update_norm;
+        if max > 0.0 && (norm.is_nan() || norm > max as f64) {
+            return Err((
+                ErrorCode::UpdateTooLargeNorm,
+                format!(
+                    "the update's L2 norm is {}; this model refuses updates above {} (max_update_norm)",
+                    crate::range::show(norm),
+                    crate::range::show(max as f64)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn check_num_examples(&self, n: u64) -> Result<(), (ErrorCode, String)> {
@@ -144,59 +302,42 @@ impl ModelState {
     /// Buffers a durable update from its encoded payload. Streaming
     /// strategies fold it into the accumulator straight from the bytes; the
     /// others keep the decoded delta for the fold.
-    #[allow(clippy::too_many_arguments)]
     pub fn push_payload(
         &mut self,
-        row_id: i64,
-        update_id: String,
-        trainer: String,
-        base_version: u64,
-        num_examples: u64,
+        a: Arrival,
         payload: &[u8],
         now: Instant,
     ) -> Result<(), crate::protocol::tensors::TensorError> {
-        let staleness = self.version.saturating_sub(base_version);
-        let s = &self.settings;
-        let factor = if s.clip_norm > 0.0 {
-            let norm = self.layout.sum_squares(payload)?.sqrt();
-            if norm > s.clip_norm as f64 {
-                (s.clip_norm as f64 / norm) as f32
-            } else {
-                1.0
-            }
-        } else {
-            1.0
+        let norm = match a.norm {
+            Some(n) => n,
+            None => self.layout.check_sum_squares(payload)?.sqrt(),
         };
-        let delta = if aggregation::streams(s.strategy) {
-            let w = aggregation::contribution_weight(num_examples, staleness, s.staleness_exponent);
+        let mut b = Buffered {
+            row_id: a.row_id,
+            update_id: a.update_id,
+            trainer: a.trainer,
+            base_version: a.base_version,
+            num_examples: a.num_examples,
+            staleness: a
+                .staleness
+                .unwrap_or(self.version.saturating_sub(a.base_version)),
+            norm,
+            clipped: false,
+            delta: None,
+        };
+        if aggregation::streams(self.settings.strategy) {
             let n = self.layout.num_params();
             let acc = self.acc.get_or_insert_with(|| Accumulator {
                 sum: vec![0.0; n],
                 weight: 0.0,
                 seconds: 0.0,
             });
-            let t = Instant::now();
-            self.layout
-                .accumulate(payload, &mut acc.sum, (w as f32) * factor)?;
-            acc.seconds += t.elapsed().as_secs_f64();
-            acc.weight += w;
-            None
+            b.clipped = stream_into(acc, &self.layout, &self.settings, &b, payload)?;
         } else {
-            Some(Arc::new(self.layout.decode(payload)?))
-        };
-        self.push(
-            Buffered {
-                row_id,
-                update_id,
-                trainer,
-                base_version,
-                num_examples,
-                staleness,
-                clipped: factor < 1.0,
-                delta,
-            },
-            now,
-        );
+            b.clipped = clip_factor(norm, &self.settings) < 1.0;
+            b.delta = Some(Arc::new(self.layout.decode(payload)?));
+        }
+        self.push(b, now);
         Ok(())
     }
 
@@ -240,6 +381,42 @@ impl ModelState {
             settings: self.settings.clone(),
             server: self.server.clone(),
         })
+    }
+
+    /// Takes the buffer for a rollback (as [`begin_fold`](Self::begin_fold)
+    /// does, due or not); None while a fold runs.
+    pub fn begin_rollback(&mut self) -> Option<FoldInput> {
+        if self.folding {
+            return None;
+        }
+        self.folding = true;
+        Some(FoldInput {
+            version: self.version,
+            weights: self.weights.clone(),
+            updates: std::mem::take(&mut self.buffer),
+            acc: self.acc.take(),
+            settings: self.settings.clone(),
+            server: self.server.clone(),
+        })
+    }
+
+    /// The restored weights become `version`; the server optimizer starts
+    /// over; `kept` (with its rebuilt accumulator) goes back in front of
+    /// anything that arrived meanwhile.
+    pub fn finish_rollback(
+        &mut self,
+        version: u64,
+        weights: Vec<f32>,
+        encoded: Bytes,
+        kept: Vec<Buffered>,
+        acc: Option<Accumulator>,
+        now: Instant,
+    ) {
+        self.version = version;
+        self.weights = Arc::new(weights);
+        self.encoded = encoded;
+        self.server = ServerState::default();
+        self.abort_fold(kept, acc, now);
     }
 
     pub fn finish_fold(&mut self, fold: Fold, encoded: Bytes, now: Instant) {
@@ -473,6 +650,7 @@ mod tests {
             trim_fraction: 0.2,
             clip_norm: 0.0,
             max_num_examples: 100,
+            max_update_norm: 0.0,
         }
     }
 
@@ -489,6 +667,63 @@ mod tests {
         )
     }
 
+    fn arrival(row_id: i64, id: &str, num_examples: u64) -> Arrival {
+        Arrival {
+            row_id,
+            update_id: id.into(),
+            trainer: "t".into(),
+            base_version: 0,
+            num_examples,
+            staleness: None,
+            norm: None,
+        }
+    }
+
+    /// Three updates, two of values near f32's limit: the fold overflows,
+    /// both are found (by re-reading their payloads) and the honest one is
+    /// kept with a rebuilt accumulator.
+    #[test]
+    fn a_poisoned_fold_is_taken_apart() {
+        let mut m = model();
+        m.settings.min_updates = 3;
+        let t = Instant::now();
+        let layout = m_layout();
+        let payloads: Vec<Vec<u8>> = [[3e38f32, 3e38], [1.0, 2.0], [-3e38, 3e38]]
+            .iter()
+            .map(|d| layout.encode(d, None).unwrap())
+            .collect();
+        for (i, p) in payloads.iter().enumerate() {
+            m.push_payload(arrival(i as i64, &format!("u{i}"), 1), p, t)
+                .unwrap();
+        }
+        let input = m.begin_fold(t).unwrap();
+        let fold = compute_fold(FoldInput {
+            version: input.version,
+            weights: input.weights.clone(),
+            updates: input.updates.clone(),
+            acc: input.acc.clone(),
+            settings: input.settings.clone(),
+            server: input.server.clone(),
+        });
+        assert!(!fold.is_finite());
+        let mut reads = 0;
+        let p = separate_poison(input, &layout, |b| {
+            reads += 1;
+            Ok(payloads[b.row_id as usize].clone())
+        })
+        .unwrap();
+        let mut culprits: Vec<i64> = p.culprits.iter().map(|b| b.row_id).collect();
+        culprits.sort();
+        assert_eq!(culprits, vec![0, 2]);
+        assert_eq!(p.kept.len(), 1);
+        assert!(reads >= 3);
+        m.abort_fold(p.kept, p.acc, t);
+        m.settings.min_updates = 1;
+        let fold = compute_fold(m.begin_fold(t).unwrap());
+        assert!(fold.is_finite());
+        assert_eq!(fold.weights, vec![1.0, 2.0]);
+    }
+
     fn upd(id: i64, base: u64, delta: Vec<f32>) -> Buffered {
         Buffered {
             row_id: id,
@@ -497,6 +732,7 @@ mod tests {
             base_version: base,
             num_examples: 1,
             staleness: 0,
+            norm: 1.0,
             clipped: false,
             delta: Some(Arc::new(delta)),
         }
@@ -507,18 +743,19 @@ mod tests {
         let mut m = model();
         let t = Instant::now();
         let enc = |d: [f32; 2]| m_layout().encode(&d, None).unwrap();
-        m.push_payload(1, "a".into(), "t".into(), 0, 1, &enc([1.0, 2.0]), t)
+        m.push_payload(arrival(1, "a", 1), &enc([1.0, 2.0]), t)
             .unwrap();
         assert!(m.buffer[0].delta.is_none(), "fedavg streams");
         let input = m.begin_fold(t).map(|_| ()).is_none();
         assert!(input);
-        m.push_payload(2, "b".into(), "t".into(), 0, 3, &enc([5.0, 6.0]), t)
+        m.push_payload(arrival(2, "b", 3), &enc([5.0, 6.0]), t)
             .unwrap();
         let input = m.begin_fold(t).unwrap();
         assert!(m.acc.is_none());
         // A failed commit hands the accumulator back.
         let fold = compute_fold(input);
         assert_eq!(fold.weights, vec![4.0, 5.0]);
+        assert!(fold.is_finite());
         m.abort_fold(fold.applied, fold.acc, t);
         let fold = compute_fold(m.begin_fold(t).unwrap());
         assert_eq!(fold.weights, vec![4.0, 5.0]);
@@ -581,6 +818,14 @@ mod tests {
             ErrorCode::BadNumExamples
         );
         assert!(m.check_num_examples(100).is_ok());
+        assert!(m.check_norm(1e40).is_ok(), "0 disables the bound");
+        m.settings.max_update_norm = 10.0;
+        assert!(m.check_norm(10.0).is_ok());
+        assert_eq!(
+            m.check_norm(10.5).unwrap_err().0,
+            ErrorCode::UpdateTooLargeNorm
+        );
+        assert!(m.check_norm(f64::NAN).is_err());
     }
 
     #[test]

@@ -4,131 +4,16 @@
 //! binary frames in the safetensors format. This module has no actix in it so
 //! that clients (the reference trainer, the harness, the benchmark) can use it.
 
+pub mod errors;
 pub mod tensors;
 
 use serde::{Deserialize, Serialize};
 
+pub use errors::{ErrorCode, Scope};
 pub use tensors::{ModelLayout, TensorSpec};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const TRAINER_WS_PATH: &str = "/v1/trainers/ws";
-
-/// Stable error codes. Their string forms are a contract with users' scripts:
-/// add new ones freely, never rename.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadJson,
-    UnknownType,
-    HelloRequired,
-    HelloTimeout,
-    AlreadyGreeted,
-    ProtocolVersion,
-    BadToken,
-    Revoked,
-    NotAllowed,
-    BadName,
-    UnknownModel,
-    UnexpectedBinary,
-    ExpectedBinary,
-    BadSafetensors,
-    TensorMismatch,
-    NonFinite,
-    BadNumExamples,
-    BadLoss,
-    BadUpdateId,
-    FutureBaseVersion,
-    StaleUpdate,
-    MessageTooLarge,
-    TooManyFragments,
-    /// A WebSocket frame that breaks RFC 6455 (unmasked, reserved bits or
-    /// opcode, bad control frame, a continuation with nothing to continue).
-    BadFrame,
-    TooManyHandshakes,
-    Replaced,
-    ShuttingDown,
-    // REST-only codes.
-    NotFound,
-    UnknownTrainer,
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    Conflict,
-    /// The version exists but its weights were dropped by the retention policy.
-    WeightsPruned,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(&self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            BadJson => "bad_json",
-            UnknownType => "unknown_type",
-            HelloRequired => "hello_required",
-            HelloTimeout => "hello_timeout",
-            AlreadyGreeted => "already_greeted",
-            ProtocolVersion => "protocol_version",
-            BadToken => "bad_token",
-            Revoked => "revoked",
-            NotAllowed => "not_allowed",
-            BadName => "bad_name",
-            UnknownModel => "unknown_model",
-            UnexpectedBinary => "unexpected_binary",
-            ExpectedBinary => "expected_binary",
-            BadSafetensors => "bad_safetensors",
-            TensorMismatch => "tensor_mismatch",
-            NonFinite => "non_finite",
-            BadNumExamples => "bad_num_examples",
-            BadLoss => "bad_loss",
-            BadUpdateId => "bad_update_id",
-            FutureBaseVersion => "future_base_version",
-            StaleUpdate => "stale_update",
-            MessageTooLarge => "message_too_large",
-            TooManyFragments => "too_many_fragments",
-            BadFrame => "bad_frame",
-            TooManyHandshakes => "too_many_handshakes",
-            Replaced => "replaced",
-            ShuttingDown => "shutting_down",
-            NotFound => "not_found",
-            UnknownTrainer => "unknown_trainer",
-            BadRequest => "bad_request",
-            Unauthorized => "unauthorized",
-            Forbidden => "forbidden",
-            Conflict => "conflict",
-            WeightsPruned => "weights_pruned",
-            Internal => "internal",
-        }
-    }
-
-    /// Whether the hub closes the connection after sending this error. Errors
-    /// of one message leave the connection up; errors of the connection end it.
-    pub fn is_fatal(&self) -> bool {
-        use ErrorCode::*;
-        matches!(
-            self,
-            HelloTimeout
-                | ProtocolVersion
-                | BadToken
-                | Revoked
-                | NotAllowed
-                | BadName
-                | UnknownModel
-                | MessageTooLarge
-                | TooManyFragments
-                | BadFrame
-                | TooManyHandshakes
-                | Replaced
-                | ShuttingDown
-        )
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Messages a trainer sends (JSON text frames).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

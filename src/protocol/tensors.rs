@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ErrorCode;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<usize>,
@@ -162,9 +162,14 @@ impl ModelLayout {
     /// values)` for each tensor in layout order, where `offset` is the
     /// tensor's start in the flat buffer. Refuses any mismatch of names,
     /// shapes or dtypes and any non-finite value. Never copies the bytes.
-    pub fn visit(
+    pub fn visit(&self, bytes: &[u8], f: impl FnMut(usize, Values<'_>)) -> Result<(), TensorError> {
+        self.visit_inner(bytes, true, f)
+    }
+
+    fn visit_inner(
         &self,
         bytes: &[u8],
+        check_finite: bool,
         mut f: impl FnMut(usize, Values<'_>),
     ) -> Result<(), TensorError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
@@ -219,7 +224,12 @@ impl ModelLayout {
                     ))
                 }
             };
-            if let Some((i, v)) = values.first_non_finite() {
+            let bad = if check_finite {
+                values.first_non_finite()
+            } else {
+                None
+            };
+            if let Some((i, v)) = bad {
                 return Err(TensorError::new(
                     ErrorCode::NonFinite,
                     format!(
@@ -232,6 +242,19 @@ impl ModelLayout {
             offset += spec.numel();
         }
         Ok(())
+    }
+
+    /// Checks a buffer (names, shapes, dtypes, finite values) and returns the
+    /// sum of squares of its values, in one pass: a sum of squares in f64
+    /// cannot overflow for finite f32 values, so it is non-finite exactly
+    /// when a value is, and only then is the buffer scanned for which.
+    pub fn check_sum_squares(&self, bytes: &[u8]) -> Result<f64, TensorError> {
+        let mut s = 0.0f64;
+        self.visit_inner(bytes, false, |_, v| s += v.sum_squares())?;
+        if !s.is_finite() {
+            self.validate(bytes)?;
+        }
+        Ok(s)
     }
 
     /// Checks a buffer without decoding it.
@@ -282,6 +305,15 @@ impl ModelLayout {
     /// Infers a layout from a safetensors buffer (admin model creation).
     /// Tensors are ordered by name so the layout is deterministic.
     pub fn from_safetensors(bytes: &[u8]) -> Result<(ModelLayout, Vec<f32>), TensorError> {
+        Self::from_safetensors_limited(bytes, u64::MAX)
+    }
+
+    /// [`from_safetensors`](Self::from_safetensors), refusing more than
+    /// `max_params` parameters (counted without overflow) before decoding.
+    pub fn from_safetensors_limited(
+        bytes: &[u8],
+        max_params: u64,
+    ) -> Result<(ModelLayout, Vec<f32>), TensorError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             TensorError::new(
                 ErrorCode::BadSafetensors,
@@ -311,6 +343,24 @@ impl ModelLayout {
                 ));
             }
             specs.push((n.clone(), v.shape().to_vec()));
+        }
+        let count = specs.iter().try_fold(0u64, |acc, (_, shape)| {
+            shape
+                .iter()
+                .try_fold(1u64, |n, d| n.checked_mul(*d as u64))
+                .and_then(|n| acc.checked_add(n))
+        });
+        match count {
+            Some(n) if n <= max_params => {}
+            n => {
+                return Err(TensorError::new(
+                    ErrorCode::ModelTooLarge,
+                    format!(
+                        "the weights hold {} parameters; the limit (hub.max_model_params) is {max_params}",
+                        n.map(|n| n.to_string()).unwrap_or_else(|| "more than 2^64".into())
+                    ),
+                ))
+            }
         }
         let layout = ModelLayout::new(specs);
         let flat = layout.decode(bytes)?;
@@ -407,10 +457,32 @@ impl Values<'_> {
         self.for_each(|i, v| out[i] += a * v);
     }
 
+    /// Sum of squares in f64, in eight independent lanes so it vectorises
+    /// (a single running sum cannot be reordered by the compiler).
     fn sum_squares(&self) -> f64 {
-        let mut s = 0.0f64;
-        self.for_each(|_, v| s += (v as f64) * (v as f64));
-        s
+        let mut lanes = [0f64; 8];
+        match self {
+            Values::F32(d) => {
+                let mut chunks = d.chunks_exact(32);
+                for c in &mut chunks {
+                    for (k, lane) in lanes.iter_mut().enumerate() {
+                        let v = f32::from_le_bytes([
+                            c[4 * k],
+                            c[4 * k + 1],
+                            c[4 * k + 2],
+                            c[4 * k + 3],
+                        ]) as f64;
+                        *lane += v * v;
+                    }
+                }
+                for c in chunks.remainder().chunks_exact(4) {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+                    lanes[0] += v * v;
+                }
+            }
+            _ => self.for_each(|i, v| lanes[i & 7] += (v as f64) * (v as f64)),
+        }
+        lanes.iter().sum()
     }
 
     fn slice_value(&self, i: usize, out: &mut [f32; 1]) {
@@ -445,6 +517,21 @@ mod tests {
             l.sum_squares(&h).unwrap(),
             a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()
         );
+        // One pass gives the norm and refuses what validation refuses.
+        let long = ModelLayout::new(vec![("w".into(), vec![1001])]);
+        let vals: Vec<f32> = (0..1001).map(|i| (i % 13) as f32 - 6.0).collect();
+        let want: f64 = vals.iter().map(|v| (*v as f64).powi(2)).sum();
+        let enc = long.encode(&vals, None).unwrap();
+        assert_eq!(long.check_sum_squares(&enc).unwrap(), want);
+        let mut huge = vals.clone();
+        huge[1000] = f32::MAX;
+        let enc = long.encode(&huge, None).unwrap();
+        assert!(long.check_sum_squares(&enc).unwrap().is_finite());
+        huge[999] = f32::INFINITY;
+        let enc = long.encode(&huge, None).unwrap();
+        let e = long.check_sum_squares(&enc).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NonFinite);
+        assert!(e.message.contains("index 999"), "{}", e.message);
     }
 
     fn layout() -> ModelLayout {

@@ -51,6 +51,36 @@ impl MlpSpec {
         ])
     }
 
+    /// The parameter count, or None where it overflows (an admin typo such as
+    /// `classes: 1e15` must be refused, not allocated).
+    pub fn checked_params(&self) -> Option<u64> {
+        let (i, h, c) = (self.inputs as u64, self.hidden as u64, self.classes as u64);
+        h.checked_mul(i)?
+            .checked_add(h)?
+            .checked_add(c.checked_mul(h)?)?
+            .checked_add(c)
+    }
+
+    /// Refuses shapes that make no sense or more than `max_params` parameters.
+    pub fn check(&self, max_params: u64) -> Result<(), String> {
+        if self.inputs == 0 || self.hidden == 0 || self.classes < 2 {
+            return Err(format!(
+                "inputs and hidden must be at least 1 and classes at least 2 (got inputs {}, hidden {}, classes {})",
+                self.inputs, self.hidden, self.classes
+            ));
+        }
+        match self.checked_params() {
+            Some(n) if n <= max_params => Ok(()),
+            n => Err(format!(
+                "inputs {}, hidden {} and classes {} make {} parameters; the limit (hub.max_model_params) is {max_params}",
+                self.inputs,
+                self.hidden,
+                self.classes,
+                n.map(|n| n.to_string()).unwrap_or_else(|| "more than 2^64".into())
+            )),
+        }
+    }
+
     /// Recognises a layout produced by [`layout`](Self::layout).
     pub fn from_layout(layout: &ModelLayout) -> Option<MlpSpec> {
         let t = &layout.tensors;

@@ -1,0 +1,166 @@
+//! A model's aggregation settings, declared once: the full settings (the
+//! config's `[aggregation]` section and what a model runs with) and the
+//! overrides (every key optional: `[models.NAME]`, the `aggregation` object of
+//! `POST /v1/models`, a scenario's `[hub]`), their key list and their ranges.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Strategy;
+use crate::range::{self, Ends};
+
+macro_rules! aggregation_settings {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty => $check:expr; )*) => {
+        /// The aggregation settings a model runs with.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct AggregationSettings {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        /// Settings that override the defaults for one model; absent keys
+        /// keep the default.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct AggregationOverrides {
+            $(
+                $(#[doc = $doc])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl AggregationSettings {
+            /// Every key, as config files and the API spell it.
+            pub const KEYS: &'static [&'static str] = &[ $( stringify!($field), )* ];
+
+            /// These settings with `o`'s keys in place of their own.
+            pub fn with(&self, o: &AggregationOverrides) -> AggregationSettings {
+                AggregationSettings {
+                    $( $field: o.$field.clone().unwrap_or_else(|| self.$field.clone()), )*
+                }
+            }
+
+            /// Checks every value against its range; the error starts with the key.
+            pub fn validate(&self) -> Result<(), String> {
+                $(
+                    let check: fn(&$ty) -> Result<(), String> = $check;
+                    check(&self.$field).map_err(|e| format!("{}: {e}", stringify!($field)))?;
+                )*
+                self.validate_together()
+            }
+
+            /// The keys whose values differ from `other`'s.
+            pub fn changed_keys(&self, other: &AggregationSettings) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$field != other.$field { out.push(stringify!($field)); } )*
+                out
+            }
+        }
+
+        impl AggregationOverrides {
+            /// Checks the keys that are set; the error starts with the key.
+            pub fn validate(&self) -> Result<(), String> {
+                $(
+                    if let Some(v) = &self.$field {
+                        let check: fn(&$ty) -> Result<(), String> = $check;
+                        check(v).map_err(|e| format!("{}: {e}", stringify!($field)))?;
+                    }
+                )*
+                Ok(())
+            }
+
+            /// These overrides with every key `later` sets in their place.
+            pub fn then(&self, later: &AggregationOverrides) -> AggregationOverrides {
+                AggregationOverrides {
+                    $( $field: later.$field.clone().or_else(|| self.$field.clone()), )*
+                }
+            }
+
+            /// Whether no key is set.
+            pub fn is_empty(&self) -> bool {
+                true $( && self.$field.is_none() )*
+            }
+        }
+    };
+}
+
+fn any<T>(_: &T) -> Result<(), String> {
+    Ok(())
+}
+
+aggregation_settings! {
+    /// One of fedavg, fedavgm, fedadam, median, trimmed_mean.
+    strategy: Strategy => any;
+    /// Fold as soon as this many accepted updates are buffered.
+    min_updates: usize => |v| range::check(*v, 1.0, 100_000.0, Ends::Closed);
+    /// ...or this many seconds after the first buffered update.
+    round_timeout_secs: f64 => |v| range::check(*v, 0.0, 604_800.0, Ends::OpenLow);
+    /// Updates whose base version is more than this many versions old are refused.
+    max_staleness: u64 => |v| range::check(*v, 0.0, 1_000_000.0, Ends::Closed);
+    /// Weight of an update of staleness s: num_examples / (1 + s)^a.
+    staleness_exponent: f64 => |v| range::check(*v, 0.0, 10.0, Ends::Closed);
+    /// Server learning rate applied to the aggregated delta.
+    server_lr: f32 => |v| range::check(*v, 0.0, 1000.0, Ends::OpenLow);
+    /// Momentum of fedavgm, beta1 of fedadam.
+    momentum: f32 => |v| range::check(*v, 0.0, 1.0, Ends::OpenHigh);
+    /// beta2 of fedadam.
+    beta2: f32 => |v| range::check(*v, 0.0, 1.0, Ends::OpenHigh);
+    /// Adaptivity constant (epsilon) of fedadam.
+    tau: f32 => |v| range::check(*v, 0.0, 1000.0, Ends::OpenLow);
+    /// Fraction trimmed from each end per coordinate by trimmed_mean.
+    trim_fraction: f32 => |v| range::check(*v, 0.0, 0.5, Ends::OpenHigh);
+    /// Each delta is scaled down to this L2 norm if larger; 0 disables.
+    clip_norm: f32 => |v| range::check(*v, 0.0, 1e30, Ends::Closed);
+    /// Largest num_examples an update may claim.
+    max_num_examples: u64 => |v| range::check(*v, 1.0, 1e12, Ends::Closed);
+    /// Updates whose delta has a larger L2 norm are refused with
+    /// `update_too_large_norm`; 0 disables.
+    max_update_norm: f32 => |v| range::check(*v, 0.0, 1e30, Ends::Closed);
+}
+
+impl AggregationSettings {
+    fn validate_together(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The round timeout as a duration; the range check keeps it representable.
+    pub fn round_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.round_timeout_secs).unwrap_or(Duration::from_secs(604_800))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_and_every_range_is_checked() {
+        let base = crate::config::Config::builtin().aggregation;
+        assert!(base.validate().is_ok());
+        let o: AggregationOverrides =
+            serde_json::from_str(r#"{"min_updates": 7, "strategy": "median"}"#).unwrap();
+        let s = base.with(&o);
+        assert_eq!((s.min_updates, s.strategy), (7, Strategy::Median));
+        assert_eq!(s.changed_keys(&base), vec!["strategy", "min_updates"]);
+        for (k, v) in [
+            ("round_timeout_secs", "1e300"),
+            ("round_timeout_secs", "1e19"),
+            ("round_timeout_secs", "0"),
+            ("min_updates", "0"),
+            ("momentum", "1"),
+            ("server_lr", "-1"),
+            ("max_num_examples", "0"),
+            ("max_update_norm", "-1"),
+            ("staleness_exponent", "1e9"),
+        ] {
+            let o: AggregationOverrides =
+                serde_json::from_str(&format!("{{\"{k}\": {v}}}")).unwrap();
+            let e = o.validate().unwrap_err();
+            assert!(e.starts_with(k), "{k}={v}: {e}");
+            assert!(base.with(&o).validate().unwrap_err().starts_with(k));
+        }
+        assert!(serde_json::from_str::<AggregationOverrides>(r#"{"min_updatez": 1}"#).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Reloading the config of a running hub (SIGHUP, `POST /v1/admin/reload`):
+//! the whole file is validated first; live keys change now, restart-only
+//! keys ([`RESTART_ONLY`]) are reported and left as they were.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use actix::Addr;
+
+use super::hub_actor::{self, Hub};
+use super::ConfigSource;
+use crate::config::{Config, HubConfig};
+
+/// `[hub]` keys that need a restart to change. Every other key of the hub,
+/// the log level, aggregation and model settings changes live (limits apply
+/// to new connections).
+pub const RESTART_ONLY: &[&str] = &[
+    "bind",
+    "db",
+    "state_dir",
+    "admin_token",
+    "tls_cert",
+    "tls_key",
+    "shutdown_timeout_secs",
+    "blob_file_threshold_bytes",
+    "max_inflight_update_bytes",
+    "http_workers",
+];
+
+/// Keys whose values are never written to the log.
+const SECRET: &[&str] = &["admin_token"];
+
+pub struct Reloader {
+    source: ConfigSource,
+    current: Mutex<Config>,
+    hub: Addr<Hub>,
+    /// The hub settings the HTTP handlers read.
+    live: Arc<RwLock<HubConfig>>,
+}
+
+/// The `[hub]` keys whose values differ, with their old and new values.
+fn changed_hub_keys(old: &HubConfig, new: &HubConfig) -> Vec<(String, String, String)> {
+    let as_map = |h: &HubConfig| match serde_json::to_value(h) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (o, n) = (as_map(old), as_map(new));
+    n.iter()
+        .filter(|(k, v)| o.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let shown = |x: Option<&serde_json::Value>| match (SECRET.contains(&k.as_str()), x) {
+                (true, _) => "(not shown)".to_string(),
+                (false, Some(x)) => x.to_string(),
+                (false, None) => "none".to_string(),
+            };
+            (k.clone(), shown(o.get(k)), shown(Some(v)))
+        })
+        .collect()
+}
+
+impl Reloader {
+    pub fn new(
+        source: ConfigSource,
+        current: Config,
+        hub: Addr<Hub>,
+        live: Arc<RwLock<HubConfig>>,
+    ) -> Self {
+        Reloader {
+            source,
+            current: Mutex::new(current),
+            hub,
+            live,
+        }
+    }
+
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let new = if self.source.file.is_some() || self.source.use_env {
+            Config::from_sources(
+                self.source.file.as_deref(),
+                self.source.use_env,
+                &self.source.cli,
+            )
+            .map_err(|e| e.to_string())?
+        } else {
+            self.current
+                .lock()
+                .map_err(|_| "config lock poisoned".to_string())?
+                .clone()
+        };
+        let mut cur = self
+            .current
+            .lock()
+            .map_err(|_| "config lock poisoned".to_string())?;
+        let mut notes = Vec::new();
+        if new.log.level != cur.log.level {
+            if crate::logging::set_level(&new.log.level) {
+                notes.push(format!("log.level changed to {}", new.log.level));
+            } else {
+                notes.push(format!(
+                    "log.level changed to {} but RUST_LOG is set and wins",
+                    new.log.level
+                ));
+            }
+        }
+        let mut applied = new.clone();
+        // Restart-only keys stay as they were; the others apply now.
+        let mut hub = serde_json::to_value(&new.hub).map_err(|e| e.to_string())?;
+        let old = serde_json::to_value(&cur.hub).map_err(|e| e.to_string())?;
+        for (key, was, now) in changed_hub_keys(&cur.hub, &new.hub) {
+            if RESTART_ONLY.contains(&key.as_str()) {
+                notes.push(format!(
+                    "hub.{key} changed (needs a restart; left as it was)"
+                ));
+                hub[&key] = old[&key].clone();
+            } else {
+                notes.push(format!("hub.{key} changed from {was} to {now}"));
+            }
+        }
+        applied.hub = serde_json::from_value(hub).map_err(|e| e.to_string())?;
+        if let Ok(mut l) = self.live.write() {
+            *l = applied.hub.clone();
+        }
+        let changed =
+            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
+                .map_err(|e| format!("hub unavailable: {e}"))?;
+        notes.extend(changed);
+        for n in &notes {
+            log::info!("config reload: {n}");
+        }
+        if notes.is_empty() {
+            log::info!("config reload: nothing changed");
+        }
+        *cur = applied;
+        Ok(notes)
+    }
+}
+
+/// Waits for an actor reply from a blocking thread (reload runs in
+/// `web::block` or the signal thread, never on the executor).
+fn futures_executor_block<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build a runtime for reload: {e}"))?;
+    Ok(rt.block_on(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_changed_key_is_found_and_secrets_are_not_shown() {
+        let a = Config::builtin().hub;
+        let mut b = a.clone();
+        b.max_fragments = 7;
+        b.admin_token = "s3cret".into();
+        b.bind = "127.0.0.1:9".into();
+        let changed = changed_hub_keys(&a, &b);
+        let keys: Vec<&str> = changed.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        for k in ["max_fragments", "admin_token", "bind"] {
+            assert!(keys.contains(&k), "{k}");
+        }
+        assert!(!format!("{changed:?}").contains("s3cret"));
+        for k in RESTART_ONLY {
+            assert!(
+                serde_json::to_value(&a).unwrap().get(*k).is_some(),
+                "{k} is not a [hub] key"
+            );
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! Reading client frames: framing rules, limits and the in-flight budget.
+//!
+//! Every limit is checked on a frame's header, before its payload is read:
+//! before the hello is answered a connection may send only small messages
+//! (`max_prehello_bytes`) and holds no budget; after it, a large message
+//! (64 KiB and up) or any fragmented one holds its bytes in the budget,
+//! within the connection's share, before they are read.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+use super::budget::{self, Claim, ReserveError};
+use super::{apply_mask, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::protocol::ErrorCode;
+
+/// Unfragmented payloads at least this large hold part of the budget.
+pub const BUDGET_MIN: usize = 64 * 1024;
+
+/// One event read from a trainer's connection.
+#[derive(Debug)]
+pub enum Incoming {
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong,
+    /// The peer closed; nothing more will be read.
+    Close,
+    /// A message broke a limit or the framing rules. After a fatal one the
+    /// reader stops: the rest of the connection cannot be trusted or skipped.
+    Refused(ErrorCode, String),
+}
+
+/// The limits a reader enforces.
+#[derive(Debug, Clone)]
+pub struct ReaderLimits {
+    pub max_message: usize,
+    pub max_prehello: usize,
+    pub max_fragments: usize,
+    /// How long a message that already holds budget may wait for more.
+    pub budget_wait: Duration,
+}
+
+/// What the reader and the session share about a connection: when it last
+/// showed a sign of life, whether its hello was answered, and whether it is
+/// sending a message that holds budget (and how fast).
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    /// Waiting for budget: the hub, not the client, is the one not reading.
+    waiting: AtomicBool,
+    authenticated: AtomicBool,
+    /// Reading a message that holds budget.
+    holding: AtomicBool,
+    /// Payload bytes received so far.
+    received: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            authenticated: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            received: AtomicU64::new(0),
+        })
+    }
+
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been silent, zero while it waits for budget.
+    pub fn silent_for(&self) -> Duration {
+        if self.waiting.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// The hello was answered: the connection may send large messages now.
+    pub fn authenticate(&self) {
+        self.authenticated.store(true, Ordering::Release);
+    }
+
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// Whether a message holding budget is being read, and the payload
+    /// bytes received so far (for the upload-rate floor).
+    pub fn holding(&self) -> (bool, u64) {
+        (
+            self.holding.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
+}
+
+struct Assembling {
+    text: bool,
+    data: Vec<u8>,
+    permits: Vec<OwnedSemaphorePermit>,
+    held_kib: u32,
+    fragments: usize,
+    /// Whether the connection was authenticated at the message's first
+    /// frame: the limits of that moment hold for the whole message.
+    authed: bool,
+}
+
+/// Reads frames from a request body stream.
+pub struct FrameReader<S> {
+    stream: S,
+    activity: Arc<Activity>,
+    buf: BytesMut,
+    limits: ReaderLimits,
+    claim: Claim,
+    partial: Option<Assembling>,
+    done: bool,
+}
+
+pub type ReadError = actix_http::error::PayloadError;
+
+impl<S> FrameReader<S>
+where
+    S: Stream<Item = Result<Bytes, ReadError>> + Unpin,
+{
+    pub fn new(stream: S, activity: Arc<Activity>, limits: ReaderLimits, claim: Claim) -> Self {
+        FrameReader {
+            stream,
+            activity,
+            buf: BytesMut::new(),
+            limits,
+            claim,
+            partial: None,
+            done: false,
+        }
+    }
+
+    /// The largest message this connection may send once authenticated.
+    pub fn max_message(&self) -> usize {
+        self.limits.max_message.min(self.claim.share_bytes())
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        match self.stream.next().await {
+            Some(Ok(chunk)) => {
+                self.activity.touch();
+                self.activity
+                    .received
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Some(chunk)
+            }
+            Some(Err(e)) => {
+                log::debug!("connection read error: {e}");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Reads until `buf` holds `n` bytes; false at the end of the stream.
+    async fn fill(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            match self.next_chunk().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Appends `len` unmasked payload bytes to `out` (or drops them when
+    /// `out` is None), reading straight from the stream's chunks once the
+    /// buffered bytes are used up. False if the connection ended first.
+    async fn payload_into(
+        &mut self,
+        mut out: Option<&mut Vec<u8>>,
+        len: usize,
+        mask: [u8; 4],
+    ) -> bool {
+        let start = out.as_ref().map(|o| o.len()).unwrap_or(0);
+        if let Some(o) = out.as_mut() {
+            o.reserve_exact(len);
+        }
+        let take = self.buf.len().min(len);
+        if let Some(o) = out.as_mut() {
+            o.extend_from_slice(&self.buf[..take]);
+        }
+        self.buf.advance(take);
+        let mut got = take;
+        while got < len {
+            let Some(chunk) = self.next_chunk().await else {
+                return false;
+            };
+            let take = chunk.len().min(len - got);
+            if let Some(o) = out.as_mut() {
+                o.extend_from_slice(&chunk[..take]);
+            }
+            got += take;
+            if take < chunk.len() {
+                self.buf.extend_from_slice(&chunk[take..]);
+            }
+        }
+        if let Some(o) = out {
+            apply_mask(&mut o[start..], mask, 0);
+        }
+        true
+    }
+
+    fn fatal(&mut self, code: ErrorCode, message: String) -> Option<Incoming> {
+        self.done = true;
+        self.partial = None;
+        Some(Incoming::Refused(code, message))
+    }
+
+    /// The next frame header, consumed from `buf`; `Err` names what is
+    /// wrong with it, `Ok(None)` is the end of the stream.
+    async fn header(&mut self) -> Result<Option<(FrameHeader, u64)>, String> {
+        loop {
+            let mut cursor = std::io::Cursor::new(&self.buf[..]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some(h)) => {
+                    let used = cursor.position() as usize;
+                    self.buf.advance(used);
+                    return Ok(Some(h));
+                }
+                Ok(None) => {
+                    let want = self.buf.len() + 1;
+                    if !self.fill(want).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Reads a payload into `out`; `None` (and the reader done) if the
+    /// connection ended first.
+    async fn payload(&mut self, out: &mut Vec<u8>, len: usize, mask: [u8; 4]) -> Option<()> {
+        if self.payload_into(Some(out), len, mask).await {
+            Some(())
+        } else {
+            self.done = true;
+            None
+        }
+    }
+
+    /// Reads and drops a frame's payload (never buffering it), then refuses
+    /// it; the connection goes on (`bad_json`, as for any malformed message).
+    async fn skip(&mut self, len: usize, why: &str) -> Option<Incoming> {
+        if !self.payload_into(None, len, [0; 4]).await {
+            self.done = true;
+            return None;
+        }
+        Some(Incoming::Refused(ErrorCode::BadJson, why.to_string()))
+    }
+
+    /// Reserves `kib` more of the budget for the message being read.
+    async fn reserve(
+        &mut self,
+        kib: u32,
+        already_holding: bool,
+    ) -> Result<Vec<OwnedSemaphorePermit>, Option<Incoming>> {
+        if kib == 0 {
+            return Ok(Vec::new());
+        }
+        self.activity.waiting.store(true, Ordering::Relaxed);
+        // Waiting while holding part of the budget is bounded: two
+        // connections each holding half could otherwise wait for ever.
+        let deadline = already_holding.then_some(self.limits.budget_wait);
+        let r = self.claim.reserve(kib, deadline).await;
+        self.activity.waiting.store(false, Ordering::Relaxed);
+        self.activity.touch();
+        match r {
+            Ok(p) => Ok(p),
+            Err(ReserveError::TimedOut) => Err(self.fatal(
+                ErrorCode::Busy,
+                format!(
+                    "this fragmented message waited {} s for room in the hub's in-flight budget; send it again later",
+                    self.limits.budget_wait.as_secs()
+                ),
+            )),
+            Err(ReserveError::Closed) => Err(self.fatal(
+                ErrorCode::ShuttingDown,
+                "the hub is stopping".into(),
+            )),
+        }
+    }
+
+    /// The next event, or `None` once the connection has ended. Not
+    /// cancel-safe: a frame header is consumed before its payload is read,
+    /// so the future must be driven to completion (a stream does that).
+    pub async fn next(&mut self) -> Option<Incoming> {
+        let r = self.next_inner().await;
+        self.activity.holding.store(false, Ordering::Relaxed);
+        r
+    }
+
+    async fn next_inner(&mut self) -> Option<Incoming> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let (h, len) = match self.header().await {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => return self.fatal(ErrorCode::BadFrame, format!("bad frame header: {e}")),
+            };
+            let opcode: u8 = h.opcode.into();
+            if h.rsv1 || h.rsv2 || h.rsv3 {
+                return self.fatal(
+                    ErrorCode::BadFrame,
+                    "frame uses reserved bits no extension was agreed for".into(),
+                );
+            }
+            let Some(mask) = h.mask else {
+                return self.fatal(
+                    ErrorCode::BadFrame,
+                    "client frames must be masked (RFC 6455 section 5.1)".into(),
+                );
+            };
+            let control = opcode & 0x08 != 0;
+            if control && (!h.is_final || len > 125) {
+                return self.fatal(
+                    ErrorCode::BadFrame,
+                    "control frames must be whole and at most 125 bytes".into(),
+                );
+            }
+            if !control {
+                let authed = match &self.partial {
+                    Some(p) if opcode == OP_CONT => p.authed,
+                    _ => self.activity.authenticated(),
+                };
+                let already = match &self.partial {
+                    Some(p) if opcode == OP_CONT => p.data.len() as u64,
+                    _ => 0,
+                };
+                let limit = if authed {
+                    self.max_message()
+                } else {
+                    self.limits.max_prehello
+                };
+                if len.saturating_add(already) > limit as u64 {
+                    let why = if !authed {
+                        format!(
+                            "before the hello is answered a message may have at most {limit} bytes"
+                        )
+                    } else if limit < self.limits.max_message {
+                        format!(
+                            "message exceeds this connection's share of the hub's in-flight budget ({limit} bytes)"
+                        )
+                    } else {
+                        format!("message exceeds the hub's limit of {limit} bytes")
+                    };
+                    return self.fatal(ErrorCode::MessageTooLarge, why);
+                }
+            }
+            let len = len as usize;
+            match opcode {
+                OP_PING | OP_PONG | OP_CLOSE => {
+                    let mut p = Vec::with_capacity(len);
+                    self.payload(&mut p, len, mask).await?;
+                    return Some(match opcode {
+                        OP_PING => Incoming::Ping(Bytes::from(p)),
+                        OP_PONG => Incoming::Pong,
+                        _ => {
+                            self.done = true;
+                            Incoming::Close
+                        }
+                    });
+                }
+                OP_TEXT | OP_BINARY if self.partial.is_some() => {
+                    // The half-assembled message is dropped with this frame.
+                    self.partial = None;
+                    return self
+                        .skip(
+                            len,
+                            "a new message started before the previous fragmented one ended",
+                        )
+                        .await;
+                }
+                OP_TEXT | OP_BINARY => {
+                    let authed = self.activity.authenticated();
+                    // Every fragmented message holds its bytes in the budget
+                    // whatever its fragment sizes; whole ones from 64 KiB.
+                    let counted = authed && (!h.is_final || len >= BUDGET_MIN);
+                    let (permits, held_kib) = if counted {
+                        let kib = budget::kib_for(len.max(1));
+                        match self.reserve(kib, false).await {
+                            Ok(p) => (p, kib),
+                            Err(refusal) => return refusal,
+                        }
+                    } else {
+                        (Vec::new(), 0)
+                    };
+                    self.activity.holding.store(counted, Ordering::Relaxed);
+                    let mut data = Vec::new();
+                    self.payload(&mut data, len, mask).await?;
+                    let text = opcode == OP_TEXT;
+                    if h.is_final {
+                        let bytes = budget::hold(data, permits);
+                        return Some(if text {
+                            Incoming::Text(bytes)
+                        } else {
+                            Incoming::Binary(bytes)
+                        });
+                    }
+                    self.partial = Some(Assembling {
+                        text,
+                        data,
+                        permits,
+                        held_kib,
+                        fragments: 1,
+                        authed,
+                    });
+                }
+                OP_CONT => {
+                    let Some(mut p) = self.partial.take() else {
+                        return self
+                            .skip(len, "a continuation frame arrived with no message started")
+                            .await;
+                    };
+                    p.fragments += 1;
+                    if p.fragments > self.limits.max_fragments {
+                        let max = self.limits.max_fragments;
+                        return self.fatal(
+                            ErrorCode::TooManyFragments,
+                            format!("message arrived in more than {max} fragments"),
+                        );
+                    }
+                    if p.authed {
+                        let need = budget::kib_for(p.data.len() + len);
+                        let more = need.saturating_sub(p.held_kib);
+                        match self.reserve(more, true).await {
+                            Ok(permits) => {
+                                p.permits.extend(permits);
+                                p.held_kib += more;
+                            }
+                            Err(refusal) => return refusal,
+                        }
+                        self.activity.holding.store(true, Ordering::Relaxed);
+                    }
+                    self.payload(&mut p.data, len, mask).await?;
+                    if h.is_final {
+                        let bytes = budget::hold(p.data, p.permits);
+                        return Some(if p.text {
+                            Incoming::Text(bytes)
+                        } else {
+                            Incoming::Binary(bytes)
+                        });
+                    }
+                    self.partial = Some(p);
+                }
+                other => {
+                    return self.fatal(
+                        ErrorCode::BadFrame,
+                        format!("unknown WebSocket opcode {other:#x}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{frame_header, Budget};
+    use super::*;
+
+    pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut f = frame_header(opcode, payload.len(), Some(mask));
+        if !fin {
+            f[0] &= 0x7F;
+        }
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    fn limits() -> ReaderLimits {
+        ReaderLimits {
+            max_message: 1 << 20,
+            max_prehello: 1024,
+            max_fragments: 3,
+            budget_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// A reader over `bytes` delivered in chunks of `chunk` bytes, already
+    /// past its hello unless `prehello`.
+    fn reader(
+        bytes: Vec<u8>,
+        chunk: usize,
+        budget: &Budget,
+        prehello: bool,
+    ) -> FrameReader<impl Stream<Item = Result<Bytes, ReadError>> + Unpin> {
+        let chunks: Vec<Result<Bytes, ReadError>> = bytes
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let activity = Activity::new();
+        if !prehello {
+            activity.authenticate();
+        }
+        FrameReader::new(
+            futures_util::stream::iter(chunks),
+            activity,
+            limits(),
+            Claim::new(budget.clone(), 1.0),
+        )
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn reads_frames_across_any_chunking() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = client_frame(true, OP_TEXT, b"{\"type\":\"ping\"}", [9, 8, 7, 6]);
+        wire.extend(client_frame(true, OP_PING, b"hi", [1, 1, 1, 1]));
+        wire.extend(client_frame(false, OP_BINARY, &big[..70_000], [5, 6, 7, 8]));
+        wire.extend(client_frame(true, OP_CONT, &big[70_000..], [2, 3, 4, 5]));
+        wire.extend(client_frame(true, OP_CLOSE, &[3, 232], [0, 0, 0, 1]));
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let budget = Budget::new(1 << 20);
+            let mut r = reader(wire.clone(), chunk, &budget, false);
+            run(async {
+                assert!(
+                    matches!(r.next().await, Some(Incoming::Text(t)) if &t[..] == b"{\"type\":\"ping\"}")
+                );
+                assert!(matches!(r.next().await, Some(Incoming::Ping(p)) if &p[..] == b"hi"));
+                match r.next().await {
+                    Some(Incoming::Binary(b)) => {
+                        assert_eq!(&b[..], &big[..]);
+                        assert_eq!(budget.in_use(), 196 * 1024, "a held payload holds budget");
+                        drop(b);
+                        assert_eq!(budget.in_use(), 0, "dropping it gives the budget back");
+                    }
+                    other => panic!("expected binary, got {other:?}"),
+                }
+                assert!(matches!(r.next().await, Some(Incoming::Close)));
+                assert!(r.next().await.is_none());
+            });
+        }
+    }
+
+    #[test]
+    fn refuses_what_breaks_the_rules() {
+        let budget = Budget::new(4 << 20);
+        // Over the message limit: fatal, and reading stops.
+        let mut r = reader(
+            client_frame(true, OP_BINARY, &vec![0u8; (1 << 20) + 1], [1, 2, 3, 4]),
+            65536,
+            &budget,
+            false,
+        );
+        run(async {
+            assert!(matches!(
+                r.next().await,
+                Some(Incoming::Refused(ErrorCode::MessageTooLarge, _))
+            ));
+            assert!(r.next().await.is_none());
+        });
+        // Too many fragments (limit 3).
+        let mut wire = client_frame(false, OP_TEXT, b"a", [1, 2, 3, 4]);
+        for _ in 0..3 {
+            wire.extend(client_frame(false, OP_CONT, b"", [1, 2, 3, 4]));
+        }
+        let mut r = reader(wire, 3, &budget, false);
+        run(async {
+            assert!(matches!(
+                r.next().await,
+                Some(Incoming::Refused(ErrorCode::TooManyFragments, _))
+            ));
+        });
+        // Unmasked client frame.
+        let mut r = reader(vec![0x82, 0x01, 0xFF], 3, &budget, false);
+        run(async {
+            assert!(matches!(
+                r.next().await,
+                Some(Incoming::Refused(ErrorCode::BadFrame, _))
+            ));
+            assert!(r.next().await.is_none());
+        });
+        // A stray continuation is refused but the connection reads on.
+        let mut wire = client_frame(true, OP_CONT, b"x", [1, 2, 3, 4]);
+        wire.extend(client_frame(true, OP_TEXT, b"ok", [4, 3, 2, 1]));
+        let mut r = reader(wire, 5, &budget, false);
+        run(async {
+            assert!(matches!(
+                r.next().await,
+                Some(Incoming::Refused(ErrorCode::BadJson, _))
+            ));
+            assert!(matches!(r.next().await, Some(Incoming::Text(t)) if &t[..] == b"ok"));
+        });
+        // End of stream in the middle of a frame.
+        let mut r = reader(
+            client_frame(true, OP_TEXT, b"hello", [1, 2, 3, 4])[..5].to_vec(),
+            2,
+            &budget,
+            false,
+        );
+        run(async { assert!(r.next().await.is_none()) });
+    }
+
+    /// Before the hello: small messages only, refused on the header (nothing
+    /// of a 200 MB frame is read), fragmented or not, and no budget held.
+    #[test]
+    fn before_the_hello_only_small_messages_and_no_budget() {
+        let budget = Budget::new(4 << 20);
+        let mut wire = frame_header(OP_BINARY, 200_000_000, Some([1, 2, 3, 4]));
+        wire.extend_from_slice(&[0u8; 100]);
+        let mut r = reader(wire, 64, &budget, true);
+        run(async {
+            match r.next().await {
+                Some(Incoming::Refused(ErrorCode::MessageTooLarge, m)) => {
+                    assert!(m.contains("before the hello"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(r.next().await.is_none());
+        });
+        let mut wire = client_frame(false, OP_TEXT, &[b'a'; 600], [1, 2, 3, 4]);
+        wire.extend(client_frame(true, OP_CONT, &[b'a'; 600], [1, 2, 3, 4]));
+        let mut r = reader(wire, 100, &budget, true);
+        run(async {
+            assert!(matches!(
+                r.next().await,
+                Some(Incoming::Refused(ErrorCode::MessageTooLarge, _))
+            ));
+        });
+        let mut wire = client_frame(false, OP_TEXT, &[b'a'; 500], [1, 2, 3, 4]);
+        wire.extend(client_frame(true, OP_CONT, &[b'a'; 500], [1, 2, 3, 4]));
+        let mut r = reader(wire, 100, &budget, true);
+        run(async {
+            let m = r.next().await;
+            assert!(matches!(&m, Some(Incoming::Text(t)) if t.len() == 1000));
+            assert_eq!(budget.in_use(), 0);
+        });
+    }
+
+    /// Fragments under 64 KiB count against the budget: a message made of
+    /// small fragments holds its bytes, and a second one waits for room.
+    #[test]
+    fn small_fragments_hold_budget_and_wait_for_room() {
+        let budget = Budget::new(128 * 1024);
+        let mut wire = Vec::new();
+        for i in 0..3 {
+            let fin = i == 2;
+            let op = if i == 0 { OP_BINARY } else { OP_CONT };
+            wire.extend(client_frame(fin, op, &[7u8; 30_000], [1, 2, 3, 4]));
+        }
+        let mut a = reader(wire.clone(), 8192, &budget, false);
+        let mut b = reader(wire, 8192, &budget, false);
+        run(async {
+            let first = a.next().await;
+            assert!(matches!(&first, Some(Incoming::Binary(x)) if x.len() == 90_000));
+            assert_eq!(budget.in_use(), 88 * 1024);
+            // b's fragments need 88 KiB; 40 KiB are free: it holds what it
+            // got and, past the wait, gives up with `busy`.
+            match b.next().await {
+                Some(Incoming::Refused(ErrorCode::Busy, _)) => {}
+                other => panic!("expected busy, got {other:?}"),
+            }
+            assert_eq!(budget.in_use(), 88 * 1024, "b's partial hold was released");
+            drop(first);
+            assert_eq!(budget.in_use(), 0);
+        });
+    }
+
+    #[test]
+    fn budget_makes_the_second_large_payload_wait() {
+        let budget = Budget::new(128 * 1024);
+        let frame = client_frame(true, OP_BINARY, &vec![7u8; 100 * 1024], [1, 2, 3, 4]);
+        let mut a = reader(frame.clone(), 8192, &budget, false);
+        let mut b = reader(frame, 8192, &budget, false);
+        run(async {
+            let first = a.next().await;
+            assert!(matches!(first, Some(Incoming::Binary(_))));
+            let mut second = Box::pin(b.next());
+            let waiting = tokio::time::timeout(Duration::from_secs(60), &mut second).await;
+            assert!(
+                waiting.is_err(),
+                "no room until the first payload is dropped"
+            );
+            drop(first);
+            assert!(matches!(second.await, Some(Incoming::Binary(_))));
+        });
+    }
+
+    /// One connection may hold at most its share: with a share of half the
+    /// budget, a message over it is refused on its header.
+    #[test]
+    fn a_message_over_the_connections_share_is_refused() {
+        let budget = Budget::new(256 * 1024);
+        let activity = Activity::new();
+        activity.authenticate();
+        let wire = frame_header(OP_BINARY, 200 * 1024, Some([1, 2, 3, 4]));
+        let mut r = FrameReader::new(
+            futures_util::stream::iter(vec![Ok::<_, ReadError>(Bytes::from(wire))]),
+            activity,
+            limits(),
+            Claim::new(budget.clone(), 0.5),
+        );
+        assert_eq!(r.max_message(), 128 * 1024);
+        run(async {
+            match r.next().await {
+                Some(Incoming::Refused(ErrorCode::MessageTooLarge, m)) => {
+                    assert!(m.contains("share"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+        assert_eq!(budget.in_use(), 0);
+    }
+}

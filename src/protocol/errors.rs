@@ -1,0 +1,244 @@
+//! The error table: every stable error code, declared once with where it can
+//! appear, its HTTP status and its meaning. The enum, its string forms, the
+//! fatal flag, the REST status and the table in docs/PROTOCOL.md all come
+//! from this one list (a test checks the page against [`markdown_table`]).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where a code can be met, which also says whether it ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Refuses one message on a trainer connection; the connection stays up.
+    Message,
+    /// Ends the trainer connection after the `error` message (`fatal: true`).
+    Connection,
+    /// Recorded in the ledger and the event feed for an update that was
+    /// already acknowledged; never sent on a connection.
+    Ledger,
+    /// Only in REST responses (and HTTP refusals of a WebSocket upgrade).
+    Rest,
+}
+
+macro_rules! error_table {
+    ($( $(#[$attr:meta])* $variant:ident = $code:literal, $scope:ident, $http:literal, $meaning:literal; )*) => {
+        /// Stable error codes. Their string forms are a contract with users'
+        /// scripts: add new ones freely, never rename.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $(#[$attr])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the table.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant, )* ];
+
+            pub fn as_str(&self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code, )* }
+            }
+
+            pub fn scope(&self) -> Scope {
+                match self { $( ErrorCode::$variant => Scope::$scope, )* }
+            }
+
+            /// The HTTP status of a REST error with this code.
+            pub fn http_status(&self) -> u16 {
+                match self { $( ErrorCode::$variant => $http, )* }
+            }
+
+            /// One line on what the code means, as the protocol page shows it.
+            pub fn meaning(&self) -> &'static str {
+                match self { $( ErrorCode::$variant => $meaning, )* }
+            }
+        }
+    };
+}
+
+error_table! {
+    BadJson = "bad_json", Message, 400,
+        "a text frame is not JSON, or a known message has missing or invalid fields";
+    UnknownType = "unknown_type", Message, 400,
+        "`type` missing or not one of hello, update, eval, ping, bye";
+    HelloRequired = "hello_required", Message, 400,
+        "a message other than `hello`, `ping` or `bye` before the welcome";
+    HelloTimeout = "hello_timeout", Connection, 400,
+        "no `hello` arrived within `hello_timeout_secs` of connecting";
+    AlreadyGreeted = "already_greeted", Message, 400,
+        "a second `hello` on the same connection";
+    ProtocolVersion = "protocol_version", Connection, 400,
+        "`protocol` is not a version this hub speaks";
+    BadToken = "bad_token", Connection, 400,
+        "wrong token for a registered name, or a token that is empty or over 1024 characters";
+    Revoked = "revoked", Connection, 403,
+        "an administrator revoked this trainer";
+    NotAllowed = "not_allowed", Connection, 403,
+        "registration is closed and the name is not in `allowed_trainers`";
+    BadName = "bad_name", Connection, 400,
+        "name or specialty has bad characters or length";
+    UnknownModel = "unknown_model", Connection, 404,
+        "the hub has no such model";
+    UnexpectedBinary = "unexpected_binary", Message, 400,
+        "a binary frame that does not follow an `update` (or any binary frame before the welcome)";
+    ExpectedBinary = "expected_binary", Message, 400,
+        "an `update` was followed by another text message instead of its binary frame; the earlier update is dropped";
+    BadSafetensors = "bad_safetensors", Message, 400,
+        "the binary frame is not a valid safetensors file";
+    TensorMismatch = "tensor_mismatch", Message, 400,
+        "tensor names, shapes or dtypes differ from the model's";
+    NonFinite = "non_finite", Message, 400,
+        "a value is NaN or infinite";
+    BadNumExamples = "bad_num_examples", Message, 400,
+        "`num_examples` is 0 or above the model's `max_num_examples`";
+    BadLoss = "bad_loss", Message, 400,
+        "`loss` is not a finite number (including a bare `NaN` or `Infinity` token)";
+    BadUpdateId = "bad_update_id", Message, 400,
+        "`update_id` empty, over 128 characters or not printable";
+    BadEval = "bad_eval", Message, 400,
+        "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, or `num_examples` above the model's limit";
+    FutureBaseVersion = "future_base_version", Message, 400,
+        "`base_version` is newer than the current version";
+    StaleUpdate = "stale_update", Message, 400,
+        "`base_version` is older than `max_staleness` allows";
+    UpdateTooLargeNorm = "update_too_large_norm", Message, 400,
+        "the update's L2 norm is above the model's `max_update_norm`";
+    NonFiniteResult = "non_finite_result", Ledger, 400,
+        "folding this update made the model's weights non-finite: the fold was abandoned and the update refused";
+    RolledBack = "rolled_back", Ledger, 400,
+        "an administrator rolled the model back to a version older than this pending update's base";
+    UnreadableUpdate = "unreadable_update", Ledger, 400,
+        "a pending update could not be read back at start (payload missing or damaged) and was refused";
+    MessageTooLarge = "message_too_large", Connection, 413,
+        "a message over `max_message_bytes` (over `max_prehello_bytes` before the welcome)";
+    TooManyFragments = "too_many_fragments", Connection, 400,
+        "a message split into more than `max_fragments` frames";
+    BadFrame = "bad_frame", Connection, 400,
+        "a WebSocket frame that breaks RFC 6455: unmasked, reserved bits or opcode, a fragmented or oversized control frame";
+    Busy = "busy", Connection, 503,
+        "a fragmented message waited `client_timeout_secs` for room in the hub's in-flight budget; send it again later";
+    TooSlow = "too_slow", Connection, 408,
+        "a message holding part of the in-flight budget arrived slower than `min_upload_bytes_per_sec`";
+    SlowConsumer = "slow_consumer", Connection, 503,
+        "the trainer did not read what the hub sent: more than `max_outbound_bytes` waited for it";
+    TooManyHandshakes = "too_many_handshakes", Connection, 503,
+        "HTTP 503 on the upgrade: too many connections (or too many from this address) are waiting for their hello";
+    ForbiddenOrigin = "forbidden_origin", Rest, 403,
+        "HTTP 403 on the upgrade: a browser page of another origin (not in `allowed_origins`) tried to connect";
+    Replaced = "replaced", Connection, 409,
+        "a newer connection with the same trainer name took over";
+    ShuttingDown = "shutting_down", Connection, 503,
+        "the hub is stopping; the update (if any) was not accepted, send it again after reconnecting (`fatal: false` when it answers an update)";
+    NotFound = "not_found", Rest, 404,
+        "no such route, version or run";
+    UnknownTrainer = "unknown_trainer", Rest, 404,
+        "no trainer of that name is registered";
+    BadRequest = "bad_request", Rest, 400,
+        "a malformed body, query or path, or a setting outside its range (the message names the key and the range)";
+    ModelTooLarge = "model_too_large", Rest, 400,
+        "the model would have more parameters than `hub.max_model_params`";
+    Unauthorized = "unauthorized", Rest, 401,
+        "this call needs the admin token and none was given";
+    Forbidden = "forbidden", Rest, 403,
+        "wrong admin token";
+    Conflict = "conflict", Rest, 409,
+        "a model of that name already exists, or the state does not allow the call";
+    WeightsPruned = "weights_pruned", Rest, 410,
+        "the version exists but its weights were dropped by `keep_weights_versions`";
+    PayloadTooLarge = "payload_too_large", Rest, 413,
+        "a REST request body over its limit";
+    Internal = "internal", Message, 500,
+        "the hub could not store the update (or answer the call); the message says why; send it again";
+}
+
+impl ErrorCode {
+    /// Whether the hub closes the connection after sending this error.
+    pub fn is_fatal(&self) -> bool {
+        self.scope() == Scope::Connection
+    }
+
+    pub fn from_code(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        ErrorCode::from_code(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code `{s}`")))
+    }
+}
+
+/// The error-code table of docs/PROTOCOL.md, generated from the declaration.
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| code | on a trainer connection | HTTP | meaning |\n|---|---|---|---|\n");
+    for c in ErrorCode::ALL {
+        let scope = match c.scope() {
+            Scope::Message => "error, connection stays",
+            Scope::Connection => "error, then the hub closes",
+            Scope::Ledger => "ledger and events only",
+            Scope::Rest => "—",
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            c.as_str(),
+            scope,
+            c.http_status(),
+            c.meaning()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            let s = c.as_str();
+            assert!(seen.insert(s), "{s} declared twice");
+            assert!(s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), *c);
+            assert!((400..600).contains(&c.http_status()));
+        }
+        assert!(serde_json::from_str::<ErrorCode>("\"no_such_code\"").is_err());
+    }
+
+    /// The protocol page lists exactly the declared codes, as generated.
+    #[test]
+    fn protocol_page_lists_exactly_the_declared_codes() {
+        let page = include_str!("../../docs/PROTOCOL.md");
+        let table = markdown_table();
+        assert!(
+            page.contains(&table),
+            "docs/PROTOCOL.md's error table differs from the declaration; paste this:\n\n{table}"
+        );
+        let listed = page
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('`').nth(1))
+            .filter(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+            .count();
+        assert_eq!(
+            listed,
+            ErrorCode::ALL.len(),
+            "codes listed outside the table"
+        );
+    }
+}
