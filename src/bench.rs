@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use crate::aggregation::Strategy;
 use crate::hub::child::ChildHub;
-use crate::hub::ws::frame_header;
+use crate::hub::ws::{apply_mask, frame_header};
 use crate::protocol::ModelLayout;
 use crate::trainer::client;
 
@@ -53,6 +53,14 @@ pub struct BenchArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// For a `wss://`/`https://` hub with a private CA: trust this PEM file too.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+    /// After the run, SIGKILL the bench's own hub, restart it on the same
+    /// database, and measure how long every trainer takes to be welcomed
+    /// again when all reconnect at once (a fleet after a hub restart).
+    #[arg(long)]
+    pub rejoin: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +85,12 @@ pub struct BenchReport {
     pub hub_cpu_seconds: Option<f64>,
     pub connect_seconds: f64,
     pub open_files_limit: Option<u64>,
+    /// With `--rejoin`: seconds from the restarted hub answering until the
+    /// last trainer was welcomed again, the median trainer's, and how many
+    /// upgrades were refused (503) on the way.
+    pub rejoin_seconds: Option<f64>,
+    pub rejoin_median_seconds: Option<f64>,
+    pub rejoin_refused_upgrades: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +114,25 @@ fn start_own_hub(args: &BenchArgs) -> Result<ChildHub, BenchError> {
     // A benchmark makes thousands of versions nobody will download: keep the
     // newest few checkpoints, as a production hub keeps a bounded history.
     hub.insert("keep_weights_versions".into(), 3i64.into());
-    // A thousand registrations queue for argon2; give them time.
-    hub.insert("hello_timeout_secs".into(), 300i64.into());
+    // Every synthetic trainer connects from this one address; a real fleet
+    // comes from many, so the per-address cap is the hub-wide one here.
+    hub.insert(
+        "max_prehello_per_ip".into(),
+        ((args.trainers + 16) as i64).into(),
+    );
+    if max_msg > 128 << 20 {
+        // A message holds its bytes in the in-flight budget: a 400 MB update
+        // needs a budget of that size, held by one connection at a time.
+        hub.insert(
+            "max_inflight_update_bytes".into(),
+            ((max_msg + (1 << 20)) as i64).into(),
+        );
+        hub.insert("max_inflight_share".into(), 1.0f64.into());
+    }
+    hub.insert(
+        "max_model_params".into(),
+        (args.params.max(100_000_000) as i64).into(),
+    );
     let mut root = toml::Table::new();
     root.insert("hub".into(), toml::Value::Table(hub));
     ChildHub::start(root).map_err(BenchError)
@@ -121,76 +152,105 @@ struct Shared {
     highest: AtomicU64,
 }
 
-/// The synthetic trainers speak WebSocket over a plain socket: a general
-/// client library would copy and mask each 4 MB update again on every send
-/// and buffer each received model, and on a 2-core machine that CPU is taken
-/// from the hub being measured. Every frame is masked as RFC 6455 requires,
-/// with one random key per run, so the shared update is masked once.
+/// The synthetic trainers speak WebSocket over a plain socket (or TLS): a
+/// general client library would copy each 4 MB update again on every send
+/// and buffer each received model, and on a 2-core machine that CPU is
+/// taken from the hub being measured. Every frame gets a fresh random mask
+/// (RFC 6455 section 5.3); a large payload is masked in 64 KiB pieces as it
+/// is written, so no trainer holds a masked copy of it.
 struct Wire {
-    mask: [u8; 4],
-    /// The update payload, already masked with `mask`.
-    masked: Arc<Vec<u8>>,
+    /// The update payload, unmasked, shared by every trainer.
+    payload: Arc<Vec<u8>>,
 }
+
+/// Payloads up to this size go out in one write with their headers.
+const ONE_WRITE: usize = 64 * 1024;
 
 impl Wire {
-    fn new(payload: &[u8]) -> Wire {
+    /// A whole frame with a fresh mask.
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask: [u8; 4] = rand::random();
-        let masked = payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ mask[i % 4])
-            .collect();
-        Wire {
-            mask,
-            masked: Arc::new(masked),
-        }
-    }
-
-    fn header(&self, opcode: u8, len: usize) -> Vec<u8> {
-        frame_header(opcode, len, Some(self.mask))
-    }
-
-    /// A whole masked frame for a small payload.
-    fn frame(&self, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = self.header(opcode, payload.len());
-        f.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ self.mask[i % 4]),
-        );
+        let mut f = frame_header(opcode, payload.len(), Some(mask));
+        let start = f.len();
+        f.extend_from_slice(payload);
+        apply_mask(&mut f[start..], mask, 0);
         f
+    }
+
+    /// Writes an update: its JSON header frame, then the binary frame.
+    async fn send_update(
+        &self,
+        wr: &mut (impl AsyncWrite + Unpin),
+        header: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let mask: [u8; 4] = rand::random();
+        let p = &self.payload;
+        scratch.clear();
+        scratch.extend_from_slice(header);
+        scratch.extend_from_slice(&frame_header(0x2, p.len(), Some(mask)));
+        if p.len() <= ONE_WRITE {
+            // One write for the three pieces: three woke the hub's
+            // connection thread up to three times per update.
+            let start = scratch.len();
+            scratch.extend_from_slice(p);
+            apply_mask(&mut scratch[start..], mask, 0);
+            return wr.write_all(scratch).await;
+        }
+        wr.write_all(scratch).await?;
+        for (k, piece) in p.chunks(ONE_WRITE).enumerate() {
+            scratch.clear();
+            scratch.extend_from_slice(piece);
+            apply_mask(scratch, mask, k * ONE_WRITE);
+            wr.write_all(scratch).await?;
+        }
+        Ok(())
     }
 }
 
-/// Opens the WebSocket: the HTTP upgrade by hand, checked for `101`.
-async fn connect(ws_url: &str) -> Result<(TcpStream, Vec<u8>), BenchError> {
-    let u = url::Url::parse(ws_url).map_err(err)?;
-    if u.scheme() != "ws" {
-        return Err(BenchError(format!(
-            "the benchmark speaks plain ws://, not {}",
-            u.scheme()
-        )));
+/// A trainer's connection: plain TCP, whose received weights are dropped in
+/// the kernel, or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Why an upgrade failed: the hub said no (with its status), or the network.
+#[derive(Debug)]
+enum Upgrade {
+    Refused(u16, String),
+    Failed(String),
+}
+
+impl std::fmt::Display for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upgrade::Refused(s, l) => write!(f, "upgrade refused ({s}): {l}"),
+            Upgrade::Failed(e) => f.write_str(e),
+        }
     }
-    let host = u.host_str().unwrap_or("127.0.0.1").to_string();
-    let port = u.port_or_known_default().unwrap_or(80);
-    let mut sock = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(err)?;
-    sock.set_nodelay(true).map_err(err)?;
+}
+
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: &mut S,
+    u: &url::Url,
+    host: &str,
+    port: u16,
+) -> Result<Vec<u8>, Upgrade> {
+    let fail = |e: std::io::Error| Upgrade::Failed(e.to_string());
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         u.path(),
         tokio_tungstenite::tungstenite::handshake::client::generate_key()
     );
-    sock.write_all(req.as_bytes()).await.map_err(err)?;
+    sock.write_all(req.as_bytes()).await.map_err(fail)?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let end = loop {
-        let n = sock.read(&mut chunk).await.map_err(err)?;
+        let n = sock.read(&mut chunk).await.map_err(fail)?;
         if n == 0 {
-            return Err(BenchError(
+            return Err(Upgrade::Failed(
                 "hub closed the connection during the upgrade".into(),
             ));
         }
@@ -199,17 +259,57 @@ async fn connect(ws_url: &str) -> Result<(TcpStream, Vec<u8>), BenchError> {
             break p + 4;
         }
         if buf.len() > 16 * 1024 {
-            return Err(BenchError("oversized upgrade response".into()));
+            return Err(Upgrade::Failed("oversized upgrade response".into()));
         }
     };
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    if !head.starts_with("HTTP/1.1 101") {
-        return Err(BenchError(format!(
-            "upgrade refused: {}",
-            head.lines().next().unwrap_or("")
-        )));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status != 101 {
+        return Err(Upgrade::Refused(
+            status,
+            head.lines().next().unwrap_or("").to_string(),
+        ));
     }
-    Ok((sock, buf[end..].to_vec()))
+    Ok(buf[end..].to_vec())
+}
+
+/// Opens the WebSocket: the HTTP upgrade by hand, checked for `101`.
+async fn connect(
+    ws_url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(Conn, Vec<u8>), Upgrade> {
+    let fail = |e: String| Upgrade::Failed(e);
+    let u = url::Url::parse(ws_url).map_err(|e| fail(e.to_string()))?;
+    let host = u.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = u.port_or_known_default().unwrap_or(80);
+    let sock = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    sock.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+    match u.scheme() {
+        "ws" => {
+            let mut sock = sock;
+            let rest = upgrade(&mut sock, &u, &host, port).await?;
+            Ok((Conn::Plain(sock), rest))
+        }
+        "wss" => {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| fail(e.to_string()))?;
+            let mut s = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, sock)
+                .await
+                .map_err(|e| fail(format!("TLS: {e}")))?;
+            let rest = upgrade(&mut s, &u, &host, port).await?;
+            Ok((Conn::Tls(Box::new(s)), rest))
+        }
+        other => Err(fail(format!(
+            "the benchmark speaks ws:// and wss://, not {other}"
+        ))),
+    }
 }
 
 /// Drops up to `n` received bytes without copying them out of the kernel
@@ -246,10 +346,32 @@ async fn discard(sock: &OwnedReadHalf, n: usize) -> std::io::Result<usize> {
     }
 }
 
+enum ReadSide {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+type WriteSide = Box<dyn AsyncWrite + Unpin + Send>;
+
+impl Conn {
+    fn split(self) -> (ReadSide, WriteSide) {
+        match self {
+            Conn::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ReadSide::Plain(r), Box::new(w))
+            }
+            Conn::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ReadSide::Tls(r), Box::new(w))
+            }
+        }
+    }
+}
+
 /// Reads server frames, keeping text payloads and discarding binary ones
 /// (a synthetic trainer needs only the version number from the JSON).
 struct FrameIn {
-    sock: OwnedReadHalf,
+    sock: ReadSide,
     buf: Vec<u8>,
 }
 
@@ -261,14 +383,40 @@ enum In {
 }
 
 impl FrameIn {
+    async fn read_some(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.sock {
+            ReadSide::Plain(r) => r.read(out).await,
+            ReadSide::Tls(r) => r.read(out).await,
+        }
+    }
+
     async fn need(&mut self, n: usize) -> Result<bool, BenchError> {
         while self.buf.len() < n {
             let mut chunk = [0u8; 8192];
-            let got = self.sock.read(&mut chunk).await.map_err(err)?;
+            let got = self.read_some(&mut chunk).await.map_err(err)?;
             if got == 0 {
                 return Ok(false);
             }
             self.buf.extend_from_slice(&chunk[..got]);
+        }
+        Ok(true)
+    }
+
+    /// Drops `n` bytes of payload still to come.
+    async fn skip(&mut self, mut left: usize) -> Result<bool, BenchError> {
+        let mut scratch = Vec::new();
+        while left > 0 {
+            let got = match &self.sock {
+                ReadSide::Plain(r) => discard(r, left).await.map_err(err)?,
+                ReadSide::Tls(_) => {
+                    scratch.resize(left.min(64 * 1024), 0);
+                    self.read_some(&mut scratch).await.map_err(err)?
+                }
+            };
+            if got == 0 {
+                return Ok(false);
+            }
+            left -= got;
         }
         Ok(true)
     }
@@ -294,13 +442,8 @@ impl FrameIn {
             // Discard the weights without keeping them.
             let have = self.buf.len().min(len);
             self.buf.drain(..have);
-            let mut left = len - have;
-            while left > 0 {
-                let got = discard(&self.sock, left).await.map_err(err)?;
-                if got == 0 {
-                    return Ok(None);
-                }
-                left -= got;
+            if !self.skip(len - have).await? {
+                return Ok(None);
             }
             return Ok(Some(In::Binary));
         }
@@ -332,8 +475,8 @@ enum Out {
     Close,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn trainer(
+/// What one synthetic trainer needs to run.
+struct TrainerRun {
     i: usize,
     ws_url: String,
     model: String,
@@ -342,30 +485,45 @@ async fn trainer(
     measure_from: u64,
     shared: Arc<Shared>,
     ready: Arc<tokio::sync::Barrier>,
-) -> Result<(), BenchError> {
-    let (sock, rest) = connect(&ws_url)
+    tls: Arc<rustls::ClientConfig>,
+}
+
+fn hello_frame(i: usize, model: &str) -> Vec<u8> {
+    let hello = json!({"type": "hello", "name": format!("bench{i}"), "specialty": "bench",
+                       "token": format!("bench-token-{i}"), "model": model});
+    Wire::frame(0x1, hello.to_string().as_bytes())
+}
+
+async fn trainer(t: TrainerRun) -> Result<(), BenchError> {
+    let TrainerRun {
+        i,
+        ws_url,
+        model,
+        wire,
+        last_version,
+        measure_from,
+        shared,
+        ready,
+        tls,
+    } = t;
+    let (sock, rest) = connect(&ws_url, &tls)
         .await
         .map_err(|e| BenchError(format!("trainer {i}: connect: {e}")))?;
-    let (rd, mut wr) = sock.into_split();
+    let (rd, mut wr) = sock.split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
     // Writes in their own task: a 4 MB update going out never stops this
     // trainer from reading the model coming in.
     let w2 = wire.clone();
     let writer = tokio::spawn(async move {
+        let mut scratch = Vec::new();
         while let Some(o) = rx.recv().await {
             let r = match o {
                 Out::Frame(f) => wr.write_all(&f).await,
-                Out::Update { header } => {
-                    // One `writev` for the three pieces where the socket takes
-                    // them: three writes woke the hub's connection thread up
-                    // to three times per update.
-                    let h = w2.header(0x2, w2.masked.len());
-                    let mut parts =
-                        bytes::Buf::chain(bytes::Buf::chain(&header[..], &h[..]), &w2.masked[..]);
-                    wr.write_all_buf(&mut parts).await
-                }
+                Out::Update { header } => w2.send_update(&mut wr, &header, &mut scratch).await,
                 Out::Close => {
-                    let _ = wr.write_all(&w2.frame(0x8, &1000u16.to_be_bytes())).await;
+                    let _ = wr
+                        .write_all(&Wire::frame(0x8, &1000u16.to_be_bytes()))
+                        .await;
                     break;
                 }
             };
@@ -378,13 +536,11 @@ async fn trainer(
         sock: rd,
         buf: rest,
     };
-    let hello = json!({"type": "hello", "name": format!("bench{i}"), "specialty": "bench",
-                       "token": format!("bench-token-{i}"), "model": model});
     let send = |o: Out| {
         tx.send(o)
             .map_err(|_| BenchError(format!("trainer {i}: writer gone")))
     };
-    send(Out::Frame(wire.frame(0x1, hello.to_string().as_bytes())))?;
+    send(Out::Frame(hello_frame(i, &model)))?;
     let mut version = None;
     let mut expect_weights = false;
     let mut pending: std::collections::HashMap<String, (u64, Instant)> =
@@ -397,7 +553,7 @@ async fn trainer(
             json!({"type": "update", "update_id": id, "base_version": v, "num_examples": 1});
         pending.insert(id, (v, Instant::now()));
         Out::Update {
-            header: wire.frame(0x1, header.to_string().as_bytes()),
+            header: Wire::frame(0x1, header.to_string().as_bytes()),
         }
     };
     let result = loop {
@@ -468,7 +624,7 @@ async fn trainer(
                 }
             }
             In::Binary => {}
-            In::Ping(p) => send(Out::Frame(wire.frame(0xA, &p)))?,
+            In::Ping(p) => send(Out::Frame(Wire::frame(0xA, &p)))?,
             In::Close => break Ok(()),
         }
     };
@@ -476,6 +632,113 @@ async fn trainer(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// One trainer of a fleet reconnecting after a hub restart: retries a
+/// refused upgrade like the reference trainer (exponential backoff with
+/// jitter) until the hub welcomes it; returns when, and how many refusals.
+async fn rejoin_one(
+    i: usize,
+    ws_url: &str,
+    model: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    start: Instant,
+) -> Result<(f64, u64), BenchError> {
+    use rand::Rng;
+    let mut refused = 0u64;
+    for attempt in 1..=200u32 {
+        match connect(ws_url, tls).await {
+            Ok((conn, rest)) => {
+                let (rd, mut wr) = conn.split();
+                wr.write_all(&hello_frame(i, model)).await.map_err(err)?;
+                let mut frames = FrameIn {
+                    sock: rd,
+                    buf: rest,
+                };
+                while let Some(m) = frames.next().await? {
+                    if let In::Text(t) = m {
+                        let v: Reply<'_> = serde_json::from_slice(&t).map_err(err)?;
+                        match v.kind {
+                            "welcome" => {
+                                let at = start.elapsed().as_secs_f64();
+                                let _ = wr
+                                    .write_all(&Wire::frame(0x8, &1000u16.to_be_bytes()))
+                                    .await;
+                                return Ok((at, refused));
+                            }
+                            "error" => {
+                                return Err(BenchError(format!(
+                                    "trainer {i} rejoining: {}",
+                                    String::from_utf8_lossy(&t)
+                                )))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Err(Upgrade::Refused(503, _)) => refused += 1,
+            Err(e) if attempt > 20 => {
+                return Err(BenchError(format!("trainer {i} rejoining: {e}")))
+            }
+            Err(_) => {}
+        }
+        let base = 0.25f64 * 2f64.powi(attempt.min(10) as i32 - 1);
+        let wait = base.min(10.0) * rand::thread_rng().gen_range(0.5..1.5);
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+    Err(BenchError(format!("trainer {i} never rejoined")))
+}
+
+/// SIGKILLs the own hub, restarts it on the same database and port, and lets
+/// every trainer reconnect at once: (seconds until the last is welcomed,
+/// the median, refused upgrades).
+async fn measure_rejoin(
+    hub: &mut ChildHub,
+    trainers: usize,
+    ws_url: &str,
+    model: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    http: &reqwest::Client,
+) -> Result<(f64, f64, u64), BenchError> {
+    hub.kill9();
+    hub.spawn().map_err(BenchError)?;
+    let base = hub.url();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError(format!(
+                "the restarted hub did not answer: {}",
+                hub.log_tail(5)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..trainers)
+        .map(|i| {
+            let (u, m, t) = (ws_url.to_string(), model.to_string(), tls.clone());
+            tokio::spawn(async move { rejoin_one(i, &u, &m, &t, start).await })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(trainers);
+    let mut refused = 0;
+    for t in tasks {
+        let (at, r) = t.await.map_err(err)??;
+        times.push(at);
+        refused += r;
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok((
+        times.last().copied().unwrap_or(0.0),
+        percentile(&times, 0.5),
+        refused,
+    ))
 }
 
 /// (unix seconds, received bytes, sent bytes) from the hub's counters.
@@ -530,7 +793,7 @@ fn traffic_rates(samples: &[Sample], t0: f64, t1: f64) -> (f64, f64) {
 
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let nofile = crate::hub::daemon::raise_nofile_limit();
-    let own = match &args.hub {
+    let mut own = match &args.hub {
         Some(_) => None,
         None => Some(start_own_hub(args)?),
     };
@@ -539,7 +802,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         (None, Some(h)) => (h.url(), Some(h.token.clone())),
         _ => return Err(BenchError("no hub".into())),
     };
-    let http = reqwest::Client::new();
+    let tls = crate::trainer::tls::client_config(args.ca.as_deref()).map_err(BenchError)?;
+    let http = crate::trainer::tls::http_client(&tls, None).map_err(BenchError)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
@@ -587,8 +851,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     };
     let payload = layout.encode_as(&delta, None, dtype).map_err(err)?;
     drop(delta);
-    let wire = Arc::new(Wire::new(&payload));
-    drop(payload);
+    let wire = Arc::new(Wire {
+        payload: Arc::new(payload),
+    });
     let ws_url = client::ws_url(&base);
     let total = args.warmup + args.versions;
     let shared = Arc::new(Shared {
@@ -613,7 +878,17 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             shared.clone(),
             ready.clone(),
         );
-        tasks.push(tokio::spawn(trainer(i, u, m, p, total, args.warmup, s, r)));
+        tasks.push(tokio::spawn(trainer(TrainerRun {
+            i,
+            ws_url: u,
+            model: m,
+            wire: p,
+            last_version: total,
+            measure_from: args.warmup,
+            shared: s,
+            ready: r,
+            tls: tls.clone(),
+        })));
         if i % 50 == 49 {
             // Let the hub hash tokens for a batch before opening more.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -677,6 +952,17 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .unwrap_or((0.0, 0.0));
     let f32_bytes_per_version = (k * args.params * 4) as f64;
     let (rss, cpu) = own.as_ref().map(|h| h.usage()).unwrap_or((None, None));
+    let rejoin = match (&mut own, args.rejoin) {
+        (Some(h), true) => {
+            Some(measure_rejoin(h, args.trainers, &ws_url, &model, &tls, &http).await?)
+        }
+        (None, true) => {
+            return Err(BenchError(
+                "--rejoin restarts the bench's own hub; it cannot be used with --hub".into(),
+            ))
+        }
+        _ => None,
+    };
     let report = BenchReport {
         params: args.params,
         trainers: args.trainers,
@@ -704,6 +990,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         hub_cpu_seconds: cpu,
         connect_seconds,
         open_files_limit: nofile,
+        rejoin_seconds: rejoin.as_ref().map(|r| r.0),
+        rejoin_median_seconds: rejoin.as_ref().map(|r| r.1),
+        rejoin_refused_upgrades: rejoin.as_ref().map(|r| r.2),
     };
     Ok(report)
 }
@@ -719,7 +1008,7 @@ pub fn render(r: &BenchReport) -> String {
          ack latency           p50 {:.1} ms  p99 {:.1} ms\n\
          aggregation           {} s per version, fold rate {} GB/s\n\
          hub                   peak RSS {} MiB, CPU {} s\n\
-         (connecting took {:.1} s; open files limit {})\n",
+         (connecting took {:.1} s; open files limit {}){}\n",
         r.params,
         r.trainers,
         r.min_updates,
@@ -742,6 +1031,13 @@ pub fn render(r: &BenchReport) -> String {
         r.open_files_limit
             .map(|v| v.to_string())
             .unwrap_or_else(|| "-".into()),
+        match (r.rejoin_seconds, r.rejoin_median_seconds, r.rejoin_refused_upgrades) {
+            (Some(all), Some(median), Some(refused)) => format!(
+                "\nrejoin after a restart  all {} trainers welcomed in {all:.1} s (median {median:.1} s), {refused} upgrades refused on the way",
+                r.trainers
+            ),
+            _ => String::new(),
+        },
     )
 }
 

@@ -33,12 +33,25 @@ enum Command {
         /// SQLite database file.
         #[arg(long)]
         db: Option<String>,
+        /// Once serving, write the address it listens on (`127.0.0.1:40123`)
+        /// to this file: with `--bind 127.0.0.1:0` the kernel picks the port.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
     },
     /// Run the reference trainer: learns on its specialty's data and shares with the hub.
     Trainer {
         name: String,
         specialty: String,
-        token: String,
+        /// The trainer's token. Visible to other users in `ps`: prefer
+        /// --token-file or KERNAL_TOKEN.
+        token: Option<String>,
+        /// Read the token from this file (its first line).
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// For `wss://` hubs with a private CA or a self-signed certificate:
+        /// trust the certificates in this PEM file too.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         #[arg(long, default_value = "ws://127.0.0.1:5001")]
         hub: String,
         #[arg(long, default_value = "digits")]
@@ -87,6 +100,9 @@ enum Command {
         /// Admin token of --hub, to record the run there (or KERNAL_ADMIN_TOKEN).
         #[arg(long, env = "KERNAL_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// For an `https://` hub with a private CA: trust this PEM file too.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -97,7 +113,34 @@ fn init_logging(level: &str) {
     kernal::logging::init(level);
 }
 
+/// The trainer's token: the positional argument, else `--token-file`, else
+/// `KERNAL_TOKEN`.
+fn trainer_token(given: Option<String>, file: Option<&std::path::Path>) -> Result<String, String> {
+    if let Some(t) = given {
+        return Ok(t);
+    }
+    if let Some(p) = file {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("--token-file {}: {e}", p.display()))?;
+        let t = text.lines().next().unwrap_or("").trim().to_string();
+        if t.is_empty() {
+            return Err(format!("--token-file {}: the file is empty", p.display()));
+        }
+        return Ok(t);
+    }
+    match std::env::var("KERNAL_TOKEN") {
+        Ok(t) if !t.is_empty() => Ok(t),
+        _ => Err(
+            "give the trainer's token: as the third argument, with --token-file FILE, or in KERNAL_TOKEN"
+                .into(),
+        ),
+    }
+}
+
 fn main() -> ExitCode {
+    // A panic anywhere ends the process with a failure status (systemd's
+    // Restart=on-failure then restarts the hub), never leaves it half alive.
+    kernal::hub::daemon::exit_on_panic();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => {
@@ -115,6 +158,7 @@ fn main() -> ExitCode {
             report,
             seed,
             admin_token,
+            ca,
             quiet,
         } => {
             init_logging("warn");
@@ -127,11 +171,17 @@ fn main() -> ExitCode {
                 report,
                 seed,
                 admin_token,
+                ca,
                 progress: !quiet,
             };
             ExitCode::from(kernal::harness::run_cli(args) as u8)
         }
-        Command::Hub { config, bind, db } => {
+        Command::Hub {
+            config,
+            bind,
+            db,
+            addr_file,
+        } => {
             let overrides = CliOverrides { bind, db };
             let cfg = match Config::load(config.as_deref(), &overrides) {
                 Ok(c) => c,
@@ -146,7 +196,7 @@ fn main() -> ExitCode {
                 cli: overrides,
                 use_env: true,
             };
-            match kernal::hub::daemon::run(cfg, source) {
+            match kernal::hub::daemon::run(cfg, source, addr_file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
@@ -159,6 +209,8 @@ fn main() -> ExitCode {
             name,
             specialty,
             token,
+            token_file,
+            ca,
             hub,
             model,
             data,
@@ -178,10 +230,18 @@ fn main() -> ExitCode {
                 }
             };
             init_logging("warn");
+            let token = match trainer_token(token, token_file.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("kernal trainer: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let args = TrainerArgs {
                 name,
                 specialty,
                 token,
+                ca,
                 hub,
                 model,
                 data,

@@ -32,6 +32,8 @@ pub struct HarnessArgs {
     pub report: Option<PathBuf>,
     pub seed: Option<u64>,
     pub admin_token: Option<String>,
+    /// Extra trust for an `https://` hub (PEM).
+    pub ca: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -195,11 +197,10 @@ async fn run_once(
     own: Option<&mut ChildHub>,
     bar: &ProgressBar,
     label: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
 ) -> Result<RunOutcome, HarnessError> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(run_err)?;
+    let http =
+        crate::trainer::tls::http_client(tls, Some(Duration::from_secs(30))).map_err(run_err)?;
     wait_healthy(&http, hub_url, Duration::from_secs(60)).await?;
     let cfg = Config::builtin();
     let model = sc.hub.model.clone();
@@ -256,6 +257,7 @@ async fn run_once(
                     &format!("harness-token-{}", t.name),
                 );
                 opts.model = model.clone();
+                opts.tls = Some(tls.clone());
                 opts.behaviour = t.behaviour;
                 opts.compression = t.compression;
                 opts.max_backoff = Duration::from_secs(2);
@@ -543,6 +545,7 @@ fn crit(
 pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     let (sc, name, _path) = scenario::load(&args.scenario)?;
     let seed = args.seed.unwrap_or(sc.seed);
+    let tls = crate::trainer::tls::client_config(args.ca.as_deref()).map_err(run_err)?;
     let started_at = crate::db::now();
     let mut notes = Vec::new();
     let bar = if args.progress {
@@ -574,7 +577,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             (u, Some(t))
         }
     };
-    let mut run = match run_once(&sc, seed, &hub_url, own.as_mut(), &bar, &name).await {
+    let mut run = match run_once(&sc, seed, &hub_url, own.as_mut(), &bar, &name, &tls).await {
         Ok(r) => r,
         Err(e) => {
             let mut msg = e.to_string();
@@ -630,6 +633,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
                 Some(&mut h2),
                 &bar,
                 &format!("{name} with {}", c.strategy.as_str()),
+                &tls,
             )
             .await?;
             r2.strategy = Some(c.strategy.as_str().to_string());
@@ -783,7 +787,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         }
     }
     // Regression against the last passing run recorded on the same hub.
-    let http = reqwest::Client::new();
+    let http = crate::trainer::tls::http_client(&tls, None).map_err(run_err)?;
     if let Ok(v) = get_json(
         &http,
         &format!("{hub_url}/v1/harness/runs?scenario={name}&limit=100"),

@@ -19,10 +19,6 @@ impl ChildHub {
     pub fn start(mut config: toml::Table) -> Result<ChildHub, String> {
         let e = |e: std::io::Error| e.to_string();
         let dir = tempfile::tempdir().map_err(e)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(e)?
-            .port();
         let token = format!("child-{}", uuid::Uuid::new_v4().simple());
         let hub = config
             .entry("hub")
@@ -39,16 +35,20 @@ impl ChildHub {
         let mut hub = ChildHub {
             child: None,
             dir,
-            port,
+            port: 0,
             token,
         };
         hub.spawn()?;
         Ok(hub)
     }
 
-    /// Starts (again) on the same port, config and database.
+    /// Starts (again) on the same port, config and database. The first
+    /// start binds port 0 and reads the port the hub reports (`--addr-file`),
+    /// so no other process can take a probed port in between.
     pub fn spawn(&mut self) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let addr_file = self.dir.path().join("hub.addr");
+        let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -60,6 +60,8 @@ impl ChildHub {
             .arg(self.dir.path().join("hub.toml"))
             .args(["--bind", &format!("127.0.0.1:{}", self.port), "--db"])
             .arg(self.dir.path().join("hub.db"))
+            .arg("--addr-file")
+            .arg(&addr_file)
             .env_remove("RUST_LOG")
             .env_remove("STATE_DIRECTORY")
             .stdin(Stdio::null())
@@ -68,7 +70,30 @@ impl ChildHub {
             .spawn()
             .map_err(|e| format!("cannot start a hub: {e}"))?;
         self.child = Some(child);
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if let Ok(sa) = a.trim().parse::<std::net::SocketAddr>() {
+                    self.port = sa.port();
+                    return Ok(());
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!(
+                        "the hub exited ({status}) before serving: {}",
+                        self.log_tail(5)
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the hub did not start within 60 s: {}",
+                    self.log_tail(5)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {

@@ -97,8 +97,27 @@ pub fn bind(addr: &str) -> Result<TcpListener, HubError> {
     Ok(sock.into())
 }
 
+/// Makes any panic, on any thread, end the process with status 101 once the
+/// panic message is written: an actor that panics would otherwise leave a
+/// process that answers `/healthz` but serves nobody, and systemd restarts
+/// only a process that exits. `_exit` skips destructors and other threads'
+/// locks, which a panicking process cannot trust.
+pub fn exit_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        log::error!("panic: {info}; exiting so that the service manager restarts the process");
+        // SAFETY: _exit ends the process at once; nothing runs afterwards.
+        unsafe { libc::_exit(101) };
+    }));
+}
+
 /// Runs the hub until SIGTERM or SIGINT. Returns after a clean shutdown.
-pub fn run(cfg: Config, source: ConfigSource) -> Result<(), HubError> {
+pub fn run(
+    cfg: Config,
+    source: ConfigSource,
+    addr_file: Option<std::path::PathBuf>,
+) -> Result<(), HubError> {
     // glibc raises its mmap threshold after freeing a large block, so the
     // 19 MiB argon2 work areas of a hello storm end up in heap arenas and
     // stay resident (measured: 1.85 GiB peak for 400 hellos, 84 MiB with a
@@ -120,6 +139,14 @@ pub fn run(cfg: Config, source: ConfigSource) -> Result<(), HubError> {
     sys.block_on(async move {
         let (handle, server) = start_hub(listener, cfg, source).await?;
         actix_rt::spawn(server);
+        if let Some(path) = &addr_file {
+            // Written whole under a temporary name, then renamed: a reader
+            // never sees half an address.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, handle.addr.to_string())
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .map_err(|e| HubError::Io(path.display().to_string(), e))?;
+        }
         sd_notify("READY=1\nSTATUS=serving");
         if let Some(usec) = std::env::var("WATCHDOG_USEC")
             .ok()

@@ -12,6 +12,7 @@ pub mod persister;
 pub mod reload;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub struct ConfigSource {
 #[derive(Clone)]
 pub struct HubHandle {
     pub addr: SocketAddr,
+    /// Whether it serves TLS (https/wss).
+    pub tls: bool,
     pub admin_token: String,
     pub db_path: PathBuf,
     server: actix_web::dev::ServerHandle,
@@ -496,6 +499,21 @@ pub async fn start_hub(
     let addr = listener
         .local_addr()
         .map_err(|e| HubError::Io("listener".into(), e))?;
+    let tls = if cfg.hub.tls_cert.is_empty() {
+        None
+    } else {
+        Some(tls::server_config(
+            Path::new(&cfg.hub.tls_cert),
+            Path::new(&cfg.hub.tls_key),
+        )?)
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        log::warn!(
+            "listening on {addr}, reachable from other machines, without TLS: tokens and updates \
+             cross the network in clear; set hub.tls_cert and hub.tls_key (or put a TLS proxy in front)"
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
@@ -505,12 +523,16 @@ pub async fn start_hub(
     .max_connections(100_000)
     .backlog(4096)
     .disable_signals()
-    .shutdown_timeout(cfg.hub.shutdown_timeout_secs)
-    .listen(listener)
+    .shutdown_timeout(cfg.hub.shutdown_timeout_secs);
+    let server = match tls {
+        Some(t) => server.listen_rustls_0_23(listener, t),
+        None => server.listen(listener),
+    }
     .map_err(|e| HubError::Io(format!("listen on {addr}"), e))?
     .run();
     let handle = HubHandle {
         addr,
+        tls: scheme == "https",
         admin_token: token,
         db_path,
         server: server.handle(),
@@ -519,7 +541,7 @@ pub async fn start_hub(
         shutdown_timeout: Duration::from_secs(cfg.hub.shutdown_timeout_secs),
         reloader,
     };
-    log::info!("kernal hub listening on http://{addr}");
+    log::info!("kernal hub listening on {scheme}://{addr}");
     Ok((handle, server))
 }
 
@@ -533,10 +555,12 @@ pub struct RunningHub {
 
 impl RunningHub {
     pub fn url(&self) -> String {
-        format!("http://{}", self.handle.addr)
+        let s = if self.handle.tls { "https" } else { "http" };
+        format!("{s}://{}", self.handle.addr)
     }
     pub fn ws_url(&self) -> String {
-        format!("ws://{}", self.handle.addr)
+        let s = if self.handle.tls { "wss" } else { "ws" };
+        format!("{s}://{}", self.handle.addr)
     }
 
     /// Clean shutdown (trainers told, writes flushed) and join.

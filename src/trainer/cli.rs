@@ -18,6 +18,8 @@ pub struct TrainerArgs {
     pub name: String,
     pub specialty: String,
     pub token: String,
+    /// Extra trust for a `wss://` hub (PEM).
+    pub ca: Option<PathBuf>,
     pub hub: String,
     pub model: String,
     pub data: Option<PathBuf>,
@@ -53,12 +55,14 @@ impl TrainerCliError {
 }
 
 /// Asks the hub for the model's tensors, retrying while it is not up yet.
-async fn fetch_layout(hub: &str, model: &str) -> Result<ModelLayout, TrainerCliError> {
+async fn fetch_layout(
+    hub: &str,
+    model: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<ModelLayout, TrainerCliError> {
     let url = format!("{}/v1/models/{}", client::http_url(hub), model);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| TrainerCliError::Other(e.to_string()))?;
+    let http = super::tls::http_client(tls, Some(Duration::from_secs(10)))
+        .map_err(TrainerCliError::Other)?;
     let mut wait = 0.25f64;
     for attempt in 0..40 {
         match http.get(&url).send().await {
@@ -97,7 +101,8 @@ async fn fetch_layout(hub: &str, model: &str) -> Result<ModelLayout, TrainerCliE
 }
 
 pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, TrainerCliError> {
-    let layout = fetch_layout(&args.hub, &args.model).await?;
+    let tls = super::tls::client_config(args.ca.as_deref()).map_err(TrainerCliError::Data)?;
+    let layout = fetch_layout(&args.hub, &args.model, &tls).await?;
     let spec = MlpSpec::from_layout(&layout).ok_or_else(|| {
         TrainerCliError::Shape(format!(
             "model `{}` is not an MLP this trainer can train (tensors: {:?})",
@@ -133,6 +138,7 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
     };
     let mut opts = ClientOptions::new(&args.hub, &args.name, &args.specialty, &args.token);
     opts.model = args.model.clone();
+    opts.tls = Some(tls);
     opts.max_versions = args.max_versions;
     opts.compression = args.compression;
     // A spinner only means something on a terminal: under systemd, nohup or

@@ -63,6 +63,8 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// Give up after this many consecutive failed connection attempts.
     pub max_attempts: Option<u32>,
+    /// Trust for `wss://` hubs (None: the public web roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientOptions {
@@ -79,6 +81,7 @@ impl ClientOptions {
             reconnect: true,
             max_backoff: Duration::from_secs(10),
             max_attempts: None,
+            tls: None,
         }
     }
 }
@@ -297,15 +300,24 @@ fn finish(summary: &Summary, on_event: &mut impl FnMut(&ClientEvent)) -> Summary
     summary.clone()
 }
 
-async fn connect(url: &str) -> Result<Ws, String> {
+async fn connect(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, String> {
     let cfg = WebSocketConfig {
         max_message_size: Some(2 << 30),
         max_frame_size: Some(2 << 30),
         ..Default::default()
     };
+    let connector = if url.starts_with("wss://") {
+        let tls = match tls {
+            Some(t) => t.clone(),
+            None => super::tls::client_config(None)?,
+        };
+        Some(tokio_tungstenite::Connector::Rustls(tls))
+    } else {
+        None
+    };
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(url, Some(cfg), true),
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(cfg), true, connector),
     )
     .await
     .map_err(|_| "connection timed out".to_string())?
@@ -361,7 +373,7 @@ async fn run_connection<L: Learner>(
     on_event: &mut (impl FnMut(&ClientEvent) + Send),
     attempt: &mut u32,
 ) -> Flow {
-    let mut ws = match connect(url).await {
+    let mut ws = match connect(url, opts.tls.as_ref()).await {
         Ok(ws) => ws,
         Err(e) => return Flow::Reconnect(format!("connect: {e}")),
     };
@@ -757,6 +769,11 @@ fn handle_frame(
                         .refusal_codes
                         .entry(code.as_str().to_string())
                         .or_default() += 1;
+                }
+                if ours && code == ErrorCode::Internal {
+                    // The hub could not store it (its disk, for example):
+                    // reconnect with backoff and send it again.
+                    return Flow::Reconnect(format!("{code}: {message}"));
                 }
                 if fatal {
                     return match code {

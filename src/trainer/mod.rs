@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod data;
 pub mod net;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
