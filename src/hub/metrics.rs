@@ -726,6 +726,17 @@ impl Handler<RenderPrometheus> for MetricsAggregator {
             .render(w, "kernal_update_answer_seconds", "");
         family(
             w,
+            "kernal_slow_consumers_total",
+            "counter",
+            "Trainer connections dropped because they did not read what they were sent.",
+        );
+        let _ = writeln!(
+            w,
+            "kernal_slow_consumers_total {}",
+            self.hot.slow_consumers()
+        );
+        family(
+            w,
             "kernal_websocket_sessions_opened_total",
             "counter",
             "WebSocket sessions opened, by kind.",

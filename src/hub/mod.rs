@@ -523,7 +523,8 @@ pub async fn start_hub(
     .max_connections(100_000)
     .backlog(4096)
     .disable_signals()
-    .shutdown_timeout(cfg.hub.shutdown_timeout_secs);
+    .shutdown_timeout(cfg.hub.shutdown_timeout_secs)
+    .on_connect(outbox::remember_socket);
     let server = match tls {
         Some(t) => server.listen_rustls_0_23(listener, t),
         None => server.listen(listener),

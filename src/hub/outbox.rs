@@ -122,6 +122,63 @@ impl OutQueue {
     }
 }
 
+/// The socket of a connection, as `on_connect` saw it: for ending a
+/// connection whose client does not read (see [`PeerSocket`]).
+#[derive(Clone, Copy)]
+pub struct ConnFd(std::os::fd::RawFd);
+
+/// Stores the connection's socket in its request extensions (the server's
+/// `on_connect` hook), plain or TLS.
+pub fn remember_socket(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsRawFd;
+    type Plain = actix_web::rt::net::TcpStream;
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<Plain>;
+    if let Some(s) = conn.downcast_ref::<Plain>() {
+        ext.insert(ConnFd(s.as_raw_fd()));
+    } else if let Some(s) = conn.downcast_ref::<Tls>() {
+        ext.insert(ConnFd(s.get_ref().0.as_raw_fd()));
+    }
+}
+
+/// A duplicate of a connection's socket, owned by its outbox. The HTTP
+/// dispatcher stops pulling a response body while it cannot write, so a
+/// client that never reads would otherwise hold its connection for ever;
+/// shutting the socket down makes the dispatcher's next write fail and
+/// drop the connection, and the last close (linger 0) resets it.
+pub struct PeerSocket(std::os::fd::OwnedFd);
+
+impl PeerSocket {
+    /// Duplicates the socket while the request (and so the connection) is
+    /// alive, so the descriptor can never name another connection later.
+    pub fn dup(fd: ConnFd) -> Option<PeerSocket> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `fd` is the open socket of the request being handled; dup
+        // returns a new descriptor we own (or -1).
+        let d = unsafe { libc::dup(fd.0) };
+        (d >= 0).then(|| PeerSocket(unsafe { std::os::fd::OwnedFd::from_raw_fd(d) }))
+    }
+
+    fn abort(&self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: plain socket calls on a descriptor this struct owns.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
 /// What a session has to send. Shared (and `Send`) so the hub can push a new
 /// version into every session directly instead of through a thousand actor
 /// messages.
@@ -135,15 +192,27 @@ pub struct Outbox {
     max_bytes: usize,
     /// Where the weights bytes sent over every connection are counted.
     hot: Arc<HotMetrics>,
+    /// The connection's socket, ended when the client stops reading.
+    socket: Option<PeerSocket>,
 }
 
 impl Outbox {
     pub fn new(hot: Arc<HotMetrics>, hold: Duration, max_bytes: usize) -> Arc<Outbox> {
+        Self::with_socket(hot, hold, max_bytes, None)
+    }
+
+    pub fn with_socket(
+        hot: Arc<HotMetrics>,
+        hold: Duration,
+        max_bytes: usize,
+        socket: Option<PeerSocket>,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             q: Mutex::new(OutQueue::default()),
             hold,
             max_bytes,
             hot,
+            socket,
         })
     }
 
@@ -165,6 +234,9 @@ impl Outbox {
             q.closed = true;
             q.aborted = true;
             self.hot.slow_consumer();
+            if let Some(s) = &self.socket {
+                s.abort();
+            }
         } else {
             q.frames.push_back(f);
         }

@@ -846,7 +846,6 @@ impl TrainerSession {
                 match written {
                     Ok(name) => sub.payload_file = Some(name),
                     Err(e) => {
-                        blobs.health().failed(&e);
                         return Ok(Err((
                             ErrorCode::Internal,
                             format!("the update could not be stored: {e}"),

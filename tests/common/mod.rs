@@ -282,3 +282,246 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A `kernal hub` child process on a port the kernel picks, with a fresh
+/// state directory: for what an in-process hub cannot show (exit codes,
+/// SIGKILL, the process's memory, its log).
+pub struct HubProc {
+    pub child: Option<std::process::Child>,
+    pub dir: PathBuf,
+    pub addr: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    pub config: String,
+    env: Vec<(String, String)>,
+}
+
+impl HubProc {
+    /// A hub with `config` (TOML) layered on the defaults and `env`, not
+    /// started yet.
+    pub fn new(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> HubProc {
+        HubProc {
+            child: None,
+            dir: dir.to_path_buf(),
+            addr: String::new(),
+            log: Default::default(),
+            config: config.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Starts a hub with `config` (TOML) layered on the defaults and `env`.
+    pub fn start(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> HubProc {
+        let mut p = HubProc::new(dir, config, env);
+        p.spawn("127.0.0.1:0").expect("hub starts");
+        p
+    }
+
+    /// Starts the process (again, on the same database); Err with the log
+    /// when it exits before serving.
+    pub fn spawn(&mut self, bind: &str) -> Result<(), (Option<i32>, String)> {
+        use std::io::{BufRead, BufReader};
+        let cfg = self.dir.join("hub.toml");
+        std::fs::write(&cfg, &self.config).unwrap();
+        let addr_file = self.dir.join("hub.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut cmd = std::process::Command::new(kernal_bin());
+        cmd.args(["hub", "--config"])
+            .arg(&cfg)
+            .args(["--bind", bind, "--db"])
+            .arg(self.dir.join("hub.db"))
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .env("KERNAL__HUB__STATE_DIR", &self.dir)
+            .env("KERNAL__HUB__ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "warn,kernal=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start kernal hub");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut g = log.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if a.parse::<std::net::SocketAddr>().is_ok() {
+                    self.addr = a;
+                    self.child = Some(child);
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err((status.code(), self.log()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}/v1/trainers/ws", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Peak resident set (VmHWM) in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: f64 = s
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client frame with a fresh mask, `fin` or not.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask: [u8; 4] = rand::random();
+    let mut f = kernal::hub::ws::frame_header(opcode, payload.len(), Some(mask));
+    if !fin {
+        f[0] &= 0x7F;
+    }
+    let start = f.len();
+    f.extend_from_slice(payload);
+    kernal::hub::ws::apply_mask(&mut f[start..], mask, 0);
+    f
+}
+
+/// A raw TCP connection from `from` (a loopback address such as
+/// 127.0.0.2, or any), upgraded to the trainer WebSocket with `headers`.
+/// Returns the socket, the HTTP status and what was read past the head.
+pub async fn raw_ws(
+    addr: &str,
+    path: &str,
+    from: Option<std::net::IpAddr>,
+    headers: &[(&str, &str)],
+) -> (tokio::net::TcpStream, u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = from {
+        sock.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+    }
+    let mut s = sock.connect(sa).await.unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+            .await
+            .expect("an answer to the upgrade")
+            .unwrap();
+        assert!(n > 0, "closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (s, status, buf[end..].to_vec())
+}
+
+/// Reads unmasked server frames from a raw socket: (opcode, payload).
+pub struct RawReader {
+    pub buf: Vec<u8>,
+}
+
+impl RawReader {
+    pub async fn next(&mut self, s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut cur = std::io::Cursor::new(&self.buf[..]);
+            if let Ok(Some((h, len))) =
+                tokio_tungstenite::tungstenite::protocol::frame::FrameHeader::parse(&mut cur)
+            {
+                let used = cur.position() as usize;
+                if self.buf.len() >= used + len as usize {
+                    let p = self.buf[used..used + len as usize].to_vec();
+                    self.buf.drain(..used + len as usize);
+                    return Some((u8::from(h.opcode), p));
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next JSON text frame (skipping pings, pongs and binaries).
+    pub async fn json(&mut self, s: &mut tokio::net::TcpStream) -> Option<Value> {
+        loop {
+            let (op, p) = self.next(s).await?;
+            match op {
+                0x1 => return serde_json::from_slice(&p).ok(),
+                0x8 => return None,
+                _ => continue,
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ use actix_web_actors::ws;
 use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::events::EventsSession;
-use crate::hub::outbox::{Outbox, OutboxBody};
+use crate::hub::outbox::{ConnFd, Outbox, OutboxBody, PeerSocket};
 use crate::hub::session::{Connection, TrainerSession};
 use crate::hub::ws::{Activity, Claim, FrameReader, ReaderLimits};
 use crate::protocol::ErrorCode;
@@ -112,7 +112,15 @@ pub async fn trainer_ws(
         .enter(ip, cfg.max_pending_handshakes, cfg.max_prehello_per_ip)
         .map_err(|m| ApiError::new(ErrorCode::TooManyHandshakes, m))?;
     let limits = crate::hub::session_limits_of(&cfg);
-    let outbox = Outbox::new(st.hot.clone(), limits.model_hold, limits.max_outbound_bytes);
+    let socket = req
+        .conn_data::<ConnFd>()
+        .and_then(|fd| PeerSocket::dup(*fd));
+    let outbox = Outbox::with_socket(
+        st.hot.clone(),
+        limits.model_hold,
+        limits.max_outbound_bytes,
+        socket,
+    );
     let activity = Activity::new();
     let reader = FrameReader::new(
         stream,

@@ -455,6 +455,14 @@ where
                         }
                         self.activity.holding.store(true, Ordering::Relaxed);
                     }
+                    // Grow by doubling (up to the message limit), not by each
+                    // fragment: a message of many small fragments must not
+                    // be copied over again for every one.
+                    let needed = p.data.len() + len;
+                    if needed > p.data.capacity() {
+                        let grown = (p.data.capacity() * 2).min(self.max_message()).max(needed);
+                        p.data.reserve_exact(grown - p.data.len());
+                    }
                     self.payload(&mut p.data, len, mask).await?;
                     if h.is_final {
                         let bytes = budget::hold(p.data, p.permits);
