@@ -305,6 +305,11 @@ where
     pub async fn next(&mut self) -> Option<Incoming> {
         let r = self.next_inner().await;
         self.activity.holding.store(false, Ordering::Relaxed);
+        if r.is_none() {
+            // The connection ended mid-message: what it held goes back now,
+            // not when the reader is dropped.
+            self.partial = None;
+        }
         r
     }
 
