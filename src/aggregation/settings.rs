@@ -11,7 +11,7 @@ use super::Strategy;
 use crate::range::{self, Ends};
 
 macro_rules! aggregation_settings {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty => $check:expr; )*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty => $range:expr; )*) => {
         /// The aggregation settings a model runs with.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(deny_unknown_fields)]
@@ -35,6 +35,10 @@ macro_rules! aggregation_settings {
             /// Every key, as config files and the API spell it.
             pub const KEYS: &'static [&'static str] = &[ $( stringify!($field), )* ];
 
+            /// The range of every numeric key (the OpenAPI schema shows them).
+            pub const RANGES: &'static [(&'static str, Option<Range>)] =
+                &[ $( (stringify!($field), $range), )* ];
+
             /// These settings with `o`'s keys in place of their own.
             pub fn with(&self, o: &AggregationOverrides) -> AggregationSettings {
                 AggregationSettings {
@@ -44,11 +48,8 @@ macro_rules! aggregation_settings {
 
             /// Checks every value against its range; the error starts with the key.
             pub fn validate(&self) -> Result<(), String> {
-                $(
-                    let check: fn(&$ty) -> Result<(), String> = $check;
-                    check(&self.$field).map_err(|e| format!("{}: {e}", stringify!($field)))?;
-                )*
-                self.validate_together()
+                $( check(stringify!($field), &self.$field, $range)?; )*
+                Ok(())
             }
 
             /// The keys whose values differ from `other`'s.
@@ -64,8 +65,7 @@ macro_rules! aggregation_settings {
             pub fn validate(&self) -> Result<(), String> {
                 $(
                     if let Some(v) = &self.$field {
-                        let check: fn(&$ty) -> Result<(), String> = $check;
-                        check(v).map_err(|e| format!("{}: {e}", stringify!($field)))?;
+                        check(stringify!($field), v, $range)?;
                     }
                 )*
                 Ok(())
@@ -86,45 +86,102 @@ macro_rules! aggregation_settings {
     };
 }
 
-fn any<T>(_: &T) -> Result<(), String> {
-    Ok(())
+/// A numeric setting's range.
+pub type Range = (f64, f64, Ends);
+
+/// A setting's value as a number, if it is one.
+pub trait SettingValue {
+    fn number(&self) -> Option<f64>;
+}
+
+impl<T: range::Num> SettingValue for T {
+    fn number(&self) -> Option<f64> {
+        Some(self.as_f64())
+    }
+}
+
+impl SettingValue for Strategy {
+    fn number(&self) -> Option<f64> {
+        None
+    }
+}
+
+fn check(key: &str, v: &impl SettingValue, r: Option<Range>) -> Result<(), String> {
+    match (v.number(), r) {
+        (Some(x), Some((lo, hi, ends))) => range::key(key, x, lo, hi, ends),
+        _ => Ok(()),
+    }
 }
 
 aggregation_settings! {
     /// One of fedavg, fedavgm, fedadam, median, trimmed_mean.
-    strategy: Strategy => any;
+    strategy: Strategy => None;
     /// Fold as soon as this many accepted updates are buffered.
-    min_updates: usize => |v| range::check(*v, 1.0, 100_000.0, Ends::Closed);
+    min_updates: usize => Some((1.0, 100_000.0, Ends::Closed));
     /// ...or this many seconds after the first buffered update.
-    round_timeout_secs: f64 => |v| range::check(*v, 0.0, 604_800.0, Ends::OpenLow);
+    round_timeout_secs: f64 => Some((0.0, 604_800.0, Ends::OpenLow));
     /// Updates whose base version is more than this many versions old are refused.
-    max_staleness: u64 => |v| range::check(*v, 0.0, 1_000_000.0, Ends::Closed);
+    max_staleness: u64 => Some((0.0, 1_000_000.0, Ends::Closed));
     /// Weight of an update of staleness s: num_examples / (1 + s)^a.
-    staleness_exponent: f64 => |v| range::check(*v, 0.0, 10.0, Ends::Closed);
+    staleness_exponent: f64 => Some((0.0, 10.0, Ends::Closed));
     /// Server learning rate applied to the aggregated delta.
-    server_lr: f32 => |v| range::check(*v, 0.0, 1000.0, Ends::OpenLow);
+    server_lr: f32 => Some((0.0, 1000.0, Ends::OpenLow));
     /// Momentum of fedavgm, beta1 of fedadam.
-    momentum: f32 => |v| range::check(*v, 0.0, 1.0, Ends::OpenHigh);
+    momentum: f32 => Some((0.0, 1.0, Ends::OpenHigh));
     /// beta2 of fedadam.
-    beta2: f32 => |v| range::check(*v, 0.0, 1.0, Ends::OpenHigh);
+    beta2: f32 => Some((0.0, 1.0, Ends::OpenHigh));
     /// Adaptivity constant (epsilon) of fedadam.
-    tau: f32 => |v| range::check(*v, 0.0, 1000.0, Ends::OpenLow);
+    tau: f32 => Some((0.0, 1000.0, Ends::OpenLow));
     /// Fraction trimmed from each end per coordinate by trimmed_mean.
-    trim_fraction: f32 => |v| range::check(*v, 0.0, 0.5, Ends::OpenHigh);
+    trim_fraction: f32 => Some((0.0, 0.5, Ends::OpenHigh));
     /// Each delta is scaled down to this L2 norm if larger; 0 disables.
-    clip_norm: f32 => |v| range::check(*v, 0.0, 1e30, Ends::Closed);
+    clip_norm: f32 => Some((0.0, 1e30, Ends::Closed));
     /// Largest num_examples an update may claim.
-    max_num_examples: u64 => |v| range::check(*v, 1.0, 1e12, Ends::Closed);
+    max_num_examples: u64 => Some((1.0, 1e12, Ends::Closed));
     /// Updates whose delta has a larger L2 norm are refused with
     /// `update_too_large_norm`; 0 disables.
-    max_update_norm: f32 => |v| range::check(*v, 0.0, 1e30, Ends::Closed);
+    max_update_norm: f32 => Some((0.0, 1e30, Ends::Closed));
+}
+
+/// Writes the ranges of [`AggregationSettings::RANGES`] into the OpenAPI
+/// schemas of the settings and overrides, so a client (or a fuzzer) knows
+/// what the hub accepts.
+pub fn document_ranges(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for name in ["AggregationSettings", "AggregationOverrides"] {
+        let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(name) else {
+            continue;
+        };
+        for (key, r) in AggregationSettings::RANGES {
+            let (Some((lo, hi, ends)), Some(RefOr::T(Schema::Object(p)))) =
+                (r, obj.properties.get_mut(*key))
+            else {
+                continue;
+            };
+            let (lo, hi) = (utoipa::Number::Float(*lo), utoipa::Number::Float(*hi));
+            match ends {
+                Ends::Closed => {
+                    p.minimum = Some(lo);
+                    p.maximum = Some(hi);
+                }
+                Ends::OpenLow => {
+                    p.exclusive_minimum = Some(lo);
+                    p.maximum = Some(hi);
+                }
+                Ends::OpenHigh => {
+                    p.minimum = Some(lo);
+                    p.exclusive_maximum = Some(hi);
+                }
+            }
+        }
+    }
 }
 
 impl AggregationSettings {
-    fn validate_together(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     /// The round timeout as a duration; the range check keeps it representable.
     pub fn round_timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.round_timeout_secs).unwrap_or(Duration::from_secs(604_800))

@@ -1066,7 +1066,7 @@ impl Handler<Rollback> for Hub {
         };
         if r.to_version >= m.version {
             return refuse(
-                ErrorCode::BadRequest,
+                ErrorCode::Conflict,
                 format!(
                     "version: {} is not older than the current version {}; roll back to an earlier one",
                     r.to_version, m.version

@@ -142,6 +142,8 @@ error_table! {
         "a model of that name already exists, or the state does not allow the call";
     WeightsPruned = "weights_pruned", Rest, 410,
         "the version exists but its weights were dropped by `keep_weights_versions`";
+    MethodNotAllowed = "method_not_allowed", Rest, 405,
+        "the path exists but not with this method (the `Allow` header lists those it has)";
     PayloadTooLarge = "payload_too_large", Rest, 413,
         "a REST request body over its limit";
     Internal = "internal", Message, 500,

@@ -130,7 +130,7 @@ macro_rules! endpoints {
                 description = "REST API of the kernal collaborative training hub. Every error is `{code, message}` with a stable code (docs/PROTOCOL.md). Calls marked admin need `Authorization: Bearer <admin token>`."
             ),
             paths($( $module::$handler ),*),
-            modifiers(&Security, &AggregationQuery),
+            modifiers(&Security, &AggregationQuery, &Ranges),
             tags(
                 (name = "ops", description = "Health, metrics, configuration"),
                 (name = "hub", description = "The hub as a whole"),
@@ -193,9 +193,66 @@ impl utoipa::Modify for Security {
     }
 }
 
-/// The OpenAPI document of the REST API.
+/// The aggregation settings' ranges, from their one declaration.
+struct Ranges;
+
+impl utoipa::Modify for Ranges {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        crate::aggregation::settings::document_ranges(doc);
+    }
+}
+
+/// The OpenAPI document of the REST API, built once.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi).clone()
+}
+
+/// Each documented path as its segments (`None` for a `{parameter}`), with
+/// its methods: what an unmatched request is checked against.
+fn route_table() -> &'static [(Vec<Option<String>>, Vec<String>)] {
+    static TABLE: std::sync::OnceLock<Vec<(Vec<Option<String>>, Vec<String>)>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let doc = serde_json::to_value(openapi_document()).unwrap_or_default();
+        doc["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|(path, ops)| {
+                        let segs = path
+                            .trim_start_matches('/')
+                            .split('/')
+                            .map(|s| (!s.starts_with('{')).then(|| s.to_string()))
+                            .collect();
+                        let methods = ops
+                            .as_object()
+                            .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                            .unwrap_or_default();
+                        (segs, methods)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// The methods a path has, if it is one of the API's.
+fn allowed_methods(path: &str) -> Option<Vec<String>> {
+    let given: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut found: Vec<String> = Vec::new();
+    for (segs, methods) in route_table() {
+        let matches = segs.len() == given.len()
+            && segs
+                .iter()
+                .zip(&given)
+                .all(|(s, g)| s.as_deref().is_none_or(|s| s == *g));
+        if matches {
+            found.extend(methods.iter().cloned());
+        }
+    }
+    (!found.is_empty()).then_some(found)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -211,12 +268,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::not_found(format!(
+/// An unmatched request: 405 with `Allow` for a known path, 404 otherwise.
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    if let Some(methods) = allowed_methods(req.path()) {
+        let e = ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{} is not a method of {} (it has {})",
+                req.method(),
+                req.path(),
+                methods.join(", ")
+            ),
+        );
+        let mut r = e.error_response();
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&methods.join(", ")) {
+            r.headers_mut().insert(actix_web::http::header::ALLOW, v);
+        }
+        return r;
+    }
+    ApiError::not_found(format!(
         "no such endpoint: {} {} (see /openapi.json)",
         req.method(),
         req.path()
-    )))
+    ))
+    .error_response()
 }
 
 /// Runs a blocking read on a pool connection, off the executor.
@@ -299,10 +375,31 @@ pub async fn read_body(
 /// JSON bodies of admin calls are small.
 pub const JSON_LIMIT: usize = 1 << 20;
 
-/// Parses a JSON body; the error says what is wrong with it.
+/// Parses a JSON body; the error says what is wrong with it. A number with
+/// no fraction is an integer wherever one is expected (`2.0` where a count
+/// is due), as JSON Schema and Python's `json.dumps(2.0)` have it.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    let mut v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    integral_floats_as_integers(&mut v);
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 {
+                    *v = serde_json::Value::from(f as u64);
+                } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 {
+                    *v = serde_json::Value::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 pub fn refusal((code, message): (ErrorCode, String)) -> ApiError {

@@ -67,29 +67,43 @@ pub async fn list_models(st: web::Data<AppState>) -> Result<HttpResponse, ApiErr
 #[serde(deny_unknown_fields)]
 pub struct CreateModelRequest {
     /// 1 to 64 characters of `A-Z a-z 0-9 _ - .`
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub name: String,
     /// `mlp` (the default; `digits` is the same network) or `flat` (one
     /// tensor of `params` zeros).
     #[serde(default)]
-    pub architecture: Option<String>,
+    pub architecture: Option<Architecture>,
     /// Input features of the MLP (default 64).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub inputs: Option<usize>,
     /// Hidden units of the MLP (default 64).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub hidden: Option<usize>,
     /// Classes of the MLP (default 10, at least 2).
     #[serde(default)]
+    #[schema(minimum = 2)]
     pub classes: Option<usize>,
     /// Seed of the deterministic initial weights (default 42).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Parameters of a `flat` model.
+    /// Parameters of a `flat` model (at least 1).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub params: Option<u64>,
     /// Aggregation settings overriding the hub's defaults for this model.
     #[serde(default)]
     pub aggregation: Option<AggregationOverrides>,
+}
+
+/// The built-in networks `POST /v1/models` can create.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Mlp,
+    Digits,
+    Flat,
 }
 
 /// Create a model (admin): JSON for the built-in MLP or a flat model, or a
@@ -182,8 +196,8 @@ pub async fn create_model(
         overrides
             .validate()
             .map_err(|e| ApiError::bad_request(format!("aggregation.{e}")))?;
-        match j.architecture.as_deref().unwrap_or("mlp") {
-            "flat" => {
+        match j.architecture.unwrap_or(Architecture::Mlp) {
+            Architecture::Flat => {
                 // One flat f32 tensor of zeros: for load tests and for
                 // trainers that keep their own structure in a flat buffer.
                 let n = j.params.unwrap_or(0);
@@ -201,7 +215,7 @@ pub async fn create_model(
                     overrides,
                 }
             }
-            "mlp" | "digits" => {
+            Architecture::Mlp | Architecture::Digits => {
                 let spec = MlpSpec {
                     inputs: j.inputs.unwrap_or(64),
                     hidden: j.hidden.unwrap_or(64),
@@ -222,12 +236,6 @@ pub async fn create_model(
                     weights: spec.init_weights(j.seed.unwrap_or(42)),
                     overrides,
                 }
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown architecture `{}` (known: mlp, flat); upload weights as safetensors for any other network",
-                    other.escape_default()
-                )))
             }
         }
     };
@@ -439,7 +447,7 @@ pub struct VersionDetail {
     tag = "models",
     params(
         ("model" = String, Path, description = "Model name"),
-        ("version" = String, Path, description = "Version number or `latest`"),
+        ("version" = String, Path, pattern = "^(latest|[0-9]{1,18})$", description = "Version number or `latest`"),
     ),
     responses(
         (status = 200, description = "The version", body = VersionDetail),
@@ -471,7 +479,7 @@ pub async fn get_version(
     tag = "models",
     params(
         ("model" = String, Path, description = "Model name"),
-        ("version" = String, Path, description = "Version number or `latest`"),
+        ("version" = String, Path, pattern = "^(latest|[0-9]{1,18})$", description = "Version number or `latest`"),
     ),
     responses(
         (status = 200, description = "safetensors checkpoint", content_type = "application/octet-stream"),
@@ -556,11 +564,11 @@ pub struct RollbackRequest {
     request_body = RollbackRequest,
     responses(
         (status = 200, description = "Rolled back", body = RolledBack),
-        (status = 400, description = "Bad body, or not an earlier version", body = ErrorBody),
+        (status = 400, description = "Bad body", body = ErrorBody),
         (status = 401, description = "Admin token missing", body = ErrorBody),
         (status = 403, description = "Wrong admin token", body = ErrorBody),
         (status = 404, description = "No such model or version", body = ErrorBody),
-        (status = 409, description = "A version is being made; try again", body = ErrorBody),
+        (status = 409, description = "Not an earlier version, or a version is being made (try again)", body = ErrorBody),
         (status = 410, description = "That version's weights were dropped", body = ErrorBody),
         (status = 413, description = "Body over its limit", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),

@@ -88,6 +88,12 @@ fn not_an_upgrade(e: impl std::fmt::Display) -> ApiError {
 /// Trainer protocol v1 (see docs/PROTOCOL.md): upgrade to a WebSocket.
 #[utoipa::path(
     tag = "trainers",
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+    ),
     responses(
         (status = 101, description = "Switching to the trainer protocol"),
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
@@ -165,6 +171,12 @@ pub async fn trainer_ws(
 /// WebSocket feed of hub events, one JSON object per message.
 #[utoipa::path(
     tag = "events",
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "`Upgrade`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+    ),
     responses(
         (status = 101, description = "Switching to the event feed"),
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),

@@ -16,8 +16,9 @@ pub struct UpdatesQuery {
     pub model: Option<String>,
     /// Only this trainer's updates.
     pub trainer: Option<String>,
-    /// `pending`, `applied` or `refused`.
-    pub status: Option<String>,
+    /// Only rows in this status.
+    #[param(inline)]
+    pub status: Option<UpdateStatus>,
     /// At most this many rows (1 to 1000000, default 1000).
     #[param(minimum = 1, maximum = 1000000)]
     pub limit: Option<i64>,
@@ -25,6 +26,25 @@ pub struct UpdatesQuery {
     /// newest `limit` rows (oldest first).
     #[param(minimum = 0)]
     pub after: Option<i64>,
+}
+
+/// Where an update is in the ledger.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateStatus {
+    Pending,
+    Applied,
+    Refused,
+}
+
+impl UpdateStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            UpdateStatus::Pending => "pending",
+            UpdateStatus::Applied => "applied",
+            UpdateStatus::Refused => "refused",
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -52,13 +72,6 @@ pub async fn list_updates(
     q: web::Query<UpdatesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    if let Some(s) = &q.status {
-        if !["pending", "applied", "refused"].contains(&s.as_str()) {
-            return Err(ApiError::bad_request(
-                "status must be one of pending, applied, refused",
-            ));
-        }
-    }
     if q.after.is_some_and(|a| a < 0) {
         return Err(ApiError::bad_request("after: must be 0 or more"));
     }
@@ -82,7 +95,7 @@ pub async fn list_updates(
             &db::UpdateFilter {
                 model: q.model.as_deref(),
                 trainer: q.trainer.as_deref(),
-                status: q.status.as_deref(),
+                status: q.status.map(UpdateStatus::as_str),
                 after,
             },
             limit,
