@@ -159,7 +159,11 @@ async fn poisoned_updates_never_reach_a_committed_version_and_rollback_restores(
         json!({"version": 2}),
     )
     .await;
-    assert_eq!(s, 400, "not older than the current version: {e}");
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (409, Some("conflict")),
+        "not older than the current version: {e}"
+    );
     let (s, r) = post_json(
         &format!("{url}/v1/models/digits/rollback"),
         Some(ADMIN),

@@ -202,7 +202,9 @@ pub async fn create_model(
                 // trainers that keep their own structure in a flat buffer.
                 let n = j.params.unwrap_or(0);
                 if n == 0 {
-                    return Err(ApiError::bad_request("a flat model needs `params` of at least 1"));
+                    return Err(ApiError::bad_request(
+                        "a flat model needs `params` of at least 1",
+                    ));
                 }
                 if n > max_params {
                     return Err(too_large(Some(n)));
