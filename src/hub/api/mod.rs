@@ -208,11 +208,13 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     DOC.get_or_init(ApiDoc::openapi).clone()
 }
 
+/// A documented path's segments (`None` for a parameter) and its methods.
+type Route = (Vec<Option<String>>, Vec<String>);
+
 /// Each documented path as its segments (`None` for a `{parameter}`), with
 /// its methods: what an unmatched request is checked against.
-fn route_table() -> &'static [(Vec<Option<String>>, Vec<String>)] {
-    static TABLE: std::sync::OnceLock<Vec<(Vec<Option<String>>, Vec<String>)>> =
-        std::sync::OnceLock::new();
+fn route_table() -> &'static [Route] {
+    static TABLE: std::sync::OnceLock<Vec<Route>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let doc = serde_json::to_value(openapi_document()).unwrap_or_default();
         doc["paths"]
