@@ -232,6 +232,11 @@ pub struct ModelRow {
     pub layout: String,
     pub settings: Option<String>,
     pub created_at: String,
+    /// JSON of `hub::state::NormState`; NULL: no normalisation.
+    pub normalisation: Option<String>,
+    /// The evaluation set's CSV as uploaded.
+    #[serde(skip)]
+    pub evalset: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -771,6 +776,64 @@ pub fn list_models(conn: &mut SqliteConnection) -> Result<Vec<ModelRow>, DbError
         .load(conn)?)
 }
 
+/// Stores a model's normalisation state (JSON).
+pub fn set_normalisation(
+    conn: &mut SqliteConnection,
+    model: &str,
+    json: Option<&str>,
+) -> Result<(), DbError> {
+    diesel::update(models::table.filter(models::name.eq(model)))
+        .set(models::normalisation.eq(json))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Stores (or with `None` removes) a model's evaluation set.
+pub fn set_evalset(
+    conn: &mut SqliteConnection,
+    model: &str,
+    csv: Option<&str>,
+) -> Result<(), DbError> {
+    diesel::update(models::table.filter(models::name.eq(model)))
+        .set(models::evalset.eq(csv))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Merges `eval` into a version's metrics (the hub's evaluation arrives
+/// after the version is committed).
+pub fn set_version_eval(
+    conn: &mut SqliteConnection,
+    model: &str,
+    version: i64,
+    eval: &serde_json::Value,
+) -> Result<(), DbError> {
+    conn.immediate_transaction(|conn| {
+        let current: Option<String> = versions::table
+            .filter(versions::model.eq(model))
+            .filter(versions::version.eq(version))
+            .select(versions::metrics)
+            .first(conn)
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let mut m: serde_json::Value =
+            serde_json::from_str(&current).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(o) = m.as_object_mut() {
+            o.insert("eval".into(), eval.clone());
+        }
+        diesel::update(
+            versions::table
+                .filter(versions::model.eq(model))
+                .filter(versions::version.eq(version)),
+        )
+        .set(versions::metrics.eq(m.to_string()))
+        .execute(conn)?;
+        Ok(())
+    })
+}
+
 pub fn get_model(conn: &mut SqliteConnection, name: &str) -> Result<Option<ModelRow>, DbError> {
     Ok(models::table
         .filter(models::name.eq(name))
@@ -799,6 +862,28 @@ pub fn list_versions(
         .load(conn)?;
     rows.reverse();
     Ok(rows)
+}
+
+/// One evaluation report's figures: (version, global accuracy, loss,
+/// examples).
+pub type EvalFigures = (i64, Option<f64>, Option<f64>, Option<i64>);
+
+/// The trainers' evaluation reports of versions from `from_version` on.
+pub fn evaluation_figures(
+    conn: &mut SqliteConnection,
+    model: &str,
+    from_version: i64,
+) -> Result<Vec<EvalFigures>, DbError> {
+    Ok(evaluations::table
+        .filter(evaluations::model.eq(model))
+        .filter(evaluations::version.ge(from_version))
+        .select((
+            evaluations::version,
+            evaluations::global_accuracy,
+            evaluations::loss,
+            evaluations::num_examples,
+        ))
+        .load(conn)?)
 }
 
 pub fn get_version(
@@ -1040,6 +1125,8 @@ mod tests {
             layout: "{}".into(),
             settings: None,
             created_at: now(),
+            normalisation: None,
+            evalset: None,
         };
         let v0 = NewVersion {
             model: "m",

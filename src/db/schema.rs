@@ -7,6 +7,8 @@ diesel::table! {
         layout -> Text,
         settings -> Nullable<Text>,
         created_at -> Text,
+        normalisation -> Nullable<Text>,
+        evalset -> Nullable<Text>,
     }
 }
 

@@ -86,6 +86,9 @@ pub struct RunOutcome {
     pub restarted_at: Option<u64>,
     pub ledger_problems: Vec<String>,
     pub timed_out: bool,
+    /// A `[dataset]` run: the same network trained centrally on the union
+    /// of the trainers' rows, on the same held-out rows.
+    pub centralised_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,10 +125,14 @@ fn start_own_hub(
         ..Default::default()
     };
     let mut models = toml::Table::new();
-    models.insert(
-        sc.hub.model.clone(),
-        toml::Value::try_from(&model).map_err(run_err)?,
-    );
+    // A [dataset] scenario's model is created through the API once the hub
+    // runs (with its data's shape and normalisation).
+    if sc.dataset.is_none() {
+        models.insert(
+            sc.hub.model.clone(),
+            toml::Value::try_from(&model).map_err(run_err)?,
+        );
+    }
     let mut root = toml::Table::new();
     root.insert("models".into(), toml::Value::Table(models));
     ChildHub::start(root).map_err(HarnessError::Run)
@@ -190,20 +197,235 @@ struct Running {
 }
 
 /// Runs the scenario once against `hub_url` and evaluates the final model.
+/// What one run of a scenario needs besides the scenario and its hub.
+struct RunCtx<'a> {
+    bar: &'a ProgressBar,
+    label: String,
+    tls: &'a std::sync::Arc<rustls::ClientConfig>,
+    /// To create a `[dataset]` scenario's model and attach its evaluation set.
+    admin_token: Option<&'a str>,
+    prepared: Option<&'a Prepared>,
+    /// The aggregation settings of a model the harness creates.
+    aggregation: crate::aggregation::AggregationOverrides,
+}
+
+/// A `[dataset]` scenario's data: raw features, split once.
+pub struct Prepared {
+    pub split: data::Split,
+    pub spec: MlpSpec,
+}
+
+/// Loads and splits a scenario's data set (shipped by name, or a CSV path
+/// relative to the scenario file).
+fn prepare_dataset(
+    d: &scenario::DatasetSpec,
+    scenario_path: Option<&std::path::Path>,
+) -> Result<Prepared, HarnessError> {
+    let text = match data::BUILTIN_CSV.iter().find(|(n, _)| *n == d.csv) {
+        Some((_, t)) => t.to_string(),
+        None => {
+            let p = scenario_path
+                .and_then(|p| p.parent())
+                .map(|dir| dir.join(&d.csv))
+                .unwrap_or_else(|| PathBuf::from(&d.csv));
+            std::fs::read_to_string(&p).map_err(|e| {
+                HarnessError::Run(format!(
+                    "dataset.csv: `{}` is neither a shipped data set ({}) nor a readable file: {e}",
+                    d.csv,
+                    data::BUILTIN_CSV
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?
+        }
+    };
+    let ds = data::parse_dataset(&text, &d.csv).map_err(run_err)?;
+    let split = data::stratified_split(&ds, d.test_fraction, data::SPLIT_SEED);
+    Ok(Prepared {
+        spec: MlpSpec {
+            inputs: ds.dim,
+            hidden: d.hidden,
+            classes: ds.classes.max(2),
+        },
+        split,
+    })
+}
+
+/// The rows a trainer holds: its classes, then its part of them.
+fn shard(ds: &data::Dataset, t: &scenario::TrainerSpec) -> data::Dataset {
+    let d = match &t.classes {
+        Some(c) => ds.with_classes(c),
+        None => ds.clone(),
+    };
+    match t.part {
+        Some([k, n]) => {
+            let idx: Vec<usize> = (0..d.len()).filter(|i| i % n == k - 1).collect();
+            d.subset(&idx)
+        }
+        None => d,
+    }
+}
+
+/// Creates a `[dataset]` scenario's model if the hub lacks it and attaches
+/// the held-out rows as its evaluation set.
+async fn ensure_dataset_model(
+    http: &reqwest::Client,
+    hub_url: &str,
+    model: &str,
+    d: &scenario::DatasetSpec,
+    ctx: &RunCtx<'_>,
+    p: &Prepared,
+) -> Result<(), HarnessError> {
+    let token = ctx.admin_token.ok_or_else(|| {
+        HarnessError::Run(
+            "a [dataset] scenario creates its model and evaluation set: give --admin-token".into(),
+        )
+    })?;
+    let exists = http
+        .get(format!("{hub_url}/v1/models/{model}"))
+        .send()
+        .await
+        .map_err(run_err)?
+        .status()
+        .is_success();
+    if !exists {
+        let body = json!({
+            "name": model, "inputs": p.spec.inputs, "hidden": p.spec.hidden,
+            "classes": p.spec.classes, "normalisation": d.normalisation,
+            "aggregation": ctx.aggregation,
+        });
+        let r = http
+            .post(format!("{hub_url}/v1/models"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(run_err)?;
+        if !r.status().is_success() {
+            let t = r.text().await.unwrap_or_default();
+            return Err(HarnessError::Run(format!("creating model `{model}`: {t}")));
+        }
+    }
+    // Without normalisation the hub scores the rows as given, and each
+    // trainer scales its own file by its own statistics: the held-out file
+    // is scaled the same way, as `--data` would scale it.
+    let mut test = p.split.test.clone();
+    if d.normalisation == "off" {
+        data::standardise(&mut test.features, test.dim);
+    }
+    let r = http
+        .put(format!("{hub_url}/v1/models/{model}/evalset"))
+        .bearer_auth(token)
+        .header("content-type", "text/csv")
+        .body(test.to_csv())
+        .send()
+        .await
+        .map_err(run_err)?;
+    if !r.status().is_success() {
+        let t = r.text().await.unwrap_or_default();
+        return Err(HarnessError::Run(format!(
+            "attaching the evaluation set of `{model}`: {t}"
+        )));
+    }
+    Ok(())
+}
+
+/// The hub's evaluation of `version` on the model's evaluation set (it is
+/// computed after the version is committed, so it may take a moment).
+async fn hub_evaluation(
+    http: &reqwest::Client,
+    hub_url: &str,
+    model: &str,
+    version: u64,
+) -> Result<f64, HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(
+            http,
+            &format!("{hub_url}/v1/models/{model}/versions/{version}"),
+        )
+        .await?;
+        if v["metrics"]["eval"]["dataset"] == "evalset" {
+            if let Some(a) = v["metrics"]["eval"]["accuracy"].as_f64() {
+                return Ok(a);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(HarnessError::Run(format!(
+                "the hub did not evaluate version {version} of `{model}` on its evaluation set within 60 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A centralised model of the same network on the union of the trainers'
+/// rows, inputs scaled with the union's statistics, trained for as many
+/// epochs as each trainer ran in the collective run.
+fn centralised_accuracy(
+    p: &Prepared,
+    sc: &Scenario,
+    rounds: u64,
+    seed: u64,
+) -> Result<f64, HarnessError> {
+    let mut union = data::Dataset {
+        features: Vec::new(),
+        labels: Vec::new(),
+        dim: p.split.train.dim,
+        classes: p.split.train.classes,
+    };
+    for t in sc
+        .trainers
+        .iter()
+        .filter(|t| t.behaviour == Behaviour::Honest)
+    {
+        let s = shard(&p.split.train, t);
+        union.features.extend_from_slice(&s.features);
+        union.labels.extend_from_slice(&s.labels);
+    }
+    let mut pool = crate::protocol::StatsPool::new(union.dim);
+    pool.add(
+        "union",
+        crate::protocol::FeatureStats::of(&union.features, union.dim),
+    );
+    let mut test = p.split.test.clone();
+    if let Some(n) = pool.freeze() {
+        n.apply(&mut union.features);
+        n.apply(&mut test.features);
+    }
+    let settings = TrainSettings {
+        epochs: (rounds as usize)
+            .saturating_mul(sc.training.local_epochs)
+            .max(1),
+        lr: sc.training.lr,
+        batch_size: sc.training.batch_size,
+        seed,
+    };
+    let (w, _) = p
+        .spec
+        .train(&p.spec.init_weights(42), &union, &settings)
+        .map_err(run_err)?;
+    Ok(p.spec.evaluate(&w, &test).map_err(run_err)?.accuracy)
+}
+
 async fn run_once(
     sc: &Scenario,
     seed: u64,
     hub_url: &str,
     own: Option<&mut ChildHub>,
-    bar: &ProgressBar,
-    label: &str,
-    tls: &std::sync::Arc<rustls::ClientConfig>,
+    ctx: &RunCtx<'_>,
 ) -> Result<RunOutcome, HarnessError> {
+    let (bar, label, tls) = (ctx.bar, ctx.label.as_str(), ctx.tls);
     let http =
         crate::trainer::tls::http_client(tls, Some(Duration::from_secs(30))).map_err(run_err)?;
     wait_healthy(&http, hub_url, Duration::from_secs(60)).await?;
     let cfg = Config::builtin();
     let model = sc.hub.model.clone();
+    if let (Some(d), Some(p)) = (&sc.dataset, ctx.prepared) {
+        ensure_dataset_model(&http, hub_url, &model, d, ctx, p).await?;
+    }
     let m = get_json(&http, &format!("{hub_url}/v1/models/{model}")).await?;
     let layout = ModelLayout {
         tensors: serde_json::from_value(m["tensors"].clone()).map_err(run_err)?,
@@ -249,7 +471,7 @@ async fn run_once(
             let rel = version - start_version;
             let should = rel >= join && leave.map(|l| rel < l).unwrap_or(true);
             if should && !running.contains_key(&i) && !done.contains_key(&i) {
-                let learner = make_learner(sc, t, spec, &cfg, seed)?;
+                let learner = make_learner(sc, t, spec, &cfg, seed, ctx.prepared)?;
                 let mut opts = ClientOptions::new(
                     hub_url,
                     &t.name,
@@ -338,22 +560,20 @@ async fn run_once(
         .bytes()
         .await
         .map_err(run_err)?;
-    let weights = layout.decode(&bytes).map_err(run_err)?;
-    let split = data::digits_split().map_err(run_err)?;
-    let collective = spec
-        .evaluate(&weights, &split.test)
-        .map_err(run_err)?
-        .accuracy;
     let mut specialty_accuracy = BTreeMap::new();
-    for t in &sc.trainers {
-        if let Some(s) = &t.specialty {
-            if t.data.is_none() && !specialty_accuracy.contains_key(s) {
-                let slice = data::specialty_slice(&split.test, s, &cfg.specialties);
-                let a = spec.evaluate(&weights, &slice).map_err(run_err)?.accuracy;
-                specialty_accuracy.insert(s.clone(), a);
-            }
-        }
-    }
+    let collective = if ctx.prepared.is_some() {
+        // The model's own held-out rows, as the hub scored them.
+        hub_evaluation(&http, hub_url, &model, version).await?
+    } else {
+        let weights = layout.decode(&bytes).map_err(run_err)?;
+        let split = data::digits_split().map_err(run_err)?;
+        let collective = spec
+            .evaluate(&weights, &split.test)
+            .map_err(run_err)?
+            .accuracy;
+        collective_slices(sc, &cfg, spec, &weights, &split, &mut specialty_accuracy)?;
+        collective
+    };
     let ledger_problems = check_ledger(&http, hub_url, &model, &done, sc).await?;
     let trainers = sc
         .trainers
@@ -389,7 +609,29 @@ async fn run_once(
         restarted_at,
         ledger_problems,
         timed_out,
+        centralised_accuracy: None,
     })
+}
+
+/// The collective model's accuracy on each digits specialty's test slice.
+fn collective_slices(
+    sc: &Scenario,
+    cfg: &Config,
+    spec: MlpSpec,
+    weights: &[f32],
+    split: &data::Split,
+    out: &mut BTreeMap<String, f64>,
+) -> Result<(), HarnessError> {
+    for t in &sc.trainers {
+        if let Some(s) = &t.specialty {
+            if t.data.is_none() && !out.contains_key(s) {
+                let slice = data::specialty_slice(&split.test, s, &cfg.specialties);
+                let a = spec.evaluate(weights, &slice).map_err(run_err)?.accuracy;
+                out.insert(s.clone(), a);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn make_learner(
@@ -398,6 +640,7 @@ fn make_learner(
     spec: MlpSpec,
     cfg: &Config,
     seed: u64,
+    prepared: Option<&Prepared>,
 ) -> Result<MlpLearner, HarnessError> {
     let settings = TrainSettings {
         epochs: t.local_epochs.unwrap_or(sc.training.local_epochs),
@@ -405,6 +648,14 @@ fn make_learner(
         batch_size: sc.training.batch_size,
         seed: data::fnv1a(&t.name) ^ seed,
     };
+    if let Some(p) = prepared {
+        return Ok(MlpLearner::for_parts(
+            spec,
+            shard(&p.split.train, t),
+            shard(&p.split.test, t),
+            settings,
+        ));
+    }
     match &t.data {
         Some(p) => {
             let ds = data::load_csv(p).map_err(run_err)?;
@@ -543,7 +794,7 @@ fn crit(
 /// Runs a scenario end to end. `Err` is a problem with the scenario or the
 /// run (exit 2); a failed criterion is an `Ok` report with `passed: false`.
 pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
-    let (sc, name, _path) = scenario::load(&args.scenario)?;
+    let (sc, name, path) = scenario::load(&args.scenario)?;
     let seed = args.seed.unwrap_or(sc.seed);
     let tls = crate::trainer::tls::client_config(args.ca.as_deref()).map_err(run_err)?;
     let started_at = crate::db::now();
@@ -577,7 +828,19 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             (u, Some(t))
         }
     };
-    let mut run = match run_once(&sc, seed, &hub_url, own.as_mut(), &bar, &name, &tls).await {
+    let prepared = match &sc.dataset {
+        Some(d) => Some(prepare_dataset(d, path.as_deref())?),
+        None => None,
+    };
+    let ctx = RunCtx {
+        bar: &bar,
+        label: name.clone(),
+        tls: &tls,
+        admin_token: token.as_deref(),
+        prepared: prepared.as_ref(),
+        aggregation: sc.hub.aggregation.clone(),
+    };
+    let mut run = match run_once(&sc, seed, &hub_url, own.as_mut(), &ctx).await {
         Ok(r) => r,
         Err(e) => {
             let mut msg = e.to_string();
@@ -604,7 +867,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     // Solo baselines for each specialty, with the collective's budget.
     let rounds = run.final_version.max(1);
     let mut solo = BTreeMap::new();
-    for t in &sc.trainers {
+    for t in sc.trainers.iter().filter(|_| sc.dataset.is_none()) {
         if let (Some(s), None) = (&t.specialty, &t.data) {
             if !solo.contains_key(s) {
                 let (s2, sc2) = (s.clone(), sc.clone());
@@ -626,16 +889,14 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         if args.hub.is_none() {
             let mut h2 = start_own_hub(&sc, Some(c))?;
             let u2 = h2.url();
-            let mut r2 = run_once(
-                &sc,
-                seed,
-                &u2,
-                Some(&mut h2),
-                &bar,
-                &format!("{name} with {}", c.strategy.as_str()),
-                &tls,
-            )
-            .await?;
+            let token2 = h2.token.clone();
+            let ctx2 = RunCtx {
+                label: format!("{name} with {}", c.strategy.as_str()),
+                admin_token: Some(token2.as_str()),
+                aggregation: sc.hub.aggregation.then(&c.aggregation),
+                ..ctx
+            };
+            let mut r2 = run_once(&sc, seed, &u2, Some(&mut h2), &ctx2).await?;
             r2.strategy = Some(c.strategy.as_str().to_string());
             h2.stop();
             compare = Some(r2);
@@ -720,6 +981,40 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
                     if g >= gain { ">=" } else { "<" }
                 ),
             ));
+        }
+    }
+    if let Some(prep) = &prepared {
+        let (p2, sc2) = (prep.split.clone(), sc.clone());
+        let spec2 = prep.spec;
+        let central = tokio::task::spawn_blocking(move || {
+            centralised_accuracy(
+                &Prepared {
+                    split: p2,
+                    spec: spec2,
+                },
+                &sc2,
+                rounds,
+                seed,
+            )
+        })
+        .await
+        .map_err(run_err)??;
+        run.centralised_accuracy = Some(central);
+        let gap = central - acc;
+        match p.max_gap_to_centralised {
+            Some(max) => criteria.push(crit(
+                "max_gap_to_centralised",
+                gap <= max,
+                Some(gap),
+                Some(max),
+                format!(
+                    "a centralised model on the union of the trainers' rows scores {central:.3}; the collective {acc:.3} is {gap:.3} below it ({} {max:.2})",
+                    if gap <= max { "<=" } else { ">" }
+                ),
+            )),
+            None => notes.push(format!(
+                "a centralised model on the union of the trainers' rows scores {central:.3}"
+            )),
         }
     }
     if p.no_lost_updates {

@@ -26,6 +26,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "restart",
         include_str!("../../config/scenarios/restart.toml"),
     ),
+    ("wine", include_str!("../../config/scenarios/wine.toml")),
+    (
+        "breast_cancer",
+        include_str!("../../config/scenarios/breast_cancer.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +56,38 @@ pub struct Scenario {
     pub restart: Option<RestartSpec>,
     #[serde(default)]
     pub compare: Option<CompareSpec>,
+    /// Train on a tabular data set instead of the built-in digits.
+    #[serde(default)]
+    pub dataset: Option<DatasetSpec>,
+}
+
+/// A team's own data: one CSV split into training rows (shared out to the
+/// trainers by class) and held-out rows (the hub's evaluation set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// `wine` or `breast_cancer` (shipped in `data/`), or a CSV path
+    /// relative to the scenario file (numeric features, integer label last).
+    pub csv: String,
+    /// Hidden units of the MLP (inputs and classes come from the data).
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+    /// Share of each class held out as the evaluation set.
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// The model's input normalisation: `federated` or `off`.
+    #[serde(default = "default_normalisation")]
+    pub normalisation: String,
+}
+
+fn default_hidden() -> usize {
+    32
+}
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_normalisation() -> String {
+    "federated".into()
 }
 
 fn default_seed() -> u64 {
@@ -161,6 +198,14 @@ pub struct TrainerSpec {
     pub lr: Option<f64>,
     #[serde(default)]
     pub compression: Compression,
+    /// With a `[dataset]`: the classes whose training rows this trainer
+    /// holds (all rows when absent).
+    #[serde(default)]
+    pub classes: Option<Vec<u32>>,
+    /// With a `[dataset]`: `[k, n]` keeps the k-th (1-based) of n
+    /// interleaved parts of those rows, so two trainers can split a class.
+    #[serde(default)]
+    pub part: Option<[usize; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -198,6 +243,11 @@ pub struct PassCriteria {
     /// met `min_accuracy` (they were outvoted).
     #[serde(default = "yes")]
     pub faulty_refused_or_outvoted: bool,
+    /// With a `[dataset]`: the collective scores at most this much below a
+    /// centralised model of the same network trained on the union of the
+    /// trainers' rows with the same budget.
+    #[serde(default)]
+    pub max_gap_to_centralised: Option<f64>,
     /// Fail when accuracy drops more than this below the last passing run of
     /// the same scenario recorded on the hub.
     #[serde(default = "default_tolerance")]
@@ -296,8 +346,25 @@ impl Scenario {
             if !names.insert(&t.name) {
                 return Err(format!("trainers[{i}].name: `{}` appears twice", t.name));
             }
-            if t.specialty.is_none() && t.data.is_none() {
+            if t.specialty.is_none() && t.data.is_none() && self.dataset.is_none() {
                 return Err(format!("trainers[{i}]: needs `specialty` or `data`"));
+            }
+            if self.dataset.is_some() && t.data.is_some() {
+                return Err(format!(
+                    "trainers[{i}].data: with a [dataset], trainers take their rows by `classes`"
+                ));
+            }
+            if self.dataset.is_none() && (t.classes.is_some() || t.part.is_some()) {
+                return Err(format!(
+                    "trainers[{i}]: `classes` and `part` only with a [dataset]"
+                ));
+            }
+            if let Some([k, n]) = t.part {
+                if n == 0 || k == 0 || k > n {
+                    return Err(format!(
+                        "trainers[{i}].part: [{k}, {n}] is not [k, n] with 1 <= k <= n"
+                    ));
+                }
             }
             if let (Some(j), Some(l)) = (t.join_at_version, t.leave_at_version) {
                 if l <= j {
@@ -341,6 +408,35 @@ impl Scenario {
                     "restart.at_version: {} must be between 1 and stop.versions ({})",
                     r.at_version, self.stop.versions
                 ));
+            }
+        }
+        if let Some(d) = &self.dataset {
+            if !(d.test_fraction > 0.0 && d.test_fraction < 1.0) {
+                return Err(format!(
+                    "dataset.test_fraction: {} is not between 0 and 1",
+                    d.test_fraction
+                ));
+            }
+            if !(1..=4096).contains(&d.hidden) {
+                return Err(format!("dataset.hidden: {} is not 1 to 4096", d.hidden));
+            }
+            if !["federated", "off"].contains(&d.normalisation.as_str()) {
+                return Err(format!(
+                    "dataset.normalisation: `{}` is not federated or off",
+                    d.normalisation
+                ));
+            }
+            if self.restart.is_some() || self.hub.model == "digits" {
+                return Err(
+                    "dataset: give [hub] model a name of its own (the harness creates it); restart is not supported with a dataset".into(),
+                );
+            }
+        }
+        if let Some(g) = self.pass.max_gap_to_centralised {
+            if self.dataset.is_none() || !(0.0..=1.0).contains(&g) {
+                return Err(
+                    "pass.max_gap_to_centralised: a number in [0, 1], with a [dataset]".into(),
+                );
             }
         }
         self.hub

@@ -19,10 +19,12 @@ use crate::hub::metrics::{self, HubEvent, MetricsAggregator};
 use crate::hub::outbox::Outbox;
 use crate::hub::persister::{self, Persister, UpdateRecord};
 use crate::hub::state::{
-    self, Accumulator, Admission, Arrival, Buffered, Fold, FoldInput, ModelState, Poisoned,
-    TrainerInfo, Waiting,
+    self, Accumulator, Admission, Arrival, Buffered, Fold, FoldInput, ModelState, NormState,
+    Poisoned, TrainerInfo, Waiting,
 };
-use crate::protocol::{ErrorCode, ModelLayout, ServerMessage, TensorSpec};
+use crate::protocol::{
+    ErrorCode, FeatureStats, ModelLayout, Normalisation, ServerMessage, TensorSpec,
+};
 use crate::trainer::data::Dataset;
 use crate::trainer::net::Evaluation;
 
@@ -267,7 +269,16 @@ impl Hub {
             return;
         };
         let layout = m.layout.clone();
-        let test = self.test_data.clone();
+        // A model with its own evaluation set is evaluated on it after the
+        // commit, not on the built-in digits.
+        let test = if m.evalset.is_some() {
+            None
+        } else {
+            self.test_data.clone()
+        };
+        if matches!(m.norm, NormState::Pooling { .. }) {
+            self.freeze_normalisation(model, "the model's first fold");
+        }
         let persister = self.persister.clone();
         let blobs = self.blobs.clone();
         let pool = self.pool.clone();
@@ -431,6 +442,7 @@ impl Hub {
                         mean_staleness,
                     });
                     act.gauges(&model_name);
+                    act.evaluate_later(&model_name, version, ctx);
                     act.maybe_fold(&model_name, ctx);
                 }
                 FoldOutcome::Poisoned(p, message) => {
@@ -506,6 +518,126 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Fixes a pooling model's normalisation from the pooled statistics (no
+    /// normalisation if nobody reported), stores it and tells every trainer
+    /// of the model. Nothing happens to a model that is not pooling.
+    fn freeze_normalisation(&mut self, model: &str, reason: &str) {
+        let Some(m) = self.models.get_mut(model) else {
+            return;
+        };
+        if !m.norm.freeze() {
+            return;
+        }
+        m.norm_since = None;
+        let wire = m.norm.wire();
+        // The reports stay stored until this lands; if it is lost, the next
+        // start freezes the same reports to the same statistics.
+        let save = persister::SaveNormalisation {
+            model: model.to_string(),
+            json: m.norm.to_stored(),
+        };
+        let persister = self.persister.clone();
+        let name = model.to_string();
+        actix_web::rt::spawn(async move {
+            match persister.send(save).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("model {name}: could not store its normalisation: {e}"),
+                Err(e) => log::error!("model {name}: could not store its normalisation: {e}"),
+            }
+        });
+        let json = Bytes::from(
+            ServerMessage::Normalisation {
+                model: model.to_string(),
+                normalisation: wire.clone(),
+            }
+            .to_json(),
+        );
+        for s in self.sessions.values().filter(|s| s.model == model) {
+            s.outbox.text_bytes(json.clone());
+        }
+        let (trainers, count, features) = wire
+            .as_ref()
+            .map(|n| (n.trainers, n.count, n.features))
+            .unwrap_or((0, 0, 0));
+        log::info!(
+            "model {model}: input normalisation frozen ({reason}): {features} features from {trainers} trainer(s), {count} rows{}",
+            if wire.is_none() { "; nobody reported statistics, so the model has none" } else { "" }
+        );
+        self.event(HubEvent::NormalisationFrozen {
+            model: model.to_string(),
+            trainers,
+            count,
+            features,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Evaluates the model's current version on its evaluation set off the
+    /// actor and off the fold, then stores the result in the version's
+    /// metrics and publishes it.
+    fn evaluate_later(&mut self, model: &str, version: u64, ctx: &mut Context<Self>) {
+        let Some(m) = self.models.get(model) else {
+            return;
+        };
+        let Some(set) = m.evalset.clone() else {
+            return;
+        };
+        let layout = m.layout.clone();
+        let weights = m.weights.clone();
+        let norm = m.norm.frozen().cloned();
+        let persister = self.persister.clone();
+        let name = model.to_string();
+        let fut = async move {
+            let ev = actix_web::rt::task::spawn_blocking(move || {
+                state::evaluate_evalset(&layout, &weights, &set, norm.as_ref())
+            })
+            .await
+            .ok()
+            .flatten()?;
+            let json = serde_json::json!({
+                "accuracy": ev.accuracy, "loss": ev.loss, "examples": ev.examples,
+                "dataset": "evalset"
+            });
+            let stored = persister
+                .send(persister::RecordVersionEval {
+                    model: name.clone(),
+                    version,
+                    eval: json.clone(),
+                })
+                .await;
+            if !matches!(stored, Ok(Ok(()))) {
+                log::warn!("model {name}: could not store the evaluation of version {version}");
+            }
+            Some((ev, json, name))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            let Some((ev, json, name)) = res else {
+                return;
+            };
+            if let Some(m) = act.models.get_mut(&name) {
+                if m.version == version {
+                    let metrics = m.last_metrics.get_or_insert_with(|| serde_json::json!({}));
+                    if let Some(o) = metrics.as_object_mut() {
+                        o.insert("eval".into(), json);
+                    }
+                }
+            }
+            log::info!(
+                "model {name}: version {version} scores {:.3} on its evaluation set",
+                ev.accuracy
+            );
+            act.event(HubEvent::HubEvaluation {
+                model: name,
+                version,
+                accuracy: ev.accuracy,
+                loss: ev.loss,
+                examples: ev.examples,
+            });
+        }));
+    }
+}
+
 impl Actor for Hub {
     type Context = Context<Self>;
 
@@ -515,7 +647,18 @@ impl Actor for Hub {
         // Round timeouts: a partial buffer is folded once its deadline passes.
         ctx.run_interval(Duration::from_millis(100), |act, ctx| {
             let names: Vec<String> = act.models.keys().cloned().collect();
+            let now = Instant::now();
             for n in names {
+                let timed_out = act.models.get(&n).is_some_and(|m| {
+                    m.norm_since
+                        .is_some_and(|t| now.duration_since(t) >= m.settings.round_timeout())
+                });
+                if timed_out {
+                    act.freeze_normalisation(
+                        &n,
+                        "round_timeout_secs passed since the first statistics",
+                    );
+                }
                 act.maybe_fold(&n, ctx);
                 act.gauges(&n);
             }
@@ -538,6 +681,7 @@ impl Actor for Hub {
 pub struct Hello {
     pub name: String,
     pub model: String,
+    pub protocol: u32,
 }
 
 impl Handler<Hello> for Hub {
@@ -553,6 +697,22 @@ impl Handler<Hello> for Hub {
                     "model `{}` does not exist on this hub (models: {})",
                     m.model,
                     self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if m.protocol < crate::protocol::PROTOCOL_VERSION
+            && self
+                .models
+                .get(&m.model)
+                .is_some_and(|x| x.norm != NormState::Off)
+        {
+            return Err((
+                ErrorCode::ProtocolVersion,
+                format!(
+                    "model `{}` normalises its inputs, which needs protocol {} (this trainer speaks {}); upgrade the trainer",
+                    m.model,
+                    crate::protocol::PROTOCOL_VERSION,
+                    m.protocol
                 ),
             ));
         }
@@ -572,6 +732,7 @@ pub struct Welcome {
     pub encoded: Bytes,
     pub max_staleness: u64,
     pub registered: bool,
+    pub normalisation: Option<Normalisation>,
 }
 
 /// Second step of a hello, after the token was checked off the actor.
@@ -672,6 +833,7 @@ impl Handler<Join> for Hub {
                 encoded: model.encoded.clone(),
                 max_staleness: model.settings.max_staleness,
                 registered,
+                normalisation: model.norm.wire(),
             };
             if let Some(t) = act.trainers.get_mut(&m.name) {
                 t.specialty = m.specialty.clone();
@@ -1402,6 +1564,7 @@ pub struct CreateModel {
     pub layout: ModelLayout,
     pub weights: Vec<f32>,
     pub overrides: crate::aggregation::AggregationOverrides,
+    pub normalisation: NormState,
 }
 
 impl Handler<CreateModel> for Hub {
@@ -1441,6 +1604,8 @@ impl Handler<CreateModel> for Hub {
             layout: serde_json::to_string(&m.layout).unwrap_or_default(),
             settings: serde_json::to_string(&m.overrides).ok(),
             created_at: crate::db::now(),
+            normalisation: m.normalisation.to_stored(),
+            evalset: None,
         };
         let eval = state::evaluate_builtin(&m.layout, &m.weights, self.test_data.as_deref());
         let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
@@ -1462,6 +1627,7 @@ impl Handler<CreateModel> for Hub {
             encoded,
         );
         state.overrides = Some(overrides);
+        state.norm = m.normalisation;
         self.models.insert(m.name.clone(), state);
         let name = m.name;
         Box::pin(
@@ -1572,6 +1738,191 @@ impl Handler<Shutdown> for Hub {
     }
 }
 
+// ---------------------------------------------------------------- normalisation and evaluation
+
+/// A trainer's feature statistics for a pooling model.
+#[derive(Message)]
+#[rtype(result = "Result<(usize, bool), Refusal>")]
+pub struct SubmitStats {
+    pub trainer: String,
+    pub model: String,
+    pub stats: FeatureStats,
+}
+
+impl Handler<SubmitStats> for Hub {
+    type Result = ResponseActFuture<Self, Result<(usize, bool), Refusal>>;
+    fn handle(&mut self, m: SubmitStats, _: &mut Self::Context) -> Self::Result {
+        let Some(model) = self.models.get_mut(&m.model) else {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::UnknownModel,
+                format!("model `{}` is gone", m.model),
+            ))));
+        };
+        let max_count = model.settings.max_num_examples;
+        let min_updates = model.settings.min_updates;
+        let n = match &mut model.norm {
+            NormState::Off => {
+                return Box::pin(fut::ready(Err((
+                    ErrorCode::BadStats,
+                    format!(
+                        "model `{}` has no federated normalisation; it takes no statistics",
+                        m.model
+                    ),
+                ))))
+            }
+            NormState::Frozen { normalisation } => {
+                // A late trainer: the welcome already carried the frozen
+                // statistics; nothing to pool.
+                let n = normalisation.trainers;
+                return Box::pin(fut::ready(Ok((n, true))));
+            }
+            NormState::Pooling { pool } => {
+                if let Err(e) = m.stats.validate(pool.features, max_count) {
+                    return Box::pin(fut::ready(Err((ErrorCode::BadStats, e))));
+                }
+                pool.add(&m.trainer, m.stats)
+            }
+        };
+        model.norm_since.get_or_insert_with(Instant::now);
+        let save = persister::SaveNormalisation {
+            model: m.model.clone(),
+            json: model.norm.to_stored(),
+        };
+        let persister = self.persister.clone();
+        let name = m.model;
+        Box::pin(
+            async move { persister.send(save).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(())) => {
+                        if n >= min_updates {
+                            act.freeze_normalisation(&name, "statistics from min_updates trainers");
+                        }
+                        let frozen = act
+                            .models
+                            .get(&name)
+                            .is_some_and(|m| !matches!(m.norm, NormState::Pooling { .. }));
+                        Ok((n, frozen))
+                    }
+                    Ok(Err(e)) => Err((
+                        ErrorCode::Internal,
+                        format!("could not store the statistics: {e}; send them again"),
+                    )),
+                    Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                }),
+        )
+    }
+}
+
+/// Admin: freeze a pooling model's normalisation now.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Normalisation>, Refusal>")]
+pub struct FreezeNormalisation {
+    pub model: String,
+}
+
+impl Handler<FreezeNormalisation> for Hub {
+    type Result = Result<Option<Normalisation>, Refusal>;
+    fn handle(&mut self, m: FreezeNormalisation, _: &mut Self::Context) -> Self::Result {
+        let model = self.models.get(&m.model).ok_or_else(|| {
+            (
+                ErrorCode::UnknownModel,
+                format!("no model named `{}`", m.model.escape_default()),
+            )
+        })?;
+        match &model.norm {
+            NormState::Pooling { .. } => {}
+            NormState::Off => {
+                return Err((
+                    ErrorCode::Conflict,
+                    format!("model `{}` has no federated normalisation", m.model),
+                ))
+            }
+            NormState::Frozen { .. } => {
+                return Err((
+                    ErrorCode::Conflict,
+                    format!("model `{}`'s normalisation is already frozen", m.model),
+                ))
+            }
+        }
+        self.freeze_normalisation(&m.model, "an administrator froze it");
+        Ok(self.models.get(&m.model).and_then(|x| x.norm.wire()))
+    }
+}
+
+/// Admin: attach (replace) a model's evaluation set.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct SetEvalset {
+    pub model: String,
+    pub csv: String,
+    pub data: Dataset,
+}
+
+impl Handler<SetEvalset> for Hub {
+    type Result = ResponseActFuture<Self, Result<(), Refusal>>;
+    fn handle(&mut self, m: SetEvalset, _: &mut Self::Context) -> Self::Result {
+        let Some(model) = self.models.get(&m.model) else {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::UnknownModel,
+                format!("no model named `{}`", m.model.escape_default()),
+            ))));
+        };
+        let Some(spec) = crate::trainer::net::MlpSpec::from_layout(&model.layout) else {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "model `{}` is not an MLP the hub can run; only its trainers can evaluate it",
+                    m.model
+                ),
+            ))));
+        };
+        if spec.inputs != m.data.dim {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "the evaluation set has {} features; model `{}` has {} inputs",
+                    m.data.dim, m.model, spec.inputs
+                ),
+            ))));
+        }
+        if let Some(l) = m.data.labels.iter().find(|l| **l as usize >= spec.classes) {
+            return Box::pin(fut::ready(Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "the evaluation set has label {l}; model `{}` has classes 0 to {}",
+                    m.model,
+                    spec.classes - 1
+                ),
+            ))));
+        }
+        let persister = self.persister.clone();
+        let save = persister::SaveEvalset {
+            model: m.model.clone(),
+            csv: Some(m.csv),
+        };
+        let (name, data) = (m.model, Arc::new(m.data));
+        Box::pin(
+            async move { persister.send(save).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Ok(())) => {
+                        let Some(model) = act.models.get_mut(&name) else {
+                            return Ok(());
+                        };
+                        model.evalset = Some(data);
+                        let v = model.version;
+                        log::info!("model {name}: evaluation set attached");
+                        act.evaluate_later(&name, v, ctx);
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
+                    Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                }),
+        )
+    }
+}
+
 // ---------------------------------------------------------------- status
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -1587,6 +1938,19 @@ pub struct ModelStatus {
     /// The newest version's metrics (evaluation, aggregation report).
     #[schema(value_type = Option<Object>)]
     pub last_metrics: Option<serde_json::Value>,
+    /// The model's input normalisation (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalisation: Option<crate::protocol::Normalisation>,
+    /// The attached evaluation set (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evalset: Option<EvalsetInfo>,
+}
+
+/// What `GET /v1/models/{m}` says of an attached evaluation set.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EvalsetInfo {
+    pub rows: usize,
+    pub features: usize,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -1628,6 +1992,11 @@ impl Handler<GetStatus> for Hub {
                 waiting: m.waiting(now),
                 connected_trainers: self.sessions.values().filter(|s| s.model == m.name).count(),
                 last_metrics: m.last_metrics.clone(),
+                normalisation: m.norm.wire(),
+                evalset: m.evalset.as_ref().map(|e| EvalsetInfo {
+                    rows: e.len(),
+                    features: e.dim,
+                }),
             })
             .collect();
         let mut online: Vec<OnlineTrainer> = self

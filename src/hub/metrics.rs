@@ -82,6 +82,24 @@ pub enum HubEvent {
         restored_version: u64,
         refused_updates: usize,
     },
+    /// A model's input normalisation was fixed (or, with no statistics
+    /// pooled, turned off: `trainers` 0).
+    NormalisationFrozen {
+        model: String,
+        trainers: usize,
+        count: u64,
+        features: usize,
+        reason: String,
+    },
+    /// The hub evaluated a version on the model's attached evaluation set
+    /// (after the version was committed, so it arrives after `version`).
+    HubEvaluation {
+        model: String,
+        version: u64,
+        accuracy: f64,
+        loss: f64,
+        examples: usize,
+    },
     HubStopping,
 }
 

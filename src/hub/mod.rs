@@ -292,6 +292,8 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
                 layout: serde_json::to_string(&layout).unwrap_or_default(),
                 settings: None,
                 created_at: db::now(),
+                normalisation: None,
+                evalset: None,
             },
             &db::NewVersion {
                 model: name,
@@ -342,6 +344,18 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         );
         st.last_metrics = meta;
         st.overrides = overrides;
+        st.norm = state::NormState::from_stored(row.normalisation.as_deref()).map_err(corrupt)?;
+        if matches!(&st.norm, state::NormState::Pooling { pool } if !pool.reports.is_empty()) {
+            // Statistics were pooled before the stop: the pool's deadline
+            // starts again rather than waiting for a report that may not come.
+            st.norm_since = Some(now);
+        }
+        if let Some(csv) = &row.evalset {
+            st.evalset = Some(std::sync::Arc::new(
+                crate::trainer::data::parse_dataset(csv, "stored evaluation set")
+                    .map_err(|e| corrupt(e.to_string()))?,
+            ));
+        }
         // A pending update that cannot be read back is refused with the
         // reason, never a reason not to start.
         let mut unreadable = Vec::new();

@@ -259,6 +259,11 @@ impl Outbox {
         self.push(OutFrame::Text(Bytes::from(s)));
     }
 
+    /// A text frame shared by many connections (a broadcast).
+    pub fn text_bytes(&self, b: Bytes) {
+        self.push(OutFrame::Text(b));
+    }
+
     pub fn ping(&self) {
         self.push(OutFrame::Ping(Bytes::new()));
     }

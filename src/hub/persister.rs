@@ -550,3 +550,51 @@ impl Handler<Flush> for Persister {
     type Result = ();
     fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
 }
+
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct SaveNormalisation {
+    pub model: String,
+    /// JSON of the model's `NormState`; None: no normalisation.
+    pub json: Option<String>,
+}
+
+impl Handler<SaveNormalisation> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: SaveNormalisation, _: &mut Self::Context) -> Self::Result {
+        self.timed("model", |c| {
+            db::set_normalisation(c, &m.model, m.json.as_deref())
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct SaveEvalset {
+    pub model: String,
+    pub csv: Option<String>,
+}
+
+impl Handler<SaveEvalset> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: SaveEvalset, _: &mut Self::Context) -> Self::Result {
+        self.timed("model", |c| db::set_evalset(c, &m.model, m.csv.as_deref()))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RecordVersionEval {
+    pub model: String,
+    pub version: u64,
+    pub eval: serde_json::Value,
+}
+
+impl Handler<RecordVersionEval> for Persister {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, m: RecordVersionEval, _: &mut Self::Context) -> Self::Result {
+        self.timed("version", |c| {
+            db::set_version_eval(c, &m.model, m.version as i64, &m.eval)
+        })
+    }
+}

@@ -157,7 +157,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
             "message has no string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 5] = ["hello", "update", "eval", "ping", "bye"];
+    const KNOWN: [&str; 6] = ["hello", "update", "eval", "stats", "ping", "bye"];
     if !KNOWN.contains(&kind.as_str()) {
         return Err(ParseRefusal::plain(
             ErrorCode::UnknownType,
@@ -192,6 +192,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
         let code = match (kind.as_str(), field.as_str()) {
             ("update", "loss") => ErrorCode::BadLoss,
             ("eval", _) => ErrorCode::BadEval,
+            ("stats", _) => ErrorCode::BadStats,
             _ => ErrorCode::BadJson,
         };
         return Err(refusal(
@@ -200,10 +201,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
         ));
     }
     serde_json::from_value(value).map_err(|e| {
-        let code = if kind == "eval" {
-            ErrorCode::BadEval
-        } else {
-            ErrorCode::BadJson
+        let code = match kind.as_str() {
+            "eval" => ErrorCode::BadEval,
+            // NaN or Infinity inside the arrays arrive here, marked.
+            "stats" => ErrorCode::BadStats,
+            _ => ErrorCode::BadJson,
         };
         refusal(code, format!("bad `{kind}` message: {e}"))
     })
@@ -593,6 +595,30 @@ impl TrainerSession {
                     );
                 }
             }
+            (Phase::Ready(r), ClientMessage::Stats { count, sum, sumsq }) => {
+                let submit = hub_actor::SubmitStats {
+                    trainer: r.name.clone(),
+                    model: r.model.clone(),
+                    stats: crate::protocol::FeatureStats { count, sum, sumsq },
+                };
+                ctx.spawn(
+                    self.hub
+                        .send(submit)
+                        .into_actor(self)
+                        .map(|res, act, ctx| match res {
+                            Ok(Ok((trainers, frozen))) => {
+                                act.send(&ServerMessage::StatsReceived { trainers, frozen })
+                            }
+                            Ok(Err((code, message))) => act.error(ctx, code, message, None),
+                            Err(e) => act.error(
+                                ctx,
+                                ErrorCode::ShuttingDown,
+                                format!("hub unavailable: {e}"),
+                                None,
+                            ),
+                        }),
+                );
+            }
             (
                 Phase::Ready(r),
                 ClientMessage::Eval {
@@ -646,11 +672,14 @@ impl TrainerSession {
         model: String,
         ctx: &mut Context<Self>,
     ) {
-        if protocol != PROTOCOL_VERSION {
+        if !(crate::protocol::OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
             return self.error(
                 ctx,
                 ErrorCode::ProtocolVersion,
-                format!("this hub speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                format!(
+                    "this hub speaks protocol {} to {PROTOCOL_VERSION}, not {protocol}",
+                    crate::protocol::OLDEST_PROTOCOL_VERSION
+                ),
                 None,
             );
         }
@@ -688,6 +717,7 @@ impl TrainerSession {
                 .send(hub_actor::Hello {
                     name: join.name.clone(),
                     model: join.model.clone(),
+                    protocol,
                 })
                 .await
                 .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))??;
@@ -742,6 +772,7 @@ impl TrainerSession {
                         max_message_bytes: act.limits.max_message_bytes,
                         heartbeat_interval_secs: act.limits.heartbeat_interval.as_secs(),
                         max_staleness: w.max_staleness,
+                        normalisation: w.normalisation,
                     }
                     .to_json();
                     act.activity.authenticate();

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregation::{
     self, AggregateReport, AggregationSettings, Contribution, RoundClock, RoundDecision,
     ServerState,
 };
-use crate::protocol::{ErrorCode, ModelLayout};
+use crate::protocol::{ErrorCode, ModelLayout, Normalisation, NormalisationState, StatsPool};
 use crate::trainer::net::{Evaluation, MlpSpec};
 
 /// An accepted, durable update waiting in a model's buffer.
@@ -112,6 +112,81 @@ pub struct ModelState {
     pub retry_at: Option<Instant>,
     pub failures: u32,
     pub last_metrics: Option<serde_json::Value>,
+    /// The model's input normalisation.
+    pub norm: NormState,
+    /// When the first statistics of a pooling model arrived: the pool
+    /// freezes `round_timeout_secs` later if nothing froze it before.
+    pub norm_since: Option<Instant>,
+    /// The held-out evaluation set an administrator attached (raw features).
+    pub evalset: Option<Arc<crate::trainer::data::Dataset>>,
+}
+
+/// A model's input normalisation as the hub keeps (and stores) it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum NormState {
+    /// No normalisation: trainers use their inputs as they are (or as they
+    /// always did).
+    #[default]
+    Off,
+    /// Collecting trainers' statistics.
+    Pooling { pool: StatsPool },
+    /// Fixed for the life of the model.
+    Frozen { normalisation: Normalisation },
+}
+
+impl NormState {
+    /// What trainers and `GET /v1/models/{m}` see.
+    pub fn wire(&self) -> Option<Normalisation> {
+        match self {
+            NormState::Off => None,
+            NormState::Pooling { pool } => Some(Normalisation {
+                state: NormalisationState::Pooling,
+                features: pool.features,
+                mean: None,
+                std: None,
+                trainers: pool.reports.len(),
+                count: pool.reports.values().map(|r| r.count).sum(),
+            }),
+            NormState::Frozen { normalisation } => Some(normalisation.clone()),
+        }
+    }
+
+    /// The frozen statistics, if any.
+    pub fn frozen(&self) -> Option<&Normalisation> {
+        match self {
+            NormState::Frozen { normalisation } => Some(normalisation),
+            _ => None,
+        }
+    }
+
+    /// Freezes a pool: the pooled statistics, or no normalisation when no
+    /// trainer reported. Anything else is left as it is.
+    pub fn freeze(&mut self) -> bool {
+        let NormState::Pooling { pool } = self else {
+            return false;
+        };
+        *self = match pool.freeze() {
+            Some(normalisation) => NormState::Frozen { normalisation },
+            None => NormState::Off,
+        };
+        true
+    }
+
+    /// The stored form (NULL for `Off`).
+    pub fn to_stored(&self) -> Option<String> {
+        match self {
+            NormState::Off => None,
+            other => serde_json::to_string(other).ok(),
+        }
+    }
+
+    pub fn from_stored(s: Option<&str>) -> Result<Self, String> {
+        match s {
+            None => Ok(NormState::Off),
+            Some(s) => serde_json::from_str(s).map_err(|e| format!("stored normalisation: {e}")),
+        }
+    }
 }
 
 /// A fold ready to be committed: the new weights and what went into them.
@@ -251,6 +326,9 @@ impl ModelState {
             retry_at: None,
             failures: 0,
             last_metrics: None,
+            norm: NormState::Off,
+            norm_since: None,
+            evalset: None,
         }
     }
 
@@ -573,6 +651,26 @@ pub fn evaluate_builtin(
         return None;
     }
     spec.evaluate(weights, test).ok()
+}
+
+/// The hub's evaluation of a version on an attached evaluation set, its
+/// raw features normalised as trainers normalise theirs.
+pub fn evaluate_evalset(
+    layout: &ModelLayout,
+    weights: &[f32],
+    evalset: &crate::trainer::data::Dataset,
+    norm: Option<&Normalisation>,
+) -> Option<Evaluation> {
+    let spec = MlpSpec::from_layout(layout)?;
+    if spec.inputs != evalset.dim {
+        return None;
+    }
+    let mut ds = evalset.clone();
+    if let Some(n) = norm {
+        n.apply(&mut ds.features);
+    }
+    ds.classes = spec.classes;
+    spec.evaluate(weights, &ds).ok()
 }
 
 /// A registered trainer as the hub keeps it in memory.

@@ -57,7 +57,7 @@ error_table! {
     BadJson = "bad_json", Message, 400,
         "a text frame is not JSON, or a known message has missing or invalid fields";
     UnknownType = "unknown_type", Message, 400,
-        "`type` missing or not one of hello, update, eval, ping, bye";
+        "`type` missing or not one of hello, update, eval, stats, ping, bye";
     HelloRequired = "hello_required", Message, 400,
         "a message other than `hello`, `ping` or `bye` before the welcome";
     HelloTimeout = "hello_timeout", Connection, 400,
@@ -65,7 +65,7 @@ error_table! {
     AlreadyGreeted = "already_greeted", Message, 400,
         "a second `hello` on the same connection";
     ProtocolVersion = "protocol_version", Connection, 400,
-        "`protocol` is not a version this hub speaks";
+        "`protocol` is not a version this hub speaks (or version 1 on a model with input normalisation)";
     BadToken = "bad_token", Connection, 400,
         "wrong token for a registered name, or a token that is empty or over 1024 characters";
     Revoked = "revoked", Connection, 403,
@@ -94,6 +94,8 @@ error_table! {
         "`update_id` empty, over 128 characters or not printable";
     BadEval = "bad_eval", Message, 400,
         "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, or `num_examples` above the model's limit";
+    BadStats = "bad_stats", Message, 400,
+        "a `stats` report of the wrong width, with a count of 0 or above `max_num_examples`, non-finite or impossible values (a negative variance, means beyond ±1e9), or for a model without federated normalisation";
     FutureBaseVersion = "future_base_version", Message, 400,
         "`base_version` is newer than the current version";
     StaleUpdate = "stale_update", Message, 400,

@@ -1,18 +1,24 @@
-//! Trainer protocol v1: the wire format shared by the hub and every trainer.
+//! Trainer protocol v2: the wire format shared by the hub and every trainer.
 //!
 //! Control messages are JSON text frames tagged by `type`; tensors travel as
 //! binary frames in the safetensors format. This module has no actix in it so
 //! that clients (the reference trainer, the harness, the benchmark) can use it.
 
 pub mod errors;
+pub mod normalisation;
 pub mod tensors;
 
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ErrorCode, Scope};
+pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
 pub use tensors::{ModelLayout, TensorSpec};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added input normalisation (`stats`, `normalisation`, and the
+/// `normalisation` field of `welcome`).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Trainers of version 1 still join models without normalisation.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 pub const TRAINER_WS_PATH: &str = "/v1/trainers/ws";
 
 /// Messages a trainer sends (JSON text frames).
@@ -50,6 +56,13 @@ pub enum ClientMessage {
         #[serde(default)]
         num_examples: Option<u64>,
     },
+    /// Sufficient statistics of the trainer's raw training features, sent
+    /// when `welcome` says the model's normalisation is `pooling`.
+    Stats {
+        count: u64,
+        sum: Vec<f64>,
+        sumsq: Vec<f64>,
+    },
     /// Application-level keepalive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -83,6 +96,23 @@ pub enum ServerMessage {
         max_message_bytes: usize,
         heartbeat_interval_secs: u64,
         max_staleness: u64,
+        /// The model's input normalisation; absent when it has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        normalisation: Option<Normalisation>,
+    },
+    /// The model's normalisation was frozen: apply it from now on. `null`
+    /// when no trainer reported statistics (the model then has none).
+    Normalisation {
+        model: String,
+        normalisation: Option<Normalisation>,
+    },
+    /// A `stats` report was pooled.
+    StatsReceived {
+        /// Trainers whose statistics are pooled so far.
+        trainers: usize,
+        /// Whether the normalisation is already frozen (late reports are
+        /// not pooled).
+        frozen: bool,
     },
     /// A new global version; a binary frame with its weights follows.
     Model {
@@ -159,7 +189,7 @@ mod tests {
         assert_eq!(
             m,
             ClientMessage::Hello {
-                protocol: 1,
+                protocol: PROTOCOL_VERSION,
                 name: "a".into(),
                 specialty: "s".into(),
                 token: "t".into(),

@@ -253,6 +253,21 @@ impl StatusLine {
                 self.note =
                     format!("hub unavailable ({reason}); reconnect #{attempt} in {in_secs:.1}s");
             }
+            ClientEvent::Normalisation {
+                state,
+                features,
+                trainers,
+            } => {
+                self.note = match state.as_str() {
+                    "pooling" => format!(
+                        "sent feature statistics; waiting for the hub to pool them ({trainers} trainer(s) so far)"
+                    ),
+                    "frozen" => format!(
+                        "inputs normalised with the model's statistics ({features} features, {trainers} trainer(s))"
+                    ),
+                    _ => "the model has no input normalisation".into(),
+                };
+            }
             ClientEvent::Done { .. } => {}
         }
     }

@@ -14,7 +14,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{EvalReport, Learner, Trained};
-use crate::protocol::{ClientMessage, ErrorCode, ModelLayout, ServerMessage, TRAINER_WS_PATH};
+use crate::protocol::{
+    ClientMessage, ErrorCode, ModelLayout, Normalisation, NormalisationState, ServerMessage,
+    TRAINER_WS_PATH,
+};
 
 /// How a trainer behaves: honest, or one of the faults the harness injects.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
@@ -101,6 +104,13 @@ pub enum ClientEvent {
         version: u64,
         num_updates: usize,
         hub_accuracy: Option<f64>,
+    },
+    /// The model's input normalisation: `pooling` (this trainer sent its
+    /// statistics and waits), `frozen` (applied from now on) or `none`.
+    Normalisation {
+        state: String,
+        features: usize,
+        trainers: usize,
     },
     Evaluation {
         version: u64,
@@ -213,6 +223,31 @@ struct Conn {
     layout: Option<Arc<ModelLayout>>,
     latest: Option<(u64, Arc<Vec<f32>>)>,
     expect_binary_for: Option<(u64, usize, Option<f64>)>,
+    /// Statistics were sent; no training until the model's normalisation
+    /// is frozen.
+    waiting_norm: bool,
+    /// A `normalisation` message to hand to the learner before it trains
+    /// again (it may be training when the message arrives).
+    norm_arrived: Option<Option<Normalisation>>,
+}
+
+/// Tells the learner the model's normalisation and the user what it is.
+fn apply_normalisation<L: Learner>(
+    learner: &Arc<std::sync::Mutex<L>>,
+    norm: Option<&Normalisation>,
+    on_event: &mut (impl FnMut(&ClientEvent) + Send),
+) -> Result<(), ClientError> {
+    learner
+        .lock()
+        .map_err(|_| ClientError::Learner("learner poisoned".into()))?
+        .use_normalisation(norm)
+        .map_err(ClientError::Learner)?;
+    on_event(&ClientEvent::Normalisation {
+        state: if norm.is_some() { "frozen" } else { "none" }.into(),
+        features: norm.map(|n| n.features).unwrap_or(0),
+        trainers: norm.map(|n| n.trainers).unwrap_or(0),
+    });
+    Ok(())
 }
 
 type Ws =
@@ -398,6 +433,8 @@ async fn run_connection<L: Learner>(
         layout: None,
         latest: None,
         expect_binary_for: None,
+        waiting_norm: false,
+        norm_arrived: None,
     };
     loop {
         let msg = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
@@ -415,6 +452,7 @@ async fn run_connection<L: Learner>(
                 session_id,
                 trainer,
                 model,
+                normalisation,
                 ..
             }) => {
                 let l = ModelLayout { tensors };
@@ -437,6 +475,57 @@ async fn run_connection<L: Learner>(
                     registered,
                     session_id,
                 });
+                let pooling = normalisation
+                    .as_ref()
+                    .filter(|n| n.state == NormalisationState::Pooling);
+                let stats = match pooling {
+                    Some(_) => learner
+                        .lock()
+                        .map_err(|_| "learner poisoned".to_string())
+                        .map(|l| l.feature_stats()),
+                    None => Ok(None),
+                };
+                let stats = match stats {
+                    Ok(s) => s,
+                    Err(e) => return Flow::Fatal(ClientError::Learner(e)),
+                };
+                match (pooling, stats) {
+                    (Some(n), Some(st)) => {
+                        // Contribute to the shared statistics and train only
+                        // once they are frozen.
+                        let m = ClientMessage::Stats {
+                            count: st.count,
+                            sum: st.sum,
+                            sumsq: st.sumsq,
+                        };
+                        if let Err(e) = ws
+                            .send(Message::Text(serde_json::to_string(&m).unwrap_or_default()))
+                            .await
+                        {
+                            return Flow::Reconnect(format!("send stats: {e}"));
+                        }
+                        conn.waiting_norm = true;
+                        on_event(&ClientEvent::Normalisation {
+                            state: "pooling".into(),
+                            features: n.features,
+                            trainers: n.trainers,
+                        });
+                    }
+                    (Some(_), None) => {
+                        // Nothing to contribute: train on the inputs as they
+                        // are until the model's statistics arrive.
+                        if let Err(e) = apply_normalisation(learner, None, on_event) {
+                            return Flow::Fatal(e);
+                        }
+                    }
+                    (None, _) => {
+                        if let Err(e) =
+                            apply_normalisation(learner, normalisation.as_ref(), on_event)
+                        {
+                            return Flow::Fatal(e);
+                        }
+                    }
+                }
                 break;
             }
             Ok(ServerMessage::Error {
@@ -498,9 +587,15 @@ async fn run_connection<L: Learner>(
                 summary.sent += 1;
             }
         }
+        if let Some(norm) = conn.norm_arrived.take() {
+            conn.waiting_norm = false;
+            if let Err(e) = apply_normalisation(learner, norm.as_ref(), on_event) {
+                return Flow::Fatal(e);
+            }
+        }
         // Train on the newest version not trained on yet.
-        let due = match (&conn.latest, pending.is_none()) {
-            (Some((v, w)), true) if summary.last_version_trained() != Some(*v) => {
+        let due = match (&conn.latest, pending.is_none(), conn.waiting_norm) {
+            (Some((v, w)), true, false) if summary.last_version_trained() != Some(*v) => {
                 Some((*v, w.clone()))
             }
             _ => None,
@@ -751,6 +846,12 @@ fn handle_frame(
                     update_id: update_id.clone(),
                     fatal,
                 });
+                if code == ErrorCode::BadStats && conn.waiting_norm {
+                    // The hub would not pool our statistics: do not wait
+                    // for a freeze; the welcome of the next connection or a
+                    // `normalisation` message brings the model's.
+                    conn.norm_arrived = Some(None);
+                }
                 let ours = update_id.is_some()
                     && pending
                         .as_ref()
@@ -790,6 +891,10 @@ fn handle_frame(
                 Flow::Continue
             }
             Ok(ServerMessage::Goodbye { reason }) => Flow::Reconnect(reason),
+            Ok(ServerMessage::Normalisation { normalisation, .. }) => {
+                conn.norm_arrived = Some(normalisation);
+                Flow::Continue
+            }
             _ => Flow::Continue,
         },
         Message::Close(_) => Flow::Reconnect("hub closed the connection".into()),

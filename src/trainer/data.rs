@@ -13,6 +13,18 @@ use rand::SeedableRng;
 /// 1998; CC BY 4.0): 1797 rows of 64 pixel counts (0..16) and a label.
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
+/// Public tabular data sets shipped for the harness (see the README's
+/// "Data and credit"): UCI Wine (178 rows, 13 features, 3 classes) and UCI
+/// Breast Cancer Wisconsin (Diagnostic) (569 rows, 30 features, 2 classes),
+/// both CC BY 4.0, with a header row.
+pub const BUILTIN_CSV: &[(&str, &str)] = &[
+    ("wine", include_str!("../../data/wine.csv")),
+    (
+        "breast_cancer",
+        include_str!("../../data/breast_cancer.csv"),
+    ),
+];
+
 /// Seed of the shared split; changing it changes every published figure.
 pub const SPLIT_SEED: u64 = 20_261_123;
 pub const TEST_FRACTION: f64 = 0.2;
@@ -66,6 +78,22 @@ impl Dataset {
             .filter(|&i| classes.contains(&self.labels[i]))
             .collect();
         self.subset(&idx)
+    }
+}
+
+impl Dataset {
+    /// The rows as CSV in the `--data` format (no header).
+    pub fn to_csv(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.len() {
+            for v in self.row(i) {
+                out.push_str(&v.to_string());
+                out.push(',');
+            }
+            out.push_str(&self.labels[i].to_string());
+            out.push('\n');
+        }
+        out
     }
 }
 
@@ -154,17 +182,21 @@ pub fn specialty_slice(
 
 /// A user CSV: numeric features, integer class label in the last column,
 /// optional header row (detected when the first row does not parse).
-/// Features are standardised per column to zero mean and unit variance with
-/// the statistics of the whole file (population std; a constant column
-/// becomes 0), so the same file always gives the same inputs.
+/// Features are returned as they are in the file: the learner scales them,
+/// with the model's shared statistics when it has them (see
+/// [`crate::protocol::normalisation`]), else with the file's own.
 pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| DataError::Csv {
         path: name.clone(),
         message: e.to_string(),
     })?;
-    let (mut features, labels, dim) = parse_csv(&text, &name)?;
-    standardise(&mut features, dim);
+    parse_dataset(&text, &name)
+}
+
+/// [`load_csv`] on text already read (an uploaded evaluation set).
+pub fn parse_dataset(text: &str, name: &str) -> Result<Dataset, DataError> {
+    let (features, labels, dim) = parse_csv(text, name)?;
     let classes = labels.iter().max().map(|m| *m as usize + 1).unwrap_or(0);
     Ok(Dataset {
         features,
@@ -296,14 +328,16 @@ mod tests {
     }
 
     #[test]
-    fn csv_with_header_is_standardised() {
+    fn csv_with_header_loads_raw_and_standardises() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.csv");
         std::fs::write(&p, "a,b,label\n1000,5,0\n3000,5,1\n2000,5,1\n").unwrap();
-        let ds = load_csv(&p).unwrap();
+        let mut ds = load_csv(&p).unwrap();
         assert_eq!(ds.dim, 2);
         assert_eq!(ds.labels, vec![0, 1, 1]);
         assert_eq!(ds.classes, 2);
+        assert_eq!(ds.features[0], 1000.0);
+        standardise(&mut ds.features, ds.dim);
         assert!((ds.features[0] + 1.2247).abs() < 1e-3);
         assert_eq!(ds.features[1], 0.0);
         std::fs::write(&p, "1,2,0\n1,2\n").unwrap();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::protocol::ModelLayout;
+use crate::protocol::{FeatureStats, ModelLayout, Normalisation};
 use data::Dataset;
 use net::{MlpSpec, TrainSettings};
 
@@ -45,6 +45,17 @@ pub trait Learner: Send + 'static {
     fn train(&mut self, global: &[f32], version: u64) -> Result<Trained, String>;
     /// Evaluates the global weights of `version` on the learner's own data.
     fn evaluate(&mut self, global: &[f32], version: u64) -> Result<Option<EvalReport>, String>;
+    /// Sufficient statistics of the learner's raw training features, sent
+    /// when the model pools them. `None`: this learner has none to give (it
+    /// then trains without waiting for the pool to freeze).
+    fn feature_stats(&self) -> Option<FeatureStats> {
+        None
+    }
+    /// The model's input normalisation: `Some` once frozen, `None` when the
+    /// model has none. Called at every welcome and when it freezes.
+    fn use_normalisation(&mut self, _normalisation: Option<&Normalisation>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The built-in learner: the reference MLP trained with candle's SGD.
@@ -54,6 +65,67 @@ pub struct MlpLearner {
     pub specialty_test: Dataset,
     pub global_test: Dataset,
     pub settings: TrainSettings,
+    /// The data as loaded, kept to scale it again when the model's
+    /// normalisation arrives.
+    raw: Raw,
+}
+
+#[derive(Clone)]
+struct Raw {
+    train: Dataset,
+    specialty_test: Dataset,
+    global_test: Dataset,
+    /// A user CSV on a model without normalisation is standardised with the
+    /// file's own statistics (what `--data` always did); the built-in digits
+    /// are already scaled to [0, 1].
+    own_scaling: bool,
+}
+
+impl MlpLearner {
+    fn from_raw(spec: MlpSpec, raw: Raw, settings: TrainSettings) -> Self {
+        let mut l = MlpLearner {
+            spec,
+            train_data: raw.train.clone(),
+            specialty_test: raw.specialty_test.clone(),
+            global_test: raw.global_test.clone(),
+            settings,
+            raw,
+        };
+        l.scale(None);
+        l
+    }
+
+    /// Scales the raw data with the model's normalisation, or without one as
+    /// before there was any.
+    fn scale(&mut self, norm: Option<&Normalisation>) {
+        let mut sets = [
+            self.raw.train.clone(),
+            self.raw.specialty_test.clone(),
+            self.raw.global_test.clone(),
+        ];
+        match norm {
+            Some(n) => sets.iter_mut().for_each(|d| n.apply(&mut d.features)),
+            None if self.raw.own_scaling => {
+                // The file's own statistics (train and test alike), as one
+                // file was always scaled.
+                let mut pool = crate::protocol::StatsPool::new(self.raw.train.dim);
+                pool.add(
+                    "train",
+                    FeatureStats::of(&self.raw.train.features, self.raw.train.dim),
+                );
+                let test = &self.raw.global_test;
+                pool.add("test", FeatureStats::of(&test.features, test.dim));
+                if let Some(own) = pool.freeze() {
+                    sets.iter_mut().for_each(|d| own.apply(&mut d.features));
+                }
+            }
+            None => {}
+        }
+        let [train, specialty_test, global_test] = sets;
+        self.train_data = train;
+        self.specialty_test = specialty_test;
+        self.global_test = global_test;
+    }
 }
 
 impl MlpLearner {
@@ -65,26 +137,38 @@ impl MlpLearner {
         settings: TrainSettings,
     ) -> Result<Self, String> {
         let split = data::digits_split().map_err(|e| e.to_string())?;
-        Ok(MlpLearner {
-            spec,
-            train_data: data::specialty_slice(&split.train, specialty, table),
+        let raw = Raw {
+            train: data::specialty_slice(&split.train, specialty, table),
             specialty_test: data::specialty_slice(&split.test, specialty, table),
             global_test: split.test,
-            settings,
-        })
+            own_scaling: false,
+        };
+        Ok(MlpLearner::from_raw(spec, raw, settings))
     }
 
     /// The learner for a user CSV: its own deterministic split; "specialty"
     /// and "global" test are both the file's test part.
     pub fn for_csv(spec: MlpSpec, ds: &Dataset, settings: TrainSettings) -> Self {
         let split = data::stratified_split(ds, data::TEST_FRACTION, data::SPLIT_SEED);
-        MlpLearner {
-            spec,
-            train_data: split.train,
-            specialty_test: split.test.clone(),
-            global_test: split.test,
-            settings,
-        }
+        MlpLearner::for_parts(spec, split.train, split.test, settings)
+    }
+
+    /// The learner for training rows and test rows given apart (the
+    /// harness's class-disjoint shards of one file): "specialty" and
+    /// "global" test are both `test`.
+    pub fn for_parts(
+        spec: MlpSpec,
+        train: Dataset,
+        test: Dataset,
+        settings: TrainSettings,
+    ) -> Self {
+        let raw = Raw {
+            train,
+            specialty_test: test.clone(),
+            global_test: test,
+            own_scaling: true,
+        };
+        MlpLearner::from_raw(spec, raw, settings)
     }
 }
 
@@ -123,6 +207,29 @@ impl Learner for MlpLearner {
             num_examples: self.train_data.len() as u64,
             loss,
         })
+    }
+
+    fn feature_stats(&self) -> Option<FeatureStats> {
+        Some(FeatureStats::of(
+            &self.raw.train.features,
+            self.raw.train.dim,
+        ))
+    }
+
+    fn use_normalisation(&mut self, normalisation: Option<&Normalisation>) -> Result<(), String> {
+        if let Some(n) = normalisation {
+            if n.mean
+                .as_ref()
+                .is_some_and(|m| m.len() != self.raw.train.dim)
+            {
+                return Err(format!(
+                    "the model normalises {} features; this trainer's data has {}",
+                    n.features, self.raw.train.dim
+                ));
+            }
+        }
+        self.scale(normalisation);
+        Ok(())
     }
 
     fn evaluate(&mut self, global: &[f32], _version: u64) -> Result<Option<EvalReport>, String> {

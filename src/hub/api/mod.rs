@@ -5,6 +5,7 @@
 //! two cannot drift apart.
 
 pub mod harness;
+pub mod learning;
 pub mod models;
 pub mod ops;
 pub mod sockets;
@@ -164,6 +165,8 @@ endpoints!(
     models::get_weights,
     models::list_evaluations,
     models::rollback,
+    learning::freeze_normalisation,
+    learning::put_evalset,
     trainers::list_trainers,
     trainers::revoke_trainer,
     trainers::unrevoke_trainer,

@@ -12,8 +12,8 @@ use crate::aggregation::{AggregationOverrides, Strategy};
 use crate::db::{self, DbPool, EvalRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor::{self, ModelStatus, RolledBack};
-use crate::hub::state::Waiting;
-use crate::protocol::{ErrorCode, ModelLayout};
+use crate::hub::state::{NormState, Waiting};
+use crate::protocol::{ErrorCode, ModelLayout, Normalisation, StatsPool};
 use crate::trainer::net::MlpSpec;
 
 /// One line of `GET /v1/models`.
@@ -95,6 +95,61 @@ pub struct CreateModelRequest {
     /// Aggregation settings overriding the hub's defaults for this model.
     #[serde(default)]
     pub aggregation: Option<AggregationOverrides>,
+    /// Input normalisation of an MLP: `"federated"` (the default: trainers
+    /// report feature statistics, the hub pools and freezes them), `"off"`,
+    /// or fixed statistics `{"mean": [...], "std": [...]}`, one per input.
+    #[serde(default)]
+    pub normalisation: Option<NormalisationRequest>,
+}
+
+/// How a new model's inputs are normalised.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum NormalisationRequest {
+    Mode(NormalisationMode),
+    Given(GivenNormalisation),
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalisationMode {
+    Federated,
+    Off,
+}
+
+/// Statistics an administrator already has: one mean and one standard
+/// deviation (> 0) per input.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GivenNormalisation {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// The stored normalisation of a new model with `features` inputs.
+fn normalisation_for(
+    req: Option<NormalisationRequest>,
+    features: Option<usize>,
+) -> Result<NormState, ApiError> {
+    match (req, features) {
+        (None | Some(NormalisationRequest::Mode(NormalisationMode::Off)), _)
+            if features.is_none() =>
+        {
+            Ok(NormState::Off)
+        }
+        (Some(NormalisationRequest::Mode(NormalisationMode::Off)), _) => Ok(NormState::Off),
+        (_, None) => Err(ApiError::bad_request(
+            "normalisation: only an MLP model has inputs to normalise",
+        )),
+        (None | Some(NormalisationRequest::Mode(NormalisationMode::Federated)), Some(f)) => {
+            Ok(NormState::Pooling {
+                pool: StatsPool::new(f),
+            })
+        }
+        (Some(NormalisationRequest::Given(g)), Some(f)) => Normalisation::given(g.mean, g.std, f)
+            .map(|normalisation| NormState::Frozen { normalisation })
+            .map_err(ApiError::bad_request),
+    }
 }
 
 /// The built-in networks `POST /v1/models` can create.
@@ -163,6 +218,7 @@ pub async fn create_model(
             .remove("name")
             .ok_or_else(|| ApiError::bad_request("query parameter `name` is required"))?;
         crate::protocol::validate_name(&name).map_err(ApiError::bad_request)?;
+        let norm_query = query.remove("normalisation");
         let overrides = overrides_from_query(&query)?;
         let limit = (max_params as usize)
             .saturating_mul(4)
@@ -171,10 +227,22 @@ pub async fn create_model(
         let body = read_body(&req, payload, limit).await?;
         let (layout, weights) = ModelLayout::from_safetensors_limited(&body, max_params)
             .map_err(|e| ApiError::new(e.code, e.message))?;
-        let arch = if MlpSpec::from_layout(&layout).is_some() {
-            "mlp"
-        } else {
-            "custom"
+        let spec = MlpSpec::from_layout(&layout);
+        let arch = if spec.is_some() { "mlp" } else { "custom" };
+        // Uploaded weights were trained on whatever inputs their author
+        // used: no normalisation unless asked for.
+        let norm = match norm_query.as_deref() {
+            None | Some("off") => NormState::Off,
+            Some("federated") => normalisation_for(
+                Some(NormalisationRequest::Mode(NormalisationMode::Federated)),
+                spec.map(|s| s.inputs),
+            )?,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "normalisation: `{}` is not one of off, federated",
+                    other.escape_default()
+                )))
+            }
         };
         hub_actor::CreateModel {
             name,
@@ -182,6 +250,7 @@ pub async fn create_model(
             layout,
             weights,
             overrides,
+            normalisation: norm,
         }
     } else {
         if let Some(k) = query.keys().next() {
@@ -215,6 +284,7 @@ pub async fn create_model(
                     layout: ModelLayout::new(vec![("weights".into(), vec![n as usize])]),
                     weights: vec![0.0; n as usize],
                     overrides,
+                    normalisation: normalisation_for(j.normalisation, None)?,
                 }
             }
             Architecture::Mlp | Architecture::Digits => {
@@ -237,6 +307,7 @@ pub async fn create_model(
                     layout: spec.layout(),
                     weights: spec.init_weights(j.seed.unwrap_or(42)),
                     overrides,
+                    normalisation: normalisation_for(j.normalisation, Some(spec.inputs))?,
                 }
             }
         }
@@ -374,6 +445,62 @@ pub struct VersionInfo {
     /// rollback, the version it restored).
     #[schema(value_type = Object)]
     pub metrics: serde_json::Value,
+    /// The trainers' own evaluations of this version, pooled (absent until
+    /// one reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub federated_eval: Option<FederatedEval>,
+}
+
+/// Trainers' `eval` reports of one version, weighted by their examples (a
+/// report without `num_examples` counts as one).
+#[derive(Serialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct FederatedEval {
+    /// Example-weighted mean of the reports' `global_accuracy`.
+    pub accuracy: Option<f64>,
+    /// Example-weighted mean of the reports' `loss`.
+    pub loss: Option<f64>,
+    pub examples: i64,
+    pub reports: usize,
+}
+
+/// Pools evaluation reports per version.
+pub fn pool_evaluations(rows: &[db::EvalFigures]) -> HashMap<i64, FederatedEval> {
+    #[derive(Default)]
+    struct Sums {
+        acc: (f64, f64),
+        loss: (f64, f64),
+        examples: i64,
+        reports: usize,
+    }
+    let mut by: HashMap<i64, Sums> = HashMap::new();
+    for (v, acc, loss, n) in rows {
+        let w = n.unwrap_or(1).max(1);
+        let s = by.entry(*v).or_default();
+        if let Some(a) = acc {
+            s.acc.0 += a * w as f64;
+            s.acc.1 += w as f64;
+        }
+        if let Some(l) = loss {
+            s.loss.0 += l * w as f64;
+            s.loss.1 += w as f64;
+        }
+        s.examples = s.examples.saturating_add(w);
+        s.reports += 1;
+    }
+    by.into_iter()
+        .map(|(v, s)| {
+            let mean = |(sum, w): (f64, f64)| (w > 0.0).then(|| sum / w);
+            (
+                v,
+                FederatedEval {
+                    accuracy: mean(s.acc),
+                    loss: mean(s.loss),
+                    examples: s.examples,
+                    reports: s.reports,
+                },
+            )
+        })
+        .collect()
 }
 
 impl From<&db::VersionMeta> for VersionInfo {
@@ -385,6 +512,7 @@ impl From<&db::VersionMeta> for VersionInfo {
             num_updates: v.num_updates,
             created_at: v.created_at.clone(),
             metrics: serde_json::from_str(&v.metrics).unwrap_or_else(|_| serde_json::json!({})),
+            federated_eval: None,
         }
     }
 }
@@ -413,9 +541,22 @@ pub async fn list_versions(
     let name = path.into_inner();
     let limit = limit(q.limit, 1000, 100_000)?;
     ensure_model(&st.pool, &name).await?;
-    let rows = read(&st.pool, move |c| db::list_versions(c, &name, limit)).await?;
+    let (rows, evals) = read(&st.pool, move |c| {
+        let rows = db::list_versions(c, &name, limit)?;
+        let from = rows.first().map(|r| r.version).unwrap_or(0);
+        let evals = db::evaluation_figures(c, &name, from)?;
+        Ok((rows, evals))
+    })
+    .await?;
+    let pooled = pool_evaluations(&evals);
     Ok(HttpResponse::Ok().json(VersionsList {
-        versions: rows.iter().map(VersionInfo::from).collect(),
+        versions: rows
+            .iter()
+            .map(|r| VersionInfo {
+                federated_eval: pooled.get(&r.version).cloned(),
+                ..VersionInfo::from(r)
+            })
+            .collect(),
     }))
 }
 
@@ -470,8 +611,15 @@ pub async fn get_version(
         .ok_or_else(|| ApiError::not_found(format!("model `{model}` has no version {version}")))?;
     let m3 = model.clone();
     let evaluations = read(&st.pool, move |c| db::version_evaluations(c, &m3, version)).await?;
+    let figures: Vec<_> = evaluations
+        .iter()
+        .map(|e| (version, e.global_accuracy, e.loss, e.num_examples))
+        .collect();
     Ok(HttpResponse::Ok().json(VersionDetail {
-        info: VersionInfo::from(&row),
+        info: VersionInfo {
+            federated_eval: pool_evaluations(&figures).remove(&version),
+            ..VersionInfo::from(&row)
+        },
         evaluations,
     }))
 }
@@ -499,8 +647,14 @@ pub async fn get_weights(
     let version = resolve_version(&st.pool, &model, &v).await?;
     let m2 = model.clone();
     let blobs = st.blobs.clone();
-    let bytes = read(&st.pool, move |c| db::get_weights(c, &blobs, &m2, version))
-        .await?
+    let (bytes, row) = read(&st.pool, move |c| {
+        Ok((
+            db::get_weights(c, &blobs, &m2, version)?,
+            db::get_model(c, &m2)?,
+        ))
+    })
+    .await?;
+    let bytes = bytes
         .ok_or_else(|| ApiError::not_found(format!("model `{model}` has no version {version}")))?;
     if bytes.is_empty() {
         return Err(ApiError::new(
@@ -518,7 +672,54 @@ pub async fn get_weights(
             format!("attachment; filename=\"{model}-v{version}.safetensors\""),
         ))
         .insert_header(("x-kernal-version", version.to_string()))
-        .body(bytes))
+        .body(with_normalisation(bytes, row.as_ref(), version).await?))
+}
+
+/// A checkpoint of a model with frozen normalisation carries it as two more
+/// tensors, `normalisation.mean` and `normalisation.std`, so that it is
+/// usable on raw features without asking the hub. (Trainers get weights
+/// over the WebSocket without them: they hold the statistics already.)
+async fn with_normalisation(
+    bytes: Vec<u8>,
+    row: Option<&db::ModelRow>,
+    version: i64,
+) -> Result<Vec<u8>, ApiError> {
+    let Some(row) = row else {
+        return Ok(bytes);
+    };
+    let norm = NormState::from_stored(row.normalisation.as_deref())
+        .ok()
+        .and_then(|n| n.frozen().cloned());
+    let (Some(n), Ok(layout)) = (norm, serde_json::from_str::<ModelLayout>(&row.layout)) else {
+        return Ok(bytes);
+    };
+    let (Some(mean), Some(std)) = (n.mean, n.std) else {
+        return Ok(bytes);
+    };
+    web::block(move || {
+        let mut weights = layout.decode(&bytes).map_err(|e| e.message)?;
+        let mut tensors: Vec<(String, Vec<usize>)> = layout
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        tensors.push(("normalisation.mean".into(), vec![mean.len()]));
+        tensors.push(("normalisation.std".into(), vec![std.len()]));
+        weights.extend_from_slice(&mean);
+        weights.extend_from_slice(&std);
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("version".to_string(), version.to_string());
+        meta.insert(
+            "normalisation".to_string(),
+            "inputs are (x - normalisation.mean) / normalisation.std".to_string(),
+        );
+        ModelLayout::new(tensors)
+            .encode(&weights, Some(&meta))
+            .map_err(|e| e.message)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -1,0 +1,2 @@
+ALTER TABLE models DROP COLUMN evalset;
+ALTER TABLE models DROP COLUMN normalisation;

@@ -1,0 +1,87 @@
+"""A kernal trainer whose learning is plain numpy: the hub's MLP
+(fc1 -> ReLU -> fc2, softmax cross-entropy) trained with minibatch SGD.
+
+    python examples/numpy_trainer.py --name np_alice --token s3cret --model wine --classes 0
+"""
+
+import sys
+
+import numpy as np
+
+from _common import classes, own_scaling, parser
+from kernal_trainer import Trainer
+from kernal_trainer.data import load_csv, only_classes, split
+
+
+def forward(w, x):
+    h = np.maximum(x @ w["fc1.weight"].T + w["fc1.bias"], 0.0)
+    return h, h @ w["fc2.weight"].T + w["fc2.bias"]
+
+
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sgd(weights, x, y, epochs, lr, batch_size, seed):
+    w = {k: v.astype(np.float32, copy=True) for k, v in weights.items()}
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        for start in range(0, len(y), batch_size):
+            b = order[start:start + batch_size]
+            xb, yb = x[b], y[b]
+            h, logits = forward(w, xb)
+            p = softmax(logits)
+            losses.append(float(-np.log(p[np.arange(len(yb)), yb] + 1e-12).mean()))
+            g = p
+            g[np.arange(len(yb)), yb] -= 1.0
+            g /= len(yb)
+            gh = (g @ w["fc2.weight"]) * (h > 0)
+            w["fc2.weight"] -= lr * g.T @ h
+            w["fc2.bias"] -= lr * g.sum(axis=0)
+            w["fc1.weight"] -= lr * gh.T @ xb
+            w["fc1.bias"] -= lr * gh.sum(axis=0)
+    return w, float(np.mean(losses)) if losses else 0.0
+
+
+def main(argv=None):
+    args = parser(__doc__).parse_args(argv)
+    x, y = load_csv(args.data)
+    x_train, y_train, x_test, y_test = split(x, y)
+    x_train, y_train = only_classes(x_train, y_train, classes(args.classes))
+    x_test, y_test = only_classes(x_test, y_test, classes(args.classes))
+    own = own_scaling(np.concatenate([x_train, x_test]))
+
+    def scaled(v):
+        # The model's shared statistics once frozen; on a model without
+        # normalisation, this file's own.
+        return trainer.normalise(v, fallback=own)
+
+    def train(weights, version):
+        new, loss = sgd(weights, scaled(x_train), y_train, args.epochs, args.lr, args.batch_size, version)
+        return {k: new[k] - weights[k] for k in weights}, len(y_train), loss
+
+    def evaluate(weights, version):
+        _, logits = forward(weights, scaled(x_test))
+        p = softmax(logits)
+        return {
+            "global_accuracy": float((logits.argmax(axis=1) == y_test).mean()),
+            "loss": float(-np.log(p[np.arange(len(y_test)), y_test] + 1e-12).mean()),
+            "num_examples": int(len(y_test)),
+        }
+
+    trainer = Trainer(
+        args.hub, args.name, args.specialty, args.token,
+        model=args.model, train=train, evaluate=evaluate, features=x_train,
+        max_versions=args.versions, json_events=args.json,
+        on_event=None if args.json else lambda e: print(e, file=sys.stderr),
+    )
+    s = trainer.run()
+    return 0 if s.acked > 0 or args.versions == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

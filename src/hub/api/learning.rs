@@ -1,0 +1,120 @@
+//! What a model learns from beyond updates: its input normalisation (frozen
+//! by an administrator) and the held-out evaluation set the hub scores every
+//! version on.
+
+use actix_web::{post, put, web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::{read_body, refusal, require_admin, AppState};
+use crate::error::{ApiError, ErrorBody};
+use crate::hub::hub_actor;
+use crate::protocol::Normalisation;
+
+/// Largest evaluation set accepted, in bytes of CSV.
+pub const EVALSET_LIMIT: usize = 64 << 20;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Frozen {
+    pub model: String,
+    /// The frozen statistics; `null` when no trainer had reported any (the
+    /// model then has no normalisation).
+    pub normalisation: Option<Normalisation>,
+}
+
+/// Freezes a pooling model's input normalisation now (admin), from the
+/// statistics trainers have reported so far. Trainers waiting for it get a
+/// `normalisation` message.
+#[utoipa::path(
+    tag = "models",
+    security(("adminToken" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "Frozen", body = Frozen),
+        (status = 401, description = "Admin token missing", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        (status = 409, description = "The model has no federated normalisation, or it is already frozen", body = ErrorBody),
+        (status = 503, description = "The hub is unavailable", body = ErrorBody),
+    )
+)]
+#[post("/v1/models/{model}/normalisation/freeze")]
+pub async fn freeze_normalisation(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &st)?;
+    let model = path.into_inner();
+    let normalisation = st
+        .hub
+        .send(hub_actor::FreezeNormalisation {
+            model: model.clone(),
+        })
+        .await?
+        .map_err(refusal)?;
+    Ok(HttpResponse::Ok().json(Frozen {
+        model,
+        normalisation,
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EvalsetStored {
+    pub model: String,
+    pub rows: usize,
+    pub features: usize,
+}
+
+/// Attaches (or replaces) a model's held-out evaluation set (admin): a CSV
+/// in the `--data` format (numeric features, integer label last, optional
+/// header), raw features. The hub scores every new version on it after the
+/// version is committed, normalised as trainers normalise theirs; the
+/// result is the version's `metrics.eval` (`dataset: "evalset"`).
+#[utoipa::path(
+    tag = "models",
+    security(("adminToken" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body(content = String, content_type = "text/csv", description = "features..., label"),
+    responses(
+        (status = 200, description = "Stored; the current version is being evaluated", body = EvalsetStored),
+        (status = 400, description = "Not a CSV of the model's width and classes, or not an MLP model", body = ErrorBody),
+        (status = 401, description = "Admin token missing", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        (status = 413, description = "Over 64 MiB", body = ErrorBody),
+        (status = 503, description = "The hub is unavailable", body = ErrorBody),
+    )
+)]
+#[put("/v1/models/{model}/evalset")]
+pub async fn put_evalset(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &st)?;
+    let model = path.into_inner();
+    let body = read_body(&req, payload, EVALSET_LIMIT).await?;
+    let csv = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the evaluation set is not UTF-8 text"))?;
+    let (csv, data) = web::block(move || {
+        crate::trainer::data::parse_dataset(&csv, "evaluation set").map(|d| (csv, d))
+    })
+    .await
+    .map_err(|e| ApiError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (rows, features) = (data.len(), data.dim);
+    st.hub
+        .send(hub_actor::SetEvalset {
+            model: model.clone(),
+            csv,
+            data,
+        })
+        .await?
+        .map_err(refusal)?;
+    Ok(HttpResponse::Ok().json(EvalsetStored {
+        model,
+        rows,
+        features,
+    }))
+}
