@@ -86,6 +86,53 @@ fn restart_passes() {
     assert!(r["run"]["ledger_problems"].as_array().unwrap().is_empty());
 }
 
+/// Class-disjoint shards of a public tabular data set (UCI Wine, one
+/// cultivar per trainer): with federated normalisation the collective is
+/// within 2 points of a centralised model on the union of their rows; with
+/// each trainer scaling its own file, as `--data` did before, it is not.
+#[test]
+fn wine_class_disjoint_reaches_the_centralised_model_with_shared_statistics() {
+    let r = run_shipped("wine");
+    let acc = r["run"]["collective_accuracy"].as_f64().unwrap();
+    let central = r["run"]["centralised_accuracy"].as_f64().unwrap();
+    assert!(acc >= central - 0.02, "{acc} vs centralised {central}");
+    assert!(r["run"]["final_version"].as_u64().unwrap() <= 31);
+    let gap = r["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "max_gap_to_centralised")
+        .cloned()
+        .expect("the gap is a criterion");
+    assert_eq!(gap["passed"], true, "{gap}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let off = include_str!("../config/scenarios/wine.toml")
+        .replace("normalisation = \"federated\"", "normalisation = \"off\"");
+    std::fs::write(dir.path().join("wine_off.toml"), off).unwrap();
+    let report = dir.path().join("off.json");
+    let (code, out, err) = harness(
+        &[
+            "wine_off.toml",
+            "--quiet",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        code, 1,
+        "own-file scaling fails the scenario:\n{out}\n{err}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let before = r["run"]["collective_accuracy"].as_f64().unwrap();
+    println!(
+        "wine: own-file scaling {before:.3}, shared statistics {acc:.3}, centralised {central:.3}"
+    );
+    assert!(before < acc - 0.2, "{before} vs {acc}");
+}
+
 #[test]
 fn list_and_bad_files_and_failed_criteria() {
     let dir = tempfile::tempdir().unwrap();
