@@ -5,6 +5,7 @@
   const state = {
     model: null,
     versions: new Map(),      // version -> {acc, loss, n, stale}
+    fed: new Map(),           // version -> {sum, w}: trainers' own evaluations, example-weighted
     spec: new Map(),          // specialty -> Map(version -> accuracy)
     charts: {},
     ws: null,
@@ -78,9 +79,20 @@
         stale: m.aggregation ? m.aggregation.mean_staleness : null,
       });
     }
+    state.fed.clear();
+    for (const x of e.evaluations) addFed(x.version, x.global_accuracy, x.num_examples);
     state.spec.clear();
     for (const x of e.evaluations) addSpec(x.specialty, x.version, x.specialty_accuracy);
     redraw();
+  }
+
+  function addFed(version, acc, n) {
+    if (acc == null) return;
+    const w = Math.max(1, n || 1);
+    const f = state.fed.get(version) || { sum: 0, w: 0 };
+    f.sum += acc * w;
+    f.w += w;
+    state.fed.set(version, f);
   }
 
   function addSpec(specialty, version, acc) {
@@ -115,6 +127,8 @@
       case 'version': return [`${e.model} version ${e.version} from ${e.num_updates} updates${e.accuracy != null ? ', accuracy ' + pct(e.accuracy) : ''}`, 'version'];
       case 'update_refused': return [`refused update ${e.update_id || ''} from ${e.trainer}: ${e.code} — ${e.message}`, 'refused'];
       case 'harness_run': return [`harness ${e.scenario}: ${e.passed ? 'PASS' : 'FAIL'}${e.collective_accuracy != null ? ', ' + pct(e.collective_accuracy) : ''}`, e.passed ? 'version' : 'refused'];
+      case 'hub_evaluation': return [`${e.model} version ${e.version} scores ${pct(e.accuracy)} on its evaluation set`, 'version'];
+      case 'normalisation_frozen': return [e.trainers ? `${e.model}: input normalisation frozen from ${e.trainers} trainer(s), ${e.count} rows` : `${e.model}: no statistics reported, no normalisation`, ''];
       case 'updates_summary': return [`${e.accepted} updates accepted`, ''];
       case 'hub_stopping': return ['the hub is shutting down', 'refused'];
       default: return [null, ''];
@@ -153,8 +167,9 @@
   function ensureCharts() {
     if (!state.charts.acc) {
       state.charts.acc = makeChart($('chart-acc'), [
-        { label: 'accuracy', stroke: palette[0], width: 2, scale: 'acc', spanGaps: true },
+        { label: 'hub evaluation', stroke: palette[0], width: 2, scale: 'acc', spanGaps: true },
         { label: 'loss', stroke: palette[1], width: 1.5, scale: 'loss', spanGaps: true },
+        { label: "trainers' own evaluation (pooled)", stroke: palette[2], width: 1.5, dash: [6, 4], scale: 'acc', spanGaps: true },
       ], [{ scale: 'acc', values: (u, v) => v.map((x) => (x * 100).toFixed(0) + '%') }, { scale: 'loss', side: 1, grid: { show: false } }]);
       state.charts.updates = makeChart($('chart-updates'), [
         { label: 'updates', stroke: palette[2], width: 2, scale: 'n' },
@@ -181,7 +196,8 @@
       ensureCharts();
       const xs = [...state.versions.keys()].sort((a, b) => a - b);
       const v = xs.map((x) => state.versions.get(x));
-      state.charts.acc.setData([xs, v.map((p) => p.acc), v.map((p) => p.loss)]);
+      const fed = xs.map((x) => { const f = state.fed.get(x); return f ? f.sum / f.w : null; });
+      state.charts.acc.setData([xs, v.map((p) => p.acc), v.map((p) => p.loss), fed]);
       const ux = xs.filter((x) => x > 0);
       state.charts.updates.setData([ux, ux.map((x) => state.versions.get(x).n), ux.map((x) => state.versions.get(x).stale)]);
       const specs = state.charts.specNames;
@@ -210,8 +226,14 @@
       $('version').textContent = e.version;
       if (e.accuracy != null) $('accuracy').textContent = pct(e.accuracy);
       redraw();
+    } else if (e.type === 'hub_evaluation' && e.model === state.model) {
+      const prev = state.versions.get(e.version) || {};
+      state.versions.set(e.version, { ...prev, acc: e.accuracy, loss: e.loss });
+      $('accuracy').textContent = pct(e.accuracy);
+      redraw();
     } else if (e.type === 'evaluation' && e.model === state.model) {
       addSpec(e.specialty, e.version, e.specialty_accuracy);
+      addFed(e.version, e.global_accuracy, e.num_examples);
       redraw();
     } else if (e.type === 'harness_run') {
       loadRuns().catch(() => {});

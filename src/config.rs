@@ -81,12 +81,31 @@ pub struct ModelConfig {
     pub classes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Input normalisation of a model created from this table: `federated`
+    /// or `off` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalisation: Option<NormalisationMode>,
     #[serde(flatten)]
     pub aggregation: AggregationOverrides,
 }
 
+/// How a model declared in config normalises its inputs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalisationMode {
+    Federated,
+    Off,
+}
+
 /// The architecture keys of a `[models.NAME]` table (the rest are aggregation keys).
-const MODEL_KEYS: &[&str] = &["architecture", "hidden", "inputs", "classes", "seed"];
+const MODEL_KEYS: &[&str] = &[
+    "architecture",
+    "hidden",
+    "inputs",
+    "classes",
+    "seed",
+    "normalisation",
+];
 
 impl<'de> Deserialize<'de> for ModelConfig {
     /// Strict like every other table: serde cannot deny unknown fields
@@ -100,6 +119,7 @@ impl<'de> Deserialize<'de> for ModelConfig {
             inputs: Option<usize>,
             classes: Option<usize>,
             seed: Option<u64>,
+            normalisation: Option<NormalisationMode>,
         }
         let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
         let (mut arch, mut agg) = (serde_json::Map::new(), serde_json::Map::new());
@@ -125,6 +145,7 @@ impl<'de> Deserialize<'de> for ModelConfig {
             inputs: a.inputs,
             classes: a.classes,
             seed: a.seed,
+            normalisation: a.normalisation,
             aggregation,
         })
     }

@@ -77,6 +77,14 @@ async fn three_specialists_beat_each_alone() {
         .copied()
         .unwrap_or_else(|| panic!("collective never reached 0.90: {acc:?}"));
     assert!(first_v <= 40, "reached 0.90 only at version {first_v}");
+    // With the built-in model's federated input normalisation the
+    // collective passes 0.95 within 30 versions (0.947 at 40 without it).
+    let at_30 = acc
+        .iter()
+        .filter(|(v, _)| *v <= 30)
+        .map(|(_, a)| *a)
+        .fold(0.0f64, f64::max);
+    assert!(at_30 >= 0.95, "best within 30 versions {at_30:.3}: {acc:?}");
     // Each specialist alone, same budget: 40 rounds of 2 local epochs.
     let split = data::digits_split().unwrap();
     let mut solos = Vec::new();
@@ -159,7 +167,7 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
                 .unwrap(),
         );
     }
-    wait_for("version 8", Duration::from_secs(120), || async move {
+    let (killed_at, _) = wait_for("version 8", Duration::from_secs(120), || async move {
         latest_accuracy(port).await.filter(|(v, _)| *v >= 8)
     })
     .await;
@@ -167,10 +175,16 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
     let _ = hub.wait();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut hub = spawn_hub_process(dir.path(), port);
+    // New versions after the restart need the trainers back: the model is
+    // already good by version 8, so accuracy alone would not show that.
     let (v, a) = wait_for(
-        "collective accuracy 0.90 after restart",
+        "collective accuracy 0.90 five versions after restart",
         Duration::from_secs(240),
-        || async move { latest_accuracy(port).await.filter(|(_, a)| *a >= 0.90) },
+        || async move {
+            latest_accuracy(port)
+                .await
+                .filter(|(v, a)| *a >= 0.90 && *v >= killed_at + 5)
+        },
     )
     .await;
     println!("after a SIGKILL of the hub: accuracy {a:.3} at version {v}");

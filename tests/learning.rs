@@ -65,13 +65,20 @@ async fn trainers_pool_statistics_and_all_get_the_frozen_normalisation() {
     assert_eq!(s, 201, "{e}");
     let m = get_json(&format!("{url}/v1/models/tab")).await;
     assert_eq!(m["normalisation"]["state"], "pooling", "{m}");
+    let (s, _) = post(
+        &format!("{url}/v1/models"),
+        Some(ADMIN),
+        json!({"name": "plain", "inputs": 2, "hidden": 4, "classes": 2, "normalisation": "off"}),
+    )
+    .await;
+    assert_eq!(s, 201);
 
     // A trainer of protocol 1 would not scale its inputs: refused here, but
-    // it still joins a model without normalisation (the built-in digits).
+    // it still joins a model without normalisation.
     let (_, v) = hello_v(&hub.ws(), "old", "tab", 1).await;
     assert_eq!(v["code"], "protocol_version", "{v}");
     assert!(v["message"].as_str().unwrap().contains("normalises"), "{v}");
-    let (_, v) = hello_v(&hub.ws(), "old", "digits", 1).await;
+    let (_, v) = hello_v(&hub.ws(), "old", "plain", 1).await;
     assert_eq!(v["type"], "welcome", "{v}");
     assert!(v.get("normalisation").is_none(), "{v}");
 
@@ -135,12 +142,12 @@ async fn trainers_pool_statistics_and_all_get_the_frozen_normalisation() {
     let (s, e) = post(&freeze, Some(ADMIN), json!({})).await;
     assert_eq!((s, e["code"].as_str()), (409, Some("conflict")));
     let (s, _) = post(
-        &format!("{url}/v1/models/digits/normalisation/freeze"),
+        &format!("{url}/v1/models/plain/normalisation/freeze"),
         Some(ADMIN),
         json!({}),
     )
     .await;
-    assert_eq!(s, 409, "digits has no normalisation");
+    assert_eq!(s, 409, "plain has no normalisation");
 
     // The checkpoint carries the statistics as two more tensors.
     let bytes = reqwest::get(format!("{url}/v1/models/tab/versions/0/weights"))
@@ -155,7 +162,7 @@ async fn trainers_pool_statistics_and_all_get_the_frozen_normalisation() {
     assert!(st.tensor("fc1.weight").is_ok());
 
     // Statistics on a model without normalisation are refused.
-    let (mut d, _) = hello_v(&hub.ws(), "d", "digits", 2).await;
+    let (mut d, _) = hello_v(&hub.ws(), "d", "plain", 2).await;
     d.send_json(stats_msg(&[[1.0, 2.0]])).await;
     assert_eq!(d.expect_error().await["code"], "bad_stats");
 }

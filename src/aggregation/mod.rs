@@ -334,6 +334,7 @@ mod tests {
             clip_norm: 0.0,
             max_num_examples: 1000,
             max_update_norm: 0.0,
+            normalisation_wait_secs: 5.0,
         }
     }
 

@@ -141,6 +141,10 @@ aggregation_settings! {
     /// Updates whose delta has a larger L2 norm are refused with
     /// `update_too_large_norm`; 0 disables.
     max_update_norm: f32 => Some((0.0, 1e30, Ends::Closed));
+    /// A pooling model's input normalisation freezes this many seconds
+    /// after the first trainer's statistics, if `min_updates` trainers have
+    /// not reported by then.
+    normalisation_wait_secs: f64 => Some((0.0, 86_400.0, Ends::Closed));
 }
 
 /// Writes the ranges of [`AggregationSettings::RANGES`] into the OpenAPI
@@ -185,6 +189,12 @@ impl AggregationSettings {
     /// The round timeout as a duration; the range check keeps it representable.
     pub fn round_timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.round_timeout_secs).unwrap_or(Duration::from_secs(604_800))
+    }
+
+    /// The normalisation wait as a duration; the range check keeps it representable.
+    pub fn normalisation_wait(&self) -> Duration {
+        Duration::try_from_secs_f64(self.normalisation_wait_secs)
+            .unwrap_or(Duration::from_secs(86_400))
     }
 }
 

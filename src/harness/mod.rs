@@ -565,8 +565,13 @@ async fn run_once(
         // The model's own held-out rows, as the hub scored them.
         hub_evaluation(&http, hub_url, &model, version).await?
     } else {
-        let weights = layout.decode(&bytes).map_err(run_err)?;
-        let split = data::digits_split().map_err(run_err)?;
+        let (weights, norm) = decode_checkpoint(&layout, &bytes)?;
+        let mut split = data::digits_split().map_err(run_err)?;
+        if let Some(n) = &norm {
+            // The collective model takes inputs scaled by the model's
+            // statistics; the checkpoint carries them.
+            n.apply(&mut split.test.features);
+        }
         let collective = spec
             .evaluate(&weights, &split.test)
             .map_err(run_err)?
@@ -611,6 +616,38 @@ async fn run_once(
         timed_out,
         centralised_accuracy: None,
     })
+}
+
+/// A downloaded checkpoint's weights and, for a model that normalises its
+/// inputs, the statistics it carries (`normalisation.mean`, `.std`).
+fn decode_checkpoint(
+    layout: &ModelLayout,
+    bytes: &[u8],
+) -> Result<(Vec<f32>, Option<crate::protocol::Normalisation>), HarnessError> {
+    if let Ok(w) = layout.decode(bytes) {
+        return Ok((w, None));
+    }
+    // fc1.weight is [hidden, inputs].
+    let dim = layout
+        .tensors
+        .first()
+        .and_then(|t| t.shape.get(1))
+        .copied()
+        .unwrap_or(0);
+    let mut tensors: Vec<(String, Vec<usize>)> = layout
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    tensors.push(("normalisation.mean".into(), vec![dim]));
+    tensors.push(("normalisation.std".into(), vec![dim]));
+    let mut all = ModelLayout::new(tensors).decode(bytes).map_err(run_err)?;
+    let std = all.split_off(all.len() - dim);
+    let mean = all.split_off(all.len() - dim);
+    Ok((
+        all,
+        Some(crate::protocol::Normalisation::frozen(mean, std, 0, 0)),
+    ))
 }
 
 /// The collective model's accuracy on each digits specialty's test slice.

@@ -279,6 +279,10 @@ impl Hub {
         if matches!(m.norm, NormState::Pooling { .. }) {
             self.freeze_normalisation(model, "the model's first fold");
         }
+        let norm = self
+            .models
+            .get(model)
+            .and_then(|m| m.norm.frozen().cloned());
         let persister = self.persister.clone();
         let blobs = self.blobs.clone();
         let pool = self.pool.clone();
@@ -310,7 +314,8 @@ impl Hub {
                     return Computed::Poisoned(poisoned, fold.applied, acc);
                 }
                 let fold_secs = streamed + fold_started.elapsed().as_secs_f64();
-                let eval = state::evaluate_builtin(&layout, &fold.weights, test.as_deref());
+                let eval =
+                    state::evaluate_builtin(&layout, &fold.weights, test.as_deref(), norm.as_ref());
                 let mut meta = std::collections::HashMap::new();
                 meta.insert("version".to_string(), fold.version.to_string());
                 // A large checkpoint is written to its file here, so the one
@@ -651,12 +656,12 @@ impl Actor for Hub {
             for n in names {
                 let timed_out = act.models.get(&n).is_some_and(|m| {
                     m.norm_since
-                        .is_some_and(|t| now.duration_since(t) >= m.settings.round_timeout())
+                        .is_some_and(|t| now.duration_since(t) >= m.settings.normalisation_wait())
                 });
                 if timed_out {
                     act.freeze_normalisation(
                         &n,
-                        "round_timeout_secs passed since the first statistics",
+                        "normalisation_wait_secs passed since the first statistics",
                     );
                 }
                 act.maybe_fold(&n, ctx);
@@ -1183,6 +1188,7 @@ impl Handler<SubmitEval> for Hub {
             version: e.version,
             specialty_accuracy: e.specialty_accuracy,
             global_accuracy: e.global_accuracy,
+            num_examples: e.num_examples,
         });
         Ok(())
     }
@@ -1243,12 +1249,17 @@ impl Handler<Rollback> for Hub {
             );
         };
         let layout = m.layout.clone();
+        let norm = m.norm.frozen().cloned();
+        let test = if m.evalset.is_some() {
+            None
+        } else {
+            self.test_data.clone()
+        };
         let (pool, blobs, persister) = (
             self.pool.clone(),
             self.blobs.clone(),
             self.persister.clone(),
         );
-        let test = self.test_data.clone();
         let keep_weights = self.cfg.hub.keep_weights_versions;
         let (name, to) = (r.model.clone(), r.to_version);
         let current = input.version;
@@ -1264,6 +1275,7 @@ impl Handler<Rollback> for Hub {
                     current + 1,
                     input,
                     test.as_deref(),
+                    norm.as_ref(),
                 )
             })
             .await;
@@ -1392,6 +1404,7 @@ fn build_rollback(
     version: u64,
     input: FoldInput,
     test: Option<&Dataset>,
+    norm: Option<&Normalisation>,
 ) -> Result<RollbackBuilt, (Refusal, Vec<Buffered>)> {
     let FoldInput {
         updates, settings, ..
@@ -1440,7 +1453,7 @@ fn build_rollback(
             return Err(((ErrorCode::Internal, e), [kept, refused].concat()));
         }
     }
-    let eval = state::evaluate_builtin(layout, &weights, test);
+    let eval = state::evaluate_builtin(layout, &weights, test, norm);
     let mut meta = std::collections::HashMap::new();
     meta.insert("version".to_string(), version.to_string());
     let stored = layout
@@ -1607,7 +1620,12 @@ impl Handler<CreateModel> for Hub {
             normalisation: m.normalisation.to_stored(),
             evalset: None,
         };
-        let eval = state::evaluate_builtin(&m.layout, &m.weights, self.test_data.as_deref());
+        let eval = state::evaluate_builtin(
+            &m.layout,
+            &m.weights,
+            self.test_data.as_deref(),
+            m.normalisation.frozen(),
+        );
         let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
         let persister = self.persister.clone();
         let msg = persister::CreateModel {

@@ -60,6 +60,7 @@ pub enum HubEvent {
         version: u64,
         specialty_accuracy: Option<f64>,
         global_accuracy: Option<f64>,
+        num_examples: Option<u64>,
     },
     HarnessRun {
         id: i64,

@@ -282,7 +282,8 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
             .encode(&weights, Some(&meta))
             .map_err(|e| HubError::Other(e.to_string()))?;
         let split = crate::trainer::data::digits_split().ok();
-        let eval = state::evaluate_builtin(&layout, &weights, split.as_ref().map(|s| &s.test));
+        let eval =
+            state::evaluate_builtin(&layout, &weights, split.as_ref().map(|s| &s.test), None);
         let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
         db::insert_model(
             &mut conn,
@@ -292,7 +293,15 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
                 layout: serde_json::to_string(&layout).unwrap_or_default(),
                 settings: None,
                 created_at: db::now(),
-                normalisation: None,
+                normalisation: match m.normalisation {
+                    Some(crate::config::NormalisationMode::Federated) => {
+                        state::NormState::Pooling {
+                            pool: crate::protocol::StatsPool::new(spec.inputs),
+                        }
+                        .to_stored()
+                    }
+                    _ => None,
+                },
                 evalset: None,
             },
             &db::NewVersion {

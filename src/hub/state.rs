@@ -644,13 +644,21 @@ pub fn evaluate_builtin(
     layout: &ModelLayout,
     weights: &[f32],
     test: Option<&crate::trainer::data::Dataset>,
+    norm: Option<&Normalisation>,
 ) -> Option<Evaluation> {
     let spec = MlpSpec::from_layout(layout)?;
     let test = test?;
     if spec.inputs != test.dim || spec.classes != test.classes {
         return None;
     }
-    spec.evaluate(weights, test).ok()
+    match norm {
+        Some(n) => {
+            let mut t = test.clone();
+            n.apply(&mut t.features);
+            spec.evaluate(weights, &t).ok()
+        }
+        None => spec.evaluate(weights, test).ok(),
+    }
 }
 
 /// The hub's evaluation of a version on an attached evaluation set, its
@@ -749,6 +757,7 @@ mod tests {
             clip_norm: 0.0,
             max_num_examples: 100,
             max_update_norm: 0.0,
+            normalisation_wait_secs: 5.0,
         }
     }
 
