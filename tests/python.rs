@@ -3,7 +3,8 @@
 //! trainer on one model, each holding one class of UCI Wine.
 //!
 //! The package is installed into a virtualenv under the target directory
-//! (`pip install ./python`, from PyPI), made from `KERNAL_PYTHON` or the
+//! (`pip install ./python`, from PyPI, at the versions pinned in
+//! `python/constraints.txt`), made from `KERNAL_PYTHON` or the
 //! system's `/usr/bin/python3` with its site packages, where `.ci/run`
 //! installs Debian's CPU build of PyTorch. With `KERNAL_REQUIRE_TORCH=1` (CI)
 //! a missing PyTorch fails the test; elsewhere the PyTorch example is
@@ -78,7 +79,9 @@ fn python() -> &'static Path {
                     "install",
                     "--quiet",
                     "--disable-pip-version-check",
+                    "--constraint",
                 ])
+                .arg(repo().join("python/constraints.txt"))
                 .arg(repo().join("python")),
             "pip install ./python",
         )?;

@@ -562,8 +562,11 @@ async fn run_once(
         .map_err(run_err)?;
     let mut specialty_accuracy = BTreeMap::new();
     let collective = if ctx.prepared.is_some() {
-        // The model's own held-out rows, as the hub scored them.
-        hub_evaluation(&http, hub_url, &model, version).await?
+        // The model's own held-out rows, as the hub scored them, at the
+        // version the scenario stops at (the run may have seen one or two
+        // more by the time it stopped its trainers).
+        let at = version.min(start_version + sc.stop.versions);
+        hub_evaluation(&http, hub_url, &model, at).await?
     } else {
         let (weights, norm) = decode_checkpoint(&layout, &bytes)?;
         let mut split = data::digits_split().map_err(run_err)?;
