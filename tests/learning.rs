@@ -359,3 +359,36 @@ async fn the_hub_scores_every_version_on_an_attached_evaluation_set() {
     let one = get_json(&format!("{url}/v1/models/tab/versions/0")).await;
     assert_eq!(one["federated_eval"]["reports"], 2, "{one}");
 }
+
+/// Anyone may register names: a flood of reports under fresh names ends
+/// the pool at its cap (256) instead of growing a record rewritten on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_statistics_under_fresh_names_freezes_the_pool_at_its_cap() {
+    let hub = start_hub(|c| c.hub.open_registration = true);
+    let url = hub.url();
+    let (s, _) = post(
+        &format!("{url}/v1/models"),
+        Some(ADMIN),
+        json!({"name": "tab", "inputs": 2, "hidden": 4, "classes": 2,
+               "aggregation": {"min_updates": 100000, "round_timeout_secs": 600,
+                               "normalisation_wait_secs": 86400}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let mut frozen_at = None;
+    for i in 0..300 {
+        let (mut t, _) = hello_v(&hub.ws(), &format!("flood{i}"), "tab", 2).await;
+        t.send_json(stats_msg(&[[1e9, 0.0], [-1e9, 0.0]])).await;
+        let r = t.expect_type("stats_received").await;
+        if r["frozen"] == true {
+            frozen_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(frozen_at, Some(255), "frozen at the 256th report");
+    let m = get_json(&format!("{url}/v1/models/tab")).await;
+    assert_eq!(m["normalisation"]["trainers"], 256, "{m}");
+    // An honest trainer still joins and gets the frozen statistics.
+    let (_, w) = hello_v(&hub.ws(), "honest", "tab", 2).await;
+    assert_eq!(w["normalisation"]["state"], "frozen");
+}

@@ -1813,7 +1813,12 @@ impl Handler<SubmitStats> for Hub {
                 .into_actor(self)
                 .map(move |res, act, _| match res {
                     Ok(Ok(())) => {
-                        if n >= min_updates {
+                        // Anyone may register names: a pool of thousands of
+                        // reports would be rewritten to the database on each
+                        // one. It freezes at MAX_POOLED_REPORTS whatever
+                        // min_updates says.
+                        if n >= min_updates.min(crate::protocol::normalisation::MAX_POOLED_REPORTS)
+                        {
                             act.freeze_normalisation(&name, "statistics from min_updates trainers");
                         }
                         let frozen = act

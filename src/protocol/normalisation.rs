@@ -107,6 +107,10 @@ impl Normalisation {
 /// with the rest of a network anyway; refusing them keeps sums of squares
 /// finite in f64 whatever a hostile trainer sends.
 pub const MAX_ABS_MEAN: f64 = 1e9;
+/// A pool freezes once this many trainers have reported, whatever the
+/// model's `min_updates`: it is stored whole on every report.
+pub const MAX_POOLED_REPORTS: usize = 256;
+
 /// Deviations below this are treated as a constant feature (std 1).
 pub const MIN_STD: f64 = 1e-9;
 
