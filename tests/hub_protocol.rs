@@ -621,8 +621,14 @@ fn python_safetensors() -> std::path::PathBuf {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "--target",
+                "--constraint",
             ])
+            // The same pinned safetensors as the Python package's tests.
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/python/constraints.txt"
+            ))
+            .arg("--target")
             .arg(&dir)
             .args(["safetensors", "numpy"])
             .status()

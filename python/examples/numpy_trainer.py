@@ -8,9 +8,7 @@ import sys
 
 import numpy as np
 
-from _common import classes, own_scaling, parser
-from kernal_trainer import Trainer
-from kernal_trainer.data import load_csv, only_classes, split
+from _common import load, parser, run
 
 
 def forward(w, x):
@@ -49,38 +47,25 @@ def sgd(weights, x, y, epochs, lr, batch_size, seed):
 
 def main(argv=None):
     args = parser(__doc__).parse_args(argv)
-    x, y = load_csv(args.data)
-    x_train, y_train, x_test, y_test = split(x, y)
-    x_train, y_train = only_classes(x_train, y_train, classes(args.classes))
-    x_test, y_test = only_classes(x_test, y_test, classes(args.classes))
-    own = own_scaling(np.concatenate([x_train, x_test]))
+    d = load(args)
 
-    def scaled(v):
-        # The model's shared statistics once frozen; on a model without
-        # normalisation, this file's own.
-        return trainer.normalise(v, fallback=own)
+    def make(scaled):
+        def train(weights, version):
+            new, loss = sgd(weights, scaled(d.x_train), d.y_train, args.epochs, args.lr, args.batch_size, version)
+            return {k: new[k] - weights[k] for k in weights}, len(d.y_train), loss
 
-    def train(weights, version):
-        new, loss = sgd(weights, scaled(x_train), y_train, args.epochs, args.lr, args.batch_size, version)
-        return {k: new[k] - weights[k] for k in weights}, len(y_train), loss
+        def evaluate(weights, version):
+            _, logits = forward(weights, scaled(d.x_test))
+            p = softmax(logits)
+            return {
+                "global_accuracy": float((logits.argmax(axis=1) == d.y_test).mean()),
+                "loss": float(-np.log(p[np.arange(len(d.y_test)), d.y_test] + 1e-12).mean()),
+                "num_examples": int(len(d.y_test)),
+            }
 
-    def evaluate(weights, version):
-        _, logits = forward(weights, scaled(x_test))
-        p = softmax(logits)
-        return {
-            "global_accuracy": float((logits.argmax(axis=1) == y_test).mean()),
-            "loss": float(-np.log(p[np.arange(len(y_test)), y_test] + 1e-12).mean()),
-            "num_examples": int(len(y_test)),
-        }
+        return train, evaluate
 
-    trainer = Trainer(
-        args.hub, args.name, args.specialty, args.token,
-        model=args.model, train=train, evaluate=evaluate, features=x_train,
-        max_versions=args.versions, json_events=args.json,
-        on_event=None if args.json else lambda e: print(e, file=sys.stderr),
-    )
-    s = trainer.run()
-    return 0 if s.acked > 0 or args.versions == 0 else 1
+    return run(args, d, make)
 
 
 if __name__ == "__main__":
