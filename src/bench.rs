@@ -19,7 +19,7 @@ use crate::aggregation::Strategy;
 use crate::hub::child::ChildHub;
 use crate::hub::ws::{apply_mask, frame_header};
 use crate::protocol::ModelLayout;
-use crate::trainer::client;
+use kernal_client::connection;
 
 /// `kernal bench` options (the CLI parses straight into this).
 #[derive(Debug, Clone, clap::Args)]
@@ -798,12 +798,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         None => Some(start_own_hub(args)?),
     };
     let (base, token) = match (&args.hub, &own) {
-        (Some(u), _) => (client::http_url(u), args.admin_token.clone()),
+        (Some(u), _) => (connection::http_url(u), args.admin_token.clone()),
         (None, Some(h)) => (h.url(), Some(h.token.clone())),
         _ => return Err(BenchError("no hub".into())),
     };
-    let tls = crate::trainer::tls::client_config(args.ca.as_deref()).map_err(BenchError)?;
-    let http = crate::trainer::tls::http_client(&tls, None).map_err(BenchError)?;
+    let tls = kernal_client::tls::client_config(args.ca.as_deref()).map_err(BenchError)?;
+    let http = kernal_client::tls::http_client(&tls, None).map_err(BenchError)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
@@ -854,7 +854,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let wire = Arc::new(Wire {
         payload: Arc::new(payload),
     });
-    let ws_url = client::ws_url(&base);
+    let ws_url = connection::ws_url(&base);
     let total = args.warmup + args.versions;
     let shared = Arc::new(Shared {
         latencies: Mutex::new(Vec::new()),

@@ -177,8 +177,8 @@ pub struct CliOverrides {
 
 impl ModelConfig {
     /// The reference network this entry declares (64-64-10 unless set).
-    pub fn mlp_spec(&self) -> crate::trainer::net::MlpSpec {
-        crate::trainer::net::MlpSpec {
+    pub fn mlp_spec(&self) -> crate::model::MlpSpec {
+        crate::model::MlpSpec {
             inputs: self.inputs.unwrap_or(64),
             hidden: self.hidden.unwrap_or(64),
             classes: self.classes.unwrap_or(10),

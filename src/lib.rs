@@ -12,9 +12,10 @@ pub mod error;
 pub mod harness;
 pub mod hub;
 pub mod logging;
-pub mod protocol;
 pub mod range;
 pub mod trainer;
+
+pub use kernal_core::{data, model, protocol};
 
 pub use config::Config;
 pub use hub::{spawn_hub, start_hub, HubHandle, RunningHub};

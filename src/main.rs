@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use kernal::config::{CliOverrides, Config};
 use kernal::hub::ConfigSource;
 use kernal::trainer::cli::TrainerArgs;
-use kernal::trainer::client::Compression;
+use kernal_client::connection::Compression;
 
 #[derive(Parser)]
 #[command(

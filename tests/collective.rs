@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use kernal::trainer::client::{self, ClientOptions};
-use kernal::trainer::data;
-use kernal::trainer::net::{MlpSpec, TrainSettings};
-use kernal::trainer::MlpLearner;
+use kernal::data;
+use kernal::model::{MlpSpec, TrainSettings};
+use kernal_client::connection::{self, ClientOptions};
+use kernal_client::MlpLearner;
 
 const SPEC: MlpSpec = MlpSpec {
     inputs: 64,
@@ -57,7 +57,7 @@ async fn three_specialists_beat_each_alone() {
         let learner = MlpLearner::for_digits(SPEC, spec, &cfg.specialties, settings(name)).unwrap();
         let mut opts = ClientOptions::new(&hub.hub.ws_url(), name, spec, token);
         opts.max_versions = Some(40);
-        tasks.push(tokio::spawn(client::run(
+        tasks.push(tokio::spawn(connection::run(
             opts,
             learner,
             |_| {},
@@ -92,7 +92,7 @@ async fn three_specialists_beat_each_alone() {
         let mut l = MlpLearner::for_digits(SPEC, spec, &cfg.specialties, settings(spec)).unwrap();
         let mut w = SPEC.init_weights(42);
         for v in 0..40 {
-            w = kernal::trainer::Learner::train(&mut l, &w, v)
+            w = kernal_client::Learner::train(&mut l, &w, v)
                 .unwrap()
                 .weights;
         }
@@ -348,7 +348,7 @@ async fn custom_trainer_example_joins_the_hub() {
         .join("custom_trainer");
     assert!(
         exe.exists(),
-        "cargo test builds examples: {}",
+        "`cargo test` builds the workspace's examples (alone: cargo build -p kernal-client --examples): {}",
         exe.display()
     );
     let out = Command::new(&exe)

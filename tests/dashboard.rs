@@ -14,9 +14,9 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use futures_util::StreamExt;
-use kernal::trainer::client::{self, ClientOptions};
-use kernal::trainer::net::{MlpSpec, TrainSettings};
-use kernal::trainer::{EvalReport, Learner, MlpLearner, Trained};
+use kernal::model::{MlpSpec, TrainSettings};
+use kernal_client::connection::{self, ClientOptions};
+use kernal_client::{EvalReport, Learner, MlpLearner, Trained};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -211,7 +211,7 @@ async fn dashboard_updates_live_in_a_real_browser() {
         .unwrap();
         let mut o = ClientOptions::new(&hub.hub.ws_url(), name, s, "tok");
         o.max_versions = Some(30);
-        tasks.push(tokio::spawn(client::run(
+        tasks.push(tokio::spawn(connection::run(
             o,
             Slow(l),
             |_| {},
@@ -332,7 +332,7 @@ async fn fifty_trainers_feed_is_batched() {
             }
         }
     });
-    let layout = kernal::trainer::net::MlpSpec {
+    let layout = kernal::model::MlpSpec {
         inputs: 8,
         hidden: 8,
         classes: 2,

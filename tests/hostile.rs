@@ -1230,8 +1230,8 @@ async fn a_trainer_trains_over_tls_with_a_generated_certificate() {
         c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(1);
     });
     assert!(hub.url().starts_with("https://"));
-    let tls = kernal::trainer::tls::client_config(Some(&cert_pem)).unwrap();
-    let http = kernal::trainer::tls::http_client(&tls, None).unwrap();
+    let tls = kernal_client::tls::client_config(Some(&cert_pem)).unwrap();
+    let http = kernal_client::tls::http_client(&tls, None).unwrap();
     let h: Value = http
         .get(format!("{}/healthz", hub.url()))
         .send()
@@ -1241,24 +1241,24 @@ async fn a_trainer_trains_over_tls_with_a_generated_certificate() {
         .await
         .unwrap();
     assert_eq!(h["status"], "ok");
-    let untrusted = kernal::trainer::tls::client_config(None).unwrap();
-    let plain = kernal::trainer::tls::http_client(&untrusted, None).unwrap();
+    let untrusted = kernal_client::tls::client_config(None).unwrap();
+    let plain = kernal_client::tls::http_client(&untrusted, None).unwrap();
     assert!(plain
         .get(format!("{}/healthz", hub.url()))
         .send()
         .await
         .is_err());
 
-    let spec = kernal::trainer::net::MlpSpec {
+    let spec = kernal::model::MlpSpec {
         inputs: 64,
         hidden: 64,
         classes: 10,
     };
-    let learner = kernal::trainer::MlpLearner::for_digits(
+    let learner = kernal_client::MlpLearner::for_digits(
         spec,
         "networking",
         &kernal::Config::builtin().specialties,
-        kernal::trainer::net::TrainSettings {
+        kernal::model::TrainSettings {
             epochs: 1,
             lr: 0.1,
             batch_size: 32,
@@ -1266,7 +1266,7 @@ async fn a_trainer_trains_over_tls_with_a_generated_certificate() {
         },
     )
     .unwrap();
-    let mut opts = kernal::trainer::client::ClientOptions::new(
+    let mut opts = kernal_client::connection::ClientOptions::new(
         &hub.hub.ws_url(),
         "tls-trainer",
         "networking",
@@ -1275,7 +1275,7 @@ async fn a_trainer_trains_over_tls_with_a_generated_certificate() {
     opts.tls = Some(tls);
     opts.max_versions = Some(2);
     opts.reconnect = false;
-    let summary = kernal::trainer::client::run(opts, learner, |_| {}, std::future::pending())
+    let summary = kernal_client::connection::run(opts, learner, |_| {}, std::future::pending())
         .await
         .expect("trains over TLS");
     assert!(summary.acked >= 2, "{summary:?}");

@@ -315,7 +315,7 @@ async fn the_hub_scores_every_version_on_an_attached_evaluation_set() {
 
     // An update and an eval report: version 1 is scored too, and the
     // trainers' reports of version 0 are pooled.
-    let layout = kernal::trainer::net::MlpSpec {
+    let layout = kernal::model::MlpSpec {
         inputs: 2,
         hidden: 4,
         classes: 2,

@@ -19,10 +19,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kernal::trainer::client::{self, ClientOptions};
-use kernal::trainer::data;
-use kernal::trainer::net::{MlpSpec, TrainSettings};
-use kernal::trainer::MlpLearner;
+use kernal::data;
+use kernal::model::{MlpSpec, TrainSettings};
+use kernal_client::connection::{self, ClientOptions};
+use kernal_client::MlpLearner;
 use serde_json::{json, Value};
 
 fn repo() -> &'static Path {
@@ -234,7 +234,12 @@ async fn python_and_rust_trainers_improve_one_model() {
     let mut opts = ClientOptions::new(&ws, "rust_ref", "class-2", "tok");
     opts.model = "wine".into();
     opts.max_versions = Some(6);
-    let rust = tokio::spawn(client::run(opts, learner, |_| {}, std::future::pending()));
+    let rust = tokio::spawn(connection::run(
+        opts,
+        learner,
+        |_| {},
+        std::future::pending(),
+    ));
 
     let (np_events, th_events) =
         tokio::task::spawn_blocking(move || (np.finish(deadline), th.map(|t| t.finish(deadline))))

@@ -17,12 +17,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::data;
 use crate::hub::child::ChildHub;
+use crate::model::{MlpSpec, TrainSettings};
 use crate::protocol::ModelLayout;
-use crate::trainer::client::{self, Behaviour, ClientOptions, Summary};
-use crate::trainer::data;
-use crate::trainer::net::{MlpSpec, TrainSettings};
-use crate::trainer::MlpLearner;
+use kernal_client::connection::{self, Behaviour, ClientOptions, Summary};
+use kernal_client::MlpLearner;
 use scenario::{Scenario, ScenarioError};
 
 #[derive(Debug, Clone, Default)]
@@ -193,7 +193,7 @@ fn plan(sc: &Scenario, seed: u64) -> Vec<(u64, Option<u64>)> {
 
 struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<Summary, client::ClientError>>,
+    task: tokio::task::JoinHandle<Result<Summary, connection::ClientError>>,
 }
 
 /// Runs the scenario once against `hub_url` and evaluates the final model.
@@ -419,7 +419,7 @@ async fn run_once(
 ) -> Result<RunOutcome, HarnessError> {
     let (bar, label, tls) = (ctx.bar, ctx.label.as_str(), ctx.tls);
     let http =
-        crate::trainer::tls::http_client(tls, Some(Duration::from_secs(30))).map_err(run_err)?;
+        kernal_client::tls::http_client(tls, Some(Duration::from_secs(30))).map_err(run_err)?;
     wait_healthy(&http, hub_url, Duration::from_secs(60)).await?;
     let cfg = Config::builtin();
     let model = sc.hub.model.clone();
@@ -484,7 +484,7 @@ async fn run_once(
                 opts.compression = t.compression;
                 opts.max_backoff = Duration::from_secs(2);
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                let task = tokio::spawn(client::run(opts, learner, |_| {}, async move {
+                let task = tokio::spawn(connection::run(opts, learner, |_| {}, async move {
                     let _ = rx.await;
                 }));
                 running.insert(
@@ -805,7 +805,7 @@ fn solo_accuracy(
         .map_err(HarnessError::Run)?;
     let mut w = spec.init_weights(42);
     for v in 0..rounds {
-        w = crate::trainer::Learner::train(&mut l, &w, v)
+        w = kernal_client::Learner::train(&mut l, &w, v)
             .map_err(HarnessError::Run)?
             .weights;
     }
@@ -836,7 +836,7 @@ fn crit(
 pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     let (sc, name, path) = scenario::load(&args.scenario)?;
     let seed = args.seed.unwrap_or(sc.seed);
-    let tls = crate::trainer::tls::client_config(args.ca.as_deref()).map_err(run_err)?;
+    let tls = kernal_client::tls::client_config(args.ca.as_deref()).map_err(run_err)?;
     let started_at = crate::db::now();
     let mut notes = Vec::new();
     let bar = if args.progress {
@@ -858,7 +858,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
                 ));
             }
             notes.push("ran against an existing hub: the scenario's [hub] settings were not applied; the hub's own are in force".into());
-            (client::http_url(u), args.admin_token.clone())
+            (connection::http_url(u), args.admin_token.clone())
         }
         None => {
             let h = start_own_hub(&sc, None)?;
@@ -1122,7 +1122,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         }
     }
     // Regression against the last passing run recorded on the same hub.
-    let http = crate::trainer::tls::http_client(&tls, None).map_err(run_err)?;
+    let http = kernal_client::tls::http_client(&tls, None).map_err(run_err)?;
     if let Ok(v) = get_json(
         &http,
         &format!("{hub_url}/v1/harness/runs?scenario={name}&limit=100"),

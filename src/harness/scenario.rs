@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
-use crate::trainer::client::{Behaviour, Compression};
+use kernal_client::connection::{Behaviour, Compression};
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
 /// from any directory. A file in `config/scenarios/` of the working directory

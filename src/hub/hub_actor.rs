@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::aggregation::AggregationSettings;
 use crate::config::Config;
+use crate::data::Dataset;
 use crate::db::{BlobStore, DbPool};
 use crate::db::{EvalRow, InsertOutcome, ModelRow, NewHarnessRun, TrainerRow};
 use crate::error::DbError;
@@ -22,11 +23,10 @@ use crate::hub::state::{
     self, Accumulator, Admission, Arrival, Buffered, Fold, FoldInput, ModelState, NormState,
     Poisoned, TrainerInfo, Waiting,
 };
+use crate::model::Evaluation;
 use crate::protocol::{
     ErrorCode, FeatureStats, ModelLayout, Normalisation, ServerMessage, TensorSpec,
 };
-use crate::trainer::data::Dataset;
-use crate::trainer::net::Evaluation;
 
 pub type Refusal = (ErrorCode, String);
 
@@ -1891,7 +1891,7 @@ impl Handler<SetEvalset> for Hub {
                 format!("no model named `{}`", m.model.escape_default()),
             ))));
         };
-        let Some(spec) = crate::trainer::net::MlpSpec::from_layout(&model.layout) else {
+        let Some(spec) = crate::model::MlpSpec::from_layout(&model.layout) else {
             return Box::pin(fut::ready(Err((
                 ErrorCode::BadRequest,
                 format!(

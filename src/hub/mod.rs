@@ -28,8 +28,8 @@ use bytes::Bytes;
 use crate::config::{CliOverrides, Config};
 use crate::db;
 use crate::error::DbError;
+use crate::model::MlpSpec;
 use crate::protocol::{ErrorCode, ModelLayout};
-use crate::trainer::net::MlpSpec;
 use hub_actor::Hub;
 use metrics::MetricsAggregator;
 use persister::Persister;
@@ -281,7 +281,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         let encoded = layout
             .encode(&weights, Some(&meta))
             .map_err(|e| HubError::Other(e.to_string()))?;
-        let split = crate::trainer::data::digits_split().ok();
+        let split = crate::data::digits_split().ok();
         let eval =
             state::evaluate_builtin(&layout, &weights, split.as_ref().map(|s| &s.test), None);
         let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
@@ -361,7 +361,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         }
         if let Some(csv) = &row.evalset {
             st.evalset = Some(std::sync::Arc::new(
-                crate::trainer::data::parse_dataset(csv, "stored evaluation set")
+                crate::data::parse_dataset(csv, "stored evaluation set")
                     .map_err(|e| corrupt(e.to_string()))?,
             ));
         }
@@ -462,9 +462,7 @@ pub async fn start_hub(
         );
     }
     let token = admin_token(&cfg)?;
-    let test_data = crate::trainer::data::digits_split()
-        .ok()
-        .map(|s| Arc::new(s.test));
+    let test_data = crate::data::digits_split().ok().map(|s| Arc::new(s.test));
 
     // Actors start once, here, outside the per-worker server closure.
     let aggregator = MetricsAggregator::default();

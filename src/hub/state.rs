@@ -13,8 +13,8 @@ use crate::aggregation::{
     self, AggregateReport, AggregationSettings, Contribution, RoundClock, RoundDecision,
     ServerState,
 };
+use crate::model::{Evaluation, MlpSpec};
 use crate::protocol::{ErrorCode, ModelLayout, Normalisation, NormalisationState, StatsPool};
-use crate::trainer::net::{Evaluation, MlpSpec};
 
 /// An accepted, durable update waiting in a model's buffer.
 #[derive(Debug, Clone)]
@@ -118,7 +118,7 @@ pub struct ModelState {
     /// freezes `round_timeout_secs` later if nothing froze it before.
     pub norm_since: Option<Instant>,
     /// The held-out evaluation set an administrator attached (raw features).
-    pub evalset: Option<Arc<crate::trainer::data::Dataset>>,
+    pub evalset: Option<Arc<crate::data::Dataset>>,
 }
 
 /// A model's input normalisation as the hub keeps (and stores) it.
@@ -643,7 +643,7 @@ pub fn compute_fold(input: FoldInput) -> Fold {
 pub fn evaluate_builtin(
     layout: &ModelLayout,
     weights: &[f32],
-    test: Option<&crate::trainer::data::Dataset>,
+    test: Option<&crate::data::Dataset>,
     norm: Option<&Normalisation>,
 ) -> Option<Evaluation> {
     let spec = MlpSpec::from_layout(layout)?;
@@ -666,7 +666,7 @@ pub fn evaluate_builtin(
 pub fn evaluate_evalset(
     layout: &ModelLayout,
     weights: &[f32],
-    evalset: &crate::trainer::data::Dataset,
+    evalset: &crate::data::Dataset,
     norm: Option<&Normalisation>,
 ) -> Option<Evaluation> {
     let spec = MlpSpec::from_layout(layout)?;

@@ -7,7 +7,7 @@ use super::HubError;
 
 /// The server configuration from a PEM certificate chain and its key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, HubError> {
-    let certs = crate::trainer::tls::load_certs(cert)
+    let certs = kernal_core::pem::load_certs(cert)
         .map_err(|e| HubError::Other(format!("hub.tls_cert: {e}")))?;
     let f = std::fs::File::open(key)
         .map_err(|e| HubError::Other(format!("hub.tls_key: {}: {e}", key.display())))?;
@@ -19,7 +19,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Hu
                 key.display()
             ))
         })?;
-    rustls::ServerConfig::builder_with_provider(crate::trainer::tls::provider())
+    rustls::ServerConfig::builder_with_provider(kernal_core::pem::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| HubError::Other(format!("TLS: {e}")))?
         .with_no_client_auth()

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::client::{self, ClientEvent, ClientOptions, Compression};
-use super::data;
-use super::net::{MlpSpec, TrainSettings};
-use super::MlpLearner;
 use crate::config::Config;
+use crate::data;
+use crate::model::{MlpSpec, TrainSettings};
 use crate::protocol::ModelLayout;
+use kernal_client::connection::{self, ClientEvent, ClientOptions, Compression};
+use kernal_client::MlpLearner;
 
 #[derive(Debug, Clone)]
 pub struct TrainerArgs {
@@ -38,7 +38,7 @@ pub enum TrainerCliError {
     #[error("{0}")]
     Shape(String),
     #[error(transparent)]
-    Client(#[from] client::ClientError),
+    Client(#[from] connection::ClientError),
     #[error("{0}")]
     Other(String),
 }
@@ -48,7 +48,7 @@ impl TrainerCliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             TrainerCliError::Data(_) | TrainerCliError::Shape(_) => 2,
-            TrainerCliError::Client(client::ClientError::Refused { .. }) => 2,
+            TrainerCliError::Client(connection::ClientError::Refused { .. }) => 2,
             _ => 1,
         }
     }
@@ -60,8 +60,8 @@ async fn fetch_layout(
     model: &str,
     tls: &std::sync::Arc<rustls::ClientConfig>,
 ) -> Result<ModelLayout, TrainerCliError> {
-    let url = format!("{}/v1/models/{}", client::http_url(hub), model);
-    let http = super::tls::http_client(tls, Some(Duration::from_secs(10)))
+    let url = format!("{}/v1/models/{}", connection::http_url(hub), model);
+    let http = kernal_client::tls::http_client(tls, Some(Duration::from_secs(10)))
         .map_err(TrainerCliError::Other)?;
     let mut wait = 0.25f64;
     for attempt in 0..40 {
@@ -100,8 +100,9 @@ async fn fetch_layout(
     )))
 }
 
-pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, TrainerCliError> {
-    let tls = super::tls::client_config(args.ca.as_deref()).map_err(TrainerCliError::Data)?;
+pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary, TrainerCliError> {
+    let tls =
+        kernal_client::tls::client_config(args.ca.as_deref()).map_err(TrainerCliError::Data)?;
     let layout = fetch_layout(&args.hub, &args.model, &tls).await?;
     let spec = MlpSpec::from_layout(&layout).ok_or_else(|| {
         TrainerCliError::Shape(format!(
@@ -192,7 +193,7 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<client::Summary, Tra
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    Ok(client::run(opts, learner, on_event, stop).await?)
+    Ok(connection::run(opts, learner, on_event, stop).await?)
 }
 
 /// The human status line: version, local loss, own-specialty and global accuracy.

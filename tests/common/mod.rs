@@ -263,7 +263,7 @@ impl Raw {
 
 /// The digits model's layout (as the built-in config declares it).
 pub fn digits_layout() -> ModelLayout {
-    kernal::trainer::net::MlpSpec {
+    kernal::model::MlpSpec {
         inputs: 64,
         hidden: 64,
         classes: 10,

@@ -99,12 +99,11 @@ pub async fn put_evalset(
     let body = read_body(&req, payload, EVALSET_LIMIT).await?;
     let csv = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the evaluation set is not UTF-8 text"))?;
-    let (csv, data) = web::block(move || {
-        crate::trainer::data::parse_dataset(&csv, "evaluation set").map(|d| (csv, d))
-    })
-    .await
-    .map_err(|e| ApiError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (csv, data) =
+        web::block(move || crate::data::parse_dataset(&csv, "evaluation set").map(|d| (csv, d)))
+            .await
+            .map_err(|e| ApiError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (rows, features) = (data.len(), data.dim);
     st.hub
         .send(hub_actor::SetEvalset {

@@ -13,8 +13,8 @@ use crate::db::{self, DbPool, EvalRow};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor::{self, ModelStatus, RolledBack};
 use crate::hub::state::{NormState, Waiting};
+use crate::model::MlpSpec;
 use crate::protocol::{ErrorCode, ModelLayout, Normalisation, StatsPool};
-use crate::trainer::net::MlpSpec;
 
 /// One line of `GET /v1/models`.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -11,17 +11,17 @@ use rand::SeedableRng;
 
 /// UCI "Optical Recognition of Handwritten Digits" (E. Alpaydin, C. Kaynak,
 /// 1998; CC BY 4.0): 1797 rows of 64 pixel counts (0..16) and a label.
-static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
+static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../data/digits.csv.gz");
 
 /// Public tabular data sets shipped for the harness (see the README's
 /// "Data and credit"): UCI Wine (178 rows, 13 features, 3 classes) and UCI
 /// Breast Cancer Wisconsin (Diagnostic) (569 rows, 30 features, 2 classes),
 /// both CC BY 4.0, with a header row.
 pub const BUILTIN_CSV: &[(&str, &str)] = &[
-    ("wine", include_str!("../../data/wine.csv")),
+    ("wine", include_str!("../../../data/wine.csv")),
     (
         "breast_cancer",
-        include_str!("../../data/breast_cancer.csv"),
+        include_str!("../../../data/breast_cancer.csv"),
     ),
 ];
 

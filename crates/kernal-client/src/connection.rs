@@ -13,11 +13,11 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{EvalReport, Learner, Trained};
 use crate::protocol::{
     ClientMessage, ErrorCode, ModelLayout, Normalisation, NormalisationState, ServerMessage,
     TRAINER_WS_PATH,
 };
+use crate::{EvalReport, Learner, Trained};
 
 /// How a trainer behaves: honest, or one of the faults the harness injects.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
@@ -344,7 +344,7 @@ async fn connect(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<W
     let connector = if url.starts_with("wss://") {
         let tls = match tls {
             Some(t) => t.clone(),
-            None => super::tls::client_config(None)?,
+            None => crate::tls::client_config(None)?,
         };
         Some(tokio_tungstenite::Connector::Rustls(tls))
     } else {

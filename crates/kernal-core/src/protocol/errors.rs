@@ -227,7 +227,7 @@ mod tests {
     /// The protocol page lists exactly the declared codes, as generated.
     #[test]
     fn protocol_page_lists_exactly_the_declared_codes() {
-        let page = include_str!("../../docs/PROTOCOL.md");
+        let page = include_str!("../../../../docs/PROTOCOL.md");
         let table = markdown_table();
         assert!(
             page.contains(&table),

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ErrorCode;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<usize>,

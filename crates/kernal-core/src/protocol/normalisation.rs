@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Whether the hub is still collecting statistics or has fixed them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NormalisationState {
     /// Trainers should send `stats` and wait for a `normalisation` message.
@@ -21,7 +22,8 @@ pub enum NormalisationState {
 
 /// A model's input normalisation as trainers receive it (in `welcome` and in
 /// the `normalisation` message) and as `GET /v1/models/{m}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Normalisation {
     pub state: NormalisationState,
     /// Number of input features.

@@ -7,7 +7,7 @@ use candle_nn::{Linear, Module, Optimizer};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::data::Dataset;
+use crate::data::Dataset;
 use crate::protocol::ModelLayout;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +230,7 @@ impl MlpSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trainer::data;
+    use crate::data;
 
     #[test]
     fn central_training_learns_digits() {

@@ -8,11 +8,11 @@
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{Linear, Module, Optimizer};
-use kernal::protocol::ModelLayout;
-use kernal::trainer::client::{self, ClientOptions};
-use kernal::trainer::data::{self, Dataset};
-use kernal::trainer::net::MlpSpec;
-use kernal::trainer::{EvalReport, Learner, Trained};
+use kernal_client::connection::{self, ClientOptions};
+use kernal_client::data::{self, Dataset};
+use kernal_client::model::MlpSpec;
+use kernal_client::protocol::ModelLayout;
+use kernal_client::{EvalReport, Learner, Trained};
 
 struct AdamLearner {
     spec: MlpSpec,
@@ -129,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut opts = ClientOptions::new(&hub, &name, "all-digits", &token);
     opts.max_versions = Some(versions);
-    let summary = client::run(
+    let summary = connection::run(
         opts,
         learner,
         |e| println!("{}", serde_json::to_string(e).unwrap_or_default()),
