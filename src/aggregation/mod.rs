@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Refusal};
 pub use settings::{AggregationOverrides, AggregationSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -247,20 +247,16 @@ pub fn streams(strategy: Strategy) -> bool {
 
 /// Checks an update's base version against the model's current version.
 /// Returns its staleness, or the refusal.
-pub fn check_staleness(
-    current: u64,
-    base: u64,
-    max_staleness: u64,
-) -> Result<u64, (ErrorCode, String)> {
+pub fn check_staleness(current: u64, base: u64, max_staleness: u64) -> Result<u64, Refusal> {
     if base > current {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::FutureBaseVersion,
             format!("base_version {base} is ahead of the current version {current}"),
         ));
     }
     let staleness = current - base;
     if staleness > max_staleness {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::StaleUpdate,
             format!(
                 "update is {staleness} versions old (base {base}, current {current}); the limit is {max_staleness}"
@@ -442,11 +438,11 @@ mod tests {
         assert_eq!(check_staleness(5, 5, 2), Ok(0));
         assert_eq!(check_staleness(5, 3, 2), Ok(2));
         assert_eq!(
-            check_staleness(5, 2, 2).unwrap_err().0,
+            check_staleness(5, 2, 2).unwrap_err().code,
             ErrorCode::StaleUpdate
         );
         assert_eq!(
-            check_staleness(5, 6, 2).unwrap_err().0,
+            check_staleness(5, 6, 2).unwrap_err().code,
             ErrorCode::FutureBaseVersion
         );
     }

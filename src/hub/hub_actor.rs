@@ -28,7 +28,7 @@ use crate::protocol::{
     ErrorCode, FeatureStats, ModelLayout, Normalisation, ServerMessage, TensorSpec,
 };
 
-pub type Refusal = (ErrorCode, String);
+pub use crate::protocol::Refusal;
 
 /// Messages the Hub sends to a trainer session.
 #[derive(Message, Clone)]
@@ -693,10 +693,13 @@ impl Handler<Hello> for Hub {
     type Result = Result<Admission, Refusal>;
     fn handle(&mut self, m: Hello, _: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err((ErrorCode::ShuttingDown, "the hub is shutting down".into()));
+            return Err(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the hub is shutting down".into(),
+            ));
         }
         if !self.models.contains_key(&m.model) {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::UnknownModel,
                 format!(
                     "model `{}` does not exist on this hub (models: {})",
@@ -711,8 +714,8 @@ impl Handler<Hello> for Hub {
                 .get(&m.model)
                 .is_some_and(|x| x.norm != NormState::Off)
         {
-            return Err((
-                ErrorCode::ProtocolVersion,
+            return Err(Refusal::new(
+ErrorCode::ProtocolVersion,
                 format!(
                     "model `{}` normalises its inputs, which needs protocol {} (this trainer speaks {}); upgrade the trainer",
                     m.model,
@@ -761,7 +764,7 @@ impl Handler<Join> for Hub {
         let registered = m.new_hash.is_some();
         if let Some(hash) = &m.new_hash {
             if self.trainers.contains_key(&m.name) {
-                return Box::pin(fut::ready(Err((
+                return Box::pin(fut::ready(Err(Refusal::new(
                     ErrorCode::BadToken,
                     format!(
                         "trainer `{}` was registered concurrently; connect again",
@@ -783,7 +786,7 @@ impl Handler<Join> for Hub {
             .map(|t| t.revoked)
             .unwrap_or(true)
         {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::Revoked,
                 format!("trainer `{}` has been revoked", m.name),
             ))));
@@ -823,12 +826,12 @@ impl Handler<Join> for Hub {
                 if registered {
                     act.trainers.remove(&m.name);
                 }
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::Internal,
                     format!("could not record the session: {e}"),
                 ));
             }
-            let model = act.models.get(&m.model).ok_or((
+            let model = act.models.get(&m.model).ok_or(Refusal::new(
                 ErrorCode::UnknownModel,
                 format!("model `{}` is gone", m.model),
             ))?;
@@ -973,9 +976,9 @@ impl Handler<SubmitUpdate> for Hub {
             .unwrap_or(false);
         if !current || self.stopping {
             let err = if self.stopping {
-                (ErrorCode::ShuttingDown, "the hub is shutting down; the update was not accepted, send it again after reconnecting".to_string())
+                Refusal::new(ErrorCode::ShuttingDown, "the hub is shutting down; the update was not accepted, send it again after reconnecting".to_string())
             } else {
-                (
+                Refusal::new(
                     ErrorCode::Replaced,
                     "this connection was replaced; the update was not accepted".to_string(),
                 )
@@ -985,7 +988,7 @@ impl Handler<SubmitUpdate> for Hub {
         }
         let Some(m) = self.models.get(&u.model) else {
             self.drop_blob(&u.payload_file);
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::UnknownModel,
                 format!("model `{}` does not exist", u.model),
             ))));
@@ -996,10 +999,10 @@ impl Handler<SubmitUpdate> for Hub {
             .and_then(|_| m.check_base(u.base_version));
         let staleness = match check {
             Ok(s) => s,
-            Err((code, message)) => {
+            Err(Refusal { code, message }) => {
                 self.drop_blob(&u.payload_file);
                 self.refuse(rec, code, message.clone());
-                return Box::pin(fut::ready(Err((code, message))));
+                return Box::pin(fut::ready(Err(Refusal { code, message })));
             }
         };
         rec.staleness = staleness;
@@ -1016,13 +1019,16 @@ impl Handler<SubmitUpdate> for Hub {
                 Ok(Ok(o)) => o,
                 Ok(Err(e)) => {
                     log::error!("could not persist update: {e}");
-                    return Err((
+                    return Err(Refusal::new(
                         ErrorCode::Internal,
                         format!("the update could not be stored: {e}"),
                     ));
                 }
                 Err(e) => {
-                    return Err((ErrorCode::ShuttingDown, format!("the hub is stopping: {e}")))
+                    return Err(Refusal::new(
+                        ErrorCode::ShuttingDown,
+                        format!("the hub is stopping: {e}"),
+                    ))
                 }
             };
             match outcome {
@@ -1145,10 +1151,13 @@ impl Handler<SubmitEval> for Hub {
     type Result = Result<(), Refusal>;
     fn handle(&mut self, e: SubmitEval, _: &mut Self::Context) -> Self::Result {
         let Some(m) = self.models.get(&e.model) else {
-            return Err((ErrorCode::UnknownModel, format!("no model `{}`", e.model)));
+            return Err(Refusal::new(
+                ErrorCode::UnknownModel,
+                format!("no model `{}`", e.model),
+            ));
         };
         if e.version > m.version {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::BadEval,
                 format!(
                     "version {} of `{}` does not exist yet (current: {})",
@@ -1158,7 +1167,7 @@ impl Handler<SubmitEval> for Hub {
         }
         if let Some(n) = e.num_examples {
             if n > m.settings.max_num_examples {
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::BadEval,
                     format!(
                         "num_examples {n} is above this model's limit of {}",
@@ -1222,7 +1231,9 @@ pub struct RolledBack {
 impl Handler<Rollback> for Hub {
     type Result = ResponseActFuture<Self, Result<RolledBack, Refusal>>;
     fn handle(&mut self, r: Rollback, _: &mut Self::Context) -> Self::Result {
-        let refuse = |code, msg: String| -> Self::Result { Box::pin(fut::ready(Err((code, msg)))) };
+        let refuse = |code, msg: String| -> Self::Result {
+            Box::pin(fut::ready(Err(Refusal::new(code, msg))))
+        };
         if self.stopping {
             return refuse(ErrorCode::ShuttingDown, "the hub is shutting down".into());
         }
@@ -1282,7 +1293,7 @@ impl Handler<Rollback> for Hub {
             let built = match job {
                 Ok(Ok(b)) => b,
                 Ok(Err((e, updates))) => return Err((e, Some((updates, None)))),
-                Err(e) => return Err(((ErrorCode::Internal, e.to_string()), None)),
+                Err(e) => return Err((Refusal::new(ErrorCode::Internal, e.to_string()), None)),
             };
             let RollbackBuilt {
                 weights,
@@ -1317,14 +1328,20 @@ impl Handler<Rollback> for Hub {
             let restore = (kept, acc);
             match persister.send(commit).await {
                 Ok(Ok(())) => Ok((weights, encoded, metrics, restore, refused)),
-                Ok(Err(e)) => Err(((ErrorCode::Internal, e.to_string()), Some(restore))),
-                Err(e) => Err(((ErrorCode::ShuttingDown, e.to_string()), Some(restore))),
+                Ok(Err(e)) => Err((
+                    Refusal::new(ErrorCode::Internal, e.to_string()),
+                    Some(restore),
+                )),
+                Err(e) => Err((
+                    Refusal::new(ErrorCode::ShuttingDown, e.to_string()),
+                    Some(restore),
+                )),
             }
         };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             let now = Instant::now();
             let Some(m) = act.models.get_mut(&r.model) else {
-                return Err((ErrorCode::UnknownModel, "the model is gone".into()));
+                return Err(Refusal::new(ErrorCode::UnknownModel, "the model is gone".into()));
             };
             match res {
                 Ok((weights, encoded, metrics, (kept, acc), refused)) => {
@@ -1412,18 +1429,18 @@ fn build_rollback(
     let weights = (|| {
         let mut conn = pool
             .get()
-            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         let bytes = crate::db::get_weights(&mut conn, blobs, model, to as i64)
-            .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
             .ok_or_else(|| {
-                (
+                Refusal::new(
                     ErrorCode::NotFound,
                     format!("`{model}` has no version {to}"),
                 )
             })?;
         if bytes.is_empty() {
-            return Err((
-                ErrorCode::WeightsPruned,
+            return Err(Refusal::new(
+ErrorCode::WeightsPruned,
                 format!(
                     "the weights of version {to} of `{model}` were dropped (hub.keep_weights_versions); roll back to a kept one"
                 ),
@@ -1431,7 +1448,7 @@ fn build_rollback(
         }
         layout
             .decode(&bytes)
-            .map_err(|e| (ErrorCode::Internal, format!("version {to}: {e}")))
+            .map_err(|e| Refusal::new(ErrorCode::Internal, format!("version {to}: {e}")))
     })();
     let weights = match weights {
         Ok(w) => w,
@@ -1450,7 +1467,10 @@ fn build_rollback(
             state::stream_into(a, layout, &settings, b, &p).map_err(|e| e.to_string())
         });
         if let Err(e) = streamed {
-            return Err(((ErrorCode::Internal, e), [kept, refused].concat()));
+            return Err((
+                Refusal::new(ErrorCode::Internal, e),
+                [kept, refused].concat(),
+            ));
         }
     }
     let eval = state::evaluate_builtin(layout, &weights, test, norm);
@@ -1477,7 +1497,10 @@ fn build_rollback(
             refused,
             acc,
         }),
-        Err(e) => Err(((ErrorCode::Internal, e), [kept, refused].concat())),
+        Err(e) => Err((
+            Refusal::new(ErrorCode::Internal, e),
+            [kept, refused].concat(),
+        )),
     }
 }
 
@@ -1492,7 +1515,7 @@ impl Handler<Unrevoke> for Hub {
     type Result = ResponseActFuture<Self, Result<bool, Refusal>>;
     fn handle(&mut self, m: Unrevoke, _: &mut Self::Context) -> Self::Result {
         let Some(t) = self.trainers.get_mut(&m.name) else {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::UnknownTrainer,
                 format!("no trainer named `{}`", m.name),
             ))));
@@ -1512,8 +1535,8 @@ impl Handler<Unrevoke> for Hub {
             .into_actor(self)
             .map(|res, _, _| match res {
                 Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
-                Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+                Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
             }),
         )
     }
@@ -1536,7 +1559,7 @@ impl Handler<Revoke> for Hub {
             None => false,
         };
         if !known {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::UnknownTrainer,
                 format!("no trainer named `{}`", m.name),
             ))));
@@ -1561,8 +1584,8 @@ impl Handler<Revoke> for Hub {
             .into_actor(self)
             .map(|res, _, _| match res {
                 Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
-                Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+                Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
             }),
         )
     }
@@ -1584,13 +1607,13 @@ impl Handler<CreateModel> for Hub {
     type Result = ResponseActFuture<Self, Result<u64, Refusal>>;
     fn handle(&mut self, m: CreateModel, _: &mut Self::Context) -> Self::Result {
         if self.models.contains_key(&m.name) {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::Conflict,
                 format!("model `{}` already exists", m.name),
             ))));
         }
         if self.models.len() >= self.cfg.hub.max_models {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::Conflict,
                 format!(
                     "the hub already serves {} models (hub.max_models)",
@@ -1600,7 +1623,7 @@ impl Handler<CreateModel> for Hub {
         }
         let settings = self.cfg.aggregation_settings(&m.overrides);
         if let Err(e) = settings.validate() {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!("aggregation.{e}"),
             ))));
@@ -1609,7 +1632,7 @@ impl Handler<CreateModel> for Hub {
         meta.insert("version".to_string(), "0".to_string());
         let encoded = match m.layout.encode(&m.weights, Some(&meta)) {
             Ok(b) => Bytes::from(b),
-            Err(e) => return Box::pin(fut::ready(Err((e.code, e.message)))),
+            Err(e) => return Box::pin(fut::ready(Err(Refusal::new(e.code, e.message)))),
         };
         let row = ModelRow {
             name: m.name.clone(),
@@ -1659,11 +1682,11 @@ impl Handler<CreateModel> for Hub {
                     }
                     Ok(Err(e)) => {
                         act.models.remove(&name);
-                        Err((ErrorCode::Internal, e.to_string()))
+                        Err(Refusal::new(ErrorCode::Internal, e.to_string()))
                     }
                     Err(e) => {
                         act.models.remove(&name);
-                        Err((ErrorCode::ShuttingDown, e.to_string()))
+                        Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string()))
                     }
                 }),
         )
@@ -1692,8 +1715,8 @@ impl Handler<RecordHarnessRun> for Hub {
                         });
                         Ok(id)
                     }
-                    Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
-                    Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                    Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+                    Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
                 }),
         )
     }
@@ -1771,7 +1794,7 @@ impl Handler<SubmitStats> for Hub {
     type Result = ResponseActFuture<Self, Result<(usize, bool), Refusal>>;
     fn handle(&mut self, m: SubmitStats, _: &mut Self::Context) -> Self::Result {
         let Some(model) = self.models.get_mut(&m.model) else {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::UnknownModel,
                 format!("model `{}` is gone", m.model),
             ))));
@@ -1780,7 +1803,7 @@ impl Handler<SubmitStats> for Hub {
         let min_updates = model.settings.min_updates;
         let n = match &mut model.norm {
             NormState::Off => {
-                return Box::pin(fut::ready(Err((
+                return Box::pin(fut::ready(Err(Refusal::new(
                     ErrorCode::BadStats,
                     format!(
                         "model `{}` has no federated normalisation; it takes no statistics",
@@ -1796,7 +1819,7 @@ impl Handler<SubmitStats> for Hub {
             }
             NormState::Pooling { pool } => {
                 if let Err(e) = m.stats.validate(pool.features, max_count) {
-                    return Box::pin(fut::ready(Err((ErrorCode::BadStats, e))));
+                    return Box::pin(fut::ready(Err(Refusal::new(ErrorCode::BadStats, e))));
                 }
                 pool.add(&m.trainer, m.stats)
             }
@@ -1827,11 +1850,11 @@ impl Handler<SubmitStats> for Hub {
                             .is_some_and(|m| !matches!(m.norm, NormState::Pooling { .. }));
                         Ok((n, frozen))
                     }
-                    Ok(Err(e)) => Err((
+                    Ok(Err(e)) => Err(Refusal::new(
                         ErrorCode::Internal,
                         format!("could not store the statistics: {e}; send them again"),
                     )),
-                    Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                    Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
                 }),
         )
     }
@@ -1848,7 +1871,7 @@ impl Handler<FreezeNormalisation> for Hub {
     type Result = Result<Option<Normalisation>, Refusal>;
     fn handle(&mut self, m: FreezeNormalisation, _: &mut Self::Context) -> Self::Result {
         let model = self.models.get(&m.model).ok_or_else(|| {
-            (
+            Refusal::new(
                 ErrorCode::UnknownModel,
                 format!("no model named `{}`", m.model.escape_default()),
             )
@@ -1856,13 +1879,13 @@ impl Handler<FreezeNormalisation> for Hub {
         match &model.norm {
             NormState::Pooling { .. } => {}
             NormState::Off => {
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::Conflict,
                     format!("model `{}` has no federated normalisation", m.model),
                 ))
             }
             NormState::Frozen { .. } => {
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::Conflict,
                     format!("model `{}`'s normalisation is already frozen", m.model),
                 ))
@@ -1886,13 +1909,13 @@ impl Handler<SetEvalset> for Hub {
     type Result = ResponseActFuture<Self, Result<(), Refusal>>;
     fn handle(&mut self, m: SetEvalset, _: &mut Self::Context) -> Self::Result {
         let Some(model) = self.models.get(&m.model) else {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::UnknownModel,
                 format!("no model named `{}`", m.model.escape_default()),
             ))));
         };
         let Some(spec) = crate::model::MlpSpec::from_layout(&model.layout) else {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!(
                     "model `{}` is not an MLP the hub can run; only its trainers can evaluate it",
@@ -1901,7 +1924,7 @@ impl Handler<SetEvalset> for Hub {
             ))));
         };
         if spec.inputs != m.data.dim {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!(
                     "the evaluation set has {} features; model `{}` has {} inputs",
@@ -1910,7 +1933,7 @@ impl Handler<SetEvalset> for Hub {
             ))));
         }
         if let Some(l) = m.data.labels.iter().find(|l| **l as usize >= spec.classes) {
-            return Box::pin(fut::ready(Err((
+            return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!(
                     "the evaluation set has label {l}; model `{}` has classes 0 to {}",
@@ -1939,8 +1962,8 @@ impl Handler<SetEvalset> for Hub {
                         act.evaluate_later(&name, v, ctx);
                         Ok(())
                     }
-                    Ok(Err(e)) => Err((ErrorCode::Internal, e.to_string())),
-                    Err(e) => Err((ErrorCode::ShuttingDown, e.to_string())),
+                    Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+                    Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
                 }),
         )
     }

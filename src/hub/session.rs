@@ -39,7 +39,7 @@ pub struct SessionLimits {
     pub inflight_share: f64,
 }
 
-pub type Refusal = (ErrorCode, String);
+pub use crate::protocol::Refusal;
 
 // ---------------------------------------------------------------- plain logic
 
@@ -223,7 +223,7 @@ pub fn validate_eval(
     ] {
         if let Some(x) = v {
             if !(0.0..=1.0).contains(&x) {
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::BadEval,
                     format!("{name} must be between 0 and 1, not {x}"),
                 ));
@@ -232,7 +232,7 @@ pub fn validate_eval(
     }
     if let Some(l) = loss {
         if !(l.is_finite() && l >= 0.0) {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::BadEval,
                 format!("loss must be a finite number >= 0, not {l}"),
             ));
@@ -271,20 +271,23 @@ pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
         || h.update_id.len() > 128
         || h.update_id.chars().any(|c| c.is_control())
     {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::BadUpdateId,
             "update_id must be 1 to 128 printable characters".into(),
         ));
     }
     if h.num_examples == 0 {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::BadNumExamples,
             "num_examples is 0; an update must come from at least one example".into(),
         ));
     }
     if let Some(l) = h.loss {
         if !l.is_finite() {
-            return Err((ErrorCode::BadLoss, "loss must be a finite number".into()));
+            return Err(Refusal::new(
+                ErrorCode::BadLoss,
+                "loss must be a finite number".into(),
+            ));
         }
     }
     Ok(())
@@ -569,7 +572,7 @@ impl TrainerSession {
                     loss,
                 };
                 let previous = r.pending.take();
-                if let Err((code, message)) = validate_update_header(&h) {
+                if let Err(Refusal { code, message }) = validate_update_header(&h) {
                     self.hub.do_send(hub_actor::SessionRefusal {
                         trainer: r.name.clone(),
                         model: r.model.clone(),
@@ -609,7 +612,9 @@ impl TrainerSession {
                             Ok(Ok((trainers, frozen))) => {
                                 act.send(&ServerMessage::StatsReceived { trainers, frozen })
                             }
-                            Ok(Err((code, message))) => act.error(ctx, code, message, None),
+                            Ok(Err(Refusal { code, message })) => {
+                                act.error(ctx, code, message, None)
+                            }
                             Err(e) => act.error(
                                 ctx,
                                 ErrorCode::ShuttingDown,
@@ -629,7 +634,7 @@ impl TrainerSession {
                     num_examples,
                 },
             ) => {
-                if let Err((code, message)) =
+                if let Err(Refusal { code, message }) =
                     validate_eval(specialty_accuracy, global_accuracy, loss)
                 {
                     return self.error(ctx, code, message, None);
@@ -650,7 +655,9 @@ impl TrainerSession {
                         .into_actor(self)
                         .map(|res, act, ctx| match res {
                             Ok(Ok(())) => {}
-                            Ok(Err((code, message))) => act.error(ctx, code, message, None),
+                            Ok(Err(Refusal { code, message })) => {
+                                act.error(ctx, code, message, None)
+                            }
                             Err(e) => act.error(
                                 ctx,
                                 ErrorCode::ShuttingDown,
@@ -720,11 +727,11 @@ impl TrainerSession {
                     protocol,
                 })
                 .await
-                .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))??;
+                .map_err(|e| Refusal::new(ErrorCode::ShuttingDown, e.to_string()))??;
             let permit = TOKEN_CHECKS
                 .acquire()
                 .await
-                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
             let new_hash = match admission {
                 Admission::Verify { token_hash } => {
                     let ok = actix_web::rt::task::spawn_blocking(move || {
@@ -733,7 +740,7 @@ impl TrainerSession {
                     .await
                     .unwrap_or(false);
                     if !ok {
-                        return Err((
+                        return Err(Refusal::new(
                             ErrorCode::BadToken,
                             format!("wrong token for trainer `{}`", join.name),
                         ));
@@ -743,14 +750,14 @@ impl TrainerSession {
                 Admission::Register => Some(
                     actix_web::rt::task::spawn_blocking(move || hash_token(&token))
                         .await
-                        .map_err(|e| (ErrorCode::Internal, e.to_string()))?
-                        .map_err(|e| (ErrorCode::Internal, e))?,
+                        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+                        .map_err(|e| Refusal::new(ErrorCode::Internal, e))?,
                 ),
             };
             drop(permit);
             hub.send(hub_actor::Join { new_hash, ..join })
                 .await
-                .map_err(|e| (ErrorCode::ShuttingDown, e.to_string()))?
+                .map_err(|e| Refusal::new(ErrorCode::ShuttingDown, e.to_string()))?
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if matches!(act.phase, Phase::Closing) {
@@ -785,7 +792,7 @@ impl TrainerSession {
                         pending: None,
                     });
                 }
-                Err((code, message)) => {
+                Err(Refusal { code, message }) => {
                     act.phase = Phase::AwaitingHello;
                     let code = if code.is_fatal() {
                         code
@@ -877,7 +884,7 @@ impl TrainerSession {
                 match written {
                     Ok(name) => sub.payload_file = Some(name),
                     Err(e) => {
-                        return Ok(Err((
+                        return Ok(Err(Refusal::new(
                             ErrorCode::Internal,
                             format!("the update could not be stored: {e}"),
                         )));
@@ -896,7 +903,7 @@ impl TrainerSession {
                     status: a.status,
                 }),
                 // A refused update is this message's error, not the connection's.
-                Ok(Err((code, message))) => act.send(&ServerMessage::Error {
+                Ok(Err(Refusal { code, message })) => act.send(&ServerMessage::Error {
                     code,
                     message,
                     update_id: Some(update_id),
@@ -1096,7 +1103,7 @@ mod tests {
         assert!(validate_eval(Some(0.5), Some(1.0), Some(0.3)).is_ok());
         assert!(validate_eval(None, None, None).is_ok());
         assert_eq!(
-            validate_eval(Some(5.0), None, None).unwrap_err().0,
+            validate_eval(Some(5.0), None, None).unwrap_err().code,
             ErrorCode::BadEval
         );
         assert!(validate_eval(None, Some(-0.1), None).is_err());
@@ -1115,19 +1122,19 @@ mod tests {
         let mut h = ok.clone();
         h.num_examples = 0;
         assert_eq!(
-            validate_update_header(&h).unwrap_err().0,
+            validate_update_header(&h).unwrap_err().code,
             ErrorCode::BadNumExamples
         );
         let mut h = ok.clone();
         h.update_id = String::new();
         assert_eq!(
-            validate_update_header(&h).unwrap_err().0,
+            validate_update_header(&h).unwrap_err().code,
             ErrorCode::BadUpdateId
         );
         let mut h = ok;
         h.loss = Some(f64::NAN);
         assert_eq!(
-            validate_update_header(&h).unwrap_err().0,
+            validate_update_header(&h).unwrap_err().code,
             ErrorCode::BadLoss
         );
     }

@@ -14,7 +14,9 @@ use crate::aggregation::{
     ServerState,
 };
 use crate::model::{Evaluation, MlpSpec};
-use crate::protocol::{ErrorCode, ModelLayout, Normalisation, NormalisationState, StatsPool};
+use crate::protocol::{
+    ErrorCode, ModelLayout, Normalisation, NormalisationState, Refusal, StatsPool,
+};
 
 /// An accepted, durable update waiting in a model's buffer.
 #[derive(Debug, Clone)]
@@ -333,15 +335,15 @@ impl ModelState {
     }
 
     /// Staleness of an update based on `base`, or its refusal.
-    pub fn check_base(&self, base: u64) -> Result<u64, (ErrorCode, String)> {
+    pub fn check_base(&self, base: u64) -> Result<u64, Refusal> {
         aggregation::check_staleness(self.version, base, self.settings.max_staleness)
     }
 
     /// Refuses a delta whose L2 norm is above the model's `max_update_norm`.
-    pub fn check_norm(&self, norm: f64) -> Result<(), (ErrorCode, String)> {
+    pub fn check_norm(&self, norm: f64) -> Result<(), Refusal> {
         let max = self.settings.max_update_norm;
         if max > 0.0 && (norm.is_nan() || norm > max as f64) {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::UpdateTooLargeNorm,
                 format!(
                     "the update's L2 norm is {}; this model refuses updates above {} (max_update_norm)",
@@ -353,15 +355,15 @@ impl ModelState {
         Ok(())
     }
 
-    pub fn check_num_examples(&self, n: u64) -> Result<(), (ErrorCode, String)> {
+    pub fn check_num_examples(&self, n: u64) -> Result<(), Refusal> {
         if n == 0 {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::BadNumExamples,
                 "num_examples is 0; an update must come from at least one example".into(),
             ));
         }
         if n > self.settings.max_num_examples {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::BadNumExamples,
                 format!(
                     "num_examples {n} is above this model's limit of {}",
@@ -704,15 +706,15 @@ pub fn admit(
     name: &str,
     open_registration: bool,
     allowed: &[String],
-) -> Result<Admission, (ErrorCode, String)> {
+) -> Result<Admission, Refusal> {
     match trainers.get(name) {
-        Some(t) if t.revoked => Err((
+        Some(t) if t.revoked => Err(Refusal::new(
             ErrorCode::Revoked,
             format!("trainer `{name}` has been revoked by an administrator"),
         )),
         Some(t) => {
             if !open_registration && !allowed.is_empty() && !allowed.iter().any(|a| a == name) {
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::NotAllowed,
                     format!("trainer `{name}` is not in hub.allowed_trainers"),
                 ));
@@ -725,7 +727,7 @@ pub fn admit(
             if open_registration || allowed.iter().any(|a| a == name) {
                 Ok(Admission::Register)
             } else {
-                Err((
+                Err(Refusal::new(
                     ErrorCode::NotAllowed,
                     format!(
                         "trainer `{name}` is not registered and this hub does not accept new trainers"
@@ -914,14 +916,14 @@ mod tests {
         let mut m = model();
         m.version = 5;
         assert_eq!(m.check_base(3), Ok(2));
-        assert_eq!(m.check_base(1).unwrap_err().0, ErrorCode::StaleUpdate);
-        assert_eq!(m.check_base(6).unwrap_err().0, ErrorCode::FutureBaseVersion);
+        assert_eq!(m.check_base(1).unwrap_err().code, ErrorCode::StaleUpdate);
+        assert_eq!(m.check_base(6).unwrap_err().code, ErrorCode::FutureBaseVersion);
         assert_eq!(
-            m.check_num_examples(0).unwrap_err().0,
+            m.check_num_examples(0).unwrap_err().code,
             ErrorCode::BadNumExamples
         );
         assert_eq!(
-            m.check_num_examples(101).unwrap_err().0,
+            m.check_num_examples(101).unwrap_err().code,
             ErrorCode::BadNumExamples
         );
         assert!(m.check_num_examples(100).is_ok());
@@ -929,7 +931,7 @@ mod tests {
         m.settings.max_update_norm = 10.0;
         assert!(m.check_norm(10.0).is_ok());
         assert_eq!(
-            m.check_norm(10.5).unwrap_err().0,
+            m.check_norm(10.5).unwrap_err().code,
             ErrorCode::UpdateTooLargeNorm
         );
         assert!(m.check_norm(f64::NAN).is_err());
@@ -962,11 +964,11 @@ mod tests {
         );
         assert_eq!(admit(&reg, "new", true, &[]), Ok(Admission::Register));
         assert_eq!(
-            admit(&reg, "r", true, &[]).unwrap_err().0,
+            admit(&reg, "r", true, &[]).unwrap_err().code,
             ErrorCode::Revoked
         );
         assert_eq!(
-            admit(&reg, "new", false, &[]).unwrap_err().0,
+            admit(&reg, "new", false, &[]).unwrap_err().code,
             ErrorCode::NotAllowed
         );
         assert_eq!(

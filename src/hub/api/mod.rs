@@ -30,7 +30,7 @@ use crate::hub::dashboard;
 use crate::hub::hub_actor::Hub;
 use crate::hub::metrics::{HotMetrics, MetricsAggregator};
 use crate::hub::ws::Budget;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Refusal};
 use models::AggregationQuery;
 
 /// Shared by every worker (cloned `Addr`s, never looked up globally).
@@ -407,8 +407,8 @@ fn integral_floats_as_integers(v: &mut serde_json::Value) {
     }
 }
 
-pub fn refusal((code, message): (ErrorCode, String)) -> ApiError {
-    ApiError::new(code, message)
+pub fn refusal(r: Refusal) -> ApiError {
+    ApiError::new(r.code, r.message)
 }
 
 /// `{"name": ..., "version": ...}` of a created model.

@@ -183,6 +183,27 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
+/// Why something was refused: a code from the table and one sentence for
+/// the person reading it. Actor replies, REST errors and `error` messages
+/// all carry one, so the pair is never unpacked by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: String) -> Self {
+        Refusal { code, message }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
 /// The error-code table of docs/PROTOCOL.md, generated from the declaration.
 pub fn markdown_table() -> String {
     let mut out =
