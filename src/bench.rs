@@ -513,13 +513,17 @@ async fn trainer(t: TrainerRun) -> Result<(), BenchError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
     // Writes in their own task: a 4 MB update going out never stops this
     // trainer from reading the model coming in.
-    let w2 = wire.clone();
+    let writer_wire = wire.clone();
     let writer = tokio::spawn(async move {
         let mut scratch = Vec::new();
         while let Some(o) = rx.recv().await {
             let r = match o {
                 Out::Frame(f) => wr.write_all(&f).await,
-                Out::Update { header } => w2.send_update(&mut wr, &header, &mut scratch).await,
+                Out::Update { header } => {
+                    writer_wire
+                        .send_update(&mut wr, &header, &mut scratch)
+                        .await
+                }
                 Out::Close => {
                     let _ = wr
                         .write_all(&Wire::frame(0x8, &1000u16.to_be_bytes()))

@@ -910,9 +910,9 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     for t in sc.trainers.iter().filter(|_| sc.dataset.is_none()) {
         if let (Some(s), None) = (&t.specialty, &t.data) {
             if !solo.contains_key(s) {
-                let (s2, sc2) = (s.clone(), sc.clone());
+                let (specialty, scenario) = (s.clone(), sc.clone());
                 let a = tokio::task::spawn_blocking(move || {
-                    solo_accuracy(spec, &s2, rounds, &sc2, seed)
+                    solo_accuracy(spec, &specialty, rounds, &scenario, seed)
                 })
                 .await
                 .map_err(run_err)??;
@@ -927,19 +927,26 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     let mut compare = None;
     if let Some(c) = &sc.compare {
         if args.hub.is_none() {
-            let mut h2 = start_own_hub(&sc, Some(c))?;
-            let u2 = h2.url();
-            let token2 = h2.token.clone();
-            let ctx2 = RunCtx {
+            let mut compare_hub = start_own_hub(&sc, Some(c))?;
+            let compare_url = compare_hub.url();
+            let compare_token = compare_hub.token.clone();
+            let compare_ctx = RunCtx {
                 label: format!("{name} with {}", c.strategy.as_str()),
-                admin_token: Some(token2.as_str()),
+                admin_token: Some(compare_token.as_str()),
                 aggregation: sc.hub.aggregation.then(&c.aggregation),
                 ..ctx
             };
-            let mut r2 = run_once(&sc, seed, &u2, Some(&mut h2), &ctx2).await?;
-            r2.strategy = Some(c.strategy.as_str().to_string());
-            h2.stop();
-            compare = Some(r2);
+            let mut compare_run = run_once(
+                &sc,
+                seed,
+                &compare_url,
+                Some(&mut compare_hub),
+                &compare_ctx,
+            )
+            .await?;
+            compare_run.strategy = Some(c.strategy.as_str().to_string());
+            compare_hub.stop();
+            compare = Some(compare_run);
         } else {
             notes.push("comparison run skipped: it needs the harness's own hub".into());
         }
@@ -1024,15 +1031,14 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         }
     }
     if let Some(prep) = &prepared {
-        let (p2, sc2) = (prep.split.clone(), sc.clone());
-        let spec2 = prep.spec;
+        let (split, scenario, net_spec) = (prep.split.clone(), sc.clone(), prep.spec);
         let central = tokio::task::spawn_blocking(move || {
             centralised_accuracy(
                 &Prepared {
-                    split: p2,
-                    spec: spec2,
+                    split,
+                    spec: net_spec,
                 },
-                &sc2,
+                &scenario,
                 rounds,
                 seed,
             )

@@ -292,7 +292,7 @@ impl Hub {
         self.queue(1);
         let fut = async move {
             let started = Instant::now();
-            let (b2, name2) = (blobs.clone(), name.clone());
+            let (fold_blobs, fold_model) = (blobs.clone(), name.clone());
             let computed = actix_web::rt::task::spawn_blocking(move || {
                 let fold_started = Instant::now();
                 let streamed = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
@@ -309,7 +309,7 @@ impl Hub {
                 if !fold.is_finite() {
                     let acc = fold.acc;
                     let poisoned = state::separate_poison(again, &layout, |b| {
-                        read_payload(&pool, &b2, b.row_id)
+                        read_payload(&pool, &fold_blobs, b.row_id)
                     });
                     return Computed::Poisoned(poisoned, fold.applied, acc);
                 }
@@ -324,8 +324,8 @@ impl Hub {
                     .encode(&fold.weights, Some(&meta))
                     .map_err(|e| e.to_string())
                     .and_then(|enc| {
-                        let file = if b2.wants(enc.len()) {
-                            Some(b2.put(&enc).map_err(|e| e.to_string())?)
+                        let file = if fold_blobs.wants(enc.len()) {
+                            Some(fold_blobs.put(&enc).map_err(|e| e.to_string())?)
                         } else {
                             None
                         };
@@ -342,7 +342,7 @@ impl Hub {
                 Ok(Computed::Poisoned(Ok(p), _, _)) => {
                     let ids: Vec<i64> = p.culprits.iter().map(|b| b.row_id).collect();
                     let message = format!(
-                        "folding it into version {attempted} of `{name2}` made the weights non-finite; the fold was abandoned"
+                        "folding it into version {attempted} of `{fold_model}` made the weights non-finite; the fold was abandoned"
                     );
                     let refused = persister
                         .send(persister::RefusePending {
@@ -1275,21 +1275,18 @@ impl Handler<Rollback> for Hub {
         let (name, to) = (r.model.clone(), r.to_version);
         let current = input.version;
         let fut = async move {
-            let (b2, n2) = (blobs.clone(), name.clone());
-            let job = actix_web::rt::task::spawn_blocking(move || {
-                build_rollback(
-                    &pool,
-                    &b2,
-                    &layout,
-                    &n2,
-                    to,
-                    current + 1,
-                    input,
-                    test.as_deref(),
-                    norm.as_ref(),
-                )
-            })
-            .await;
+            let job = RollbackJob {
+                pool,
+                blobs: blobs.clone(),
+                layout,
+                model: name.clone(),
+                to,
+                version: current + 1,
+                input,
+                test,
+                norm,
+            };
+            let job = actix_web::rt::task::spawn_blocking(move || build_rollback(job)).await;
             let built = match job {
                 Ok(Ok(b)) => b,
                 Ok(Err((e, updates))) => return Err((e, Some((updates, None)))),
@@ -1396,6 +1393,22 @@ impl Handler<Rollback> for Hub {
     }
 }
 
+/// Everything a rollback reads off the actor: the store, the model's shape
+/// and the version to restore, and the pending updates to sort.
+struct RollbackJob {
+    pool: DbPool,
+    blobs: BlobStore,
+    layout: Arc<ModelLayout>,
+    model: String,
+    /// The version whose weights come back.
+    to: u64,
+    /// The number of the new version holding them.
+    version: u64,
+    input: FoldInput,
+    test: Option<Arc<Dataset>>,
+    norm: Option<Normalisation>,
+}
+
 /// A rolled-back model, built off the actor.
 struct RollbackBuilt {
     weights: Vec<f32>,
@@ -1411,18 +1424,20 @@ struct RollbackBuilt {
 /// trained from it or before (kept, their accumulator rebuilt from their
 /// payloads) and after (refused), and encodes the new version. On error
 /// the updates come back to be put in the buffer again.
-#[allow(clippy::too_many_arguments)]
-fn build_rollback(
-    pool: &DbPool,
-    blobs: &BlobStore,
-    layout: &ModelLayout,
-    model: &str,
-    to: u64,
-    version: u64,
-    input: FoldInput,
-    test: Option<&Dataset>,
-    norm: Option<&Normalisation>,
-) -> Result<RollbackBuilt, (Refusal, Vec<Buffered>)> {
+fn build_rollback(job: RollbackJob) -> Result<RollbackBuilt, (Refusal, Vec<Buffered>)> {
+    let RollbackJob {
+        pool,
+        blobs,
+        layout,
+        model,
+        to,
+        version,
+        input,
+        test,
+        norm,
+    } = job;
+    let (pool, blobs, layout, model) = (&pool, &blobs, &*layout, model.as_str());
+    let (test, norm) = (test.as_deref(), norm.as_ref());
     let FoldInput {
         updates, settings, ..
     } = input;
@@ -1440,7 +1455,7 @@ fn build_rollback(
             })?;
         if bytes.is_empty() {
             return Err(Refusal::new(
-ErrorCode::WeightsPruned,
+                ErrorCode::WeightsPruned,
                 format!(
                     "the weights of version {to} of `{model}` were dropped (hub.keep_weights_versions); roll back to a kept one"
                 ),

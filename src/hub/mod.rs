@@ -450,9 +450,8 @@ pub async fn start_hub(
     source: ConfigSource,
 ) -> Result<(HubHandle, actix_web::dev::Server), HubError> {
     let db_path = cfg.db_path();
-    let cfg2 = cfg.clone();
-    let p2 = db_path.clone();
-    let loaded = actix_web::rt::task::spawn_blocking(move || load_state(&cfg2, &p2))
+    let (load_cfg, load_db) = (cfg.clone(), db_path.clone());
+    let loaded = actix_web::rt::task::spawn_blocking(move || load_state(&load_cfg, &load_db))
         .await
         .map_err(|e| HubError::Other(e.to_string()))??;
     if loaded.pending > 0 {
@@ -468,8 +467,7 @@ pub async fn start_hub(
     let aggregator = MetricsAggregator::default();
     let hot = aggregator.hot.clone();
     let metrics = aggregator.start();
-    let m2 = metrics.clone();
-    let p3 = db_path.clone();
+    let (persister_metrics, persister_db) = (metrics.clone(), db_path.clone());
     // Handles of blob files kept open: at most 2048 and an eighth of the
     // open-files limit, which the connections need more.
     let handles = daemon::nofile_limit().map_or(128, |n| (n / 8).min(2048) as usize);
@@ -478,9 +476,13 @@ pub async fn start_hub(
     let blobs = db::BlobStore::for_db(&db_path, cfg.hub.blob_file_threshold_bytes)
         .keep_open(handles)
         .with_health(health);
-    let b2 = blobs.clone();
+    let persister_blobs = blobs.clone();
     let persister = SyncArbiter::start(1, move || {
-        Persister::new(p3.clone(), b2.clone(), Some(m2.clone()))
+        Persister::new(
+            persister_db.clone(),
+            persister_blobs.clone(),
+            Some(persister_metrics.clone()),
+        )
     });
     let pool = db::pool(&db_path, 4)?;
     let hub = Hub::new(hub_actor::HubParts {
@@ -502,7 +504,7 @@ pub async fn start_hub(
         hub.clone(),
         live.clone(),
     ));
-    let r2 = reloader.clone();
+    let reload_handle = reloader.clone();
     let state = api::AppState {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -515,7 +517,7 @@ pub async fn start_hub(
         budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),
         hot,
         started_at: db::now(),
-        reload: Arc::new(move || r2.reload()),
+        reload: Arc::new(move || reload_handle.reload()),
     };
     let addr = listener
         .local_addr()

@@ -917,7 +917,10 @@ mod tests {
         m.version = 5;
         assert_eq!(m.check_base(3), Ok(2));
         assert_eq!(m.check_base(1).unwrap_err().code, ErrorCode::StaleUpdate);
-        assert_eq!(m.check_base(6).unwrap_err().code, ErrorCode::FutureBaseVersion);
+        assert_eq!(
+            m.check_base(6).unwrap_err().code,
+            ErrorCode::FutureBaseVersion
+        );
         assert_eq!(
             m.check_num_examples(0).unwrap_err().code,
             ErrorCode::BadNumExamples

@@ -263,30 +263,18 @@ pub async fn run<L: Learner>(
 ) -> Result<Summary, ClientError> {
     let learner = Arc::new(std::sync::Mutex::new(learner));
     let url = ws_url(&opts.hub);
-    let mut summary = Summary::default();
-    let mut pending: Option<Pending> = None;
-    let mut attempt: u32 = 0;
-    let mut first_version: Option<(u64, Arc<Vec<f32>>)> = None;
+    let mut progress = Progress::default();
     tokio::pin!(stop);
     loop {
         if let Some(max) = opts.max_versions {
-            if summary.versions_trained >= max && pending.is_none() {
+            if progress.summary.versions_trained >= max && progress.pending.is_none() {
                 break;
             }
         }
-        let session = run_connection(
-            &opts,
-            &url,
-            &learner,
-            &mut summary,
-            &mut pending,
-            &mut first_version,
-            &mut on_event,
-            &mut attempt,
-        );
+        let session = run_connection(&opts, &url, &learner, &mut progress, &mut on_event);
         let flow = tokio::select! {
             f = session => f,
-            _ = &mut stop => return Ok(finish(&summary, &mut on_event)),
+            _ = &mut stop => return Ok(finish(&progress.summary, &mut on_event)),
         };
         match flow {
             Flow::Continue => break,
@@ -298,7 +286,8 @@ pub async fn run<L: Learner>(
                         message: reason,
                     });
                 }
-                attempt += 1;
+                progress.attempt += 1;
+                let attempt = progress.attempt;
                 if let Some(max) = opts.max_attempts {
                     if attempt > max {
                         return Err(ClientError::Unreachable {
@@ -318,12 +307,12 @@ pub async fn run<L: Learner>(
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
-                    _ = &mut stop => return Ok(finish(&summary, &mut on_event)),
+                    _ = &mut stop => return Ok(finish(&progress.summary, &mut on_event)),
                 }
             }
         }
     }
-    Ok(finish(&summary, &mut on_event))
+    Ok(finish(&progress.summary, &mut on_event))
 }
 
 fn finish(summary: &Summary, on_event: &mut impl FnMut(&ClientEvent)) -> Summary {
@@ -397,17 +386,32 @@ pub fn corrupt_delta(behaviour: Behaviour, delta: &mut [f32], rng: &mut impl Rng
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a trainer carries from one connection to the next.
+#[derive(Default)]
+struct Progress {
+    summary: Summary,
+    /// The update sent and not yet answered: resent with the same id.
+    pending: Option<Pending>,
+    /// The first version this trainer got: a `Stale` trainer keeps
+    /// training from it.
+    first_version: Option<(u64, Arc<Vec<f32>>)>,
+    /// Reconnection attempts since the last welcome.
+    attempt: u32,
+}
+
 async fn run_connection<L: Learner>(
     opts: &ClientOptions,
     url: &str,
     learner: &Arc<std::sync::Mutex<L>>,
-    summary: &mut Summary,
-    pending: &mut Option<Pending>,
-    first_version: &mut Option<(u64, Arc<Vec<f32>>)>,
+    progress: &mut Progress,
     on_event: &mut (impl FnMut(&ClientEvent) + Send),
-    attempt: &mut u32,
 ) -> Flow {
+    let Progress {
+        summary,
+        pending,
+        first_version,
+        attempt,
+    } = progress;
     let mut ws = match connect(url, opts.tls.as_ref()).await {
         Ok(ws) => ws,
         Err(e) => return Flow::Reconnect(format!("connect: {e}")),
@@ -602,12 +606,12 @@ async fn run_connection<L: Learner>(
         };
         if let (Some((version, global)), false) = (due, opts.behaviour == Behaviour::Silent) {
             // Federated evaluation of the received version.
-            let l2 = learner.clone();
-            let g2 = global.clone();
+            let (eval_learner, eval_weights) = (learner.clone(), global.clone());
             let eval = tokio::task::spawn_blocking(move || {
-                l2.lock()
+                eval_learner
+                    .lock()
                     .map_err(|_| "learner poisoned".to_string())
-                    .and_then(|mut l| l.evaluate(&g2, version))
+                    .and_then(|mut l| l.evaluate(&eval_weights, version))
             });
             match eval.await {
                 Ok(Ok(Some(r))) => {
@@ -644,13 +648,13 @@ async fn run_connection<L: Learner>(
             } else {
                 (version, global.clone())
             };
-            let l2 = learner.clone();
-            let b2 = base.clone();
+            let (train_learner, base_weights) = (learner.clone(), base.clone());
             let started = std::time::Instant::now();
             let train = tokio::task::spawn_blocking(move || {
-                l2.lock()
+                train_learner
+                    .lock()
                     .map_err(|_| "learner poisoned".to_string())
-                    .and_then(|mut l| l.train(&b2, base_version))
+                    .and_then(|mut l| l.train(&base_weights, base_version))
             });
             tokio::pin!(train);
             // Keep reading (new versions, pings) while the learner works.

@@ -605,12 +605,15 @@ pub async fn get_version(
 ) -> Result<HttpResponse, ApiError> {
     let (model, v) = path.into_inner();
     let version = resolve_version(&st.pool, &model, &v).await?;
-    let m2 = model.clone();
-    let row = read(&st.pool, move |c| db::get_version(c, &m2, version))
+    let name = model.clone();
+    let row = read(&st.pool, move |c| db::get_version(c, &name, version))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("model `{model}` has no version {version}")))?;
-    let m3 = model.clone();
-    let evaluations = read(&st.pool, move |c| db::version_evaluations(c, &m3, version)).await?;
+    let name = model.clone();
+    let evaluations = read(&st.pool, move |c| {
+        db::version_evaluations(c, &name, version)
+    })
+    .await?;
     let figures: Vec<_> = evaluations
         .iter()
         .map(|e| (version, e.global_accuracy, e.loss, e.num_examples))
@@ -645,12 +648,12 @@ pub async fn get_weights(
 ) -> Result<HttpResponse, ApiError> {
     let (model, v) = path.into_inner();
     let version = resolve_version(&st.pool, &model, &v).await?;
-    let m2 = model.clone();
+    let name = model.clone();
     let blobs = st.blobs.clone();
     let (bytes, row) = read(&st.pool, move |c| {
         Ok((
-            db::get_weights(c, &blobs, &m2, version)?,
-            db::get_model(c, &m2)?,
+            db::get_weights(c, &blobs, &name, version)?,
+            db::get_model(c, &name)?,
         ))
     })
     .await?;
