@@ -137,6 +137,26 @@ fn trainer_token(given: Option<String>, file: Option<&std::path::Path>) -> Resul
     }
 }
 
+/// The hub's allocator setting: process-wide, so it belongs to the process
+/// (here), not to a library an embedder links.
+///
+/// glibc raises its mmap threshold after freeing a large block, so the
+/// 19 MiB argon2 work areas of a hello storm end up in heap arenas and stay
+/// resident (measured: 1.85 GiB peak for 400 hellos, 84 MiB with a fixed
+/// threshold). A fixed 16 MiB threshold returns those at once while update
+/// buffers of a few MB keep being reused from the heap.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's tuning; called before the hub
+    // starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 * 1024 * 1024);
+        // Fixing the threshold also fixes the trim threshold at 128 KiB,
+        // which would give every freed update buffer back to the kernel.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
     // A panic anywhere ends the process with a failure status (systemd's
     // Restart=on-failure then restarts the hub), never leaves it half alive.
@@ -191,6 +211,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log.level);
+            tune_allocator();
             let source = ConfigSource {
                 file: config,
                 cli: overrides,

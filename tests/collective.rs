@@ -110,25 +110,10 @@ async fn three_specialists_beat_each_alone() {
     assert_eq!(v5["evaluations"].as_array().unwrap().len(), 3);
 }
 
-fn spawn_hub_process(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(kernal_bin())
-        .args(["hub", "--bind", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(dir.join("hub.db"))
-        .env("KERNAL__HUB__STATE_DIR", dir)
-        .env("KERNAL__HUB__ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hub")
-}
-
-async fn latest_accuracy(port: u16) -> Option<(u64, f64)> {
-    let r = reqwest::get(format!(
-        "http://127.0.0.1:{port}/v1/models/digits/versions/latest"
-    ))
-    .await
-    .ok()?;
+async fn latest_accuracy(base: &str) -> Option<(u64, f64)> {
+    let r = reqwest::get(format!("{base}/v1/models/digits/versions/latest"))
+        .await
+        .ok()?;
     let v: serde_json::Value = r.json().await.ok()?;
     Some((
         v["version"].as_u64()?,
@@ -139,9 +124,10 @@ async fn latest_accuracy(port: u16) -> Option<(u64, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trainers_reconnect_after_hub_crash_and_still_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut hub = spawn_hub_process(dir.path(), port);
-    let hub_url = format!("ws://127.0.0.1:{port}");
+    let mut hub = HubProc::new(dir.path(), "", &[("RUST_LOG", "warn")]);
+    hub.spawn("127.0.0.1:0").expect("hub starts");
+    let base = hub.url();
+    let hub_url = format!("ws://{}", hub.addr);
     let mut trainers: Vec<Child> = Vec::new();
     for (name, spec, token) in [
         ("AI_Alice", "networking", "secret1"),
@@ -167,23 +153,30 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
                 .unwrap(),
         );
     }
-    let (killed_at, _) = wait_for("version 8", Duration::from_secs(120), || async move {
-        latest_accuracy(port).await.filter(|(v, _)| *v >= 8)
+    let (killed_at, _) = wait_for("version 8", Duration::from_secs(120), || {
+        let base = base.clone();
+        async move { latest_accuracy(&base).await.filter(|(v, _)| *v >= 8) }
     })
     .await;
-    hub.kill().unwrap();
-    let _ = hub.wait();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut hub = spawn_hub_process(dir.path(), port);
+    hub.kill9();
+    // Back on the same address, where the trainers keep reconnecting.
+    let addr = hub.addr.clone();
+    wait_for("hub back on its port", Duration::from_secs(30), || {
+        std::future::ready(hub.spawn(&addr).ok())
+    })
+    .await;
     // New versions after the restart need the trainers back: the model is
     // already good by version 8, so accuracy alone would not show that.
     let (v, a) = wait_for(
         "collective accuracy 0.90 five versions after restart",
         Duration::from_secs(240),
-        || async move {
-            latest_accuracy(port)
-                .await
-                .filter(|(v, a)| *a >= 0.90 && *v >= killed_at + 5)
+        || {
+            let base = base.clone();
+            async move {
+                latest_accuracy(&base)
+                    .await
+                    .filter(|(v, a)| *a >= 0.90 && *v >= killed_at + 5)
+            }
         },
     )
     .await;
@@ -203,8 +196,7 @@ async fn trainers_reconnect_after_hub_crash_and_still_converge() {
             .count();
         assert!(welcomes >= 2, "a trainer did not rejoin");
     }
-    let _ = hub.kill();
-    let _ = hub.wait();
+    hub.kill9();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,26 +13,24 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn spawn_hub(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(kernal_bin())
-        .args(["hub", "--bind", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(dir.join("hub.db"))
-        .env("KERNAL__HUB__STATE_DIR", dir)
-        .env("KERNAL__HUB__ADMIN_TOKEN", ADMIN)
-        .env("KERNAL__MODELS__DIGITS__MIN_UPDATES", "3")
-        .env("KERNAL__MODELS__DIGITS__STRATEGY", "fedavg")
-        .env("KERNAL__MODELS__DIGITS__ROUND_TIMEOUT_SECS", "1")
-        // Every payload and checkpoint in blob files: the crash path of files.
-        .env("KERNAL__HUB__BLOB_FILE_THRESHOLD_BYTES", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kernal hub")
+/// A hub process on a port the kernel picks (it reports it in its address
+/// file), every payload and checkpoint in blob files: the crash path of files.
+fn durable_hub(dir: &std::path::Path) -> HubProc {
+    HubProc::new(
+        dir,
+        "",
+        &[
+            ("KERNAL__MODELS__DIGITS__MIN_UPDATES", "3"),
+            ("KERNAL__MODELS__DIGITS__STRATEGY", "fedavg"),
+            ("KERNAL__MODELS__DIGITS__ROUND_TIMEOUT_SECS", "1"),
+            ("KERNAL__HUB__BLOB_FILE_THRESHOLD_BYTES", "1"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
 }
 
-async fn wait_healthy(port: u16) {
-    let url = format!("http://127.0.0.1:{port}/healthz");
+async fn wait_healthy(base: &str) {
+    let url = format!("{base}/healthz");
     wait_for("hub health", Duration::from_secs(30), || {
         let url = url.clone();
         async move {
@@ -113,11 +111,8 @@ impl RawExt for Raw {
     }
 }
 
-async fn ledger(port: u16) -> Vec<serde_json::Value> {
-    get_json(&format!(
-        "http://127.0.0.1:{port}/v1/updates?model=digits&limit=100000"
-    ))
-    .await["updates"]
+async fn ledger(base: &str) -> Vec<serde_json::Value> {
+    get_json(&format!("{base}/v1/updates?model=digits&limit=100000")).await["updates"]
         .as_array()
         .unwrap()
         .clone()
@@ -126,10 +121,11 @@ async fn ledger(port: u16) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut hub = spawn_hub(dir.path(), port);
-    wait_healthy(port).await;
-    let ws = format!("ws://127.0.0.1:{port}/v1/trainers/ws");
+    let mut hub = durable_hub(dir.path());
+    hub.spawn("127.0.0.1:0").expect("hub starts");
+    let base = hub.url();
+    wait_healthy(&base).await;
+    let ws = hub.ws();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -150,7 +146,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     // to it right before the kill is acknowledged but certainly not applied.
     let r = reqwest::Client::new()
         .post(format!(
-            "http://127.0.0.1:{port}/v1/models?name=side&min_updates=30&round_timeout_secs=3600"
+            "{base}/v1/models?name=side&min_updates=30&round_timeout_secs=3600"
         ))
         .bearer_auth(ADMIN)
         .header("content-type", "application/octet-stream")
@@ -174,8 +170,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         side_acked.push(id);
     }
     // SIGKILL while the digits trainers are still sending.
-    hub.kill().expect("SIGKILL");
-    let _ = hub.wait();
+    hub.kill9();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
     }
@@ -183,10 +178,10 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     assert!(acked.len() >= 20);
 
     // Restart on the same database (a new port: the old one may linger).
-    let port2 = free_port();
-    let mut hub2 = spawn_hub(dir.path(), port2);
-    wait_healthy(port2).await;
-    let rows = ledger(port2).await;
+    hub.spawn("127.0.0.1:0").expect("hub restarts");
+    let base2 = hub.url();
+    wait_healthy(&base2).await;
+    let rows = ledger(&base2).await;
     let by_id: HashMap<String, &serde_json::Value> = rows
         .iter()
         .filter(|u| u["status"] != "refused")
@@ -208,7 +203,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         );
     }
     let pending_after_restart = rows.iter().filter(|u| u["status"] == "pending").count();
-    let side_rows = get_json(&format!("http://127.0.0.1:{port2}/v1/updates?model=side")).await;
+    let side_rows = get_json(&format!("{base2}/v1/updates?model=side")).await;
     let side_pending: Vec<&str> = side_rows["updates"]
         .as_array()
         .unwrap()
@@ -220,7 +215,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         side_pending, side_acked,
         "acknowledged side updates are back, pending"
     );
-    let status = get_json(&format!("http://127.0.0.1:{port2}/v1/models/side")).await;
+    let status = get_json(&format!("{base2}/v1/models/side")).await;
     assert_eq!(
         status["waiting"]["buffered"], 10,
         "pending updates are back in the buffer: {status}"
@@ -231,16 +226,15 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         pending_after_restart
     );
     // Pending updates were reloaded; the round timeout folds them.
-    wait_for(
-        "no pending updates",
-        Duration::from_secs(30),
-        || async move {
-            let rows = ledger(port2).await;
+    wait_for("no pending updates", Duration::from_secs(30), || {
+        let base2 = base2.clone();
+        async move {
+            let rows = ledger(&base2).await;
             rows.iter().all(|u| u["status"] != "pending").then_some(())
-        },
-    )
+        }
+    })
     .await;
-    let rows = ledger(port2).await;
+    let rows = ledger(&base2).await;
     let mut seen = HashSet::new();
     for u in rows.iter().filter(|u| u["status"] != "refused") {
         let id = format!(
@@ -253,10 +247,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         assert!(u["applied_in_version"].as_i64().unwrap() >= 1);
     }
     // Every version's list of folded updates: each id exactly once overall.
-    let versions = get_json(&format!(
-        "http://127.0.0.1:{port2}/v1/models/digits/versions"
-    ))
-    .await;
+    let versions = get_json(&format!("{base2}/v1/models/digits/versions")).await;
     let mut applied_count: HashMap<String, usize> = HashMap::new();
     let mut last = 0;
     for v in versions["versions"].as_array().unwrap() {
@@ -286,22 +277,17 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     assert!(applied_count.values().all(|c| *c == 1));
 
     // SIGTERM: the trainer is told, the hub exits 0, the database is consistent.
-    let (mut t, _, _) = Raw::hello(
-        &format!("ws://127.0.0.1:{port2}/v1/trainers/ws"),
-        "k1",
-        "tok",
-        "digits",
-    )
-    .await;
+    let (mut t, _, _) = Raw::hello(&hub.ws(), "k1", "tok", "digits").await;
+    let mut child = hub.child.take().expect("running");
     let st = Command::new("kill")
-        .args(["-TERM", &hub2.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
     let bye = t.expect_type("goodbye").await;
     assert!(bye["reason"].as_str().unwrap().contains("shutting down"));
     let status = wait_for("hub exit", Duration::from_secs(30), || {
-        let s = hub2.try_wait().unwrap();
+        let s = child.try_wait().unwrap();
         async move { s }
     })
     .await;

@@ -1,11 +1,10 @@
 //! Running as a service: SIGHUP and `POST /v1/admin/reload` apply live keys
 //! without dropping trainers and refuse an invalid file as a whole;
 //! `/metrics` passes `promtool check metrics`; `/openapi.json` lists every
-//! route the server registers.
+//! route the server registers; systemd readiness and watchdog notifications.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,56 +15,35 @@ fn log_contains(log: &Arc<Mutex<String>>, s: &str) -> bool {
     log.lock().unwrap().contains(s)
 }
 
-async fn min_updates(port: u16) -> Option<u64> {
-    let v = get_json(&format!("http://127.0.0.1:{port}/v1/models/digits")).await;
+async fn min_updates(base: &str) -> Option<u64> {
+    let v = get_json(&format!("{base}/v1/models/digits")).await;
     v["settings"]["min_updates"].as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_live_keys_and_refuses_invalid_files() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg_path = dir.path().join("kernal.toml");
-    let write_cfg = |min: u32, level: &str, extra: &str| {
-        std::fs::write(
-            &cfg_path,
-            format!("[log]\nlevel = \"{level}\"\n[models.digits]\nmin_updates = {min}\n{extra}"),
-        )
-        .unwrap();
+    let cfg_text = |min: u32, level: &str, extra: &str| {
+        format!("[log]\nlevel = \"{level}\"\n[models.digits]\nmin_updates = {min}\n{extra}")
     };
-    write_cfg(3, "info", "");
-    let port = free_port();
-    let mut hub = Command::new(kernal_bin())
-        .args(["hub", "--config"])
-        .arg(&cfg_path)
-        .args(["--bind", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(dir.path().join("hub.db"))
-        .env("KERNAL__HUB__STATE_DIR", dir.path())
-        .env("KERNAL__HUB__ADMIN_TOKEN", ADMIN)
-        .env("KERNAL__MODELS__DIGITS__MAX_STALENESS", "4")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let l2 = log.clone();
-    let stderr = hub.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut g = l2.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
-    let ws = format!("ws://127.0.0.1:{port}/v1/trainers/ws");
-    wait_for("hub up", Duration::from_secs(30), || async move {
-        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    assert_eq!(min_updates(port).await, Some(3));
+    // HubProc writes its config to hub.toml at start; edits go there too.
+    let cfg_path = dir.path().join("hub.toml");
+    let write_cfg = |min: u32, level: &str, extra: &str| {
+        std::fs::write(&cfg_path, cfg_text(min, level, extra)).unwrap();
+    };
+    let mut hub = HubProc::new(
+        dir.path(),
+        &cfg_text(3, "info", ""),
+        &[
+            ("KERNAL__MODELS__DIGITS__MAX_STALENESS", "4"),
+            ("RUST_LOG", ""),
+        ],
+    );
+    hub.spawn("127.0.0.1:0").expect("hub starts");
+    let base = hub.url();
+    let log = hub.log.clone();
+    let ws = hub.ws();
+    assert_eq!(min_updates(&base).await, Some(3));
     let (mut t, _, _) = Raw::hello(&ws, "steady", "tok", "digits").await;
     let layout = digits_layout();
     let delta = || {
@@ -77,17 +55,18 @@ async fn sighup_applies_live_keys_and_refuses_invalid_files() {
 
     // Edit: min_updates 3 -> 1 and log level info -> debug, then SIGHUP.
     write_cfg(1, "debug", "");
-    let pid = hub.id().to_string();
+    let pid = hub.pid().to_string();
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
         .status()
         .unwrap()
         .success());
-    wait_for("min_updates 1", Duration::from_secs(10), || async move {
-        (min_updates(port).await == Some(1)).then_some(())
+    wait_for("min_updates 1", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move { (min_updates(&base).await == Some(1)).then_some(()) }
     })
     .await;
-    let m = get_json(&format!("http://127.0.0.1:{port}/v1/models/digits")).await;
+    let m = get_json(&format!("{base}/v1/models/digits")).await;
     assert_eq!(
         m["settings"]["max_staleness"], 4,
         "environment overrides survive a reload"
@@ -132,7 +111,7 @@ async fn sighup_applies_live_keys_and_refuses_invalid_files() {
         }
     })
     .await;
-    assert_eq!(min_updates(port).await, Some(1));
+    assert_eq!(min_updates(&base).await, Some(1));
     t.send_update("u2", 1, 10, delta()).await;
     assert_eq!(t.outcome("u2").await["type"], "ack");
     assert_eq!(t.wait_version(2).await.0, 2);
@@ -140,7 +119,7 @@ async fn sighup_applies_live_keys_and_refuses_invalid_files() {
     // The same through the REST API.
     let c = reqwest::Client::new();
     let r = c
-        .post(format!("http://127.0.0.1:{port}/v1/admin/reload"))
+        .post(format!("{base}/v1/admin/reload"))
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -155,7 +134,7 @@ async fn sighup_applies_live_keys_and_refuses_invalid_files() {
     // key that the command line does not set.
     write_cfg(2, "info", "[hub]\nshutdown_timeout_secs = 3\n");
     let r = c
-        .post(format!("http://127.0.0.1:{port}/v1/admin/reload"))
+        .post(format!("{base}/v1/admin/reload"))
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -168,20 +147,16 @@ async fn sighup_applies_live_keys_and_refuses_invalid_files() {
             && changed.contains("needs a restart"),
         "{changed}"
     );
-    assert_eq!(min_updates(port).await, Some(2));
+    assert_eq!(min_updates(&base).await, Some(2));
     let r = c
-        .post(format!("http://127.0.0.1:{port}/v1/admin/reload"))
+        .post(format!("{base}/v1/admin/reload"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     // Still serving on the old address.
-    assert_eq!(
-        get_json(&format!("http://127.0.0.1:{port}/healthz")).await["status"],
-        "ok"
-    );
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let _ = hub.wait();
+    assert_eq!(get_json(&format!("{base}/healthz")).await["status"], "ok");
+    assert_eq!(hub.stop(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,5 +311,90 @@ async fn metrics_pass_promtool_and_openapi_lists_every_route() {
     assert_eq!(
         r.json::<serde_json::Value>().await.unwrap()["code"],
         "not_found"
+    );
+}
+
+/// Every datagram waiting on a notify socket.
+fn notifications(sock: &std::os::unix::net::UnixDatagram, into: &mut Vec<String>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        into.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+}
+
+/// systemd's notify protocol as a service manager sees it: READY=1 once
+/// serving, WATCHDOG=1 pings when the watchdog is this process's, none when
+/// WATCHDOG_PID names another process, STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_systemd_and_pings_only_its_own_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let listen = |dir: &std::path::Path| {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        (path.to_str().unwrap().to_string(), sock)
+    };
+    // A hub whose watchdog belongs to another process (pid 1).
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_path, other_sock) = listen(other_dir.path());
+    let mut other = HubProc::start(
+        other_dir.path(),
+        "",
+        &[
+            ("NOTIFY_SOCKET", &other_path),
+            ("WATCHDOG_USEC", "100000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    );
+    let mut other_got = Vec::new();
+    wait_for(
+        "READY=1 from the first hub",
+        Duration::from_secs(10),
+        || {
+            notifications(&other_sock, &mut other_got);
+            std::future::ready(
+                other_got
+                    .iter()
+                    .any(|m| m.contains("READY=1"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
+    // A hub with its own watchdog, started after the first was ready: by
+    // the time it has pinged three times the first has had as long to ping.
+    let own_dir = tempfile::tempdir().unwrap();
+    let (own_path, own_sock) = listen(own_dir.path());
+    let mut own = HubProc::start(
+        own_dir.path(),
+        "",
+        &[("NOTIFY_SOCKET", &own_path), ("WATCHDOG_USEC", "100000")],
+    );
+    let mut own_got = Vec::new();
+    wait_for("three watchdog pings", Duration::from_secs(10), || {
+        notifications(&own_sock, &mut own_got);
+        let pings = own_got.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+        std::future::ready((pings >= 3).then_some(()))
+    })
+    .await;
+    assert!(
+        own_got[0].contains("READY=1") && own_got[0].contains("STATUS=serving"),
+        "{own_got:?}"
+    );
+    assert_eq!(other.stop(), Some(0));
+    assert_eq!(own.stop(), Some(0));
+    notifications(&other_sock, &mut other_got);
+    notifications(&own_sock, &mut own_got);
+    assert!(
+        !other_got.iter().any(|m| m.contains("WATCHDOG=1")),
+        "WATCHDOG_PID names another process: {other_got:?}"
+    );
+    assert!(
+        other_got.iter().any(|m| m.contains("STOPPING=1")),
+        "{other_got:?}"
+    );
+    assert!(
+        own_got.iter().any(|m| m.contains("STOPPING=1")),
+        "{own_got:?}"
     );
 }

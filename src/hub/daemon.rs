@@ -8,35 +8,13 @@ use std::time::Duration;
 use super::{start_hub, ConfigSource, HubError};
 use crate::config::Config;
 
-/// Sends a notification to systemd when run with `Type=notify`; a no-op
-/// otherwise. Written out because the protocol is one datagram.
-pub fn sd_notify(state: &str) {
-    #[cfg(unix)]
-    {
-        let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
-            return;
-        };
-        let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-            return;
-        };
-        let r = if let Some(abstract_name) = path.strip_prefix('@') {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::linux::net::SocketAddrExt;
-                std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-                    .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-            }
-            #[cfg(not(target_os = "linux"))]
-            {
-                let _ = abstract_name;
-                Ok(0)
-            }
-        } else {
-            sock.send_to(state.as_bytes(), &path)
-        };
-        if let Err(e) = r {
-            log::warn!("sd_notify({state}): {e}");
-        }
+use sd_notify::NotifyState;
+
+/// Tells systemd about a state change when run with `Type=notify`; a no-op
+/// otherwise. A failure is logged, never fatal: the hub serves either way.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("sd_notify({states:?}): {e}");
     }
 }
 
@@ -118,18 +96,6 @@ pub fn run(
     source: ConfigSource,
     addr_file: Option<std::path::PathBuf>,
 ) -> Result<(), HubError> {
-    // glibc raises its mmap threshold after freeing a large block, so the
-    // 19 MiB argon2 work areas of a hello storm end up in heap arenas and
-    // stay resident (measured: 1.85 GiB peak for 400 hellos, 84 MiB with a
-    // fixed threshold). A fixed 16 MiB threshold returns those at once while
-    // update buffers of a few MB keep being reused from the heap.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 * 1024 * 1024);
-        // Fixing the threshold also fixes the trim threshold at 128 KiB,
-        // which would give every freed update buffer back to the kernel.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
-    }
     // Every trainer is a socket: take the hard open-files limit.
     if let Some(n) = raise_nofile_limit() {
         log::debug!("open files limit: {n}");
@@ -147,18 +113,17 @@ pub fn run(
                 .and_then(|_| std::fs::rename(&tmp, path))
                 .map_err(|e| HubError::Io(path.display().to_string(), e))?;
         }
-        sd_notify("READY=1\nSTATUS=serving");
-        if let Some(usec) = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        // `watchdog_enabled` honours WATCHDOG_PID: a watchdog meant for
+        // another process (a wrapper that exec'd us not) is not ours to ping.
+        if let Some(interval) = sd_notify::watchdog_enabled() {
             // Ping at half the watchdog interval, from the actor system, so a
             // wedged event loop stops the pings and systemd restarts us.
-            let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+            let every = (interval / 2).max(Duration::from_millis(100));
             actix_rt::spawn(async move {
                 loop {
                     actix_rt::time::sleep(every).await;
-                    sd_notify("WATCHDOG=1");
+                    notify(&[NotifyState::Watchdog]);
                 }
             });
         }
@@ -171,18 +136,18 @@ pub fn run(
                 _ = term.recv() => { log::info!("SIGTERM received"); break; }
                 _ = int.recv() => { log::info!("SIGINT received"); break; }
                 _ = hup.recv() => {
-                    sd_notify("RELOADING=1");
+                    notify(&[NotifyState::Reloading]);
                     let h = handle.clone();
                     match actix_web::rt::task::spawn_blocking(move || h.reload()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => log::error!("config reload refused, keeping the old config: {e}"),
                         Err(e) => log::error!("config reload failed: {e}"),
                     }
-                    sd_notify("READY=1");
+                    notify(&[NotifyState::Ready]);
                 }
             }
         }
-        sd_notify("STOPPING=1");
+        notify(&[NotifyState::Stopping]);
         handle.shutdown().await;
         Ok(())
     })

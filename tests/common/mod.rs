@@ -275,6 +275,8 @@ pub fn kernal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kernal"))
 }
 
+/// A port for an outside tool that must be told one (chromedriver); hubs
+/// bind port 0 and report theirs (`HubProc`, `--addr-file`).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -339,8 +341,14 @@ impl HubProc {
             .env("RUST_LOG", "warn,kernal=info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        // An empty value removes the variable (RUST_LOG, to let the config
+        // file choose the log level).
         for (k, v) in &self.env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut child = cmd.spawn().expect("start kernal hub");
         let stderr = child.stderr.take().unwrap();
