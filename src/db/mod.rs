@@ -1108,6 +1108,47 @@ mod tests {
         assert!(list_trainers(&mut conn).unwrap().is_empty());
     }
 
+    /// One object of the schema as SQLite records it.
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct SchemaObject {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        kind: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        sql: Option<String>,
+    }
+
+    fn schema(conn: &mut SqliteConnection) -> Vec<SchemaObject> {
+        diesel::sql_query(
+            "SELECT type AS kind, name, sql FROM sqlite_master \
+             WHERE name NOT LIKE 'sqlite_%' AND name != '__diesel_schema_migrations' \
+             ORDER BY type, name",
+        )
+        .load(conn)
+        .unwrap()
+    }
+
+    /// Each migration's down undoes exactly its up: the schema after the
+    /// down is the schema before the up, and up again gives the same schema.
+    #[test]
+    fn each_migration_down_restores_the_schema_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("s.db")).unwrap();
+        let migrations = conn.pending_migrations(MIGRATIONS).unwrap();
+        assert!(migrations.len() >= 4);
+        for m in &migrations {
+            let before = schema(&mut conn);
+            conn.run_migration(m.as_ref()).unwrap();
+            let after = schema(&mut conn);
+            assert_ne!(before, after, "{} changes nothing", m.name());
+            conn.revert_migration(m.as_ref()).unwrap();
+            assert_eq!(schema(&mut conn), before, "{} down", m.name());
+            conn.run_migration(m.as_ref()).unwrap();
+            assert_eq!(schema(&mut conn), after, "{} up again", m.name());
+        }
+    }
+
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
