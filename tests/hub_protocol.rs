@@ -574,9 +574,10 @@ async fn weights_download_loads_in_python_safetensors() {
     let bytes = r.bytes().await.unwrap();
     let path = hub.dir.path().join("w.safetensors");
     std::fs::write(&path, &bytes).unwrap();
-    let pydeps = python_safetensors();
-    let out = std::process::Command::new("python3")
-        .env("PYTHONPATH", &pydeps)
+    // The pinned safetensors of the Python package's virtualenv; the format
+    // itself is checked byte for byte without Python (kernal-core's
+    // tests/golden.rs).
+    let out = std::process::Command::new(common::python::python())
         .arg("-c")
         .arg(
             "import sys; from safetensors.numpy import load_file; t = load_file(sys.argv[1]); \
@@ -599,47 +600,6 @@ async fn weights_download_loads_in_python_safetensors() {
         stdout.contains("('fc2.bias', (10,), 'float32')"),
         "{stdout}"
     );
-}
-
-/// Makes Python's `safetensors` (with numpy) importable: the machine's own
-/// if present, else installed from PyPI into the test's target directory.
-fn python_safetensors() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
-    let check = |pp: &std::path::Path| {
-        std::process::Command::new("python3")
-            .env("PYTHONPATH", pp)
-            .args(["-c", "import numpy, safetensors.numpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if !check(&dir) {
-        let st = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--constraint",
-            ])
-            // The same pinned safetensors as the Python package's tests.
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/python/constraints.txt"
-            ))
-            .arg("--target")
-            .arg(&dir)
-            .args(["safetensors", "numpy"])
-            .status()
-            .expect("python3 -m pip runs");
-        assert!(
-            st.success(),
-            "could not install safetensors and numpy from PyPI"
-        );
-        assert!(check(&dir));
-    }
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

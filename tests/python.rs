@@ -2,96 +2,25 @@
 //! tests, then its numpy example, its PyTorch example and a Rust reference
 //! trainer on one model, each holding one class of UCI Wine.
 //!
-//! The package is installed into a virtualenv under the target directory
-//! (`pip install ./python`, from PyPI, at the versions pinned in
-//! `python/constraints.txt`), made from `KERNAL_PYTHON` or the
-//! system's `/usr/bin/python3` with its site packages, where `.ci/run`
-//! installs Debian's CPU build of PyTorch. With `KERNAL_REQUIRE_TORCH=1` (CI)
+//! The package is installed into the tests' shared virtualenv
+//! (`common::python`, pinned by `python/constraints.txt`). With `KERNAL_REQUIRE_TORCH=1` (CI)
 //! a missing PyTorch fails the test; elsewhere the PyTorch example is
 //! skipped with a message and the numpy and Rust trainers still run.
 
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::python::{python, repo, run};
 use common::*;
 use kernal::data;
 use kernal::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::MlpLearner;
 use serde_json::{json, Value};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn base_python() -> PathBuf {
-    if let Ok(p) = std::env::var("KERNAL_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let system = Path::new("/usr/bin/python3");
-    if system.exists() {
-        system.to_path_buf()
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// The virtualenv's python with the package installed, made once per run.
-fn python() -> &'static Path {
-    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = PY.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernal-py");
-        let py = dir.join("bin").join("python");
-        if !py.exists() {
-            run(
-                Command::new(base_python())
-                    .args(["-m", "venv", "--system-site-packages"])
-                    .arg(&dir),
-                "creating the virtualenv",
-            )?;
-        }
-        run(
-            Command::new(&py)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--constraint",
-                ])
-                .arg(repo().join("python/constraints.txt"))
-                .arg(repo().join("python")),
-            "pip install ./python",
-        )?;
-        Ok(py)
-    });
-    match r {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn has_torch(py: &Path) -> bool {
     Command::new(py)

@@ -2,6 +2,8 @@
 //! port with a fresh SQLite file, and a raw protocol-v1 WebSocket client.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

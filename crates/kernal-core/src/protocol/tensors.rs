@@ -119,23 +119,43 @@ impl ModelLayout {
                 ))
             }
         };
-        let mut header = serde_json::Map::new();
+        // The header as the reference writer lays it out (metadata first,
+        // then each tensor in data order with dtype, shape, data_offsets),
+        // so a file kernal writes is byte for byte the one Python's
+        // safetensors writes for the same tensors (tests/golden.rs).
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            dtype: &'a str,
+            shape: &'a [usize],
+            data_offsets: [usize; 2],
+        }
+        // Strings, string maps and this struct always serialise.
+        fn json<T: Serialize + ?Sized>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        let mut header = String::from("{");
         if let Some(meta) = metadata {
-            header.insert(
-                "__metadata__".into(),
-                serde_json::to_value(meta).unwrap_or_default(),
-            );
+            let sorted: std::collections::BTreeMap<_, _> = meta.iter().collect();
+            header.push_str("\"__metadata__\":");
+            header.push_str(&json(&sorted));
         }
         let mut off = 0usize;
         for t in &self.tensors {
             let n = t.numel() * width;
-            header.insert(
-                t.name.clone(),
-                serde_json::json!({"dtype": dname, "shape": t.shape, "data_offsets": [off, off + n]}),
-            );
+            if header.len() > 1 {
+                header.push(',');
+            }
+            header.push_str(&json(&t.name));
+            header.push(':');
+            header.push_str(&json(&Entry {
+                dtype: dname,
+                shape: &t.shape,
+                data_offsets: [off, off + n],
+            }));
             off += n;
         }
-        let mut hjson = serde_json::Value::Object(header).to_string().into_bytes();
+        header.push('}');
+        let mut hjson = header.into_bytes();
         // The data section starts 8-byte aligned, as the reference writer does.
         while !(8 + hjson.len()).is_multiple_of(8) {
             hjson.push(b' ');
