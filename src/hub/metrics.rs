@@ -1,15 +1,20 @@
 //! The MetricsAggregator: counters and rolling figures fed by hub events,
-//! served as JSON snapshots, as Prometheus text, and pushed live to
-//! `/v1/events` subscribers.
+//! served as JSON snapshots, as Prometheus text (through prometheus-client),
+//! and pushed live to `/v1/events` subscribers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
 use actix::prelude::*;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 /// Something that happened, as the event feed and the dashboard see it.
@@ -247,7 +252,7 @@ const AGG_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug)]
 struct Histogram {
     counts: Vec<u64>,
     sum: f64,
@@ -268,25 +273,142 @@ impl Histogram {
         self.count += 1;
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in AGG_BUCKETS.iter().enumerate() {
-            let c = self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    /// Per-bucket counts (not cumulative) as prometheus-client takes them;
+    /// the `+Inf` bucket is the total count.
+    fn buckets(&self) -> Vec<(f64, u64)> {
+        let mut below = 0;
+        AGG_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let c = self.counts.get(i).copied().unwrap_or(0);
+                let in_bucket = c.saturating_sub(below);
+                below = c;
+                (*b, in_bucket)
+            })
+            .collect()
     }
+}
+
+/// A histogram counted by kernal (in atomics on the hot path, or by the
+/// aggregator) and exposed through prometheus-client's encoder. Its own
+/// `Histogram` takes a lock per observation, which the update path avoids.
+#[derive(Debug)]
+struct Counted(Histogram);
+
+impl TypedMetric for Counted {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Counted {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &self.0.buckets(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    model: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+fn model(m: &str) -> ModelLabel {
+    ModelLabel { model: m.into() }
+}
+
+fn kind(k: &str) -> KindLabel {
+    KindLabel { kind: k.into() }
+}
+
+/// A counter holding `n`, for exposing a count kept elsewhere.
+fn counter(n: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(n);
+    c
+}
+
+fn gauge(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
+}
+
+/// A family of counters with the counts of `items`.
+fn counters<L, I>(items: I) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+    I: IntoIterator<Item = (L, u64)>,
+{
+    let f = Family::<L, Counter>::default();
+    for (l, n) in items {
+        f.get_or_create(&l).inc_by(n);
+    }
+    f
+}
+
+fn gauges<L, I>(items: I) -> Family<L, Gauge>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+    I: IntoIterator<Item = (L, i64)>,
+{
+    let f = Family::<L, Gauge>::default();
+    for (l, v) in items {
+        f.get_or_create(&l).set(v);
+    }
+    f
+}
+
+/// A family of histograms already counted.
+#[derive(Debug)]
+struct CountedFamily<L>(Vec<(L, Counted)>);
+
+impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> EncodeMetric
+    for CountedFamily<L>
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            h.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn histograms<'a, L: 'a, I>(items: I) -> CountedFamily<L>
+where
+    I: IntoIterator<Item = (L, &'a Histogram)>,
+{
+    CountedFamily(
+        items
+            .into_iter()
+            .map(|(l, h)| (l, Counted(h.clone())))
+            .collect(),
+    )
+}
+
+/// Prometheus text of a registry (format 0.0.4, what promtool checks).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String does not fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+    out
 }
 
 pub struct MetricsAggregator {
@@ -317,17 +439,6 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// into one `updates_summary` event.
 pub const MAX_EVENTS_PER_FLUSH: usize = 50;
 const RECENT: usize = 200;
-
-/// The `# HELP` and `# TYPE` lines of one metric family.
-fn family(w: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(w, "# HELP {name} {help}");
-    let _ = writeln!(w, "# TYPE {name} {kind}");
-}
-
-/// One sample of a per-model metric.
-fn per_model(w: &mut String, name: &str, model: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(w, "{name}{{model=\"{}\"}} {value}", esc(model));
-}
 
 impl Default for MetricsAggregator {
     fn default() -> Self {
@@ -551,234 +662,151 @@ impl Handler<GetSnapshot> for MetricsAggregator {
 
 /// The storage families of `/metrics`, from the hub's storage record.
 pub fn storage_metrics(h: &crate::db::StorageHealth) -> String {
-    let mut w = String::new();
-    family(
-        &mut w,
-        "kernal_storage_errors_total",
-        "counter",
-        "Failed writes to the database or blob files.",
+    let mut r = Registry::default();
+    r.register(
+        "kernal_storage_errors",
+        "Failed writes to the database or blob files",
+        counter(h.errors()),
     );
-    let _ = writeln!(w, "kernal_storage_errors_total {}", h.errors());
-    family(
-        &mut w,
+    r.register(
         "kernal_storage_ok",
-        "gauge",
-        "1 while the hub can store what it is sent, 0 while writes fail.",
+        "1 while the hub can store what it is sent, 0 while writes fail",
+        gauge(i64::from(!h.failing())),
     );
-    let _ = writeln!(w, "kernal_storage_ok {}", u8::from(!h.failing()));
-    family(
-        &mut w,
+    r.register(
         "kernal_storage_lost_acknowledged_updates",
-        "gauge",
-        "Acknowledged updates the ledger no longer had at start (at most).",
+        "Acknowledged updates the ledger no longer had at start (at most)",
+        gauge(i64::try_from(h.lost_acknowledged()).unwrap_or(i64::MAX)),
     );
-    let _ = writeln!(
-        w,
-        "kernal_storage_lost_acknowledged_updates {}",
-        h.lost_acknowledged()
-    );
-    w
+    encode(&r)
 }
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl MetricsAggregator {
+    /// Everything the aggregator knows, as a registry for one scrape: the
+    /// counts stay where the hub keeps them (atomics and maps), and
+    /// prometheus-client names, escapes and formats them.
+    fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "kernal_up",
+            "Whether the hub is serving (always 1 when scraped)",
+            gauge(1),
+        );
+        let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        uptime.set(self.started.elapsed().as_secs_f64());
+        r.register(
+            "kernal_uptime_seconds",
+            "Seconds since the hub started",
+            uptime,
+        );
+        let by_model = |f: fn(&ModelGauges) -> usize| {
+            gauges(
+                self.gauges
+                    .values()
+                    .map(move |g| (model(&g.model), i64::try_from(f(g)).unwrap_or(i64::MAX))),
+            )
+        };
+        r.register(
+            "kernal_connected_trainers",
+            "Trainers connected, by model",
+            by_model(|g| g.connected),
+        );
+        r.register(
+            "kernal_model_version",
+            "Current global version, by model",
+            gauges(self.gauges.values().map(|g| {
+                (
+                    model(&g.model),
+                    i64::try_from(g.version).unwrap_or(i64::MAX),
+                )
+            })),
+        );
+        r.register(
+            "kernal_buffered_updates",
+            "Accepted updates waiting to be aggregated, by model",
+            by_model(|g| g.buffered),
+        );
+        r.register(
+            "kernal_updates_received",
+            "Updates received, by model",
+            counters(self.received.iter().map(|(m, n)| (model(m), *n))),
+        );
+        r.register(
+            "kernal_updates_acknowledged",
+            "Updates made durable and acknowledged, by model",
+            counters(self.accepted.iter().map(|(m, n)| (model(m), *n))),
+        );
+        r.register(
+            "kernal_updates_refused",
+            "Updates refused, by model and error code",
+            counters(self.refused.iter().map(|((m, c), n)| {
+                (
+                    RefusalLabels {
+                        model: m.clone(),
+                        code: c.clone(),
+                    },
+                    *n,
+                )
+            })),
+        );
+        r.register(
+            "kernal_versions_committed",
+            "Global versions committed since start",
+            counter(self.versions),
+        );
+        r.register(
+            "kernal_aggregation_duration_seconds",
+            "Time to fold a buffer into a new version",
+            histograms(self.agg_hist.iter().map(|(m, h)| (model(m), h))),
+        );
+        r.register(
+            "kernal_received_bytes",
+            "Update payload bytes received",
+            counter(self.hot.bytes_in.load(Ordering::Relaxed)),
+        );
+        r.register(
+            "kernal_sent_bytes",
+            "Model payload bytes sent to trainers",
+            counter(self.hot.bytes_out.load(Ordering::Relaxed)),
+        );
+        r.register(
+            "kernal_persister_queue_depth",
+            "Writes sent to the persister and not yet done",
+            gauge(self.hot.persister_queue.load(Ordering::Relaxed)),
+        );
+        r.register(
+            "kernal_persister_commit_duration_seconds",
+            "Time of one persister write, by kind",
+            histograms(self.persist_hist.iter().map(|(k, h)| (kind(k), h))),
+        );
+        r.register(
+            "kernal_update_answer_seconds",
+            "From an update's last byte received to its ack or error queued",
+            Counted(self.hot.answer_histogram()),
+        );
+        r.register(
+            "kernal_slow_consumers",
+            "Trainer connections dropped because they did not read what they were sent",
+            counter(self.hot.slow_consumers()),
+        );
+        r.register(
+            "kernal_websocket_sessions_opened",
+            "WebSocket sessions opened, by kind",
+            counters(self.ws_opened.iter().map(|(k, n)| (kind(k), *n))),
+        );
+        r.register(
+            "kernal_websocket_sessions_closed",
+            "WebSocket sessions closed, by kind",
+            counters(self.ws_closed.iter().map(|(k, n)| (kind(k), *n))),
+        );
+        r
+    }
 }
 
 impl Handler<RenderPrometheus> for MetricsAggregator {
     type Result = String;
     fn handle(&mut self, _: RenderPrometheus, _: &mut Self::Context) -> String {
-        let mut o = String::new();
-        let w = &mut o;
-        family(
-            w,
-            "kernal_up",
-            "gauge",
-            "Whether the hub is serving (always 1 when scraped).",
-        );
-        let _ = writeln!(w, "kernal_up 1");
-        family(
-            w,
-            "kernal_uptime_seconds",
-            "gauge",
-            "Seconds since the hub started.",
-        );
-        let _ = writeln!(
-            w,
-            "kernal_uptime_seconds {}",
-            self.started.elapsed().as_secs_f64()
-        );
-        family(
-            w,
-            "kernal_connected_trainers",
-            "gauge",
-            "Trainers connected, by model.",
-        );
-        for g in self.gauges.values() {
-            per_model(w, "kernal_connected_trainers", &g.model, g.connected);
-        }
-        family(
-            w,
-            "kernal_model_version",
-            "gauge",
-            "Current global version, by model.",
-        );
-        for g in self.gauges.values() {
-            per_model(w, "kernal_model_version", &g.model, g.version);
-        }
-        family(
-            w,
-            "kernal_buffered_updates",
-            "gauge",
-            "Accepted updates waiting to be aggregated, by model.",
-        );
-        for g in self.gauges.values() {
-            per_model(w, "kernal_buffered_updates", &g.model, g.buffered);
-        }
-        family(
-            w,
-            "kernal_updates_received_total",
-            "counter",
-            "Updates received, by model.",
-        );
-        for (m, n) in &self.received {
-            per_model(w, "kernal_updates_received_total", m, n);
-        }
-        family(
-            w,
-            "kernal_updates_acknowledged_total",
-            "counter",
-            "Updates made durable and acknowledged, by model.",
-        );
-        for (m, n) in &self.accepted {
-            per_model(w, "kernal_updates_acknowledged_total", m, n);
-        }
-        family(
-            w,
-            "kernal_updates_refused_total",
-            "counter",
-            "Updates refused, by model and error code.",
-        );
-        for ((m, c), n) in &self.refused {
-            let _ = writeln!(
-                w,
-                "kernal_updates_refused_total{{model=\"{}\",code=\"{}\"}} {n}",
-                esc(m),
-                esc(c)
-            );
-        }
-        family(
-            w,
-            "kernal_versions_committed_total",
-            "counter",
-            "Global versions committed since start.",
-        );
-        let _ = writeln!(w, "kernal_versions_committed_total {}", self.versions);
-        family(
-            w,
-            "kernal_aggregation_duration_seconds",
-            "histogram",
-            "Time to fold a buffer into a new version.",
-        );
-        for (m, h) in &self.agg_hist {
-            h.render(
-                w,
-                "kernal_aggregation_duration_seconds",
-                &format!("model=\"{}\"", esc(m)),
-            );
-        }
-        family(
-            w,
-            "kernal_received_bytes_total",
-            "counter",
-            "Update payload bytes received.",
-        );
-        let _ = writeln!(
-            w,
-            "kernal_received_bytes_total {}",
-            self.hot.bytes_in.load(Ordering::Relaxed)
-        );
-        family(
-            w,
-            "kernal_sent_bytes_total",
-            "counter",
-            "Model payload bytes sent to trainers.",
-        );
-        let _ = writeln!(
-            w,
-            "kernal_sent_bytes_total {}",
-            self.hot.bytes_out.load(Ordering::Relaxed)
-        );
-        family(
-            w,
-            "kernal_persister_queue_depth",
-            "gauge",
-            "Writes sent to the persister and not yet done.",
-        );
-        let _ = writeln!(
-            w,
-            "kernal_persister_queue_depth {}",
-            self.hot.persister_queue.load(Ordering::Relaxed)
-        );
-        family(
-            w,
-            "kernal_persister_commit_duration_seconds",
-            "histogram",
-            "Time of one persister write, by kind.",
-        );
-        for (k, h) in &self.persist_hist {
-            h.render(
-                w,
-                "kernal_persister_commit_duration_seconds",
-                &format!("kind=\"{k}\""),
-            );
-        }
-        family(
-            w,
-            "kernal_update_answer_seconds",
-            "histogram",
-            "From an update's last byte received to its ack or error queued.",
-        );
-        self.hot
-            .answer_histogram()
-            .render(w, "kernal_update_answer_seconds", "");
-        family(
-            w,
-            "kernal_slow_consumers_total",
-            "counter",
-            "Trainer connections dropped because they did not read what they were sent.",
-        );
-        let _ = writeln!(
-            w,
-            "kernal_slow_consumers_total {}",
-            self.hot.slow_consumers()
-        );
-        family(
-            w,
-            "kernal_websocket_sessions_opened_total",
-            "counter",
-            "WebSocket sessions opened, by kind.",
-        );
-        for (k, n) in &self.ws_opened {
-            let _ = writeln!(
-                w,
-                "kernal_websocket_sessions_opened_total{{kind=\"{k}\"}} {n}"
-            );
-        }
-        family(
-            w,
-            "kernal_websocket_sessions_closed_total",
-            "counter",
-            "WebSocket sessions closed, by kind.",
-        );
-        for (k, n) in &self.ws_closed {
-            let _ = writeln!(
-                w,
-                "kernal_websocket_sessions_closed_total{{kind=\"{k}\"}} {n}"
-            );
-        }
-        o
+        encode(&self.registry())
     }
 }
 
@@ -796,9 +824,11 @@ mod tests {
         hot.bytes_in(10);
         hot.bytes_in(5);
         hot.persister_queue(7);
-        let mut out = String::new();
-        hot.answer_histogram().render(&mut out, "a", "");
+        let mut r = Registry::default();
+        r.register("a", "A histogram", Counted(hot.answer_histogram()));
+        let out = encode(&r);
         for line in [
+            "# TYPE a histogram",
             "a_bucket{le=\"0.0005\"} 1",
             "a_bucket{le=\"0.0025\"} 1",
             "a_bucket{le=\"0.005\"} 3",

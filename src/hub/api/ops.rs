@@ -87,7 +87,7 @@ pub async fn prometheus(st: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let mut text = st.metrics.send(metrics::RenderPrometheus).await?;
     text.push_str(&metrics::storage_metrics(st.blobs.health()));
     Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .content_type(prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
         .body(text))
 }
 
