@@ -2,6 +2,7 @@
 //! admits trainers, accepts updates (acking only after the Persister made them
 //! durable), folds buffers into new versions and broadcasts them.
 
+use super::version_metrics::{EvalFigures, RollbackFigures, VersionMetrics};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -375,19 +376,20 @@ impl Hub {
                 }
             };
             let version_secs = started.elapsed().as_secs_f64();
-            let metrics = serde_json::json!({
-                "aggregation": fold.report,
-                // Folding every update (as it came, for streaming strategies)
-                // and finishing the fold.
-                "aggregation_seconds": agg_secs,
-                // Fold, evaluation, encoding and the checkpoint file.
-                "version_build_seconds": version_secs,
-                "eval": eval.map(|e| serde_json::json!({
-                    "accuracy": e.accuracy, "loss": e.loss, "examples": e.examples,
-                    "dataset": "digits-test"
-                })),
-                "applied_update_ids": fold.applied.iter().map(|b| format!("{}/{}", b.trainer, b.update_id)).collect::<Vec<_>>(),
-            });
+            let metrics = VersionMetrics {
+                aggregation: Some(fold.report.clone()),
+                aggregation_seconds: Some(agg_secs),
+                version_build_seconds: Some(version_secs),
+                eval: eval.as_ref().map(EvalFigures::digits),
+                applied_update_ids: Some(
+                    fold.applied
+                        .iter()
+                        .map(|b| format!("{}/{}", b.trainer, b.update_id))
+                        .collect(),
+                ),
+                ..Default::default()
+            }
+            .to_json();
             let commit = persister::CommitVersion {
                 model: name.clone(),
                 version: fold.version,
@@ -600,10 +602,7 @@ impl Hub {
             .await
             .ok()
             .flatten()?;
-            let json = serde_json::json!({
-                "accuracy": ev.accuracy, "loss": ev.loss, "examples": ev.examples,
-                "dataset": "evalset"
-            });
+            let json = serde_json::to_value(EvalFigures::evalset(&ev)).unwrap_or_default();
             let stored = persister
                 .send(persister::RecordVersionEval {
                     model: name.clone(),
@@ -1301,14 +1300,15 @@ impl Handler<Rollback> for Hub {
                 refused,
                 acc,
             } = built;
-            let metrics = serde_json::json!({
-                "rollback": {"restored_version": to, "replaced_version": current,
-                             "refused_updates": refused.len()},
-                "eval": eval.map(|e| serde_json::json!({
-                    "accuracy": e.accuracy, "loss": e.loss, "examples": e.examples,
-                    "dataset": "digits-test"
-                })),
-            });
+            let metrics = VersionMetrics {
+                rollback: Some(RollbackFigures {
+                    restored_version: to,
+                    replaced_version: current,
+                    refused_updates: refused.len(),
+                }),
+                ..VersionMetrics::evaluated(eval.as_ref())
+            }
+            .to_json();
             let refused_ids: Vec<i64> = refused.iter().map(|b| b.row_id).collect();
             let commit = persister::CommitVersion {
                 model: name.clone(),
@@ -1664,7 +1664,7 @@ impl Handler<CreateModel> for Hub {
             self.test_data.as_deref(),
             m.normalisation.frozen(),
         );
-        let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
+        let metrics = VersionMetrics::evaluated(eval.as_ref()).to_json();
         let persister = self.persister.clone();
         let msg = persister::CreateModel {
             row,

@@ -13,6 +13,7 @@ pub mod reload;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod version_metrics;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -284,7 +285,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         let split = crate::data::digits_split().ok();
         let eval =
             state::evaluate_builtin(&layout, &weights, split.as_ref().map(|s| &s.test), None);
-        let metrics = serde_json::json!({"eval": eval.map(|e| serde_json::json!({"accuracy": e.accuracy, "loss": e.loss, "examples": e.examples, "dataset": "digits-test"}))});
+        let metrics = version_metrics::VersionMetrics::evaluated(eval.as_ref()).to_json();
         db::insert_model(
             &mut conn,
             &db::ModelRow {

@@ -1,0 +1,83 @@
+//! What the hub stores as a version's `metrics` (served by
+//! `GET /v1/models/{m}/versions/{v}`): one typed shape for a fold, a
+//! rollback and a model's first version, instead of JSON assembled at each.
+
+use serde::Serialize;
+
+use crate::aggregation::AggregateReport;
+use crate::model::Evaluation;
+
+/// A version's evaluation, naming the data it was scored on.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalFigures {
+    pub accuracy: f64,
+    pub loss: f64,
+    pub examples: usize,
+    /// `digits-test` (the built-in test split) or `evalset` (the model's
+    /// uploaded evaluation set).
+    pub dataset: &'static str,
+}
+
+impl EvalFigures {
+    pub fn digits(e: &Evaluation) -> Self {
+        Self::of(e, "digits-test")
+    }
+
+    pub fn evalset(e: &Evaluation) -> Self {
+        Self::of(e, "evalset")
+    }
+
+    fn of(e: &Evaluation, dataset: &'static str) -> Self {
+        EvalFigures {
+            accuracy: e.accuracy,
+            loss: e.loss,
+            examples: e.examples,
+            dataset,
+        }
+    }
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackFigures {
+    pub restored_version: u64,
+    pub replaced_version: u64,
+    pub refused_updates: usize,
+}
+
+/// The metrics of one version. A fold fills the aggregation fields, a
+/// rollback `rollback`; every version has `eval` (null when there is
+/// nothing to score on).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VersionMetrics {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<AggregateReport>,
+    /// Folding every update (as it came, for streaming strategies) and
+    /// finishing the fold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation_seconds: Option<f64>,
+    /// Fold, evaluation, encoding and the checkpoint file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_build_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackFigures>,
+    pub eval: Option<EvalFigures>,
+    /// `trainer/update_id` of each update folded in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_update_ids: Option<Vec<String>>,
+}
+
+impl VersionMetrics {
+    /// A version with only its evaluation on the built-in test split.
+    pub fn evaluated(eval: Option<&Evaluation>) -> Self {
+        VersionMetrics {
+            eval: eval.map(EvalFigures::digits),
+            ..Default::default()
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        // Plain numbers, strings and lists: always representable.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
