@@ -1409,6 +1409,18 @@ struct RollbackJob {
     norm: Option<Normalisation>,
 }
 
+/// The answer of a persister write as the hub gives it: a failed write is
+/// `internal`, a persister that is gone means the hub is shutting down.
+fn persisted<T, E: std::fmt::Display>(
+    res: Result<Result<T, E>, actix::MailboxError>,
+) -> Result<T, Refusal> {
+    match res {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
+    }
+}
+
 /// A rolled-back model, built off the actor.
 struct RollbackBuilt {
     weights: Vec<f32>,
@@ -1520,88 +1532,42 @@ fn build_rollback(job: RollbackJob) -> Result<RollbackBuilt, (Refusal, Vec<Buffe
 }
 
 /// Lets a revoked trainer name join again (with the token it registered).
+/// Revokes a trainer (closing its connection) or reinstates it.
 #[derive(Message)]
 #[rtype(result = "Result<bool, Refusal>")]
-pub struct Unrevoke {
+pub struct SetRevocation {
     pub name: String,
+    pub revoked: bool,
 }
 
-impl Handler<Unrevoke> for Hub {
+impl Handler<SetRevocation> for Hub {
     type Result = ResponseActFuture<Self, Result<bool, Refusal>>;
-    fn handle(&mut self, m: Unrevoke, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, m: SetRevocation, _: &mut Self::Context) -> Self::Result {
         let Some(t) = self.trainers.get_mut(&m.name) else {
             return Box::pin(fut::ready(Err(Refusal::new(
                 ErrorCode::UnknownTrainer,
                 format!("no trainer named `{}`", m.name),
             ))));
         };
-        t.revoked = false;
+        t.revoked = m.revoked;
+        if m.revoked {
+            if let Some(s) = self.sessions.get(&m.name) {
+                s.addr.do_send(ToSession::Close {
+                    code: ErrorCode::Revoked,
+                    message: "an administrator revoked this trainer".into(),
+                });
+            }
+        }
         let persister = self.persister.clone();
-        let name = m.name.clone();
+        let SetRevocation { name, revoked } = m;
         Box::pin(
             async move {
                 persister
-                    .send(persister::SetRevoked {
-                        name,
-                        revoked: false,
-                    })
+                    .send(persister::SetRevoked { name, revoked })
                     .await
             }
             .into_actor(self)
-            .map(|res, _, _| match res {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-                Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
-            }),
-        )
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<bool, Refusal>")]
-pub struct Revoke {
-    pub name: String,
-}
-
-impl Handler<Revoke> for Hub {
-    type Result = ResponseActFuture<Self, Result<bool, Refusal>>;
-    fn handle(&mut self, m: Revoke, _: &mut Self::Context) -> Self::Result {
-        let known = match self.trainers.get_mut(&m.name) {
-            Some(t) => {
-                t.revoked = true;
-                true
-            }
-            None => false,
-        };
-        if !known {
-            return Box::pin(fut::ready(Err(Refusal::new(
-                ErrorCode::UnknownTrainer,
-                format!("no trainer named `{}`", m.name),
-            ))));
-        }
-        if let Some(s) = self.sessions.get(&m.name) {
-            s.addr.do_send(ToSession::Close {
-                code: ErrorCode::Revoked,
-                message: "an administrator revoked this trainer".into(),
-            });
-        }
-        let persister = self.persister.clone();
-        let name = m.name.clone();
-        Box::pin(
-            async move {
-                persister
-                    .send(persister::SetRevoked {
-                        name,
-                        revoked: true,
-                    })
-                    .await
-            }
-            .into_actor(self)
-            .map(|res, _, _| match res {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-                Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
-            }),
+            .map(|res, _, _| persisted(res)),
         )
     }
 }
@@ -1720,18 +1686,15 @@ impl Handler<RecordHarnessRun> for Hub {
         Box::pin(
             async move { persister.send(persister::InsertHarnessRun(m.0)).await }
                 .into_actor(self)
-                .map(move |res, act, _| match res {
-                    Ok(Ok(id)) => {
-                        act.event(HubEvent::HarnessRun {
-                            id,
-                            scenario,
-                            passed,
-                            collective_accuracy: acc,
-                        });
-                        Ok(id)
-                    }
-                    Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-                    Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
+                .map(move |res, act, _| {
+                    let id = persisted(res)?;
+                    act.event(HubEvent::HarnessRun {
+                        id,
+                        scenario,
+                        passed,
+                        collective_accuracy: acc,
+                    });
+                    Ok(id)
                 }),
         )
     }
@@ -1966,19 +1929,16 @@ impl Handler<SetEvalset> for Hub {
         Box::pin(
             async move { persister.send(save).await }
                 .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(Ok(())) => {
-                        let Some(model) = act.models.get_mut(&name) else {
-                            return Ok(());
-                        };
-                        model.evalset = Some(data);
-                        let v = model.version;
-                        log::info!("model {name}: evaluation set attached");
-                        act.evaluate_later(&name, v, ctx);
-                        Ok(())
-                    }
-                    Ok(Err(e)) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-                    Err(e) => Err(Refusal::new(ErrorCode::ShuttingDown, e.to_string())),
+                .map(move |res, act, ctx| {
+                    persisted(res)?;
+                    let Some(model) = act.models.get_mut(&name) else {
+                        return Ok(());
+                    };
+                    model.evalset = Some(data);
+                    let v = model.version;
+                    log::info!("model {name}: evaluation set attached");
+                    act.evaluate_later(&name, v, ctx);
+                    Ok(())
                 }),
         )
     }

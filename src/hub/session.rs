@@ -430,6 +430,37 @@ impl TrainerSession {
         self.outbox.text(m.to_json());
     }
 
+    /// Asks the hub and hands its answer to `answered`; a refusal becomes
+    /// this connection's `error` (fatal or not by its code), and a hub that
+    /// is gone a `shutting_down`.
+    fn ask_hub<M, T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        msg: M,
+        answered: impl FnOnce(&mut Self, T) + 'static,
+    ) where
+        M: Message<Result = Result<T, Refusal>> + Send + 'static,
+        M::Result: Send,
+        T: 'static,
+        Hub: Handler<M>,
+    {
+        ctx.spawn(
+            self.hub
+                .send(msg)
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(Ok(t)) => answered(act, t),
+                    Ok(Err(Refusal { code, message })) => act.error(ctx, code, message, None),
+                    Err(e) => act.error(
+                        ctx,
+                        ErrorCode::ShuttingDown,
+                        format!("hub unavailable: {e}"),
+                        None,
+                    ),
+                }),
+        );
+    }
+
     fn error(
         &mut self,
         ctx: &mut Context<Self>,
@@ -604,25 +635,9 @@ impl TrainerSession {
                     model: r.model.clone(),
                     stats: crate::protocol::FeatureStats { count, sum, sumsq },
                 };
-                ctx.spawn(
-                    self.hub
-                        .send(submit)
-                        .into_actor(self)
-                        .map(|res, act, ctx| match res {
-                            Ok(Ok((trainers, frozen))) => {
-                                act.send(&ServerMessage::StatsReceived { trainers, frozen })
-                            }
-                            Ok(Err(Refusal { code, message })) => {
-                                act.error(ctx, code, message, None)
-                            }
-                            Err(e) => act.error(
-                                ctx,
-                                ErrorCode::ShuttingDown,
-                                format!("hub unavailable: {e}"),
-                                None,
-                            ),
-                        }),
-                );
+                self.ask_hub(ctx, submit, |act, (trainers, frozen)| {
+                    act.send(&ServerMessage::StatsReceived { trainers, frozen })
+                });
             }
             (
                 Phase::Ready(r),
@@ -649,23 +664,7 @@ impl TrainerSession {
                     loss,
                     num_examples,
                 };
-                ctx.spawn(
-                    self.hub
-                        .send(eval)
-                        .into_actor(self)
-                        .map(|res, act, ctx| match res {
-                            Ok(Ok(())) => {}
-                            Ok(Err(Refusal { code, message })) => {
-                                act.error(ctx, code, message, None)
-                            }
-                            Err(e) => act.error(
-                                ctx,
-                                ErrorCode::ShuttingDown,
-                                format!("hub unavailable: {e}"),
-                                None,
-                            ),
-                        }),
-                );
+                self.ask_hub(ctx, eval, |_, ()| {});
             }
         }
     }

@@ -73,6 +73,23 @@ pub async fn list_trainers(st: web::Data<AppState>) -> Result<HttpResponse, ApiE
     Ok(HttpResponse::Ok().json(TrainersList { trainers }))
 }
 
+async fn set_revocation(
+    req: &HttpRequest,
+    st: &AppState,
+    name: String,
+    revoked: bool,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(req, st)?;
+    st.hub
+        .send(hub_actor::SetRevocation {
+            name: name.clone(),
+            revoked,
+        })
+        .await?
+        .map_err(refusal)?;
+    Ok(HttpResponse::Ok().json(RevokedState { name, revoked }))
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RevokedState {
     pub name: String,
@@ -99,16 +116,7 @@ pub async fn revoke_trainer(
     st: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
-    let name = path.into_inner();
-    st.hub
-        .send(hub_actor::Revoke { name: name.clone() })
-        .await?
-        .map_err(refusal)?;
-    Ok(HttpResponse::Ok().json(RevokedState {
-        name,
-        revoked: true,
-    }))
+    set_revocation(&req, &st, path.into_inner(), true).await
 }
 
 /// Reinstate a revoked trainer (admin): its name may join again with the
@@ -131,14 +139,5 @@ pub async fn unrevoke_trainer(
     st: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
-    let name = path.into_inner();
-    st.hub
-        .send(hub_actor::Unrevoke { name: name.clone() })
-        .await?
-        .map_err(refusal)?;
-    Ok(HttpResponse::Ok().json(RevokedState {
-        name,
-        revoked: false,
-    }))
+    set_revocation(&req, &st, path.into_inner(), false).await
 }
