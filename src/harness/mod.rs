@@ -5,7 +5,14 @@
 //! compares it with specialists trained alone, checks the ledger, prints a
 //! table and a verdict, writes a JSON report and records the run on the hub.
 
+mod dataset;
+pub mod report;
 pub mod scenario;
+
+use dataset::{
+    centralised_accuracy, ensure_dataset_model, hub_evaluation, prepare_dataset, shard, Prepared,
+};
+pub use report::{render, Criterion, Report, RunOutcome, TrainerRow};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -47,66 +53,6 @@ pub enum HarnessError {
 
 fn run_err(e: impl std::fmt::Display) -> HarnessError {
     HarnessError::Run(e.to_string())
-}
-
-/// One pass/fail check with its figure and bound.
-#[derive(Debug, Clone, Serialize)]
-pub struct Criterion {
-    pub name: String,
-    pub passed: bool,
-    pub value: Option<f64>,
-    pub bound: Option<f64>,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainerRow {
-    pub name: String,
-    pub specialty: String,
-    pub behaviour: Behaviour,
-    pub solo_accuracy: Option<f64>,
-    pub collective_specialty_accuracy: Option<f64>,
-    pub collective_accuracy: f64,
-    pub versions_trained: u64,
-    pub sent: u64,
-    pub acknowledged: u64,
-    pub refused: u64,
-    pub refusal_codes: HashMap<String, u64>,
-}
-
-/// The outcome of one run of the scenario against one hub.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunOutcome {
-    pub strategy: Option<String>,
-    pub final_version: u64,
-    pub collective_accuracy: f64,
-    pub specialty_accuracy: BTreeMap<String, f64>,
-    pub trainers: Vec<TrainerRow>,
-    pub seconds: f64,
-    pub restarted_at: Option<u64>,
-    pub ledger_problems: Vec<String>,
-    pub timed_out: bool,
-    /// A `[dataset]` run: the same network trained centrally on the union
-    /// of the trainers' rows, on the same held-out rows.
-    pub centralised_accuracy: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub scenario: String,
-    pub description: String,
-    pub seed: u64,
-    pub passed: bool,
-    pub hub: String,
-    pub started_at: String,
-    pub finished_at: String,
-    pub summary: Value,
-    pub criteria: Vec<Criterion>,
-    pub run: RunOutcome,
-    pub solo: BTreeMap<String, f64>,
-    pub compare: Option<RunOutcome>,
-    pub recorded_run_id: Option<i64>,
-    pub notes: Vec<String>,
 }
 
 /// The harness's own hub: the scenario's `[hub]` settings (or the
@@ -207,207 +153,6 @@ struct RunCtx<'a> {
     prepared: Option<&'a Prepared>,
     /// The aggregation settings of a model the harness creates.
     aggregation: crate::aggregation::AggregationOverrides,
-}
-
-/// A `[dataset]` scenario's data: raw features, split once.
-pub struct Prepared {
-    pub split: data::Split,
-    pub spec: MlpSpec,
-}
-
-/// Loads and splits a scenario's data set (shipped by name, or a CSV path
-/// relative to the scenario file).
-fn prepare_dataset(
-    d: &scenario::DatasetSpec,
-    scenario_path: Option<&std::path::Path>,
-) -> Result<Prepared, HarnessError> {
-    let text = match data::BUILTIN_CSV.iter().find(|(n, _)| *n == d.csv) {
-        Some((_, t)) => t.to_string(),
-        None => {
-            let p = scenario_path
-                .and_then(|p| p.parent())
-                .map(|dir| dir.join(&d.csv))
-                .unwrap_or_else(|| PathBuf::from(&d.csv));
-            std::fs::read_to_string(&p).map_err(|e| {
-                HarnessError::Run(format!(
-                    "dataset.csv: `{}` is neither a shipped data set ({}) nor a readable file: {e}",
-                    d.csv,
-                    data::BUILTIN_CSV
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?
-        }
-    };
-    let ds = data::parse_dataset(&text, &d.csv).map_err(run_err)?;
-    let split = data::stratified_split(&ds, d.test_fraction, data::SPLIT_SEED);
-    Ok(Prepared {
-        spec: MlpSpec {
-            inputs: ds.dim,
-            hidden: d.hidden,
-            classes: ds.classes.max(2),
-        },
-        split,
-    })
-}
-
-/// The rows a trainer holds: its classes, then its part of them.
-fn shard(ds: &data::Dataset, t: &scenario::TrainerSpec) -> data::Dataset {
-    let d = match &t.classes {
-        Some(c) => ds.with_classes(c),
-        None => ds.clone(),
-    };
-    match t.part {
-        Some([k, n]) => {
-            let idx: Vec<usize> = (0..d.len()).filter(|i| i % n == k - 1).collect();
-            d.subset(&idx)
-        }
-        None => d,
-    }
-}
-
-/// Creates a `[dataset]` scenario's model if the hub lacks it and attaches
-/// the held-out rows as its evaluation set.
-async fn ensure_dataset_model(
-    http: &reqwest::Client,
-    hub_url: &str,
-    model: &str,
-    d: &scenario::DatasetSpec,
-    ctx: &RunCtx<'_>,
-    p: &Prepared,
-) -> Result<(), HarnessError> {
-    let token = ctx.admin_token.ok_or_else(|| {
-        HarnessError::Run(
-            "a [dataset] scenario creates its model and evaluation set: give --admin-token".into(),
-        )
-    })?;
-    let exists = http
-        .get(format!("{hub_url}/v1/models/{model}"))
-        .send()
-        .await
-        .map_err(run_err)?
-        .status()
-        .is_success();
-    if !exists {
-        let body = json!({
-            "name": model, "inputs": p.spec.inputs, "hidden": p.spec.hidden,
-            "classes": p.spec.classes, "normalisation": d.normalisation,
-            "aggregation": ctx.aggregation,
-        });
-        let r = http
-            .post(format!("{hub_url}/v1/models"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(run_err)?;
-        if !r.status().is_success() {
-            let t = r.text().await.unwrap_or_default();
-            return Err(HarnessError::Run(format!("creating model `{model}`: {t}")));
-        }
-    }
-    // Without normalisation the hub scores the rows as given, and each
-    // trainer scales its own file by its own statistics: the held-out file
-    // is scaled the same way, as `--data` would scale it.
-    let mut test = p.split.test.clone();
-    if d.normalisation == "off" {
-        data::standardise(&mut test.features, test.dim);
-    }
-    let r = http
-        .put(format!("{hub_url}/v1/models/{model}/evalset"))
-        .bearer_auth(token)
-        .header("content-type", "text/csv")
-        .body(test.to_csv())
-        .send()
-        .await
-        .map_err(run_err)?;
-    if !r.status().is_success() {
-        let t = r.text().await.unwrap_or_default();
-        return Err(HarnessError::Run(format!(
-            "attaching the evaluation set of `{model}`: {t}"
-        )));
-    }
-    Ok(())
-}
-
-/// The hub's evaluation of `version` on the model's evaluation set (it is
-/// computed after the version is committed, so it may take a moment).
-async fn hub_evaluation(
-    http: &reqwest::Client,
-    hub_url: &str,
-    model: &str,
-    version: u64,
-) -> Result<f64, HarnessError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = get_json(
-            http,
-            &format!("{hub_url}/v1/models/{model}/versions/{version}"),
-        )
-        .await?;
-        if v["metrics"]["eval"]["dataset"] == "evalset" {
-            if let Some(a) = v["metrics"]["eval"]["accuracy"].as_f64() {
-                return Ok(a);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(HarnessError::Run(format!(
-                "the hub did not evaluate version {version} of `{model}` on its evaluation set within 60 s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A centralised model of the same network on the union of the trainers'
-/// rows, inputs scaled with the union's statistics, trained for as many
-/// epochs as each trainer ran in the collective run.
-fn centralised_accuracy(
-    p: &Prepared,
-    sc: &Scenario,
-    rounds: u64,
-    seed: u64,
-) -> Result<f64, HarnessError> {
-    let mut union = data::Dataset {
-        features: Vec::new(),
-        labels: Vec::new(),
-        dim: p.split.train.dim,
-        classes: p.split.train.classes,
-    };
-    for t in sc
-        .trainers
-        .iter()
-        .filter(|t| t.behaviour == Behaviour::Honest)
-    {
-        let s = shard(&p.split.train, t);
-        union.features.extend_from_slice(&s.features);
-        union.labels.extend_from_slice(&s.labels);
-    }
-    let mut pool = crate::protocol::StatsPool::new(union.dim);
-    pool.add(
-        "union",
-        crate::protocol::FeatureStats::of(&union.features, union.dim),
-    );
-    let mut test = p.split.test.clone();
-    if let Some(n) = pool.freeze() {
-        n.apply(&mut union.features);
-        n.apply(&mut test.features);
-    }
-    let settings = TrainSettings {
-        epochs: (rounds as usize)
-            .saturating_mul(sc.training.local_epochs)
-            .max(1),
-        lr: sc.training.lr,
-        batch_size: sc.training.batch_size,
-        seed,
-    };
-    let (w, _) = p
-        .spec
-        .train(&p.spec.init_weights(42), &union, &settings)
-        .map_err(run_err)?;
-    Ok(p.spec.evaluate(&w, &test).map_err(run_err)?.accuracy)
 }
 
 async fn run_once(
@@ -1221,105 +966,6 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         h.stop();
     }
     Ok(report)
-}
-
-/// The readable table and verdict.
-pub fn render(report: &Report) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let pct = |v: Option<f64>| {
-        v.map(|x| format!("{:.1}%", x * 100.0))
-            .unwrap_or_else(|| "-".into())
-    };
-    let _ = writeln!(
-        o,
-        "scenario {} (seed {}): {}",
-        report.scenario, report.seed, report.description
-    );
-    let _ = writeln!(
-        o,
-        "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
-        "trainer",
-        "specialty",
-        "behaviour",
-        "solo",
-        "collective",
-        "overall",
-        "sent",
-        "acked",
-        "refused"
-    );
-    let _ = writeln!(o, "{}", "-".repeat(94));
-    for t in &report.run.trainers {
-        let _ = writeln!(
-            o,
-            "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
-            t.name,
-            t.specialty,
-            serde_json::to_value(t.behaviour)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            pct(t.solo_accuracy),
-            pct(t.collective_specialty_accuracy),
-            pct(Some(t.collective_accuracy)),
-            t.sent,
-            t.acknowledged,
-            t.refused
-        );
-    }
-    let _ = writeln!(
-        o,
-        "collective model: version {}, accuracy {} on the whole test set ({:.1} s{})",
-        report.run.final_version,
-        pct(Some(report.run.collective_accuracy)),
-        report.run.seconds,
-        report
-            .run
-            .restarted_at
-            .map(|v| format!(", hub SIGKILLed and restarted at version {v}"))
-            .unwrap_or_default()
-    );
-    if let Some(c) = &report.compare {
-        let _ = writeln!(
-            o,
-            "comparison with {}: version {}, accuracy {}",
-            c.strategy.as_deref().unwrap_or("?"),
-            c.final_version,
-            pct(Some(c.collective_accuracy))
-        );
-    }
-    for c in &report.criteria {
-        let _ = writeln!(
-            o,
-            "  [{}] {}: {}",
-            if c.passed { " ok " } else { "FAIL" },
-            c.name,
-            c.message
-        );
-    }
-    for n in &report.notes {
-        let _ = writeln!(o, "  note: {n}");
-    }
-    let failed: Vec<&Criterion> = report.criteria.iter().filter(|c| !c.passed).collect();
-    if failed.is_empty() {
-        let _ = writeln!(o, "PASS {}: every criterion holds", report.scenario);
-    } else {
-        let _ = writeln!(
-            o,
-            "FAIL {}: {}",
-            report.scenario,
-            failed
-                .iter()
-                .map(|c| match (c.value, c.bound) {
-                    (Some(v), Some(b)) => format!("{} ({:.3}, bound {:.3})", c.name, v, b),
-                    _ => c.name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    o
 }
 
 /// The CLI: prints the table, writes the report, returns the exit code
