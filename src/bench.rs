@@ -1,3 +1,4 @@
+// Over 600 lines: one command: its own hub, a fleet of raw-socket trainers, the measurements and their report, which only make sense together.
 //! `kernal bench`: a load benchmark of the hub. Starts its own hub (a child
 //! process, so its peak RSS and CPU time can be read from /proc) or uses
 //! `--hub`, connects N synthetic trainers as real WebSocket clients in this

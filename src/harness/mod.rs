@@ -1,3 +1,4 @@
+// Over 600 lines: one run of a scenario is one sequence (start hub, run trainers, faults, restart, score, ledger check, compare); its steps share the run's context and read best in order.
 //! `kernal harness SCENARIO`: automated multi-trainer scenarios as regression
 //! tests of the collective model. Starts its own hub (a `kernal hub` child
 //! process on a free loopback port with a fresh database) or uses `--hub`,

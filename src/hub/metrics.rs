@@ -1,3 +1,4 @@
+// Over 600 lines: one actor: the counters it keeps, their JSON snapshot, their Prometheus registry, and the batched event feed they drive.
 //! The MetricsAggregator: counters and rolling figures fed by hub events,
 //! served as JSON snapshots, as Prometheus text (through prometheus-client),
 //! and pushed live to `/v1/events` subscribers.

@@ -1,3 +1,4 @@
+// Over 600 lines: one bounded queue and its version-hold policy; about 170 lines are unit tests on paused time.
 //! What a trainer connection has to send, and the policy of when versions go
 //! out. The hub pushes a new version straight into every connection's
 //! [`Outbox`] (not through a thousand actor messages); the HTTP dispatcher

@@ -1,3 +1,4 @@
+// Over 600 lines: one actor and its state machine (handshake, ready, closing) with the validation it applies; about 110 lines are its unit tests.
 //! TrainerSession: one actor per trainer WebSocket. Framing lives in
 //! [`crate::hub::ws`]; message parsing and validation are plain functions
 //! here, tested without actix.

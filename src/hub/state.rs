@@ -1,3 +1,4 @@
+// Over 600 lines: the hub's pure decision structs kept beside the ~240 lines of unit tests that pin them down without actix.
 //! The hub's decision logic as plain structs: a model's version, weights and
 //! buffer of accepted updates, when to fold, and who may join. The Hub actor
 //! only wires these to messages, so everything here is tested without actix.

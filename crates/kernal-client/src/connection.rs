@@ -1,3 +1,4 @@
+// Over 600 lines: one reconnecting loop and the per-connection protocol it drives; the loop and its message handling share the connection's state.
 //! The trainer's connection loop: hello, receive versions, train, send
 //! deltas, wait for acks, report evaluations; reconnect with exponential
 //! backoff and jitter; resend an unacknowledged update with the same

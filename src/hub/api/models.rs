@@ -1,3 +1,4 @@
+// Over 600 lines: the REST handlers of one resource (models, their versions, checkpoints, evaluations, rollback), each with its OpenAPI annotation.
 //! Models: list, create, describe, their versions, checkpoints and
 //! evaluations, and rollback.
 
