@@ -348,29 +348,36 @@ fn gauge(v: i64) -> Gauge {
     g
 }
 
-/// A family of counters with the counts of `items`.
-fn counters<L, I>(items: I) -> Family<L, Counter>
+/// A family whose member for each label set is given its value by `set`:
+/// counts and levels kept elsewhere, exposed for one scrape.
+fn family<L, M, V>(items: impl IntoIterator<Item = (L, V)>, set: impl Fn(&M, V)) -> Family<L, M>
 where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
-    I: IntoIterator<Item = (L, u64)>,
+    M: Default + EncodeMetric + TypedMetric,
 {
-    let f = Family::<L, Counter>::default();
-    for (l, n) in items {
-        f.get_or_create(&l).inc_by(n);
+    let f = Family::<L, M>::default();
+    for (l, v) in items {
+        set(&f.get_or_create(&l), v);
     }
     f
 }
 
-fn gauges<L, I>(items: I) -> Family<L, Gauge>
+fn counters<L>(items: impl IntoIterator<Item = (L, u64)>) -> Family<L, Counter>
 where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
-    I: IntoIterator<Item = (L, i64)>,
 {
-    let f = Family::<L, Gauge>::default();
-    for (l, v) in items {
-        f.get_or_create(&l).set(v);
-    }
-    f
+    family(items, |c: &Counter, n| {
+        c.inc_by(n);
+    })
+}
+
+fn gauges<L>(items: impl IntoIterator<Item = (L, i64)>) -> Family<L, Gauge>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    family(items, |g: &Gauge, v| {
+        g.set(v);
+    })
 }
 
 /// A family of histograms already counted.
