@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: a real hub on a free loopback
-//! port with a fresh SQLite file, and a raw protocol-v1 WebSocket client.
+//! Helpers shared by the integration tests: a real hub on a loopback port the
+//! kernel picks, with a fresh SQLite file, and a raw protocol-v1 WebSocket client.
 #![allow(dead_code)]
 
 pub mod python;
