@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
 use super::models::limit;
+use super::AdminRefusals;
 use super::{parse_json, read, read_body, refusal, require_admin, AppState, JSON_LIMIT};
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
@@ -203,8 +204,7 @@ pub struct RunId {
     responses(
         (status = 201, description = "Recorded", body = RunId),
         (status = 400, description = "Bad body (the message names the field)", body = ErrorBody),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
     )
@@ -248,8 +248,7 @@ pub struct DeletedRun {
     responses(
         (status = 200, description = "Deleted", body = DeletedRun),
         (status = 400, description = "Not a run id", body = ErrorBody),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
     )

@@ -5,6 +5,7 @@
 use actix_web::{post, put, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::AdminRefusals;
 use super::{read_body, refusal, require_admin, AppState};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor;
@@ -32,8 +33,7 @@ pub struct Frozen {
     params(("model" = String, Path, description = "Model name")),
     responses(
         (status = 200, description = "Frozen", body = Frozen),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
         (status = 409, description = "The model has no federated normalisation, or it is already frozen", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
@@ -80,8 +80,7 @@ pub struct EvalsetStored {
     responses(
         (status = 200, description = "Stored; the current version is being evaluated", body = EvalsetStored),
         (status = 400, description = "Not a CSV of the model's width and classes, or not an MLP model", body = ErrorBody),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
         (status = 413, description = "Over 16 MiB", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),

@@ -25,7 +25,7 @@ use utoipa::OpenApi;
 
 use crate::config::HubConfig;
 use crate::db::{self, DbPool};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::hub::dashboard;
 use crate::hub::hub_actor::Hub;
 use crate::hub::metrics::{HotMetrics, MetricsAggregator};
@@ -314,6 +314,37 @@ pub async fn read<T: Send + 'static>(
     })
     .await?
     .map_err(ApiError::from)
+}
+
+/// The refusals every admin route shares, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminRefusals {
+    /// Admin token missing
+    #[response(status = 401)]
+    Missing(ErrorBody<'static>),
+    /// Wrong admin token
+    #[response(status = 403)]
+    Wrong(ErrorBody<'static>),
+}
+
+/// The headers of a WebSocket upgrade (RFC 6455), for the OpenAPI document.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct UpgradeHeaders {
+    /// `websocket`
+    #[serde(rename = "Upgrade")]
+    upgrade: String,
+    /// `Upgrade`
+    #[serde(rename = "Connection")]
+    connection: String,
+    /// 16 random bytes, base64 (RFC 6455)
+    #[serde(rename = "Sec-WebSocket-Key")]
+    key: String,
+    /// `13`
+    #[serde(rename = "Sec-WebSocket-Version")]
+    version: String,
 }
 
 /// Mutating calls need `Authorization: Bearer <admin token>` (the scheme's

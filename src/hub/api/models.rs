@@ -8,6 +8,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
+use super::AdminRefusals;
 use super::{parse_json, read, read_body, refusal, require_admin, AppState, Created, JSON_LIMIT};
 use crate::aggregation::{AggregationOverrides, Strategy};
 use crate::db::{self, DbPool, EvalRow};
@@ -181,8 +182,7 @@ pub enum Architecture {
     responses(
         (status = 201, description = "Created at version 0", body = Created),
         (status = 400, description = "Bad body, name, shape or setting (the message names it)", body = ErrorBody),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 409, description = "A model of that name exists, or the hub has `hub.max_models`", body = ErrorBody),
         (status = 413, description = "Body over its limit", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
@@ -772,8 +772,7 @@ pub struct RollbackRequest {
     responses(
         (status = 200, description = "Rolled back", body = RolledBack),
         (status = 400, description = "Bad body", body = ErrorBody),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 404, description = "No such model or version", body = ErrorBody),
         (status = 409, description = "Not an earlier version, or a version is being made (try again)", body = ErrorBody),
         (status = 410, description = "That version's weights were dropped", body = ErrorBody),

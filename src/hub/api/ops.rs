@@ -3,6 +3,7 @@
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::AdminRefusals;
 use super::{require_admin, AppState};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor::{self, ModelStatus, OnlineTrainer};
@@ -156,8 +157,7 @@ pub struct Reloaded {
     responses(
         (status = 200, description = "Reloaded", body = Reloaded),
         (status = 400, description = "The file is invalid; the old config stays", body = ErrorBody),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
     )
 )]
 #[post("/v1/admin/reload")]

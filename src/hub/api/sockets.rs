@@ -7,6 +7,7 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
 use super::AppState;
+use super::UpgradeHeaders;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::events::EventsSession;
 use crate::hub::outbox::{ConnFd, Outbox, OutboxBody, PeerSocket};
@@ -88,12 +89,7 @@ fn not_an_upgrade(e: impl std::fmt::Display) -> ApiError {
 /// Trainer protocol v1 (see docs/PROTOCOL.md): upgrade to a WebSocket.
 #[utoipa::path(
     tag = "trainers",
-    params(
-        ("Upgrade" = String, Header, description = "`websocket`"),
-        ("Connection" = String, Header, description = "`Upgrade`"),
-        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)"),
-        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
-    ),
+    params(UpgradeHeaders),
     responses(
         (status = 101, description = "Switching to the trainer protocol"),
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
@@ -171,12 +167,7 @@ pub async fn trainer_ws(
 /// WebSocket feed of hub events, one JSON object per message.
 #[utoipa::path(
     tag = "events",
-    params(
-        ("Upgrade" = String, Header, description = "`websocket`"),
-        ("Connection" = String, Header, description = "`Upgrade`"),
-        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)"),
-        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
-    ),
+    params(UpgradeHeaders),
     responses(
         (status = 101, description = "Switching to the event feed"),
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),

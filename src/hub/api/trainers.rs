@@ -3,6 +3,7 @@
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::AdminRefusals;
 use super::{read, refusal, require_admin, AppState};
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
@@ -104,10 +105,9 @@ pub struct RevokedState {
     params(("name" = String, Path, description = "Trainer name")),
     responses(
         (status = 200, description = "Revoked", body = RevokedState),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
         (status = 404, description = "No such trainer (`unknown_trainer`)", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
+        AdminRefusals,
     )
 )]
 #[delete("/v1/trainers/{name}")]
@@ -127,8 +127,7 @@ pub async fn revoke_trainer(
     params(("name" = String, Path, description = "Trainer name")),
     responses(
         (status = 200, description = "Reinstated", body = RevokedState),
-        (status = 401, description = "Admin token missing", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        AdminRefusals,
         (status = 404, description = "No such trainer (`unknown_trainer`)", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
     )
