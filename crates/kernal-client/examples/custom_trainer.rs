@@ -2,15 +2,15 @@
 //! your own learning logic. This one trains the built-in digits network with
 //! candle's AdamW optimiser instead of SGD, on the whole training set.
 //!
-//!     cargo run --release --example custom_trainer -- ws://127.0.0.1:5001 my_name my_token 10
+//!     cargo run --release -p kernal-client --example custom_trainer -- ws://127.0.0.1:5001 my_name my_token 10
 //!
 //! Arguments: hub URL, trainer name, token, and how many versions to train on.
 
-use candle_core::{Device, Tensor, Var};
-use candle_nn::{Linear, Module, Optimizer};
+use candle_core::{Device, Tensor};
+use candle_nn::Optimizer;
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::data::{self, Dataset};
-use kernal_client::model::MlpSpec;
+use kernal_client::model::{MlpSpec, NetError};
 use kernal_client::protocol::ModelLayout;
 use kernal_client::{EvalReport, Learner, Trained};
 
@@ -21,22 +21,12 @@ struct AdamLearner {
 }
 
 impl AdamLearner {
-    fn vars(&self, flat: &[f32]) -> candle_core::Result<Vec<Var>> {
-        let mut off = 0;
-        let mut out = Vec::new();
-        for t in self.spec.layout().tensors {
-            let n = t.numel();
-            let tensor = Tensor::from_slice(&flat[off..off + n], t.shape.as_slice(), &Device::Cpu)?;
-            out.push(Var::from_tensor(&tensor)?);
-            off += n;
-        }
-        Ok(out)
-    }
-
-    fn train_adam(&self, global: &[f32]) -> candle_core::Result<(Vec<f32>, f64)> {
-        let vars = self.vars(global)?;
+    fn train_adam(&self, global: &[f32]) -> Result<(Vec<f32>, f64), NetError> {
+        // The reference network's tensors and forward pass; only the
+        // optimiser is this learner's own.
+        let vars = self.spec.vars(global, &Device::Cpu)?;
         let mut opt = candle_nn::AdamW::new(
-            vars.clone(),
+            vars.to_vec(),
             candle_nn::ParamsAdamW {
                 lr: 0.003,
                 weight_decay: 0.0,
@@ -51,15 +41,7 @@ impl AdamLearner {
         let y = Tensor::from_slice(&self.train.labels, self.train.len(), &Device::Cpu)?;
         let mut last = 0.0;
         for _ in 0..10 {
-            let fc1 = Linear::new(
-                vars[0].as_tensor().clone(),
-                Some(vars[1].as_tensor().clone()),
-            );
-            let fc2 = Linear::new(
-                vars[2].as_tensor().clone(),
-                Some(vars[3].as_tensor().clone()),
-            );
-            let logits = fc2.forward(&fc1.forward(&x)?.relu()?)?;
+            let logits = MlpSpec::forward(&vars, &x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             opt.backward_step(&loss)?;
             last = loss.to_scalar::<f32>()? as f64;

@@ -111,7 +111,10 @@ impl MlpSpec {
         out
     }
 
-    fn vars(&self, flat: &[f32], dev: &Device) -> Result<[Var; 4], NetError> {
+    /// The network's trainable tensors (fc1 weight and bias, fc2 weight and
+    /// bias) from a flat buffer in layout order: what a custom learner with
+    /// its own optimiser starts from.
+    pub fn vars(&self, flat: &[f32], dev: &Device) -> Result<[Var; 4], NetError> {
         let n = self.layout().num_params();
         if flat.len() != n {
             return Err(NetError::Shape(format!(
@@ -130,7 +133,8 @@ impl MlpSpec {
         Ok([take(&[h, i])?, take(&[h])?, take(&[c, h])?, take(&[c])?])
     }
 
-    fn forward(vars: &[Var; 4], x: &Tensor) -> Result<Tensor, NetError> {
+    /// Logits of the network for a batch `x` (rows of features).
+    pub fn forward(vars: &[Var; 4], x: &Tensor) -> Result<Tensor, NetError> {
         let fc1 = Linear::new(
             vars[0].as_tensor().clone(),
             Some(vars[1].as_tensor().clone()),
