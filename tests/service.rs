@@ -1,7 +1,8 @@
 //! Running as a service: SIGHUP and `POST /v1/admin/reload` apply live keys
 //! without dropping trainers and refuse an invalid file as a whole;
 //! `/metrics` passes `promtool check metrics`; `/openapi.json` lists every
-//! route the server registers; systemd readiness and watchdog notifications.
+//! route the server registers; systemd readiness and watchdog notifications;
+//! the unit file passes `systemd-analyze verify`.
 
 mod common;
 
@@ -396,5 +397,46 @@ async fn notifies_systemd_and_pings_only_its_own_watchdog() {
     assert!(
         own_got.iter().any(|m| m.contains("STOPPING=1")),
         "{own_got:?}"
+    );
+}
+
+/// The shipped unit file passes `systemd-analyze verify` (pointed at this
+/// build's binary, since the unit names the installed path).
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED systemd-analyze verify: no systemd on this machine");
+        return;
+    };
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/kernal-hub.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/kernal hub"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kernal-hub.service");
+    let bin = kernal_bin();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/kernal", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !said.contains("kernal-hub.service:"),
+        "systemd-analyze verify: {said}"
     );
 }
