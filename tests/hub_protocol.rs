@@ -35,6 +35,17 @@ async fn hello_updates_acks_and_versions_reach_every_trainer() {
         c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(2);
         c.models.get_mut("digits").unwrap().aggregation.strategy =
             Some(kernal::aggregation::Strategy::Fedavg);
+        // Plain FedAvg arithmetic: no weight cap, no clipping.
+        c.models
+            .get_mut("digits")
+            .unwrap()
+            .aggregation
+            .max_weight_ratio = Some(0.0);
+        c.models
+            .get_mut("digits")
+            .unwrap()
+            .aggregation
+            .clip_quantile = Some(0.0);
     });
     let health = get_json(&format!("{}/healthz", hub.url())).await;
     assert_eq!(health["status"], "ok");
@@ -93,24 +104,32 @@ async fn hello_updates_acks_and_versions_reach_every_trainer() {
 async fn every_strategy_on_hand_checkable_numbers() {
     let hub = start_hub(|_| {});
     let url = hub.url();
-    // Three updates: deltas (1,1) (2,4) (30,-30), examples 1, 1, 2.
-    let cases: Vec<(&str, &str, [f32; 2])> = vec![
+    // Three updates: deltas (1,1) (2,4) (30,-30), examples 1, 1, 2. The
+    // plain strategies are checked with the member bounds off; "defaults"
+    // with them on.
+    let plain = "max_weight_ratio=0&clip_quantile=0";
+    let cases: Vec<(&str, String, [f32; 2])> = vec![
         // weighted mean: ((1+2+60)/4, (1+4-60)/4)
-        ("fedavg", "strategy=fedavg&min_updates=3&staleness_exponent=0", [15.75, -13.75]),
+        ("fedavg", format!("strategy=fedavg&min_updates=3&staleness_exponent=0&{plain}"), [15.75, -13.75]),
         // momentum 0.5, first step: m = mean delta
-        ("fedavgm", "strategy=fedavgm&min_updates=3&momentum=0.5&staleness_exponent=0", [15.75, -13.75]),
+        ("fedavgm", format!("strategy=fedavgm&min_updates=3&momentum=0.5&staleness_exponent=0&{plain}"), [15.75, -13.75]),
         // adam first step: m=(1-b1)d, v=(1-b2)d^2, step = lr*m/(sqrt(v)+tau)
-        ("fedadam", "strategy=fedadam&min_updates=3&momentum=0.5&beta2=0.75&tau=1&server_lr=1&staleness_exponent=0", [f32::NAN, f32::NAN]),
-        ("median", "strategy=median&min_updates=3", [2.0, 1.0]),
-        // trim 1/3 of 3 -> 1 from each end: the middle value
-        ("trimmed_mean", "strategy=trimmed_mean&min_updates=3&trim_fraction=0.34", [2.0, 1.0]),
+        ("fedadam", format!("strategy=fedadam&min_updates=3&momentum=0.5&beta2=0.75&tau=1&server_lr=1&staleness_exponent=0&{plain}"), [f32::NAN, f32::NAN]),
+        ("median", format!("strategy=median&min_updates=3&{plain}"), [2.0, 1.0]),
+        // 0.2 x 3 is 0.6, but a trimmed mean trims at least one from each
+        // end of three: the middle value
+        ("trimmed_mean", format!("strategy=trimmed_mean&min_updates=3&trim_fraction=0.2&{plain}"), [2.0, 1.0]),
         // clip each delta to norm 1 then weighted mean
-        ("clipped", "strategy=fedavg&min_updates=3&clip_norm=1&staleness_exponent=0", [f32::NAN, f32::NAN]),
+        ("clipped", format!("strategy=fedavg&min_updates=3&clip_norm=1&staleness_exponent=0&{plain}"), [f32::NAN, f32::NAN]),
+        // The defaults: every claim counts at most the lower median claim (1),
+        // and every delta is clipped to the median member norm (|(2,4)|):
+        // ((1 + 2 + 30c) / 3, (1 + 4 - 30c) / 3) with c = |(2,4)| / |(30,-30)|.
+        ("defaults", "strategy=fedavg&min_updates=3&staleness_exponent=0".to_string(), [f32::NAN, f32::NAN]),
     ];
     let deltas = [[1.0f32, 1.0], [2.0, 4.0], [30.0, -30.0]];
     let examples = [1u64, 1, 2];
     for (name, q, expect) in cases {
-        create_tiny(&url, name, q, [0.0, 0.0]).await;
+        create_tiny(&url, name, &q, [0.0, 0.0]).await;
         let mut conns = Vec::new();
         for (i, d) in deltas.iter().enumerate() {
             let (mut r, _, _) = Raw::hello(&hub.ws(), &format!("{name}-t{i}"), "tok", name).await;
@@ -148,6 +167,10 @@ async fn every_strategy_on_hand_checkable_numbers() {
                     (c[0][0] + c[1][0] + 2.0 * c[2][0]) / 4.0,
                     (c[0][1] + c[1][1] + 2.0 * c[2][1]) / 4.0,
                 ]
+            }
+            "defaults" => {
+                let c = (20.0f32).sqrt() / (1800.0f32).sqrt();
+                vec![(1.0 + 2.0 + 30.0 * c) / 3.0, (1.0 + 4.0 - 30.0 * c) / 3.0]
             }
             _ => expect.to_vec(),
         };

@@ -2,6 +2,7 @@
 //! server optimizer state, and the buffering policy that decides when to fold.
 //! Nothing here knows about actix, so it is tested directly.
 
+pub mod robust;
 pub mod settings;
 
 use std::time::{Duration, Instant};
@@ -44,6 +45,8 @@ pub struct Contribution<'a> {
     pub delta: &'a [f32],
     pub num_examples: u64,
     pub staleness: u64,
+    /// Clip factor applied to the delta (1: as sent).
+    pub scale: f32,
 }
 
 /// Weight of an update: its examples, discounted polynomially by staleness
@@ -81,7 +84,7 @@ pub fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// Weighted mean of the (clipped) deltas.
+/// Weighted mean of the (scaled) deltas.
 pub fn weighted_mean(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
     let n = contribs.first().map(|c| c.delta.len()).unwrap_or(0);
     let mut acc = vec![0.0f32; n];
@@ -94,16 +97,15 @@ pub fn weighted_mean(contribs: &[Contribution<'_>], s: &AggregationSettings) -> 
         return acc;
     }
     for (c, w) in contribs.iter().zip(weights) {
-        let f = (w / total) as f32 * clip_factor(c.delta, s.clip_norm);
-        axpy(&mut acc, f, c.delta);
+        axpy(&mut acc, (w / total) as f32 * c.scale, c.delta);
     }
     acc
 }
 
 /// Coordinate-wise median (unweighted: weights are what a Byzantine trainer
 /// would lie about). Even counts take the mean of the two middle values.
-pub fn coordinate_median(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
-    coordinate_reduce(contribs, s, |col| {
+pub fn coordinate_median(contribs: &[Contribution<'_>]) -> Vec<f32> {
+    coordinate_reduce(contribs, |col| {
         let k = col.len();
         col.sort_unstable_by(|a, b| a.total_cmp(b));
         if k % 2 == 1 {
@@ -116,32 +118,35 @@ pub fn coordinate_median(contribs: &[Contribution<'_>], s: &AggregationSettings)
 
 /// Coordinate-wise trimmed mean: drops `floor(trim_fraction * k)` values at
 /// each end, averages the rest.
-pub fn trimmed_mean(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
-    let k = contribs.len();
-    let trim = ((s.trim_fraction as f64) * k as f64).floor() as usize;
-    let trim = trim.min((k.saturating_sub(1)) / 2);
-    coordinate_reduce(contribs, s, move |col| {
+pub fn trimmed_mean(contribs: &[Contribution<'_>], trim_fraction: f32) -> Vec<f32> {
+    let trim = trim_count(contribs.len(), trim_fraction);
+    coordinate_reduce(contribs, move |col| {
         col.sort_unstable_by(|a, b| a.total_cmp(b));
         let kept = &col[trim..col.len() - trim];
         kept.iter().sum::<f32>() / kept.len() as f32
     })
 }
 
+/// How many values `trimmed_mean` drops at each end of `k`: the share
+/// `trim_fraction`, but at least one from 3 members on (a trimmed mean that
+/// trims nothing is a mean, and one liar of three would own it), and never
+/// so many that nothing is left.
+pub fn trim_count(k: usize, trim_fraction: f32) -> usize {
+    let trim = ((trim_fraction as f64) * k as f64).floor() as usize;
+    let trim = if k >= 3 { trim.max(1) } else { trim };
+    trim.min(k.saturating_sub(1) / 2)
+}
+
 fn coordinate_reduce(
     contribs: &[Contribution<'_>],
-    s: &AggregationSettings,
     mut f: impl FnMut(&mut Vec<f32>) -> f32,
 ) -> Vec<f32> {
     let n = contribs.first().map(|c| c.delta.len()).unwrap_or(0);
-    let factors: Vec<f32> = contribs
-        .iter()
-        .map(|c| clip_factor(c.delta, s.clip_norm))
-        .collect();
     let mut out = vec![0.0f32; n];
     let mut col = Vec::with_capacity(contribs.len());
     for (i, o) in out.iter_mut().enumerate() {
         col.clear();
-        col.extend(contribs.iter().zip(&factors).map(|(c, f)| c.delta[i] * f));
+        col.extend(contribs.iter().map(|c| c.delta[i] * c.scale));
         *o = f(&mut col);
     }
     out
@@ -165,6 +170,54 @@ pub struct AggregateReport {
     pub max_staleness: u64,
     pub update_norm: f64,
     pub clipped: usize,
+    /// Trainers that counted (one vote each).
+    #[serde(default)]
+    pub members: usize,
+    /// Updates replaced by a newer one of the same trainer before the fold.
+    #[serde(default)]
+    pub superseded: usize,
+    /// Updates of trainers revoked before the fold.
+    #[serde(default)]
+    pub dropped: usize,
+    /// Largest num_examples that counted (`max_weight_ratio` x the median claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples_cap: Option<f64>,
+    /// Norm every delta was scaled down to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_bound: Option<f64>,
+    /// The adaptive bound the next fold starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_clip_bound: Option<f64>,
+    /// The members' median claim (the next fold's provisional cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_examples: Option<f64>,
+    /// Streamed updates re-read at fold time to rebuild the running sum
+    /// (a coefficient changed: a superseded or over-claiming update).
+    #[serde(default)]
+    pub corrected: usize,
+}
+
+impl AggregateReport {
+    /// A report of no updates (fields filled in by whoever folds).
+    pub fn empty(strategy: Strategy) -> Self {
+        AggregateReport {
+            strategy,
+            num_updates: 0,
+            total_examples: 0,
+            mean_staleness: 0.0,
+            max_staleness: 0,
+            update_norm: 0.0,
+            clipped: 0,
+            members: 0,
+            superseded: 0,
+            dropped: 0,
+            examples_cap: None,
+            clip_bound: None,
+            next_clip_bound: None,
+            median_examples: None,
+            corrected: 0,
+        }
+    }
 }
 
 /// Folds the buffered contributions into `weights` in place with the
@@ -175,10 +228,18 @@ pub fn aggregate(
     s: &AggregationSettings,
     state: &mut ServerState,
 ) -> AggregateReport {
+    let clipped: Vec<Contribution<'_>> = contribs
+        .iter()
+        .map(|c| Contribution {
+            scale: c.scale * clip_factor(c.delta, s.clip_norm),
+            ..c.clone()
+        })
+        .collect();
+    let contribs = &clipped[..];
     let mean_delta = match s.strategy {
         Strategy::Fedavg | Strategy::Fedavgm | Strategy::Fedadam => weighted_mean(contribs, s),
-        Strategy::Median => coordinate_median(contribs, s),
-        Strategy::TrimmedMean => trimmed_mean(contribs, s),
+        Strategy::Median => coordinate_median(contribs),
+        Strategy::TrimmedMean => trimmed_mean(contribs, s.trim_fraction),
     };
     apply_server_update(weights, &mean_delta, s, state);
     state.steps += 1;
@@ -189,10 +250,7 @@ pub fn aggregate(
     } else {
         contribs.iter().map(|c| c.staleness as f64).sum::<f64>() / contribs.len() as f64
     };
-    let clipped = contribs
-        .iter()
-        .filter(|c| clip_factor(c.delta, s.clip_norm) < 1.0)
-        .count();
+    let clipped = contribs.iter().filter(|c| c.scale < 1.0).count();
     AggregateReport {
         strategy: s.strategy,
         num_updates: contribs.len(),
@@ -201,6 +259,8 @@ pub fn aggregate(
         max_staleness,
         update_norm: l2_norm(&mean_delta),
         clipped,
+        members: contribs.len(),
+        ..AggregateReport::empty(s.strategy)
     }
 }
 
@@ -328,6 +388,9 @@ mod tests {
             tau: 1.0,
             trim_fraction: 0.25,
             clip_norm: 0.0,
+            clip_quantile: 0.0,
+            clip_lr: 0.2,
+            max_weight_ratio: 0.0,
             max_num_examples: 1000,
             max_update_norm: 0.0,
             normalisation_wait_secs: 5.0,
@@ -339,6 +402,7 @@ mod tests {
             delta,
             num_examples: n,
             staleness: s,
+            scale: 1.0,
         }
     }
 
@@ -420,6 +484,22 @@ mod tests {
         aggregate(&mut w, &cs, &s, &mut ServerState::default());
         // trim 1 at each end of 4 -> mean(2,3) = 2.5
         assert_eq!(w, vec![2.5]);
+    }
+
+    /// 0.2 x 3 is 0.6: a plain floor would trim nothing and one liar of
+    /// three would move the mean at will.
+    #[test]
+    fn trimmed_mean_trims_one_from_three() {
+        assert_eq!(trim_count(3, 0.2), 1);
+        assert_eq!(trim_count(2, 0.2), 0);
+        assert_eq!(trim_count(10, 0.2), 2);
+        assert_eq!(trim_count(4, 0.45), 1);
+        let s = settings(Strategy::TrimmedMean);
+        let vals = [[1.0f32], [2.0], [1e6]];
+        let cs: Vec<_> = vals.iter().map(|v| c(v, 1, 0)).collect();
+        let mut w = vec![0.0];
+        aggregate(&mut w, &cs, &s, &mut ServerState::default());
+        assert_eq!(w, vec![2.0]);
     }
 
     #[test]

@@ -134,8 +134,17 @@ aggregation_settings! {
     tau: f32 => Some((0.0, 1000.0, Ends::OpenLow));
     /// Fraction trimmed from each end per coordinate by trimmed_mean.
     trim_fraction: f32 => Some((0.0, 0.5, Ends::OpenHigh));
-    /// Each delta is scaled down to this L2 norm if larger; 0 disables.
+    /// Each delta is scaled down to this fixed L2 norm if larger; 0 leaves
+    /// clipping to the adaptive bound (`clip_quantile`).
     clip_norm: f32 => Some((0.0, 1e30, Ends::Closed));
+    /// Adaptive clipping: every delta is scaled down to a bound that tracks
+    /// this quantile of the members' update norms; 0 turns it off.
+    clip_quantile: f32 => Some((0.0, 1.0, Ends::OpenHigh));
+    /// How fast the adaptive bound moves: at most a factor exp(clip_lr) per fold.
+    clip_lr: f32 => Some((0.0, 10.0, Ends::OpenLow));
+    /// A member's num_examples counts at most this many times the median
+    /// claim of the fold's members; 0 removes the cap.
+    max_weight_ratio: f64 => Some((0.0, 1e6, Ends::Closed));
     /// Largest num_examples an update may claim.
     max_num_examples: u64 => Some((1.0, 1e12, Ends::Closed));
     /// Updates whose delta has a larger L2 norm are refused with

@@ -140,14 +140,14 @@ fn ledger_idempotency_and_atomic_commit() {
         parent: Some(0),
         ..v0.clone()
     };
-    commit_version(&mut conn, &v1, &[row_id, u2_id], &[]).unwrap();
+    commit_version(&mut conn, &v1, &[row_id, u2_id], &[], &[]).unwrap();
     // Applying the same update again aborts the whole version.
     let v2 = NewVersion {
         version: 2,
         parent: Some(1),
         ..v0.clone()
     };
-    assert!(commit_version(&mut conn, &v2, &[row_id], &[]).is_err());
+    assert!(commit_version(&mut conn, &v2, &[row_id], &[], &[]).is_err());
     assert_eq!(latest_version(&mut conn, "m").unwrap(), Some(1));
     let only_m = UpdateFilter {
         model: Some("m"),

@@ -129,6 +129,7 @@ pub fn commit_version(
     v: &NewVersion<'_>,
     applied_row_ids: &[i64],
     refused_row_ids: &[i64],
+    revoked_row_ids: &[i64],
 ) -> Result<Vec<(String, Option<u64>)>, DbError> {
     conn.immediate_transaction(|conn| {
         diesel::insert_into(versions::table)
@@ -143,6 +144,15 @@ pub fn commit_version(
                 v.version
             ),
         )?;
+        files.extend(refuse_pending_in(
+            conn,
+            revoked_row_ids,
+            crate::protocol::ErrorCode::Revoked.as_str(),
+            &format!(
+                "its trainer was revoked by an administrator before version {} was folded",
+                v.version
+            ),
+        )?);
         for chunk in applied_row_ids.chunks(500) {
             let f: Vec<(Option<String>, i64)> = updates::table
                 .filter(updates::id.eq_any(chunk))

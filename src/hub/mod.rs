@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod persister;
 pub mod recovery;
 pub mod reload;
+pub mod round;
 pub mod secrets;
 pub mod session;
 pub mod state;

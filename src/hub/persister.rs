@@ -328,6 +328,9 @@ pub struct CommitVersion {
     pub applied: Vec<i64>,
     /// Pending updates refused in the same transaction (`rolled_back`).
     pub refused: Vec<i64>,
+    /// Pending updates of trainers revoked before the fold, refused in the
+    /// same transaction (`revoked`).
+    pub revoked: Vec<i64>,
     /// Keep the weights of this many newest versions (0: all).
     pub keep_weights: u64,
 }
@@ -356,6 +359,7 @@ impl Handler<CommitVersion> for Persister {
                 },
                 &m.applied,
                 &m.refused,
+                &m.revoked,
             );
             if r.is_err() {
                 if let Some(f) = &file {

@@ -156,6 +156,12 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         log::info!("created model {name} ({} parameters)", layout.num_params());
     }
     let mut models = Vec::new();
+    // Updates of trainers revoked before their fold never count.
+    let revoked: std::collections::HashSet<String> = db::list_trainers(&mut conn)?
+        .into_iter()
+        .filter(|t| t.revoked)
+        .map(|t| t.name)
+        .collect();
     let mut pending_total = 0;
     let now = Instant::now();
     for row in db::list_models(&mut conn)? {
@@ -189,6 +195,19 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
             weights,
             Bytes::from(bytes),
         );
+        // The bounds the next fold starts from, as the last fold left them.
+        if let Some(report) = meta
+            .as_ref()
+            .and_then(|m| m.get("aggregation"))
+            .and_then(|a| {
+                serde_json::from_value::<crate::aggregation::AggregateReport>(a.clone()).ok()
+            })
+        {
+            st.robust = crate::aggregation::robust::RobustState {
+                clip_bound: report.next_clip_bound,
+                median_examples: report.median_examples,
+            };
+        }
         st.last_metrics = meta;
         st.overrides = overrides;
         st.norm = state::NormState::from_stored(row.normalisation.as_deref()).map_err(corrupt)?;
@@ -206,7 +225,12 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         // A pending update that cannot be read back is refused with the
         // reason, never a reason not to start.
         let mut unreadable = Vec::new();
+        let mut of_revoked = Vec::new();
         for p in db::pending_updates(&mut conn, &row.name)? {
+            if revoked.contains(&p.trainer) {
+                of_revoked.push(p.id);
+                continue;
+            }
             let payload = match (p.payload, &p.payload_file) {
                 (_, Some(f)) => blobs.get(f).map_err(|e| e.to_string()),
                 (Some(b), None) => Ok(b),
@@ -237,6 +261,23 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
                     );
                     unreadable.push(p.id);
                 }
+            }
+        }
+        if !of_revoked.is_empty() {
+            log::warn!(
+                "model {}: {} pending update(s) of revoked trainers refused ({})",
+                row.name,
+                of_revoked.len(),
+                ErrorCode::Revoked
+            );
+            let files = db::refuse_pending(
+                &mut conn,
+                &of_revoked,
+                ErrorCode::Revoked.as_str(),
+                "its trainer was revoked by an administrator before it was folded",
+            )?;
+            for (f, _) in files {
+                blobs.remove(&f);
             }
         }
         if !unreadable.is_empty() {

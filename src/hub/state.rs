@@ -10,84 +10,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregation::{
-    self, AggregateReport, AggregationSettings, Contribution, RoundClock, RoundDecision,
-    ServerState,
+pub use super::round::{
+    compute_fold, separate_poison, settle, stream_into, Accumulator, Arrival, Buffered, Fold,
+    FoldInput, Poisoned, Settlement, Vote, MAX_WEIGHT,
 };
+use crate::aggregation::robust::{Bounds, RobustState};
+use crate::aggregation::{self, AggregationSettings, RoundClock, RoundDecision, ServerState};
 use crate::model::{Evaluation, MlpSpec};
 use crate::protocol::{
     ErrorCode, ModelLayout, Normalisation, NormalisationState, Refusal, StatsPool,
 };
-
-/// An accepted, durable update waiting in a model's buffer.
-#[derive(Debug, Clone)]
-pub struct Buffered {
-    pub row_id: i64,
-    pub update_id: String,
-    pub trainer: String,
-    pub base_version: u64,
-    pub num_examples: u64,
-    /// Staleness when it was accepted.
-    pub staleness: u64,
-    /// L2 norm of the delta (before clipping).
-    pub norm: f64,
-    pub clipped: bool,
-    /// The delta, kept only for strategies that need every delta at fold
-    /// time (median, trimmed mean); streamed ones live in the accumulator.
-    pub delta: Option<Arc<Vec<f32>>>,
-}
-
-/// A durable update about to be buffered.
-#[derive(Debug, Clone)]
-pub struct Arrival {
-    pub row_id: i64,
-    pub update_id: String,
-    pub trainer: String,
-    pub base_version: u64,
-    pub num_examples: u64,
-    /// Staleness recorded when it was accepted (a reloaded update keeps
-    /// it); None: counted from the model's current version.
-    pub staleness: Option<u64>,
-    /// The delta's L2 norm when the session already computed it.
-    pub norm: Option<f64>,
-}
-
-/// The factor that scales a delta of norm `norm` down to the clip norm.
-fn clip_factor(norm: f64, s: &AggregationSettings) -> f32 {
-    if s.clip_norm > 0.0 && norm > s.clip_norm as f64 {
-        (s.clip_norm as f64 / norm) as f32
-    } else {
-        1.0
-    }
-}
-
-/// Adds one update's weighted (and clipped) delta to the accumulator,
-/// straight from its encoded bytes; returns whether it was clipped.
-pub fn stream_into(
-    acc: &mut Accumulator,
-    layout: &ModelLayout,
-    s: &AggregationSettings,
-    b: &Buffered,
-    payload: &[u8],
-) -> Result<bool, crate::protocol::tensors::TensorError> {
-    let factor = clip_factor(b.norm, s);
-    let w = aggregation::contribution_weight(b.num_examples, b.staleness, s.staleness_exponent);
-    let t = Instant::now();
-    layout.accumulate(payload, &mut acc.sum, (w as f32) * factor)?;
-    acc.seconds += t.elapsed().as_secs_f64();
-    acc.weight += w;
-    Ok(factor < 1.0)
-}
-
-/// Running weighted sum of streamed deltas: memory stays one model's worth
-/// however many updates a round folds.
-#[derive(Debug, Clone)]
-pub struct Accumulator {
-    pub sum: Vec<f32>,
-    pub weight: f64,
-    /// Time spent folding updates into `sum` as they arrived.
-    pub seconds: f64,
-}
 
 /// Everything the hub holds about one model.
 #[derive(Debug)]
@@ -108,6 +40,8 @@ pub struct ModelState {
     pub acc: Option<Accumulator>,
     pub clock: RoundClock,
     pub server: ServerState,
+    /// The clipping bound and median claim tracked from earlier folds.
+    pub robust: RobustState,
     /// A fold is being computed or committed; no second one starts meanwhile.
     pub folding: bool,
     /// After a fold could not be committed (storage), the next waits until
@@ -192,106 +126,6 @@ impl NormState {
     }
 }
 
-/// A fold ready to be committed: the new weights and what went into them.
-#[derive(Debug)]
-pub struct Fold {
-    pub version: u64,
-    pub parent: u64,
-    pub weights: Vec<f32>,
-    pub report: AggregateReport,
-    pub applied: Vec<Buffered>,
-    pub acc: Option<Accumulator>,
-    pub server: ServerState,
-}
-
-impl Fold {
-    /// Whether the new weights and the server optimizer's state are all
-    /// finite and below [`MAX_WEIGHT`]: a version that is not is never
-    /// committed (the next fold from weights near f32's limit would overflow).
-    pub fn is_finite(&self) -> bool {
-        let finite = |v: &[f32]| v.iter().all(|x| x.abs() <= MAX_WEIGHT);
-        finite(&self.weights)
-            && self.server.momentum.as_deref().is_none_or(finite)
-            && self.server.second_moment.as_deref().is_none_or(finite)
-    }
-}
-
-/// Weights (and optimizer state) beyond this magnitude count as poisoned.
-pub const MAX_WEIGHT: f32 = 1e30;
-
-/// A fold whose result was not finite, taken apart: the updates that made
-/// it so, and the rest with their accumulator rebuilt, to go back in the
-/// buffer.
-#[derive(Debug)]
-pub struct Poisoned {
-    pub culprits: Vec<Buffered>,
-    pub kept: Vec<Buffered>,
-    pub acc: Option<Accumulator>,
-}
-
-/// Finds which updates of a fold made it non-finite: the update with the
-/// largest weighted norm is set aside until folding the others gives finite
-/// weights (or none is left). Streamed updates are folded again from their
-/// stored payloads (`payload`), kept ones from their deltas. A rare path:
-/// each step folds the remaining updates once.
-pub fn separate_poison(
-    input: FoldInput,
-    layout: &ModelLayout,
-    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
-) -> Result<Poisoned, String> {
-    let FoldInput {
-        version,
-        weights,
-        mut updates,
-        settings,
-        server,
-        ..
-    } = input;
-    let mut culprits = Vec::new();
-    loop {
-        let mut acc: Option<Accumulator> = None;
-        for b in updates.iter().filter(|b| b.delta.is_none()) {
-            let bytes = payload(b)?;
-            let a = acc.get_or_insert_with(|| Accumulator {
-                sum: vec![0.0; layout.num_params()],
-                weight: 0.0,
-                seconds: 0.0,
-            });
-            stream_into(a, layout, &settings, b, &bytes)
-                .map_err(|e| format!("update {}: {e}", b.update_id))?;
-        }
-        let fold = compute_fold(FoldInput {
-            version,
-            weights: weights.clone(),
-            updates: updates.clone(),
-            acc: acc.clone(),
-            settings: settings.clone(),
-            server: server.clone(),
-        });
-        if fold.is_finite() || updates.is_empty() {
-            return Ok(Poisoned {
-                culprits,
-                kept: updates,
-                acc,
-            });
-        }
-        let weight = |b: &Buffered| {
-            aggregation::contribution_weight(
-                b.num_examples,
-                b.staleness,
-                settings.staleness_exponent,
-            ) * b.norm
-        };
-        let worst = updates
-            .iter()
-            .enumerate()
-            .max_by(|(_, a), (_, b)| weight(a).total_cmp(&weight(b)))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        culprits.push(updates.remove(worst));
-    }
-}
-
 /// What the hub is waiting for, shown in status and on the dashboard.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Waiting {
@@ -325,6 +159,7 @@ impl ModelState {
             acc: None,
             clock: RoundClock::default(),
             server: ServerState::default(),
+            robust: RobustState::default(),
             folding: false,
             retry_at: None,
             failures: 0,
@@ -375,9 +210,37 @@ impl ModelState {
         Ok(())
     }
 
+    /// Buffers an update; a trainer's earlier update of the same round is
+    /// superseded (one vote per trainer: the newest, trained on the newest
+    /// weights, counts).
     pub fn push(&mut self, b: Buffered, now: Instant) {
+        if b.counts() {
+            for old in self
+                .buffer
+                .iter_mut()
+                .filter(|o| o.trainer == b.trainer && o.counts())
+            {
+                old.vote = Vote::Superseded;
+                old.delta = None;
+            }
+        }
         self.buffer.push(b);
         self.clock.on_buffered(now);
+    }
+
+    /// The bounds an arriving update is folded with before its round's own
+    /// figures are known: those of the last fold (corrected at fold time
+    /// where the round differs).
+    pub fn provisional_bounds(&self) -> Bounds {
+        let s = &self.settings;
+        Bounds {
+            examples_cap: self
+                .robust
+                .median_examples
+                .filter(|_| s.max_weight_ratio > 0.0)
+                .map(|m| m * s.max_weight_ratio),
+            clip_bound: aggregation::robust::clip_bound(self.robust.clip_bound, &[], s),
+        }
     }
 
     /// Buffers a durable update from its encoded payload. Streaming
@@ -404,26 +267,48 @@ impl ModelState {
                 .unwrap_or(self.version.saturating_sub(a.base_version)),
             norm,
             clipped: false,
+            vote: Vote::Counts,
+            coef: (0.0, 1.0),
             delta: None,
         };
         if aggregation::streams(self.settings.strategy) {
+            let coef = self
+                .provisional_bounds()
+                .coefficient(&b.claim(), &self.settings);
             let n = self.layout.num_params();
-            let acc = self.acc.get_or_insert_with(|| Accumulator {
-                sum: vec![0.0; n],
-                weight: 0.0,
-                seconds: 0.0,
-            });
-            b.clipped = stream_into(acc, &self.layout, &self.settings, &b, payload)?;
+            let acc = self.acc.get_or_insert_with(|| Accumulator::new(n));
+            stream_into(acc, &self.layout, &mut b, coef, payload)?;
         } else {
-            b.clipped = clip_factor(norm, &self.settings) < 1.0;
             b.delta = Some(Arc::new(self.layout.decode(payload)?));
         }
         self.push(b, now);
         Ok(())
     }
 
+    /// Drops the buffered updates of a revoked trainer (they keep their
+    /// place until the fold, with no weight, so the running sum is corrected
+    /// there); returns their ledger rows, to be refused.
+    pub fn drop_trainer(&mut self, trainer: &str) -> Vec<i64> {
+        let mut rows = Vec::new();
+        for b in self
+            .buffer
+            .iter_mut()
+            .filter(|b| b.trainer == trainer && b.vote != Vote::Dropped)
+        {
+            b.vote = Vote::Dropped;
+            b.delta = None;
+            rows.push(b.row_id);
+        }
+        rows
+    }
+
+    /// Trainers with an update that counts in the current round.
+    pub fn members(&self) -> usize {
+        self.buffer.iter().filter(|b| b.counts()).count()
+    }
+
     pub fn decide(&self, now: Instant) -> RoundDecision {
-        self.clock.decide(self.buffer.len(), &self.settings, now)
+        self.clock.decide(self.members(), &self.settings, now)
     }
 
     pub fn waiting(&self, now: Instant) -> Waiting {
@@ -435,7 +320,7 @@ impl ModelState {
             } => (more_updates, timeout_in.map(|d| d.as_secs_f64())),
         };
         Waiting {
-            buffered: self.buffer.len(),
+            buffered: self.members(),
             min_updates: self.settings.min_updates,
             more_updates: more,
             round_timeout_in_secs: timeout,
@@ -447,7 +332,7 @@ impl ModelState {
     /// fold (possibly off-thread) with [`compute_fold`] and then either
     /// [`finish_fold`](Self::finish_fold)s or [`abort_fold`](Self::abort_fold)s.
     pub fn begin_fold(&mut self, now: Instant) -> Option<FoldInput> {
-        if self.folding || self.buffer.is_empty() {
+        if self.folding || self.members() == 0 {
             return None;
         }
         if self.decide(now) != RoundDecision::Aggregate {
@@ -461,6 +346,7 @@ impl ModelState {
             acc: self.acc.take(),
             settings: self.settings.clone(),
             server: self.server.clone(),
+            robust: self.robust,
         })
     }
 
@@ -478,6 +364,7 @@ impl ModelState {
             acc: self.acc.take(),
             settings: self.settings.clone(),
             server: self.server.clone(),
+            robust: self.robust,
         })
     }
 
@@ -504,21 +391,21 @@ impl ModelState {
         self.version = fold.version;
         self.weights = Arc::new(fold.weights);
         self.server = fold.server;
+        self.robust = fold.robust;
         self.encoded = encoded;
         self.folding = false;
-        self.clock.reset(self.buffer.len(), now);
+        self.clock.reset(self.members(), now);
     }
 
     /// Puts the updates back (in front of anything that arrived meanwhile)
     /// when a fold could not be committed: acknowledged updates are never dropped.
-    pub fn abort_fold(
-        &mut self,
-        mut updates: Vec<Buffered>,
-        acc: Option<Accumulator>,
-        now: Instant,
-    ) {
-        updates.append(&mut self.buffer);
+    pub fn abort_fold(&mut self, updates: Vec<Buffered>, acc: Option<Accumulator>, now: Instant) {
+        let arrived = std::mem::take(&mut self.buffer);
         self.buffer = updates;
+        // What arrived during the fold is newer than what goes back.
+        for b in arrived {
+            self.push(b, now);
+        }
         if let Some(old) = acc {
             match self.acc.as_mut() {
                 Some(cur) => {
@@ -529,115 +416,7 @@ impl ModelState {
             }
         }
         self.folding = false;
-        self.clock.reset(self.buffer.len(), now);
-    }
-}
-
-/// The inputs of one fold, detached from the hub so it can run elsewhere.
-#[derive(Debug)]
-pub struct FoldInput {
-    pub version: u64,
-    pub weights: Arc<Vec<f32>>,
-    pub updates: Vec<Buffered>,
-    pub acc: Option<Accumulator>,
-    pub settings: AggregationSettings,
-    pub server: ServerState,
-}
-
-/// Folds the buffer into a copy of the weights with the model's strategy.
-/// Streamed updates come from the accumulator, kept ones from their deltas;
-/// the accumulator is handed back in the fold so a failed commit can restore it.
-pub fn compute_fold(input: FoldInput) -> Fold {
-    let s = &input.settings;
-    let n = input.weights.len();
-    let kept: Vec<Contribution<'_>> = input
-        .updates
-        .iter()
-        .filter_map(|u| {
-            u.delta.as_ref().map(|d| Contribution {
-                delta: d.as_slice(),
-                num_examples: u.num_examples,
-                staleness: u.staleness,
-            })
-        })
-        .collect();
-    let acc_weight = input.acc.as_ref().map(|a| a.weight).unwrap_or(0.0);
-    let mean_delta: Vec<f32> = if aggregation::streams(s.strategy) || kept.is_empty() {
-        // Weighted mean of everything: the accumulator plus any kept deltas
-        // (kept ones exist when the strategy changed since they arrived).
-        let mut sum = input
-            .acc
-            .as_ref()
-            .map(|a| a.sum.clone())
-            .unwrap_or_else(|| vec![0.0; n]);
-        let mut total = acc_weight;
-        for c in &kept {
-            let w =
-                aggregation::contribution_weight(c.num_examples, c.staleness, s.staleness_exponent);
-            aggregation::axpy(
-                &mut sum,
-                w as f32 * aggregation::clip_factor(c.delta, s.clip_norm),
-                c.delta,
-            );
-            total += w;
-        }
-        if total > 0.0 {
-            let inv = (1.0 / total) as f32;
-            sum.iter_mut().for_each(|v| *v *= inv);
-        }
-        sum
-    } else {
-        // Robust strategies need every delta; streamed leftovers (from before
-        // a strategy change) enter as one more contribution.
-        let acc_mean: Option<Vec<f32>> = input.acc.as_ref().filter(|a| a.weight > 0.0).map(|a| {
-            let inv = (1.0 / a.weight) as f32;
-            a.sum.iter().map(|v| v * inv).collect()
-        });
-        let mut all = kept.clone();
-        if let Some(m) = &acc_mean {
-            all.push(Contribution {
-                delta: m.as_slice(),
-                num_examples: 1,
-                staleness: 0,
-            });
-        }
-        match s.strategy {
-            aggregation::Strategy::Median => aggregation::coordinate_median(&all, s),
-            _ => aggregation::trimmed_mean(&all, s),
-        }
-    };
-    let mut weights = input.weights.as_ref().clone();
-    let mut server = input.server;
-    aggregation::apply_server_update(&mut weights, &mean_delta, s, &mut server);
-    server.steps += 1;
-    let k = input.updates.len();
-    let report = AggregateReport {
-        strategy: s.strategy,
-        num_updates: k,
-        total_examples: input.updates.iter().map(|u| u.num_examples).sum(),
-        mean_staleness: if k == 0 {
-            0.0
-        } else {
-            input
-                .updates
-                .iter()
-                .map(|u| u.staleness as f64)
-                .sum::<f64>()
-                / k as f64
-        },
-        max_staleness: input.updates.iter().map(|u| u.staleness).max().unwrap_or(0),
-        update_norm: aggregation::l2_norm(&mean_delta),
-        clipped: input.updates.iter().filter(|u| u.clipped).count(),
-    };
-    drop(kept);
-    Fold {
-        version: input.version + 1,
-        parent: input.version,
-        weights,
-        report,
-        applied: input.updates,
-        acc: input.acc,
-        server,
+        self.clock.reset(self.members(), now);
     }
 }
 
@@ -742,179 +521,12 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregation::Strategy;
-    use std::time::Duration;
-
-    fn settings() -> AggregationSettings {
-        AggregationSettings {
-            strategy: Strategy::Fedavg,
-            min_updates: 2,
-            round_timeout_secs: 5.0,
-            max_staleness: 3,
-            staleness_exponent: 0.0,
-            server_lr: 1.0,
-            momentum: 0.9,
-            beta2: 0.99,
-            tau: 1e-3,
-            trim_fraction: 0.2,
-            clip_norm: 0.0,
-            max_num_examples: 100,
-            max_update_norm: 0.0,
-            normalisation_wait_secs: 5.0,
-        }
-    }
-
-    fn model() -> ModelState {
-        let layout = ModelLayout::new(vec![("w".into(), vec![2])]);
-        ModelState::new(
-            "m".into(),
-            "custom".into(),
-            layout,
-            settings(),
-            0,
-            vec![0.0, 0.0],
-            Bytes::new(),
-        )
-    }
-
-    fn arrival(row_id: i64, id: &str, num_examples: u64) -> Arrival {
-        Arrival {
-            row_id,
-            update_id: id.into(),
-            trainer: "t".into(),
-            base_version: 0,
-            num_examples,
-            staleness: None,
-            norm: None,
-        }
-    }
-
-    /// Three updates, two of values near f32's limit: the fold overflows,
-    /// both are found (by re-reading their payloads) and the honest one is
-    /// kept with a rebuilt accumulator.
-    #[test]
-    fn a_poisoned_fold_is_taken_apart() {
-        let mut m = model();
-        m.settings.min_updates = 3;
-        let t = Instant::now();
-        let layout = m_layout();
-        let payloads: Vec<Vec<u8>> = [[3e38f32, 3e38], [1.0, 2.0], [-3e38, 3e38]]
-            .iter()
-            .map(|d| layout.encode(d, None).unwrap())
-            .collect();
-        for (i, p) in payloads.iter().enumerate() {
-            m.push_payload(arrival(i as i64, &format!("u{i}"), 1), p, t)
-                .unwrap();
-        }
-        let input = m.begin_fold(t).unwrap();
-        let fold = compute_fold(FoldInput {
-            version: input.version,
-            weights: input.weights.clone(),
-            updates: input.updates.clone(),
-            acc: input.acc.clone(),
-            settings: input.settings.clone(),
-            server: input.server.clone(),
-        });
-        assert!(!fold.is_finite());
-        let mut reads = 0;
-        let p = separate_poison(input, &layout, |b| {
-            reads += 1;
-            Ok(payloads[b.row_id as usize].clone())
-        })
-        .unwrap();
-        let mut culprits: Vec<i64> = p.culprits.iter().map(|b| b.row_id).collect();
-        culprits.sort();
-        assert_eq!(culprits, vec![0, 2]);
-        assert_eq!(p.kept.len(), 1);
-        assert!(reads >= 3);
-        m.abort_fold(p.kept, p.acc, t);
-        m.settings.min_updates = 1;
-        let fold = compute_fold(m.begin_fold(t).unwrap());
-        assert!(fold.is_finite());
-        assert_eq!(fold.weights, vec![1.0, 2.0]);
-    }
-
-    fn upd(id: i64, base: u64, delta: Vec<f32>) -> Buffered {
-        Buffered {
-            row_id: id,
-            update_id: format!("u{id}"),
-            trainer: "t".into(),
-            base_version: base,
-            num_examples: 1,
-            staleness: 0,
-            norm: 1.0,
-            clipped: false,
-            delta: Some(Arc::new(delta)),
-        }
-    }
-
-    #[test]
-    fn streamed_updates_fold_like_kept_ones_and_survive_an_abort() {
-        let mut m = model();
-        let t = Instant::now();
-        let enc = |d: [f32; 2]| m_layout().encode(&d, None).unwrap();
-        m.push_payload(arrival(1, "a", 1), &enc([1.0, 2.0]), t)
-            .unwrap();
-        assert!(m.buffer[0].delta.is_none(), "fedavg streams");
-        let input = m.begin_fold(t).map(|_| ()).is_none();
-        assert!(input);
-        m.push_payload(arrival(2, "b", 3), &enc([5.0, 6.0]), t)
-            .unwrap();
-        let input = m.begin_fold(t).unwrap();
-        assert!(m.acc.is_none());
-        // A failed commit hands the accumulator back.
-        let fold = compute_fold(input);
-        assert_eq!(fold.weights, vec![4.0, 5.0]);
-        assert!(fold.is_finite());
-        m.abort_fold(fold.applied, fold.acc, t);
-        let fold = compute_fold(m.begin_fold(t).unwrap());
-        assert_eq!(fold.weights, vec![4.0, 5.0]);
-    }
-
-    fn m_layout() -> ModelLayout {
-        ModelLayout::new(vec![("w".into(), vec![2])])
-    }
-
-    #[test]
-    fn folds_when_min_updates_buffered() {
-        let mut m = model();
-        let t = Instant::now();
-        m.push(upd(1, 0, vec![1.0, 2.0]), t);
-        assert!(m.begin_fold(t).is_none());
-        assert_eq!(m.waiting(t).more_updates, 1);
-        m.push(upd(2, 0, vec![3.0, 4.0]), t);
-        let input = m.begin_fold(t).unwrap();
-        assert!(m.folding);
-        // An update arriving during the fold waits for the next one.
-        m.push(upd(3, 0, vec![9.0, 9.0]), t);
-        let fold = compute_fold(input);
-        assert_eq!(fold.weights, vec![2.0, 3.0]);
-        assert_eq!(fold.version, 1);
-        m.finish_fold(fold, Bytes::new(), t);
-        assert_eq!(m.version, 1);
-        assert_eq!(m.buffer.len(), 1);
-        assert!(!m.folding);
-    }
-
-    #[test]
-    fn timeout_folds_a_partial_buffer_and_abort_keeps_updates() {
-        let mut m = model();
-        let t = Instant::now();
-        m.push(upd(1, 0, vec![1.0, 1.0]), t);
-        let later = t + Duration::from_secs(6);
-        let input = m.begin_fold(later).unwrap();
-        m.push(upd(2, 0, vec![0.0, 0.0]), later);
-        m.abort_fold(input.updates, input.acc, later);
-        assert_eq!(
-            m.buffer.iter().map(|b| b.row_id).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
-        assert_eq!(m.version, 0);
-    }
+    use crate::hub::round::tests::model;
 
     #[test]
     fn checks_updates() {
         let mut m = model();
+        m.settings.max_num_examples = 100;
         m.version = 5;
         assert_eq!(m.check_base(3), Ok(2));
         assert_eq!(m.check_base(1).unwrap_err().code, ErrorCode::StaleUpdate);

@@ -65,6 +65,14 @@ pub struct VersionMetrics {
     /// `trainer/update_id` of each update folded in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applied_update_ids: Option<Vec<String>>,
+    /// `trainer/update_id` of updates a newer one of the same trainer
+    /// replaced before the fold: consumed by this version, with no weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_update_ids: Option<Vec<String>>,
+    /// `trainer/update_id` of updates of trainers revoked before the fold:
+    /// refused, not folded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_update_ids: Option<Vec<String>>,
 }
 
 impl VersionMetrics {

@@ -28,6 +28,18 @@ impl Handler<SetRevocation> for Hub {
                     message: "an administrator revoked this trainer".into(),
                 });
             }
+            // Its buffered updates no longer count; the next version
+            // refuses them in the ledger (`revoked`).
+            for (model, state) in self.models.iter_mut() {
+                let dropped = state.drop_trainer(&m.name);
+                if !dropped.is_empty() {
+                    log::warn!(
+                        "model {model}: {} buffered update(s) of revoked trainer {} dropped",
+                        dropped.len(),
+                        m.name
+                    );
+                }
+            }
         }
         let persister = self.persister.clone();
         let SetRevocation { name, revoked } = m;

@@ -14,6 +14,8 @@ enum Computed {
     /// Not finite: taken apart, or why it could not be (with the updates
     /// and accumulator to put back).
     Poisoned(Result<Poisoned, String>, Vec<Buffered>, Option<Accumulator>),
+    /// A payload to correct could not be read back: nothing is folded.
+    Unsettled(String, Vec<Buffered>, Option<Accumulator>),
 }
 
 /// How a fold ended.
@@ -83,7 +85,20 @@ impl Hub {
             let (fold_blobs, fold_model) = (blobs.clone(), name.clone());
             let computed = actix_web::rt::task::spawn_blocking(move || {
                 let fold_started = Instant::now();
+                let mut input = input;
                 let streamed = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
+                let settled = match state::settle(&mut input, &layout, |b| {
+                    read_payload(&pool, &fold_blobs, b.row_id)
+                }) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return Computed::Unsettled(
+                            format!("could not settle the round: {e}"),
+                            input.updates,
+                            input.acc,
+                        )
+                    }
+                };
                 // Kept for taking a poisoned fold apart.
                 let again = FoldInput {
                     version: input.version,
@@ -92,11 +107,12 @@ impl Hub {
                     acc: None,
                     settings: input.settings.clone(),
                     server: input.server.clone(),
+                    robust: input.robust,
                 };
-                let fold = state::compute_fold(input);
+                let fold = state::compute_fold(input, &settled);
                 if !fold.is_finite() {
                     let acc = fold.acc;
-                    let poisoned = state::separate_poison(again, &layout, |b| {
+                    let poisoned = state::separate_poison(again, &settled, &layout, |b| {
                         read_payload(&pool, &fold_blobs, b.row_id)
                     });
                     return Computed::Poisoned(poisoned, fold.applied, acc);
@@ -151,6 +167,9 @@ impl Hub {
                         }
                     };
                 }
+                Ok(Computed::Unsettled(e, updates, acc)) => {
+                    return FoldOutcome::Failed(updates, acc, e)
+                }
                 Ok(Computed::Poisoned(Err(e), updates, acc)) => {
                     return FoldOutcome::Failed(
                         updates,
@@ -168,12 +187,10 @@ impl Hub {
                 aggregation_seconds: Some(agg_secs),
                 version_build_seconds: Some(version_secs),
                 eval: eval.as_ref().map(EvalFigures::digits),
-                applied_update_ids: Some(
-                    fold.applied
-                        .iter()
-                        .map(|b| format!("{}/{}", b.trainer, b.update_id))
-                        .collect(),
-                ),
+                applied_update_ids: Some(fold.labels(Vote::Counts)),
+                superseded_update_ids: Some(fold.labels(Vote::Superseded))
+                    .filter(|v| !v.is_empty()),
+                dropped_update_ids: Some(fold.labels(Vote::Dropped)).filter(|v| !v.is_empty()),
                 ..Default::default()
             }
             .to_json();
@@ -181,12 +198,18 @@ impl Hub {
                 model: name.clone(),
                 version: fold.version,
                 parent: fold.parent,
-                num_updates: fold.applied.len(),
+                num_updates: fold.report.members,
                 weights: encoded.clone(),
                 weights_file,
                 metrics: metrics.to_string(),
-                applied: fold.applied.iter().map(|b| b.row_id).collect(),
+                applied: fold.consumed_rows(),
                 refused: Vec::new(),
+                revoked: fold
+                    .applied
+                    .iter()
+                    .filter(|b| b.vote == Vote::Dropped)
+                    .map(|b| b.row_id)
+                    .collect(),
                 keep_weights,
             };
             match persister.send(commit).await {
@@ -207,7 +230,7 @@ impl Hub {
                     m.retry_at = None;
                     m.failures = 0;
                     let version = fold.version;
-                    let num_updates = fold.applied.len();
+                    let num_updates = fold.report.members;
                     let mean_staleness = fold.report.mean_staleness;
                     m.finish_fold(fold, encoded.clone(), now);
                     m.last_metrics = Some(metrics_json.clone());
@@ -224,6 +247,8 @@ impl Hub {
                     let mut pushed = metrics_json;
                     if let Some(o) = pushed.as_object_mut() {
                         o.remove("applied_update_ids");
+                        o.remove("superseded_update_ids");
+                        o.remove("dropped_update_ids");
                     }
                     act.broadcast(&model_name, version, num_updates, &encoded, Some(pushed));
                     act.event(HubEvent::Version {

@@ -41,7 +41,7 @@ use crate::hub::outbox::Outbox;
 use crate::hub::persister::{self, Persister, UpdateRecord};
 use crate::hub::state::{
     self, Accumulator, Admission, Arrival, Buffered, Fold, FoldInput, ModelState, NormState,
-    Poisoned, TrainerInfo, Waiting,
+    Poisoned, TrainerInfo, Vote, Waiting,
 };
 use crate::model::Evaluation;
 use crate::protocol::{

@@ -119,6 +119,7 @@ impl Handler<Rollback> for Hub {
                 metrics: metrics.to_string(),
                 applied: Vec::new(),
                 refused: refused_ids,
+                revoked: Vec::new(),
                 keep_weights,
             };
             let restore = (kept, acc);
@@ -237,9 +238,7 @@ fn build_rollback(job: RollbackJob) -> Result<RollbackBuilt, (Refusal, Vec<Buffe
     } = job;
     let (pool, blobs, layout, model) = (&pool, &blobs, &*layout, model.as_str());
     let (test, norm) = (test.as_deref(), norm.as_ref());
-    let FoldInput {
-        updates, settings, ..
-    } = input;
+    let FoldInput { updates, .. } = input;
     let weights = (|| {
         let mut conn = pool
             .get()
@@ -268,17 +267,19 @@ fn build_rollback(job: RollbackJob) -> Result<RollbackBuilt, (Refusal, Vec<Buffe
         Ok(w) => w,
         Err(e) => return Err((e, updates)),
     };
-    let (kept, refused): (Vec<Buffered>, Vec<Buffered>) =
-        updates.into_iter().partition(|b| b.base_version <= to);
+    // Dropped updates (revoked trainers) were refused already.
+    let (mut kept, refused): (Vec<Buffered>, Vec<Buffered>) = updates
+        .into_iter()
+        .partition(|b| b.base_version <= to || b.vote == Vote::Dropped);
     let mut acc: Option<Accumulator> = None;
-    for b in kept.iter().filter(|b| b.delta.is_none()) {
+    for b in kept
+        .iter_mut()
+        .filter(|b| b.delta.is_none() && b.coef.0 != 0.0)
+    {
+        let coef = b.coef;
         let streamed = read_payload(pool, blobs, b.row_id).and_then(|p| {
-            let a = acc.get_or_insert_with(|| Accumulator {
-                sum: vec![0.0; layout.num_params()],
-                weight: 0.0,
-                seconds: 0.0,
-            });
-            state::stream_into(a, layout, &settings, b, &p).map_err(|e| e.to_string())
+            let a = acc.get_or_insert_with(|| Accumulator::new(layout.num_params()));
+            state::stream_into(a, layout, b, coef, &p).map_err(|e| e.to_string())
         });
         if let Err(e) = streamed {
             return Err((

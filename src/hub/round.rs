@@ -1,0 +1,463 @@
+//! One round of a model: the updates buffered since the last version, the
+//! running sum streamed updates are folded into as they arrive, and the fold
+//! that turns them into the next version. Pure computation (the fold task
+//! calls it off the actor), tested without actix.
+//!
+//! A round counts members, not messages (see `aggregation::robust`): an
+//! update is folded into the running sum as it arrives with a provisional
+//! coefficient (its weight under the last fold's bounds); at fold time
+//! [`settle`] computes each member's final coefficient from the round's own
+//! members (one vote per trainer, capped weight, the clipping bound) and
+//! corrects the sum for the few whose coefficient changed, re-reading their
+//! stored payloads. A team whose claims and norms are stable needs no
+//! correction.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::aggregation::robust::{self, Bounds, Claim, RobustState};
+use crate::aggregation::{
+    self, AggregateReport, AggregationSettings, Contribution, ServerState, Strategy,
+};
+use crate::protocol::tensors::TensorError;
+use crate::protocol::ModelLayout;
+
+/// Whether a buffered update counts in its round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vote {
+    /// The trainer's newest update of the round: it counts.
+    Counts,
+    /// A newer update of the same trainer replaced it: consumed by the fold
+    /// with no weight (acknowledged updates are never lost, but a member
+    /// has one vote).
+    Superseded,
+    /// Its trainer was revoked before the fold: refused, no weight.
+    Dropped,
+}
+
+/// An accepted, durable update waiting in a model's buffer.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    pub row_id: i64,
+    pub update_id: String,
+    pub trainer: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    /// Staleness when it was accepted.
+    pub staleness: u64,
+    /// L2 norm of the delta (before clipping).
+    pub norm: f64,
+    pub clipped: bool,
+    pub vote: Vote,
+    /// The weight and clip factor this update counts with. For a streamed
+    /// update, what it was added to the accumulator with (provisional until
+    /// [`settle`]); for a kept one, set by [`settle`].
+    pub coef: (f64, f32),
+    /// The delta, kept only for strategies that need every delta at fold
+    /// time (median, trimmed mean); streamed ones live in the accumulator.
+    pub delta: Option<Arc<Vec<f32>>>,
+}
+
+impl Buffered {
+    pub fn claim(&self) -> Claim {
+        Claim {
+            num_examples: self.num_examples,
+            staleness: self.staleness,
+            norm: self.norm,
+        }
+    }
+
+    pub fn counts(&self) -> bool {
+        self.vote == Vote::Counts
+    }
+
+    /// `trainer/update_id`, as versions list what they folded.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.trainer, self.update_id)
+    }
+}
+
+/// A durable update about to be buffered.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub row_id: i64,
+    pub update_id: String,
+    pub trainer: String,
+    pub base_version: u64,
+    pub num_examples: u64,
+    /// Staleness recorded when it was accepted (a reloaded update keeps
+    /// it); None: counted from the model's current version.
+    pub staleness: Option<u64>,
+    /// The delta's L2 norm when the session already computed it.
+    pub norm: Option<f64>,
+}
+
+/// Running weighted sum of streamed deltas: memory stays one model's worth
+/// however many updates a round folds.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    pub sum: Vec<f32>,
+    pub weight: f64,
+    /// Time spent folding updates into `sum` as they arrived.
+    pub seconds: f64,
+}
+
+impl Accumulator {
+    pub fn new(n: usize) -> Self {
+        Accumulator {
+            sum: vec![0.0; n],
+            weight: 0.0,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Adds `(weight, factor)` of one update's delta to the accumulator,
+/// straight from its encoded bytes, and records it as the update's coefficient.
+pub fn stream_into(
+    acc: &mut Accumulator,
+    layout: &ModelLayout,
+    b: &mut Buffered,
+    coef: (f64, f32),
+    payload: &[u8],
+) -> Result<(), TensorError> {
+    let t = Instant::now();
+    layout.accumulate(payload, &mut acc.sum, (coef.0 as f32) * coef.1)?;
+    acc.seconds += t.elapsed().as_secs_f64();
+    acc.weight += coef.0;
+    b.coef = coef;
+    b.clipped = coef.1 < 1.0;
+    Ok(())
+}
+
+/// The inputs of one fold, detached from the hub so it can run elsewhere.
+#[derive(Debug)]
+pub struct FoldInput {
+    pub version: u64,
+    pub weights: Arc<Vec<f32>>,
+    pub updates: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
+    pub settings: AggregationSettings,
+    pub server: ServerState,
+    /// The bounds tracked from earlier folds.
+    pub robust: RobustState,
+}
+
+/// What [`settle`] decided for a round.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settlement {
+    pub bounds: Bounds,
+    /// The bounds for the next fold.
+    pub next: RobustState,
+    /// Streamed updates re-read to rebuild the running sum (0: none changed).
+    pub corrected: usize,
+}
+
+/// Gives every update of the round its final coefficient: members (the
+/// newest update of each trainer) by the bounds tracked from earlier folds
+/// (the first fold: its own members' median claim and norm quantile),
+/// superseded and dropped ones none. Where a streamed update was added with
+/// another coefficient, the running sum is rebuilt from the stored payloads
+/// (`payload`): subtracting a 1e8-weighted delta from an f32 sum would leave
+/// its rounding error behind. A stable team never needs it after the first
+/// fold; a trainer that floods or lies makes its rounds re-read.
+pub fn settle(
+    input: &mut FoldInput,
+    layout: &ModelLayout,
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
+) -> Result<Settlement, String> {
+    let s = &input.settings;
+    let members: Vec<&Buffered> = input.updates.iter().filter(|b| b.counts()).collect();
+    let claims: Vec<f64> = members.iter().map(|b| b.num_examples as f64).collect();
+    let norms: Vec<f64> = members.iter().map(|b| b.norm).collect();
+    let round_median = robust::lower_median(&claims);
+    let bounds = Bounds {
+        examples_cap: match input.robust.median_examples.or(round_median) {
+            Some(m) if s.max_weight_ratio > 0.0 => Some(m * s.max_weight_ratio),
+            _ => None,
+        },
+        clip_bound: robust::clip_bound(input.robust.clip_bound, &norms, s),
+    };
+    let next = RobustState {
+        clip_bound: robust::next_clip_bound(bounds.clip_bound, &norms, s),
+        median_examples: round_median.or(input.robust.median_examples),
+    };
+    let mut rebuild = false;
+    let mut finals = Vec::with_capacity(input.updates.len());
+    for b in input.updates.iter_mut() {
+        let coef = if b.counts() {
+            bounds.coefficient(&b.claim(), s)
+        } else {
+            (0.0, 1.0)
+        };
+        if b.delta.is_some() {
+            b.coef = coef;
+            b.clipped = coef.1 < 1.0;
+        } else if coef != b.coef {
+            rebuild = true;
+        }
+        finals.push(coef);
+    }
+    let mut corrected = 0;
+    if rebuild {
+        let mut acc = Accumulator::new(layout.num_params());
+        acc.seconds = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
+        for (b, coef) in input.updates.iter_mut().zip(finals) {
+            if b.delta.is_some() {
+                continue;
+            }
+            if coef.0 == 0.0 {
+                b.coef = coef;
+                continue;
+            }
+            let bytes = payload(b)?;
+            stream_into(&mut acc, layout, b, coef, &bytes)
+                .map_err(|e| format!("update {}: {e}", b.update_id))?;
+            corrected += 1;
+        }
+        input.acc = Some(acc);
+    }
+    Ok(Settlement {
+        bounds,
+        next,
+        corrected,
+    })
+}
+
+/// A fold ready to be committed: the new weights and what went into them.
+#[derive(Debug)]
+pub struct Fold {
+    pub version: u64,
+    pub parent: u64,
+    pub weights: Vec<f32>,
+    pub report: AggregateReport,
+    /// Every update of the round (members, superseded and dropped ones).
+    pub applied: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
+    pub server: ServerState,
+    pub robust: RobustState,
+}
+
+impl Fold {
+    /// Whether the new weights and the server optimizer's state are all
+    /// finite and below [`MAX_WEIGHT`]: a version that is not is never
+    /// committed (the next fold from weights near f32's limit would overflow).
+    pub fn is_finite(&self) -> bool {
+        let finite = |v: &[f32]| v.iter().all(|x| x.abs() <= MAX_WEIGHT);
+        finite(&self.weights)
+            && self.server.momentum.as_deref().is_none_or(finite)
+            && self.server.second_moment.as_deref().is_none_or(finite)
+    }
+
+    /// The ledger rows this version consumes (members and superseded
+    /// updates; dropped ones were refused when their trainer was revoked).
+    pub fn consumed_rows(&self) -> Vec<i64> {
+        self.applied
+            .iter()
+            .filter(|b| b.vote != Vote::Dropped)
+            .map(|b| b.row_id)
+            .collect()
+    }
+
+    pub fn labels(&self, vote: Vote) -> Vec<String> {
+        self.applied
+            .iter()
+            .filter(|b| b.vote == vote)
+            .map(Buffered::label)
+            .collect()
+    }
+}
+
+/// Weights (and optimizer state) beyond this magnitude count as poisoned.
+pub const MAX_WEIGHT: f32 = 1e30;
+
+/// Folds a settled round into a copy of the weights with the model's
+/// strategy. Streamed updates come from the accumulator, kept ones from
+/// their deltas with their settled coefficients; the accumulator is handed
+/// back in the fold so a failed commit can restore it.
+pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
+    let s = &input.settings;
+    let n = input.weights.len();
+    let kept: Vec<(&Buffered, &[f32])> = input
+        .updates
+        .iter()
+        .filter(|u| u.counts())
+        .filter_map(|u| u.delta.as_ref().map(|d| (u, d.as_slice())))
+        .collect();
+    let acc_weight = input.acc.as_ref().map(|a| a.weight).unwrap_or(0.0);
+    let mean_delta: Vec<f32> = if aggregation::streams(s.strategy) || kept.is_empty() {
+        // Weighted mean of everything: the accumulator plus any kept deltas
+        // (kept ones exist when the strategy changed since they arrived).
+        let mut sum = input
+            .acc
+            .as_ref()
+            .map(|a| a.sum.clone())
+            .unwrap_or_else(|| vec![0.0; n]);
+        let mut total = acc_weight;
+        for (u, d) in &kept {
+            aggregation::axpy(&mut sum, (u.coef.0 as f32) * u.coef.1, d);
+            total += u.coef.0;
+        }
+        if total > 0.0 {
+            let inv = (1.0 / total) as f32;
+            sum.iter_mut().for_each(|v| *v *= inv);
+        }
+        sum
+    } else {
+        // Robust strategies need every member's delta, unweighted (weights
+        // are what a lying member inflates); streamed leftovers (from before
+        // a strategy change) enter as one more contribution.
+        let acc_mean: Option<Vec<f32>> = input.acc.as_ref().filter(|a| a.weight > 0.0).map(|a| {
+            let inv = (1.0 / a.weight) as f32;
+            a.sum.iter().map(|v| v * inv).collect()
+        });
+        let mut all: Vec<Contribution<'_>> = kept
+            .iter()
+            .map(|(u, d)| Contribution {
+                delta: d,
+                num_examples: u.num_examples,
+                staleness: u.staleness,
+                scale: u.coef.1,
+            })
+            .collect();
+        if let Some(m) = &acc_mean {
+            all.push(Contribution {
+                delta: m.as_slice(),
+                num_examples: 1,
+                staleness: 0,
+                scale: 1.0,
+            });
+        }
+        match s.strategy {
+            Strategy::Median => aggregation::coordinate_median(&all),
+            _ => aggregation::trimmed_mean(&all, s.trim_fraction),
+        }
+    };
+    let mut weights = input.weights.as_ref().clone();
+    let mut server = input.server;
+    aggregation::apply_server_update(&mut weights, &mean_delta, s, &mut server);
+    server.steps += 1;
+    let members: Vec<&Buffered> = input.updates.iter().filter(|u| u.counts()).collect();
+    let k = members.len();
+    let report = AggregateReport {
+        strategy: s.strategy,
+        num_updates: input.updates.len(),
+        total_examples: members.iter().map(|u| u.num_examples).sum(),
+        mean_staleness: if k == 0 {
+            0.0
+        } else {
+            members.iter().map(|u| u.staleness as f64).sum::<f64>() / k as f64
+        },
+        max_staleness: members.iter().map(|u| u.staleness).max().unwrap_or(0),
+        update_norm: aggregation::l2_norm(&mean_delta),
+        clipped: members.iter().filter(|u| u.clipped).count(),
+        members: k,
+        superseded: count(&input.updates, Vote::Superseded),
+        dropped: count(&input.updates, Vote::Dropped),
+        examples_cap: settled.bounds.examples_cap,
+        clip_bound: settled.bounds.clip_bound,
+        next_clip_bound: settled.next.clip_bound,
+        median_examples: settled.next.median_examples,
+        corrected: settled.corrected,
+    };
+    drop(kept);
+    drop(members);
+    Fold {
+        version: input.version + 1,
+        parent: input.version,
+        weights,
+        report,
+        applied: input.updates,
+        acc: input.acc,
+        server,
+        robust: settled.next,
+    }
+}
+
+fn count(updates: &[Buffered], vote: Vote) -> usize {
+    updates.iter().filter(|u| u.vote == vote).count()
+}
+
+/// A fold whose result was not finite, taken apart: the updates that made
+/// it so, and the rest with their accumulator rebuilt, to go back in the
+/// buffer.
+#[derive(Debug)]
+pub struct Poisoned {
+    pub culprits: Vec<Buffered>,
+    pub kept: Vec<Buffered>,
+    pub acc: Option<Accumulator>,
+}
+
+/// Finds which updates of a settled fold made it non-finite: the member
+/// with the largest weighted norm is set aside until folding the others
+/// gives finite weights (or none is left). Streamed updates are folded again
+/// from their stored payloads (`payload`), kept ones from their deltas. A
+/// rare path: each step folds the remaining updates once.
+pub fn separate_poison(
+    input: FoldInput,
+    settled: &Settlement,
+    layout: &ModelLayout,
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
+) -> Result<Poisoned, String> {
+    let FoldInput {
+        version,
+        weights,
+        mut updates,
+        settings,
+        server,
+        robust,
+        ..
+    } = input;
+    let mut culprits = Vec::new();
+    loop {
+        let mut acc: Option<Accumulator> = None;
+        for b in updates.iter_mut().filter(|b| b.delta.is_none()) {
+            let a = acc.get_or_insert_with(|| Accumulator::new(layout.num_params()));
+            let coef = b.coef;
+            if coef.0 == 0.0 {
+                continue;
+            }
+            let bytes = payload(b)?;
+            stream_into(a, layout, b, coef, &bytes)
+                .map_err(|e| format!("update {}: {e}", b.update_id))?;
+        }
+        let fold = compute_fold(
+            FoldInput {
+                version,
+                weights: weights.clone(),
+                updates: updates.clone(),
+                acc: acc.clone(),
+                settings: settings.clone(),
+                server: server.clone(),
+                robust,
+            },
+            settled,
+        );
+        let members = updates.iter().filter(|b| b.counts()).count();
+        if fold.is_finite() || members == 0 {
+            return Ok(Poisoned {
+                culprits,
+                kept: updates,
+                acc,
+            });
+        }
+        let weight = |b: &Buffered| {
+            if b.counts() {
+                b.coef.0 * b.coef.1 as f64 * b.norm
+            } else {
+                f64::NEG_INFINITY
+            }
+        };
+        let worst = updates
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| weight(a).total_cmp(&weight(b)))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        culprits.push(updates.remove(worst));
+    }
+}
+
+#[cfg(test)]
+#[path = "round_tests.rs"]
+pub(crate) mod tests;
