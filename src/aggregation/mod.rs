@@ -185,9 +185,9 @@ pub struct AggregateReport {
     /// Norm every delta was scaled down to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_bound: Option<f64>,
-    /// The adaptive bound the next fold starts from.
+    /// The tracked norm quantile the next fold's adaptive bound starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_clip_bound: Option<f64>,
+    pub norm_quantile: Option<f64>,
     /// The members' median claim (the next fold's provisional cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median_examples: Option<f64>,
@@ -213,7 +213,7 @@ impl AggregateReport {
             dropped: 0,
             examples_cap: None,
             clip_bound: None,
-            next_clip_bound: None,
+            norm_quantile: None,
             median_examples: None,
             corrected: 0,
         }
@@ -390,6 +390,7 @@ mod tests {
             clip_norm: 0.0,
             clip_quantile: 0.0,
             clip_lr: 0.2,
+            clip_multiplier: 1.0,
             max_weight_ratio: 0.0,
             max_num_examples: 1000,
             max_update_norm: 0.0,

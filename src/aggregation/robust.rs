@@ -27,9 +27,10 @@ use super::{contribution_weight, AggregationSettings};
 /// read back at start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RobustState {
-    /// The adaptive clipping bound for the next fold (None: no fold yet; the
-    /// first fold takes the quantile of its own members' norms).
-    pub clip_bound: Option<f64>,
+    /// The tracked `clip_quantile` quantile of member norms for the next
+    /// fold (None: no fold yet; the first fold takes the quantile of its own
+    /// members' norms). The bound is `clip_multiplier` times it.
+    pub norm_quantile: Option<f64>,
     /// The median member claim of the last fold: the provisional cap for
     /// updates folded as they arrive, so a stable team needs no correction
     /// at fold time.
@@ -105,36 +106,39 @@ pub fn examples_cap(claims: &[f64], s: &AggregationSettings) -> Option<f64> {
     lower_median(claims).map(|m| m * s.max_weight_ratio)
 }
 
-/// The clipping bound of a fold: the model's fixed `clip_norm` when set,
-/// else the tracked adaptive bound, else (first fold) the quantile of the
-/// fold's own member norms; None when clipping is off.
-pub fn clip_bound(tracked: Option<f64>, norms: &[f64], s: &AggregationSettings) -> Option<f64> {
-    if s.clip_norm > 0.0 {
-        return Some(s.clip_norm as f64);
-    }
-    if s.clip_quantile <= 0.0 {
+/// The norm quantile a fold clips by: the tracked one, else (first fold)
+/// the quantile of the fold's own member norms; None when adaptive
+/// clipping is off.
+pub fn norm_quantile(tracked: Option<f64>, norms: &[f64], s: &AggregationSettings) -> Option<f64> {
+    if s.clip_norm > 0.0 || s.clip_quantile <= 0.0 {
         return None;
     }
     tracked
         .or_else(|| quantile(norms, s.clip_quantile as f64))
-        .filter(|b| *b > 0.0)
+        .filter(|q| *q > 0.0)
 }
 
-/// The bound for the fold after one clipped at `bound` whose members had
-/// `norms`: `bound * exp(-lr * (share within the bound - quantile))`. It
-/// moves by at most a factor `exp(lr)` per fold whatever the members send,
-/// and settles where `clip_quantile` of them are within it.
-pub fn next_clip_bound(bound: Option<f64>, norms: &[f64], s: &AggregationSettings) -> Option<f64> {
-    if s.clip_norm > 0.0 || s.clip_quantile <= 0.0 {
-        return None;
+/// The clipping bound of a fold: the model's fixed `clip_norm` when set,
+/// else `clip_multiplier` times the norm quantile; None when clipping is off.
+pub fn clip_bound(norm_quantile: Option<f64>, s: &AggregationSettings) -> Option<f64> {
+    if s.clip_norm > 0.0 {
+        return Some(s.clip_norm as f64);
     }
-    let b = bound?;
+    norm_quantile.map(|q| q * s.clip_multiplier as f64)
+}
+
+/// The quantile estimate after a fold whose members had `norms`:
+/// `q * exp(-lr * (share of norms within q - clip_quantile))`. It moves by
+/// at most a factor `exp(lr)` per fold whatever the members send, and
+/// settles where `clip_quantile` of them are within it.
+pub fn next_norm_quantile(q: Option<f64>, norms: &[f64], s: &AggregationSettings) -> Option<f64> {
+    let q = q?;
     let finite: Vec<f64> = norms.iter().copied().filter(|n| n.is_finite()).collect();
     if finite.is_empty() {
-        return Some(b);
+        return Some(q);
     }
-    let within = finite.iter().filter(|n| **n <= b).count() as f64 / finite.len() as f64;
-    let next = b * (-(s.clip_lr as f64) * (within - s.clip_quantile as f64)).exp();
+    let within = finite.iter().filter(|n| **n <= q).count() as f64 / finite.len() as f64;
+    let next = q * (-(s.clip_lr as f64) * (within - s.clip_quantile as f64)).exp();
     // Never collapse to 0 or grow without bound: a few honest folds undo any
     // drift within these limits.
     Some(next.clamp(1e-12, 1e30))
@@ -196,28 +200,34 @@ mod tests {
         s.clip_lr = 0.2;
         // First fold: the median of its own members.
         let norms = [0.4, 0.6, 0.8, 999.0];
-        let b0 = clip_bound(None, &norms, &s).unwrap();
-        assert_eq!(b0, 0.6);
-        // An attacker far above it every fold: the bound stays near the
+        s.clip_multiplier = 1.0;
+        let q0 = norm_quantile(None, &norms, &s).unwrap();
+        assert_eq!(q0, 0.6);
+        assert_eq!(clip_bound(Some(q0), &s), Some(0.6));
+        s.clip_multiplier = 0.5;
+        assert_eq!(clip_bound(Some(q0), &s), Some(0.3));
+        // An attacker far above it every fold: the estimate stays near the
         // honest median instead of following it up.
-        let mut b = Some(b0);
+        let mut b = Some(q0);
         for _ in 0..100 {
-            b = next_clip_bound(b, &norms, &s);
+            b = next_norm_quantile(b, &norms, &s);
         }
         let b = b.unwrap();
         assert!((0.4..=0.9).contains(&b), "{b}");
         // Honest norms shrinking tenfold: the bound follows them down.
         let mut t = Some(1.0);
         for _ in 0..100 {
-            t = next_clip_bound(t, &[0.08, 0.1, 0.12], &s);
+            t = next_norm_quantile(t, &[0.08, 0.1, 0.12], &s);
         }
         assert!(t.unwrap() < 0.15, "{t:?}");
         // A fixed clip_norm wins; clip_quantile 0 turns it off.
         s.clip_norm = 2.0;
-        assert_eq!(clip_bound(Some(0.5), &norms, &s), Some(2.0));
+        assert_eq!(norm_quantile(Some(0.5), &norms, &s), None);
+        assert_eq!(clip_bound(Some(0.5), &s), Some(2.0));
         s.clip_norm = 0.0;
         s.clip_quantile = 0.0;
-        assert_eq!(clip_bound(Some(0.5), &norms, &s), None);
+        assert_eq!(norm_quantile(Some(0.5), &norms, &s), None);
+        assert_eq!(clip_bound(None, &s), None);
     }
 
     #[test]

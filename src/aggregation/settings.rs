@@ -142,6 +142,8 @@ aggregation_settings! {
     clip_quantile: f32 => Some((0.0, 1.0, Ends::OpenHigh));
     /// How fast the adaptive bound moves: at most a factor exp(clip_lr) per fold.
     clip_lr: f32 => Some((0.0, 10.0, Ends::OpenLow));
+    /// The adaptive bound is this many times the tracked norm quantile.
+    clip_multiplier: f32 => Some((0.0, 1000.0, Ends::OpenLow));
     /// A member's num_examples counts at most this many times the median
     /// claim of the fold's members; 0 removes the cap.
     max_weight_ratio: f64 => Some((0.0, 1e6, Ends::Closed));

@@ -174,7 +174,7 @@ pub(super) fn centralised_accuracy(
     for t in sc
         .trainers
         .iter()
-        .filter(|t| t.behaviour == Behaviour::Honest)
+        .filter(|t| t.is_honest())
     {
         let s = shard(&p.split.train, t);
         union.features.extend_from_slice(&s.features);

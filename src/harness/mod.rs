@@ -6,7 +6,9 @@
 //! compares it with specialists trained alone, checks the ledger, prints a
 //! table and a verdict, writes a JSON report and records the run on the hub.
 
+pub mod attack;
 mod dataset;
+pub mod poisoning;
 pub mod report;
 pub mod scenario;
 
@@ -420,7 +422,23 @@ fn collective_slices(
     Ok(())
 }
 
+/// The trainer's learner: the reference one, wrapped in its attack if the
+/// scenario gives it one.
 fn make_learner(
+    sc: &Scenario,
+    t: &scenario::TrainerSpec,
+    spec: MlpSpec,
+    cfg: &Config,
+    seed: u64,
+    prepared: Option<&Prepared>,
+) -> Result<attack::Attacker<MlpLearner>, HarnessError> {
+    let honest = make_honest_learner(sc, t, spec, cfg, seed, prepared)?;
+    let mut a = attack::Attacker::new(honest, t.attack, t.attack_norm, t.claim_examples);
+    a.locate(&spec.layout());
+    Ok(a)
+}
+
+fn make_honest_learner(
     sc: &Scenario,
     t: &scenario::TrainerSpec,
     spec: MlpSpec,
@@ -697,6 +715,15 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             notes.push("comparison run skipped: it needs the harness's own hub".into());
         }
     }
+    // Lying members, each case on a hub of its own.
+    let mut attacks = Vec::new();
+    if !sc.attacks.is_empty() {
+        if args.hub.is_none() {
+            attacks = poisoning::run_attacks(&sc, seed, &ctx, run.collective_accuracy).await?;
+        } else {
+            notes.push("attack cases skipped: they need the harness's own hub".into());
+        }
+    }
     bar.finish_and_clear();
 
     // Criteria.
@@ -907,6 +934,9 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             );
         }
     }
+    if let Some(max) = p.max_attack_cost {
+        criteria.extend(poisoning::criteria(&attacks, max));
+    }
     let passed = criteria.iter().all(|c| c.passed);
     let finished_at = crate::db::now();
     let summary = json!({
@@ -930,6 +960,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         run,
         solo,
         compare,
+        attacks,
         recorded_run_id: None,
         notes,
     };

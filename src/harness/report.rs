@@ -64,6 +64,9 @@ pub struct Report {
     pub run: RunOutcome,
     pub solo: BTreeMap<String, f64>,
     pub compare: Option<RunOutcome>,
+    /// Attack cases (`[[attacks]]`), each against its honest run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attacks: Vec<super::poisoning::AttackOutcome>,
     pub recorded_run_id: Option<i64>,
     pub notes: Vec<String>,
 }
@@ -133,6 +136,29 @@ pub fn render(report: &Report) -> String {
             c.final_version,
             pct(Some(c.collective_accuracy))
         );
+    }
+    if !report.attacks.is_empty() {
+        let _ = writeln!(
+            o,
+            "{:<22} {:<14} {:>8} {:>9} {:>7}  attackers' refusals",
+            "attack", "strategy", "honest", "attacked", "cost"
+        );
+        for a in &report.attacks {
+            let _ = writeln!(
+                o,
+                "{:<22} {:<14} {:>8} {:>9} {:>7.3}  {}",
+                a.name,
+                a.strategy,
+                pct(Some(a.honest_accuracy)),
+                pct(Some(a.attacked_accuracy)),
+                a.cost,
+                if a.attacker_refusals.is_empty() {
+                    "none".to_string()
+                } else {
+                    a.attacker_refusals.join(", ")
+                }
+            );
+        }
     }
     for c in &report.criteria {
         let _ = writeln!(

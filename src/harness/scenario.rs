@@ -59,6 +59,26 @@ pub struct Scenario {
     /// Train on a tabular data set instead of the built-in digits.
     #[serde(default)]
     pub dataset: Option<DatasetSpec>,
+    /// Lying members: each case runs the scenario again with them added
+    /// (own hub only) and is held to `max_attack_cost`.
+    #[serde(default)]
+    pub attacks: Vec<AttackCase>,
+}
+
+/// One attack of a poisoning scenario.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttackCase {
+    pub name: String,
+    /// What it shows (in the report).
+    #[serde(default)]
+    pub description: String,
+    /// Aggregation settings of this case and of the honest run it is
+    /// measured against, over the scenario's `[hub]`.
+    #[serde(default)]
+    pub hub: AggregationOverrides,
+    /// The members that attack, joining the scenario's trainers.
+    pub attackers: Vec<TrainerSpec>,
 }
 
 /// A team's own data: one CSV split into training rows (shared out to the
@@ -188,6 +208,16 @@ pub struct TrainerSpec {
     pub data: Option<PathBuf>,
     #[serde(default)]
     pub behaviour: Behaviour,
+    /// A lying member's attack (`rotate_labels`, `stats_outlier`), made by
+    /// the harness around the honest learner.
+    #[serde(default)]
+    pub attack: Option<super::attack::Attack>,
+    /// The L2 norm a `rotate_labels` delta is scaled to.
+    #[serde(default)]
+    pub attack_norm: Option<f32>,
+    /// The num_examples this trainer claims instead of its real count.
+    #[serde(default)]
+    pub claim_examples: Option<u64>,
     #[serde(default)]
     pub join_at_version: Option<u64>,
     #[serde(default)]
@@ -206,6 +236,13 @@ pub struct TrainerSpec {
     /// interleaved parts of those rows, so two trainers can split a class.
     #[serde(default)]
     pub part: Option<[usize; 2]>,
+}
+
+impl TrainerSpec {
+    /// Whether the trainer sends what it learned and says what it has.
+    pub fn is_honest(&self) -> bool {
+        self.behaviour == Behaviour::Honest && self.attack.is_none() && self.claim_examples.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -252,6 +289,10 @@ pub struct PassCriteria {
     /// the same scenario recorded on the hub.
     #[serde(default = "default_tolerance")]
     pub regression_tolerance: f64,
+    /// With `[[attacks]]`: each attack may cost the collective at most this
+    /// much accuracy against the honest run of the same settings.
+    #[serde(default)]
+    pub max_attack_cost: Option<f64>,
 }
 
 fn yes() -> bool {

@@ -204,7 +204,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
             })
         {
             st.robust = crate::aggregation::robust::RobustState {
-                clip_bound: report.next_clip_bound,
+                norm_quantile: report.norm_quantile,
                 median_examples: report.median_examples,
             };
         }

@@ -171,15 +171,16 @@ pub fn settle(
     let claims: Vec<f64> = members.iter().map(|b| b.num_examples as f64).collect();
     let norms: Vec<f64> = members.iter().map(|b| b.norm).collect();
     let round_median = robust::lower_median(&claims);
+    let q = robust::norm_quantile(input.robust.norm_quantile, &norms, s);
     let bounds = Bounds {
         examples_cap: match input.robust.median_examples.or(round_median) {
             Some(m) if s.max_weight_ratio > 0.0 => Some(m * s.max_weight_ratio),
             _ => None,
         },
-        clip_bound: robust::clip_bound(input.robust.clip_bound, &norms, s),
+        clip_bound: robust::clip_bound(q, s),
     };
     let next = RobustState {
-        clip_bound: robust::next_clip_bound(bounds.clip_bound, &norms, s),
+        norm_quantile: robust::next_norm_quantile(q, &norms, s),
         median_examples: round_median.or(input.robust.median_examples),
     };
     let mut rebuild = false;
@@ -356,7 +357,7 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
         dropped: count(&input.updates, Vote::Dropped),
         examples_cap: settled.bounds.examples_cap,
         clip_bound: settled.bounds.clip_bound,
-        next_clip_bound: settled.next.clip_bound,
+        norm_quantile: settled.next.norm_quantile,
         median_examples: settled.next.median_examples,
         corrected: settled.corrected,
     };

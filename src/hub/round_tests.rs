@@ -21,6 +21,7 @@ pub(crate) fn settings() -> AggregationSettings {
         clip_norm: 0.0,
         clip_quantile: 0.0,
         clip_lr: 0.2,
+        clip_multiplier: 1.0,
         max_weight_ratio: 0.0,
         max_num_examples: 1_000_000_000,
         max_update_norm: 0.0,
@@ -282,7 +283,7 @@ fn adaptive_clipping_from_the_first_fold() {
     );
     assert!((fold.weights[1] - expect[1]).abs() < 1e-5);
     assert_eq!(fold.report.clipped, 1);
-    let next = fold.robust.clip_bound.unwrap();
+    let next = fold.robust.norm_quantile.unwrap();
     // 2 of 3 within: 2 * exp(-0.2 * (2/3 - 1/2)).
     assert!((next - 2.0 * (-0.2f64 * (2.0 / 3.0 - 0.5)).exp()).abs() < 1e-9);
 }

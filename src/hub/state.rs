@@ -239,7 +239,10 @@ impl ModelState {
                 .median_examples
                 .filter(|_| s.max_weight_ratio > 0.0)
                 .map(|m| m * s.max_weight_ratio),
-            clip_bound: aggregation::robust::clip_bound(self.robust.clip_bound, &[], s),
+            clip_bound: aggregation::robust::clip_bound(
+                aggregation::robust::norm_quantile(self.robust.norm_quantile, &[], s),
+                s,
+            ),
         }
     }
 

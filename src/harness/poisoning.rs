@@ -1,0 +1,146 @@
+//! Attack cases (`[[attacks]]`): the scenario run again with lying members
+//! added, each on a fresh hub of its own, against the honest run of the
+//! same settings. A defence that costs the honest team its accuracy is not
+//! a win, so both figures are reported and held to `max_attack_cost`.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::report::Criterion;
+use super::scenario::{AttackCase, Scenario};
+use super::{crit, run_once, start_own_hub, HarnessError, RunCtx};
+use crate::aggregation::AggregationOverrides;
+
+/// One attack, measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttackOutcome {
+    pub name: String,
+    pub description: String,
+    /// The strategy the case ran with.
+    pub strategy: String,
+    /// The collective's accuracy without the attackers, same settings.
+    pub honest_accuracy: f64,
+    /// ...and with them.
+    pub attacked_accuracy: f64,
+    /// Honest minus attacked.
+    pub cost: f64,
+    pub final_version: u64,
+    /// What the attackers' updates met (codes of refusals).
+    pub attacker_refusals: Vec<String>,
+}
+
+/// Runs every attack case of `sc` (and the honest runs they are measured
+/// against; `main` is the honest run of the scenario's own settings).
+pub(super) async fn run_attacks(
+    sc: &Scenario,
+    seed: u64,
+    ctx: &RunCtx<'_>,
+    main_accuracy: f64,
+) -> Result<Vec<AttackOutcome>, HarnessError> {
+    let mut honest: HashMap<String, f64> = HashMap::new();
+    honest.insert(key(&AggregationOverrides::default()), main_accuracy);
+    let mut out = Vec::new();
+    for case in &sc.attacks {
+        let aggregation = sc.hub.aggregation.then(&case.hub);
+        let strategy = aggregation
+            .strategy
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "the model's".into());
+        let k = key(&case.hub);
+        let base = match honest.get(&k) {
+            Some(a) => *a,
+            None => {
+                let label = format!("{} honest ({strategy})", ctx.label);
+                let a = run_case(sc, seed, ctx, &aggregation, None, label).await?.0;
+                honest.insert(k, a);
+                a
+            }
+        };
+        let label = format!("{} attack {}", ctx.label, case.name);
+        let (attacked, version, refusals) =
+            run_case(sc, seed, ctx, &aggregation, Some(case), label).await?;
+        out.push(AttackOutcome {
+            name: case.name.clone(),
+            description: case.description.clone(),
+            strategy,
+            honest_accuracy: base,
+            attacked_accuracy: attacked,
+            cost: base - attacked,
+            final_version: version,
+            attacker_refusals: refusals,
+        });
+    }
+    Ok(out)
+}
+
+fn key(o: &AggregationOverrides) -> String {
+    serde_json::to_string(o).unwrap_or_default()
+}
+
+/// The scenario on a fresh hub with `aggregation`, with the case's
+/// attackers added when given: (accuracy, final version, attacker refusals).
+async fn run_case(
+    sc: &Scenario,
+    seed: u64,
+    ctx: &RunCtx<'_>,
+    aggregation: &AggregationOverrides,
+    case: Option<&AttackCase>,
+    label: String,
+) -> Result<(f64, u64, Vec<String>), HarnessError> {
+    let mut scenario = sc.clone();
+    scenario.hub.aggregation = aggregation.clone();
+    scenario.attacks.clear();
+    scenario.compare = None;
+    if let Some(c) = case {
+        scenario.trainers.extend(c.attackers.iter().cloned());
+    }
+    let mut hub = start_own_hub(&scenario, None)?;
+    let url = hub.url();
+    let token = hub.token.clone();
+    let case_ctx = RunCtx {
+        bar: ctx.bar,
+        label,
+        tls: ctx.tls,
+        admin_token: Some(token.as_str()),
+        prepared: ctx.prepared,
+        aggregation: aggregation.clone(),
+    };
+    let run = run_once(&scenario, seed, &url, Some(&mut hub), &case_ctx).await;
+    hub.stop();
+    let run = run?;
+    let names: Vec<&str> = case
+        .map(|c| c.attackers.iter().map(|a| a.name.as_str()).collect())
+        .unwrap_or_default();
+    let refusals = run
+        .trainers
+        .iter()
+        .filter(|t| names.contains(&t.name.as_str()))
+        .flat_map(|t| t.refusal_codes.iter().map(|(c, n)| format!("{}: {c} x{n}", t.name)))
+        .collect();
+    Ok((run.collective_accuracy, run.final_version, refusals))
+}
+
+/// One criterion per attack: its cost within `max`.
+pub fn criteria(attacks: &[AttackOutcome], max: f64) -> Vec<Criterion> {
+    attacks
+        .iter()
+        .map(|a| {
+            crit(
+                &format!("max_attack_cost[{}]", a.name),
+                a.cost <= max,
+                Some(a.cost),
+                Some(max),
+                format!(
+                    "{} ({}): {:.3} with the attack, {:.3} honest: costs {:.3} {} {max:.2}",
+                    a.name,
+                    a.strategy,
+                    a.attacked_accuracy,
+                    a.honest_accuracy,
+                    a.cost,
+                    if a.cost <= max { "<=" } else { ">" }
+                ),
+            )
+        })
+        .collect()
+}
