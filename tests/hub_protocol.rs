@@ -122,8 +122,8 @@ async fn every_strategy_on_hand_checkable_numbers() {
         // clip each delta to norm 1 then weighted mean
         ("clipped", format!("strategy=fedavg&min_updates=3&clip_norm=1&staleness_exponent=0&{plain}"), [f32::NAN, f32::NAN]),
         // The defaults: every claim counts at most the lower median claim (1),
-        // and every delta is clipped to half the median member norm
-        // (b = |(2,4)| / 2): (1,1) as sent, (2,4) halved, (30,-30) x b/|(30,-30)|.
+        // and every delta is clipped to the median member norm (b = |(2,4)|):
+        // (1,1) and (2,4) as sent, (30,-30) x b/|(30,-30)|.
         ("defaults", "strategy=fedavg&min_updates=3&staleness_exponent=0".to_string(), [f32::NAN, f32::NAN]),
     ];
     let deltas = [[1.0f32, 1.0], [2.0, 4.0], [30.0, -30.0]];
@@ -169,8 +169,8 @@ async fn every_strategy_on_hand_checkable_numbers() {
                 ]
             }
             "defaults" => {
-                let c = (20.0f32).sqrt() / 2.0 / (1800.0f32).sqrt();
-                vec![(1.0 + 1.0 + 30.0 * c) / 3.0, (1.0 + 2.0 - 30.0 * c) / 3.0]
+                let c = (20.0f32).sqrt() / (1800.0f32).sqrt();
+                vec![(1.0 + 2.0 + 30.0 * c) / 3.0, (1.0 + 4.0 - 30.0 * c) / 3.0]
             }
             _ => expect.to_vec(),
         };
@@ -487,7 +487,9 @@ async fn large_and_fragmented_messages() {
     // A 300,000-parameter model: 1.2 MB frames, far over actix's 64 KiB default.
     let layout = ModelLayout::new(vec![("big".into(), vec![300_000])]);
     let r = reqwest::Client::new()
-        .post(format!("{url}/v1/models?name=big&min_updates=1&clip_quantile=0"))
+        .post(format!(
+            "{url}/v1/models?name=big&min_updates=1&clip_quantile=0"
+        ))
         .bearer_auth(ADMIN)
         .header("content-type", "application/octet-stream")
         .body(layout.encode(&vec![0.0; 300_000], None).unwrap())

@@ -139,8 +139,7 @@ async fn revoking_a_trainer_drops_its_buffered_updates() {
 /// With the hub's defaults, a member claiming 1e8 examples and sending an
 /// update of norm 999 (within `max_update_norm`) moves the model as much
 /// as a typical member: its claim counts as the median claim, its delta is
-/// clipped like every member's (to half the median member norm); every
-/// version reports the bounds.
+/// clipped to the members' median norm; every version reports the bounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_a_lying_member_weighs_what_a_typical_member_weighs() {
     let hub = start_hub(|_| {});
@@ -161,11 +160,11 @@ async fn by_default_a_lying_member_weighs_what_a_typical_member_weighs() {
     }
     let (_, bytes) = conns[0].wait_version(1).await;
     let w = tiny().decode(&bytes).unwrap();
-    // Claims capped at the lower median (450); every delta clipped to half
-    // the median member norm (0.25).
+    // Claims capped at the lower median (450); deltas clipped to the median
+    // member norm (0.5): the liar's and the third member's (0.6).
     let want = [
-        (400.0 * 0.15 + 450.0 * 0.25 - 450.0 * 0.25) / 1750.0,
-        (400.0 * 0.2 + 450.0 * 0.25) / 1750.0,
+        (400.0 * 0.3 + 450.0 * 0.5 - 450.0 * 0.5) / 1750.0,
+        (400.0 * 0.4 + 450.0 * 0.5) / 1750.0,
     ];
     assert!(close(&w, want), "{w:?} vs {want:?}");
     let v = get_json(&format!("{url}/v1/models/lie/versions/latest")).await;

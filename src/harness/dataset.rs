@@ -171,11 +171,7 @@ pub(super) fn centralised_accuracy(
         dim: p.split.train.dim,
         classes: p.split.train.classes,
     };
-    for t in sc
-        .trainers
-        .iter()
-        .filter(|t| t.is_honest())
-    {
+    for t in sc.trainers.iter().filter(|t| t.is_honest()) {
         let s = shard(&p.split.train, t);
         union.features.extend_from_slice(&s.features);
         union.labels.extend_from_slice(&s.labels);

@@ -116,7 +116,11 @@ async fn run_case(
         .trainers
         .iter()
         .filter(|t| names.contains(&t.name.as_str()))
-        .flat_map(|t| t.refusal_codes.iter().map(|(c, n)| format!("{}: {c} x{n}", t.name)))
+        .flat_map(|t| {
+            t.refusal_codes
+                .iter()
+                .map(|(c, n)| format!("{}: {c} x{n}", t.name))
+        })
         .collect();
     Ok((run.collective_accuracy, run.final_version, refusals))
 }

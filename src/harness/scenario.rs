@@ -241,7 +241,9 @@ pub struct TrainerSpec {
 impl TrainerSpec {
     /// Whether the trainer sends what it learned and says what it has.
     pub fn is_honest(&self) -> bool {
-        self.behaviour == Behaviour::Honest && self.attack.is_none() && self.claim_examples.is_none()
+        self.behaviour == Behaviour::Honest
+            && self.attack.is_none()
+            && self.claim_examples.is_none()
     }
 }
 
