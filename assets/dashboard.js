@@ -34,7 +34,8 @@
     if (!w) return '–';
     if (w.folding) return 'aggregating a new version…';
     const parts = [];
-    if (w.more_updates > 0) parts.push(`${w.more_updates} more update${w.more_updates === 1 ? '' : 's'} (${w.buffered}/${w.min_updates} buffered)`);
+    const members = w.members ?? w.buffered;
+    if (w.more_updates > 0) parts.push(`${w.more_updates} more trainer${w.more_updates === 1 ? '' : 's'} (${members}/${w.min_updates} in this round)`);
     if (w.round_timeout_in_secs != null && w.buffered > 0) parts.push(`round timeout in ${Math.ceil(w.round_timeout_in_secs)} s`);
     if (w.buffered === 0) return `the first update of version ${m.version + 1} (${m.connected_trainers} trainer${m.connected_trainers === 1 ? '' : 's'} connected)`;
     return parts.join(', or ');

@@ -246,7 +246,9 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         assert_eq!(u["status"], "applied");
         assert!(u["applied_in_version"].as_i64().unwrap() >= 1);
     }
-    // Every version's list of folded updates: each id exactly once overall.
+    // Every version's lists of consumed updates (folded, or replaced by a
+    // newer update of the same trainer before the fold: one vote per
+    // trainer): each id exactly once overall.
     let versions = get_json(&format!("{base2}/v1/models/digits/versions")).await;
     let mut applied_count: HashMap<String, usize> = HashMap::new();
     let mut last = 0;
@@ -258,11 +260,13 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
             "versions are contiguous"
         );
         last = ver;
-        if let Some(ids) = v["metrics"]["applied_update_ids"].as_array() {
-            for id in ids {
-                *applied_count
-                    .entry(id.as_str().unwrap().to_string())
-                    .or_default() += 1;
+        for list in ["applied_update_ids", "superseded_update_ids"] {
+            if let Some(ids) = v["metrics"][list].as_array() {
+                for id in ids {
+                    *applied_count
+                        .entry(id.as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
             }
         }
     }

@@ -215,7 +215,7 @@ fn one_vote_per_trainer() {
         l.push(&mut m, 2, "liar", 1, [100.0, 100.0]);
         l.push(&mut m, 3, "liar", 1, [-2.0, -2.0]);
         assert!(m.begin_fold(t).is_none(), "one trainer is one member");
-        assert_eq!(m.waiting(t).buffered, 1);
+        assert_eq!((m.waiting(t).buffered, m.waiting(t).members), (3, 1));
         l.push(&mut m, 4, "honest", 1, [2.0, 4.0]);
         let fold = l.fold(m.begin_fold(t).unwrap());
         assert_eq!(fold.weights, vec![0.0, 1.0], "{strategy:?}");

@@ -129,7 +129,10 @@ impl NormState {
 /// What the hub is waiting for, shown in status and on the dashboard.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Waiting {
+    /// Updates in the buffer.
     pub buffered: usize,
+    /// Trainers with an update that counts (a round counts members).
+    pub members: usize,
     pub min_updates: usize,
     pub more_updates: usize,
     pub round_timeout_in_secs: Option<f64>,
@@ -323,7 +326,8 @@ impl ModelState {
             } => (more_updates, timeout_in.map(|d| d.as_secs_f64())),
         };
         Waiting {
-            buffered: self.members(),
+            buffered: self.buffer.len(),
+            members: self.members(),
             min_updates: self.settings.min_updates,
             more_updates: more,
             round_timeout_in_secs: timeout,
