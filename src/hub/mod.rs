@@ -166,14 +166,16 @@ pub async fn start_hub(
         .keep_open(handles)
         .with_health(health);
     let persister_blobs = blobs.clone();
+    let cache_kib = cfg.hub.db_cache_kib;
     let persister = SyncArbiter::start(1, move || {
         Persister::new(
             persister_db.clone(),
             persister_blobs.clone(),
             Some(persister_metrics.clone()),
         )
+        .with_cache_kib(cache_kib)
     });
-    let pool = db::pool(&db_path, 4)?;
+    let pool = db::pool(&db_path, 4, cache_kib)?;
     let hub = Hub::new(hub_actor::HubParts {
         cfg: cfg.clone(),
         models: loaded.models,
