@@ -309,17 +309,20 @@ impl Handler<PersistUpdates> for Persister {
     }
 }
 
-/// Records a refused update in the ledger (best effort: nothing was acked).
+/// Records a refused update in the ledger, unless the ledger accepted its
+/// id before: then it answers the duplicate and records nothing. Handled in
+/// order after the batches of accepted updates sent before it, so an
+/// update accepted a moment earlier is found.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<Option<InsertOutcome>, DbError>")]
 pub struct RecordRefusal(pub UpdateRecord);
 
 impl Handler<RecordRefusal> for Persister {
-    type Result = ();
-    fn handle(&mut self, msg: RecordRefusal, _: &mut Self::Context) {
-        if let Err(e) = self.timed("refusal", |c| db::insert_refused(c, &msg.0.row(None))) {
-            log::warn!("could not record refused update: {e}");
-        }
+    type Result = Result<Option<InsertOutcome>, DbError>;
+    fn handle(&mut self, msg: RecordRefusal, _: &mut Self::Context) -> Self::Result {
+        self.timed("refusal", |c| {
+            db::refuse_unless_accepted(c, &msg.0.row(None))
+        })
     }
 }
 
