@@ -160,7 +160,7 @@ fn artifacts() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs chromium and chromium-driver; the README's test command (cargo test -- --include-ignored) runs it"]
+#[ignore = "needs chromium and chromium-driver; the README's test command (./test.sh) installs them and runs it"]
 async fn dashboard_updates_live_in_a_real_browser() {
     // Run on purpose, so it fails rather than skips when the browser is missing.
     assert!(
