@@ -278,7 +278,11 @@ async fn dashboard_updates_live_in_a_real_browser() {
     );
     let drawn = &labels[3];
     let distinct: std::collections::BTreeSet<_> = drawn.iter().collect();
-    assert_eq!(distinct.len(), drawn.len(), "repeated tick labels: {drawn:?}");
+    assert_eq!(
+        distinct.len(),
+        drawn.len(),
+        "repeated tick labels: {drawn:?}"
+    );
 
     // A refused update shows in the event log with its code.
     let (mut bad, _, _) = Raw::hello(&hub.ws(), "mallory", "tok", "digits").await;

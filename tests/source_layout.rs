@@ -54,7 +54,11 @@ fn ci_runs_the_readme_test_command() {
         .take_while(|l| l.starts_with("    "))
         .map(|l| l.split(" # ").next().unwrap_or("").trim())
         .collect();
-    assert_eq!(commands.len(), 2, "main command, test command: {commands:?}");
+    assert_eq!(
+        commands.len(),
+        2,
+        "main command, test command: {commands:?}"
+    );
     assert!(commands[0].contains("-- hub"), "{commands:?}");
     let test = commands[1];
     let run = std::fs::read_to_string(root.join(".ci/run")).unwrap();
@@ -62,7 +66,11 @@ fn ci_runs_the_readme_test_command() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("exec "))
         .collect();
-    assert_eq!(execs, [test], ".ci/run must run exactly the README's test command");
+    assert_eq!(
+        execs,
+        [test],
+        ".ci/run must run exactly the README's test command"
+    );
     assert!(
         run.lines().any(|l| l.trim() == "export CI=true"),
         "CI runs strict"
