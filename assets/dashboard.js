@@ -18,6 +18,21 @@
   window.kernalDash = state;
 
   const pct = (v) => (v == null ? '–' : (v * 100).toFixed(1) + '%');
+  // Labels of percentage axis ticks (fractions in `splits`): as few decimals
+  // as show each tick as itself. A fixed 0 decimals printed "10%", "10%",
+  // "9%" when accuracy moved within a point (a fresh model).
+  const pctTicks = (u, splits) => {
+    const xs = splits.map((x) => x * 100);
+    let step = Infinity;
+    for (let i = 1; i < xs.length; i++) step = Math.min(step, Math.abs(xs[i] - xs[i - 1]));
+    for (let d = 0; d < 6; d++) {
+      const labels = xs.map((x) => x.toFixed(d));
+      const exact = labels.every((l, i) => !(Math.abs(Number(l) - xs[i]) > step * 1e-3));
+      if (exact && new Set(labels).size === labels.length) return labels.map((l) => l + '%');
+    }
+    return xs.map((x) => x.toFixed(6) + '%');
+  };
+  state.pctTicks = pctTicks;
   const num = (v, d = 3) => (v == null ? '–' : Number(v).toFixed(d));
   const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
   const when = (ts) => (ts ? new Date(ts).toLocaleString() : '–');
@@ -171,7 +186,7 @@
         { label: 'hub evaluation', stroke: palette[0], width: 2, scale: 'acc', spanGaps: true },
         { label: 'loss', stroke: palette[1], width: 1.5, scale: 'loss', spanGaps: true },
         { label: "trainers' own evaluation (pooled)", stroke: palette[2], width: 1.5, dash: [6, 4], scale: 'acc', spanGaps: true },
-      ], [{ scale: 'acc', values: (u, v) => v.map((x) => (x * 100).toFixed(0) + '%') }, { scale: 'loss', side: 1, grid: { show: false } }]);
+      ], [{ scale: 'acc', values: pctTicks }, { scale: 'loss', side: 1, grid: { show: false } }]);
       state.charts.updates = makeChart($('chart-updates'), [
         { label: 'updates', stroke: palette[2], width: 2, scale: 'n' },
         { label: 'mean staleness', stroke: palette[3], width: 1.5, scale: 's' },
@@ -184,7 +199,7 @@
       $('chart-spec').innerHTML = '';
       state.charts.spec = makeChart($('chart-spec'), specs.map((s, i) => ({
         label: s, stroke: palette[i % palette.length], width: 2, scale: 'acc', spanGaps: true,
-      })), [{ scale: 'acc', values: (u, v) => v.map((x) => (x * 100).toFixed(0) + '%') }]);
+      })), [{ scale: 'acc', values: pctTicks }]);
       state.charts.specNames = specs;
     }
   }

@@ -57,6 +57,7 @@ pub struct HubConfig {
     pub max_model_params: u64,
     pub max_models: usize,
     pub keep_weights_versions: u64,
+    pub db_cache_kib: u64,
     pub shutdown_timeout_secs: u64,
     pub http_workers: usize,
 }
@@ -371,6 +372,13 @@ impl Config {
             h.keep_weights_versions,
             0.0,
             1e9,
+            Ends::Closed,
+        )?;
+        range::key(
+            "hub.db_cache_kib",
+            h.db_cache_kib,
+            64.0,
+            1048576.0,
             Ends::Closed,
         )?;
         range::key(

@@ -160,7 +160,7 @@ fn artifacts() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs chromium and chromium-driver; the README's test command (cargo test -- --include-ignored) runs it"]
+#[ignore = "needs chromium and chromium-driver; the README's test command (./test.sh) installs them and runs it"]
 async fn dashboard_updates_live_in_a_real_browser() {
     // Run on purpose, so it fails rather than skips when the browser is missing.
     assert!(
@@ -258,6 +258,31 @@ async fn dashboard_updates_live_in_a_real_browser() {
     )
     .await;
     println!("version {first} -> {later}; accuracy chart points {first_points} -> {later_points}");
+
+    // The accuracy axis labels each tick as itself, however narrow the
+    // range: the chart's own `values` on the ticks of a range within a
+    // point (a fresh model's) used to print "10%", "10%", "9%".
+    let labels = driver
+        .js("const c = window.kernalDash.charts.acc; const f = c.axes[1].values; \
+             return [[0.09, 0.095, 0.1, 0.105], [0.0975, 0.1, 0.1025], [0, 0.5, 1]].map(s => f(c, s)) \
+             .concat([c.axes[1]._values || []]);")
+        .await;
+    let labels: Vec<Vec<String>> = serde_json::from_value(labels).unwrap();
+    assert_eq!(
+        labels[..3],
+        [
+            vec!["9.0%", "9.5%", "10.0%", "10.5%"],
+            vec!["9.75%", "10.00%", "10.25%"],
+            vec!["0%", "50%", "100%"],
+        ]
+    );
+    let drawn = &labels[3];
+    let distinct: std::collections::BTreeSet<_> = drawn.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        drawn.len(),
+        "repeated tick labels: {drawn:?}"
+    );
 
     // A refused update shows in the event log with its code.
     let (mut bad, _, _) = Raw::hello(&hub.ws(), "mallory", "tok", "digits").await;

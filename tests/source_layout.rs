@@ -41,3 +41,39 @@ fn long_source_files_say_why_on_their_first_line() {
         "split these or give the reason on line 1: {unexplained:?}"
     );
 }
+
+/// The README's second command is the test command, and CI runs exactly it:
+/// a newcomer runs what CI proves passes.
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let commands: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("    "))
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.split(" # ").next().unwrap_or("").trim())
+        .collect();
+    assert_eq!(
+        commands.len(),
+        2,
+        "main command, test command: {commands:?}"
+    );
+    assert!(commands[0].contains("-- hub"), "{commands:?}");
+    let test = commands[1];
+    let run = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let execs: Vec<&str> = run
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("exec "))
+        .collect();
+    assert_eq!(
+        execs,
+        [test],
+        ".ci/run must run exactly the README's test command"
+    );
+    assert!(
+        run.lines().any(|l| l.trim() == "export CI=true"),
+        "CI runs strict"
+    );
+    assert!(root.join(test.trim_start_matches("./")).exists(), "{test}");
+}

@@ -91,28 +91,40 @@ fn insert_update_in(
     conn: &mut SqliteConnection,
     row: &NewUpdate<'_>,
 ) -> Result<InsertOutcome, DbError> {
-    {
-        let existing: Option<(String, i64, i64)> = updates::table
-            .filter(updates::model.eq(row.model))
-            .filter(updates::trainer.eq(row.trainer))
-            .filter(updates::update_id.eq(row.update_id))
-            .filter(updates::refusal_code.is_null())
-            .select((updates::status, updates::staleness, updates::base_version))
-            .first(conn)
-            .optional()?;
-        if let Some((status, staleness, base_version)) = existing {
-            return Ok(InsertOutcome::Duplicate {
-                status,
-                staleness,
-                base_version,
-            });
-        }
-        let row_id: i64 = diesel::insert_into(updates::table)
-            .values(row)
-            .returning(updates::id)
-            .get_result(conn)?;
-        Ok(InsertOutcome::Inserted { row_id })
+    if let Some(d) = accepted_before(conn, row.model, row.trainer, row.update_id)? {
+        return Ok(d);
     }
+    let row_id: i64 = diesel::insert_into(updates::table)
+        .values(row)
+        .returning(updates::id)
+        .get_result(conn)?;
+    Ok(InsertOutcome::Inserted { row_id })
+}
+
+/// The ledger's accepted row (pending or applied) of this update id, as the
+/// [`InsertOutcome::Duplicate`] a resend of it is answered with: one lookup
+/// of the `updates_accepted_once` index.
+pub fn accepted_before(
+    conn: &mut SqliteConnection,
+    model: &str,
+    trainer: &str,
+    update_id: &str,
+) -> Result<Option<InsertOutcome>, DbError> {
+    let existing: Option<(String, i64, i64)> = updates::table
+        .filter(updates::model.eq(model))
+        .filter(updates::trainer.eq(trainer))
+        .filter(updates::update_id.eq(update_id))
+        .filter(updates::refusal_code.is_null())
+        .select((updates::status, updates::staleness, updates::base_version))
+        .first(conn)
+        .optional()?;
+    Ok(existing.map(
+        |(status, staleness, base_version)| InsertOutcome::Duplicate {
+            status,
+            staleness,
+            base_version,
+        },
+    ))
 }
 
 pub fn insert_refused(conn: &mut SqliteConnection, row: &NewUpdate<'_>) -> Result<(), DbError> {
@@ -120,6 +132,25 @@ pub fn insert_refused(conn: &mut SqliteConnection, row: &NewUpdate<'_>) -> Resul
         .values(row)
         .execute(conn)?;
     Ok(())
+}
+
+/// Records a refused update, unless the ledger already accepted the same
+/// (model, trainer, update_id): then the refusal was of a resend, which is
+/// answered as a duplicate whatever its payload and leaves the ledger as it
+/// was. Returns that duplicate, or None once the refusal is recorded.
+pub fn refuse_unless_accepted(
+    conn: &mut SqliteConnection,
+    row: &NewUpdate<'_>,
+) -> Result<Option<InsertOutcome>, DbError> {
+    conn.immediate_transaction(|conn| {
+        if !row.update_id.is_empty() {
+            if let Some(d) = accepted_before(conn, row.model, row.trainer, row.update_id)? {
+                return Ok(Some(d));
+            }
+        }
+        insert_refused(conn, row)?;
+        Ok(None)
+    })
 }
 
 /// Writes a new version and marks the updates it folded in as applied, in one

@@ -53,8 +53,32 @@ pub enum HubError {
     Other(String),
 }
 
+/// Names a model may not have: `.` and `..` are path components, and these
+/// are device names on Windows whatever the case or extension (`con.txt`
+/// is the console too). A model's name ends up in file and directory names
+/// (exports, copies of the state directory), so neither is accepted.
+const RESERVED_DEVICE_NAMES: &[&str] = &[
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
 pub fn validate_model_name(name: &str) -> Result<(), String> {
-    crate::protocol::validate_name(name)
+    crate::protocol::validate_name(name)?;
+    if name == "." || name == ".." {
+        return Err(format!(
+            "model name `{name}` is a path component (`.` or `..`); choose another name"
+        ));
+    }
+    let stem = name.split('.').next().unwrap_or(name);
+    if RESERVED_DEVICE_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(stem))
+    {
+        return Err(format!(
+            "model name `{name}` is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9, in any case, with or without an extension); choose another name"
+        ));
+    }
+    Ok(())
 }
 
 /// Where the hub's config came from, so SIGHUP and `/v1/admin/reload` can
@@ -167,14 +191,16 @@ pub async fn start_hub(
         .keep_open(handles)
         .with_health(health);
     let persister_blobs = blobs.clone();
+    let cache_kib = cfg.hub.db_cache_kib;
     let persister = SyncArbiter::start(1, move || {
         Persister::new(
             persister_db.clone(),
             persister_blobs.clone(),
             Some(persister_metrics.clone()),
         )
+        .with_cache_kib(cache_kib)
     });
-    let pool = db::pool(&db_path, 4)?;
+    let pool = db::pool(&db_path, 4, cache_kib)?;
     let hub = Hub::new(hub_actor::HubParts {
         cfg: cfg.clone(),
         models: loaded.models,

@@ -29,6 +29,8 @@ pub struct Persister {
     started_checkpointer: bool,
     /// The newest acknowledged ledger id, kept beside the database.
     ackmark: Option<db::acked::AckMark>,
+    /// The writer's page cache (KiB, `hub.db_cache_kib`).
+    cache_kib: u64,
 }
 
 impl Persister {
@@ -47,12 +49,20 @@ impl Persister {
             checkpointer: None,
             started_checkpointer: false,
             ackmark: None,
+            cache_kib: db::DEFAULT_CACHE_KIB,
         }
+    }
+
+    /// The writer's page cache: what it keeps of the database in memory.
+    pub fn with_cache_kib(mut self, kib: u64) -> Self {
+        self.cache_kib = kib;
+        self
     }
 
     fn conn(&mut self) -> Result<&mut SqliteConnection, DbError> {
         if self.conn.is_none() {
             let mut c = db::connect(&self.path)?;
+            db::set_cache_kib(&mut c, self.cache_kib)?;
             // The WAL is folded back into the database by a thread of its
             // own, not by whichever commit crosses the threshold: that commit
             // would hold every ack behind it for the checkpoint's writes and
@@ -299,17 +309,20 @@ impl Handler<PersistUpdates> for Persister {
     }
 }
 
-/// Records a refused update in the ledger (best effort: nothing was acked).
+/// Records a refused update in the ledger, unless the ledger accepted its
+/// id before: then it answers the duplicate and records nothing. Handled in
+/// order after the batches of accepted updates sent before it, so an
+/// update accepted a moment earlier is found.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<Option<InsertOutcome>, DbError>")]
 pub struct RecordRefusal(pub UpdateRecord);
 
 impl Handler<RecordRefusal> for Persister {
-    type Result = ();
-    fn handle(&mut self, msg: RecordRefusal, _: &mut Self::Context) {
-        if let Err(e) = self.timed("refusal", |c| db::insert_refused(c, &msg.0.row(None))) {
-            log::warn!("could not record refused update: {e}");
-        }
+    type Result = Result<Option<InsertOutcome>, DbError>;
+    fn handle(&mut self, msg: RecordRefusal, _: &mut Self::Context) -> Self::Result {
+        self.timed("refusal", |c| {
+            db::refuse_unless_accepted(c, &msg.0.row(None))
+        })
     }
 }
 

@@ -24,6 +24,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "blob_file_threshold_bytes",
     "max_inflight_update_bytes",
     "http_workers",
+    "db_cache_kib",
 ];
 
 /// Keys whose values are never written to the log.

@@ -13,6 +13,8 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use bytes::Bytes;
 
+mod refusal;
+
 use crate::db::BlobStore;
 use crate::hub::hub_actor::{self, Hub, ToSession};
 use crate::hub::metrics::{self, MetricsAggregator};
@@ -541,11 +543,9 @@ impl TrainerSession {
                             num_examples: 0,
                             bytes: 0,
                             code: r.code,
-                            message: r.message.clone(),
+                            message: r.message,
                         };
-                        self.hub.do_send(refusal);
-                        self.error(ctx, r.code, r.message, r.update_id);
-                        return self.outbox.update_refused();
+                        return self.refuse_update(ctx, refusal, r.update_id);
                     }
                 }
                 return self.error(ctx, r.code, r.message, r.update_id);
@@ -605,7 +605,7 @@ impl TrainerSession {
                 };
                 let previous = r.pending.take();
                 if let Err(Refusal { code, message }) = validate_update_header(&h) {
-                    self.hub.do_send(hub_actor::SessionRefusal {
+                    let refusal = hub_actor::SessionRefusal {
                         trainer: r.name.clone(),
                         model: r.model.clone(),
                         update_id: h.update_id.clone(),
@@ -613,12 +613,11 @@ impl TrainerSession {
                         num_examples: h.num_examples,
                         bytes: 0,
                         code,
-                        message: message.clone(),
-                    });
+                        message,
+                    };
                     // Its payload frame will follow; swallow it quietly.
                     r.pending = Some(UpdateHeader::swallow());
-                    self.error(ctx, code, message, Some(h.update_id));
-                    return self.outbox.update_refused();
+                    return self.refuse_update(ctx, refusal, Some(h.update_id));
                 }
                 r.pending = Some(h);
                 if let Some(p) = previous.filter(|p| !p.is_swallow()) {
@@ -831,7 +830,7 @@ impl TrainerSession {
         let norm = match r.layout.check_sum_squares(&payload) {
             Ok(s) => s.sqrt(),
             Err(e) => {
-                self.hub.do_send(hub_actor::SessionRefusal {
+                let refusal = hub_actor::SessionRefusal {
                     trainer,
                     model,
                     update_id: h.update_id.clone(),
@@ -839,10 +838,9 @@ impl TrainerSession {
                     num_examples: h.num_examples,
                     bytes: payload.len() as u64,
                     code: e.code,
-                    message: e.message.clone(),
-                });
-                self.error(ctx, e.code, e.message, Some(h.update_id));
-                return self.outbox.update_refused();
+                    message: e.message,
+                };
+                return self.refuse_update(ctx, refusal, Some(h.update_id));
             }
         };
         let update_id = h.update_id.clone();

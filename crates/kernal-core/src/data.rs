@@ -33,8 +33,36 @@ pub const TEST_FRACTION: f64 = 0.2;
 pub enum DataError {
     #[error("{path}: {message}")]
     Csv { path: String, message: String },
+    /// A cell that parses but is no usable f32 (NaN, infinite, or beyond
+    /// f32's range, which would become infinite): the data, not its layout,
+    /// is wrong.
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Value {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Every feature cell of every CSV (trainer `--data`, harness data sets,
+/// evaluation sets) goes through here: a finite f32 or why not. `1e39`
+/// parses as a finite f64 but is infinite as f32, and scoring on it gave a
+/// `null` loss.
+pub fn f32_feature(v: f64) -> Result<f32, String> {
+    if !v.is_finite() {
+        return Err(format!("`{v}` is not a finite number"));
+    }
+    let f = v as f32;
+    if !f.is_finite() {
+        return Err(format!(
+            "`{v}` is beyond the range of a 32-bit float (±{:e})",
+            f32::MAX
+        ));
+    }
+    Ok(f)
 }
 
 /// Row-major features with integer labels.
@@ -282,10 +310,15 @@ fn parse_csv(text: &str, name: &str) -> Result<(Vec<f32>, Vec<u32>, usize), Data
                 cells[d]
             )));
         }
-        if values[..d].iter().any(|v| !v.is_finite()) {
-            return Err(err(format!("line {}: non-finite feature", lineno + 1)));
+        for (j, v) in values[..d].iter().enumerate() {
+            let f = f32_feature(*v).map_err(|message| DataError::Value {
+                path: name.to_string(),
+                line: lineno + 1,
+                column: j + 1,
+                message,
+            })?;
+            features.push(f);
         }
-        features.extend(values[..d].iter().map(|v| *v as f32));
         labels.push(label as u32);
     }
     let dim = dim.ok_or_else(|| err("no data rows".into()))?;
@@ -342,5 +375,33 @@ mod tests {
         assert_eq!(ds.features[1], 0.0);
         std::fs::write(&p, "1,2,0\n1,2\n").unwrap();
         assert!(load_csv(&p).is_err());
+    }
+
+    #[test]
+    fn values_beyond_f32_are_refused_naming_line_and_column() {
+        for (cell, what) in [
+            ("1e39", "beyond the range"),
+            ("-1e39", "beyond the range"),
+            ("1e308", "beyond the range"),
+            ("NaN", "not a finite"),
+            ("inf", "not a finite"),
+        ] {
+            let csv = format!("a,b,label\n1,2,0\n3,{cell},1\n");
+            match parse_dataset(&csv, "e.csv") {
+                Err(DataError::Value {
+                    line,
+                    column,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((line, column), (3, 2), "{cell}");
+                    assert!(message.contains(what), "{cell}: {message}");
+                }
+                other => panic!("{cell}: {other:?}"),
+            }
+        }
+        // The largest f32 itself is a value.
+        let ok = parse_dataset("3.4028234e38,0\n", "e.csv").unwrap();
+        assert_eq!(ok.features, vec![f32::MAX]);
     }
 }

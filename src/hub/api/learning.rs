@@ -79,7 +79,7 @@ pub struct EvalsetStored {
     request_body(content = String, content_type = "text/csv", description = "features..., label"),
     responses(
         (status = 200, description = "Stored; the current version is being evaluated", body = EvalsetStored),
-        (status = 400, description = "Not a CSV of the model's width and classes, or not an MLP model", body = ErrorBody),
+        (status = 400, description = "Not a CSV of the model's width and classes, or not an MLP model (`bad_request`); a value that is NaN, infinite or beyond the f32 range (`bad_eval`, naming line and column)", body = ErrorBody),
         AdminRefusals,
         (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
         (status = 413, description = "Over 16 MiB", body = ErrorBody),
@@ -102,7 +102,15 @@ pub async fn put_evalset(
         web::block(move || crate::data::parse_dataset(&csv, "evaluation set").map(|d| (csv, d)))
             .await
             .map_err(|e| ApiError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e| match e {
+                // A value f32 cannot hold is the data's fault, as a NaN is:
+                // `bad_eval`, naming line and column; a malformed file is a
+                // bad request.
+                crate::data::DataError::Value { .. } => {
+                    ApiError::new(crate::protocol::ErrorCode::BadEval, e.to_string())
+                }
+                other => ApiError::bad_request(other.to_string()),
+            })?;
     let (rows, features) = (data.len(), data.dim);
     st.hub
         .send(hub_actor::SetEvalset {

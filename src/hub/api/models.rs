@@ -218,7 +218,7 @@ pub async fn create_model(
         let name = query
             .remove("name")
             .ok_or_else(|| ApiError::bad_request("query parameter `name` is required"))?;
-        crate::protocol::validate_name(&name).map_err(ApiError::bad_request)?;
+        crate::hub::validate_model_name(&name).map_err(ApiError::bad_request)?;
         let norm_query = query.remove("normalisation");
         let overrides = overrides_from_query(&query)?;
         let limit = (max_params as usize)
@@ -261,7 +261,7 @@ pub async fn create_model(
         }
         let body = read_body(&req, payload, JSON_LIMIT).await?;
         let j: CreateModelRequest = parse_json(&body)?;
-        crate::protocol::validate_name(&j.name).map_err(ApiError::bad_request)?;
+        crate::hub::validate_model_name(&j.name).map_err(ApiError::bad_request)?;
         let overrides = j.aggregation.unwrap_or_default();
         overrides
             .validate()

@@ -3,13 +3,15 @@
 //! durable), folds buffers into new versions and broadcasts them. This file
 //! holds the actor and its shared plumbing; each group of messages has its
 //! own file: [`join`] (hello, join, leave), [`updates`], [`fold`] (making a
-//! version), [`rollback`], [`learning`] (normalisation, evaluation),
+//! version), [`refusals`] (refusing an update, or answering a resend of an
+//! accepted one as a duplicate), [`rollback`], [`learning`] (normalisation, evaluation),
 //! [`admin`] (models, revocation, config, shutdown), [`status`].
 
 mod admin;
 mod fold;
 mod join;
 mod learning;
+mod refusals;
 mod rollback;
 mod status;
 mod updates;
@@ -221,23 +223,6 @@ impl Hub {
     fn queue(&mut self, delta: i64) {
         self.persister_in_flight += delta;
         self.hot.persister_queue(self.persister_in_flight);
-    }
-
-    fn refuse(&mut self, rec: UpdateRecord, code: ErrorCode, message: String) {
-        let live = self.live.entry(rec.trainer.clone()).or_default();
-        live.refused += 1;
-        live.last_refusal = Some(format!("{code}: {message}"));
-        self.event(HubEvent::UpdateRefused {
-            trainer: rec.trainer.clone(),
-            model: rec.model.clone(),
-            update_id: Some(rec.update_id.clone()).filter(|s| !s.is_empty()),
-            code: code.as_str().to_string(),
-            message: message.clone(),
-        });
-        let mut rec = rec;
-        rec.payload = None;
-        rec.refusal = Some((code.as_str().to_string(), message));
-        self.persister.do_send(persister::RecordRefusal(rec));
     }
 }
 

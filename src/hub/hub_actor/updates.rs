@@ -78,8 +78,9 @@ impl Handler<SubmitUpdate> for Hub {
             Ok(s) => s,
             Err(Refusal { code, message }) => {
                 self.drop_blob(&u.payload_file);
-                self.refuse(rec, code, message.clone());
-                return Box::pin(fut::ready(Err(Refusal { code, message })));
+                // A stale base or a changed limit may be a resend of an
+                // update accepted before: `refuse` answers that duplicate.
+                return self.refuse(rec, code, message);
             }
         };
         rec.staleness = staleness;
@@ -177,9 +178,11 @@ impl Handler<SubmitUpdate> for Hub {
 }
 
 /// An update the session refused before it reached the hub (bad frame,
-/// shape, NaN...): recorded in the ledger and the event feed.
+/// shape, NaN...): recorded in the ledger and the event feed, and answered
+/// with the error; or, when the ledger accepted its id before, answered as a
+/// duplicate (an `ack`) with nothing recorded.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<AckInfo, Refusal>")]
 pub struct SessionRefusal {
     pub trainer: String,
     pub model: String,
@@ -192,8 +195,8 @@ pub struct SessionRefusal {
 }
 
 impl Handler<SessionRefusal> for Hub {
-    type Result = ();
-    fn handle(&mut self, r: SessionRefusal, _: &mut Self::Context) {
+    type Result = ResponseActFuture<Self, Result<AckInfo, Refusal>>;
+    fn handle(&mut self, r: SessionRefusal, _: &mut Self::Context) -> Self::Result {
         let rec = UpdateRecord {
             update_id: r.update_id,
             trainer: r.trainer,
@@ -207,7 +210,7 @@ impl Handler<SessionRefusal> for Hub {
             payload: None,
             payload_file: None,
         };
-        self.refuse(rec, r.code, r.message);
+        self.refuse(rec, r.code, r.message)
     }
 }
 
