@@ -4,11 +4,13 @@
 //! holds the actor and its shared plumbing; each group of messages has its
 //! own file: [`join`] (hello, join, leave), [`updates`], [`fold`] (making a
 //! version), [`rollback`], [`learning`] (normalisation, evaluation),
-//! [`admin`] (models, revocation, config, shutdown), [`status`].
+//! [`admin`] (models, revocation, config, shutdown), [`status`], [`kernel`]
+//! (scoring the built-in language model).
 
 mod admin;
 mod fold;
 mod join;
+mod kernel;
 mod learning;
 mod rollback;
 mod status;
@@ -101,6 +103,8 @@ pub struct Hub {
     blobs: BlobStore,
     /// Read connections, for payloads and checkpoints read back off the actor.
     pool: DbPool,
+    /// Kernel models whose evaluation is running (see [`kernel`]).
+    kernel_evaluating: std::collections::HashSet<String>,
 }
 
 /// What the hub is started with.
@@ -140,6 +144,7 @@ impl Hub {
             persisting: false,
             blobs: p.blobs,
             pool: p.pool,
+            kernel_evaluating: Default::default(),
         }
     }
 

@@ -104,16 +104,18 @@ impl KernelSpec {
     ) -> Result<BitsPerByte, KernelError> {
         let dev = Device::Cpu;
         let vars = self.vars(weights, &dev)?;
-        self.bits_per_byte_with(&vars, text, max_windows, &dev)
+        self.bits_per_byte_vars(&vars, text, max_windows)
     }
 
-    pub(crate) fn bits_per_byte_with(
+    /// [`bits_per_byte`](Self::bits_per_byte) with the variables already
+    /// built (several texts scored with one set of weights).
+    pub fn bits_per_byte_vars(
         &self,
         vars: &super::model::KernelVars,
         text: &[u8],
         max_windows: usize,
-        dev: &Device,
     ) -> Result<BitsPerByte, KernelError> {
+        let dev = &Device::Cpu;
         if text.len() < 2 {
             return Ok(BitsPerByte {
                 bits_per_byte: 0.0,
