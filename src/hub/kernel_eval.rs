@@ -17,9 +17,12 @@ use super::version_metrics::KernelEvalFigures;
 /// at 0.5-1 s on a loaded two-core machine for the built-in sizes.
 pub const WINDOWS_PER_PART: usize = 32;
 
+/// A held-out part's name and text.
+type Part = (String, Vec<u8>);
+
 /// The held-out texts, decompressed once per process.
-fn parts() -> Option<&'static [(String, Vec<u8>)]> {
-    static CELL: OnceLock<Option<Vec<(String, Vec<u8>)>>> = OnceLock::new();
+fn parts() -> Option<&'static [Part]> {
+    static CELL: OnceLock<Option<Vec<Part>>> = OnceLock::new();
     CELL.get_or_init(|| {
         let mut out = Vec::new();
         for (s, _) in corpus::SPECIALTIES {

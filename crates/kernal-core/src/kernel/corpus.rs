@@ -213,7 +213,7 @@ pub fn split_source(files: &[(PathBuf, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
     let (mut train, mut held) = (Vec::new(), Vec::new());
     if files.len() >= 10 {
         for (p, b) in files {
-            if fnv1a(&p.to_string_lossy()) % 10 == 0 {
+            if fnv1a(&p.to_string_lossy()).is_multiple_of(10) {
                 held.extend_from_slice(b);
             } else {
                 train.extend_from_slice(b);

@@ -153,7 +153,10 @@ impl KernelSpec {
 
     /// Refuses sizes that make no sense or more than `max_params` parameters.
     pub fn check(&self, max_params: u64) -> Result<(), KernelError> {
-        if self.d_model == 0 || self.d_model % HEAD_DIM != 0 || self.layers == 0 || self.context < 2
+        if self.d_model == 0
+            || !self.d_model.is_multiple_of(HEAD_DIM)
+            || self.layers == 0
+            || self.context < 2
         {
             return Err(KernelError::Shape(format!(
                 "d_model must be a positive multiple of {HEAD_DIM}, layers at least 1 and context at least 2 (got d_model {}, layers {}, context {})",
@@ -186,7 +189,7 @@ impl KernelSpec {
             layers: (t.len() - 4) / 12,
             context,
         };
-        (spec.d_model % HEAD_DIM == 0 && spec.d_model > 0 && spec.layout() == *layout)
+        (spec.d_model.is_multiple_of(HEAD_DIM) && spec.d_model > 0 && spec.layout() == *layout)
             .then_some(spec)
     }
 
@@ -207,9 +210,9 @@ impl KernelSpec {
             let n = t.numel();
             let name = t.name.as_str();
             if name.contains("ln") && name.ends_with(".weight") {
-                out.extend(std::iter::repeat(1.0).take(n));
+                out.extend(std::iter::repeat_n(1.0, n));
             } else if name.ends_with(".bias") {
-                out.extend(std::iter::repeat(0.0).take(n));
+                out.extend(std::iter::repeat_n(0.0, n));
             } else {
                 let std = if name.ends_with("attn.proj.weight") || name.ends_with("mlp.proj.weight")
                 {
