@@ -82,6 +82,13 @@ pub struct ModelConfig {
     pub classes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Sizes of the `kernel` architecture (width, blocks, context bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_model: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<usize>,
     /// Input normalisation of a model created from this table: `federated`
     /// or `off` (the default).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +112,9 @@ const MODEL_KEYS: &[&str] = &[
     "inputs",
     "classes",
     "seed",
+    "d_model",
+    "layers",
+    "context",
     "normalisation",
 ];
 
@@ -120,6 +130,9 @@ impl<'de> Deserialize<'de> for ModelConfig {
             inputs: Option<usize>,
             classes: Option<usize>,
             seed: Option<u64>,
+            d_model: Option<usize>,
+            layers: Option<usize>,
+            context: Option<usize>,
             normalisation: Option<NormalisationMode>,
         }
         let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
@@ -146,6 +159,9 @@ impl<'de> Deserialize<'de> for ModelConfig {
             inputs: a.inputs,
             classes: a.classes,
             seed: a.seed,
+            d_model: a.d_model,
+            layers: a.layers,
+            context: a.context,
             normalisation: a.normalisation,
             aggregation,
         })
@@ -183,6 +199,21 @@ impl ModelConfig {
             inputs: self.inputs.unwrap_or(64),
             hidden: self.hidden.unwrap_or(64),
             classes: self.classes.unwrap_or(10),
+        }
+    }
+
+    /// Whether this entry declares the byte-level `kernel` language model.
+    pub fn is_kernel(&self) -> bool {
+        self.architecture.as_deref() == Some("kernel")
+    }
+
+    /// The kernel model this entry declares (the built-in sizes unless set).
+    pub fn kernel_spec(&self) -> kernal_core::kernel::KernelSpec {
+        let d = kernal_core::kernel::model::DEFAULT_SPEC;
+        kernal_core::kernel::KernelSpec {
+            d_model: self.d_model.unwrap_or(d.d_model),
+            layers: self.layers.unwrap_or(d.layers),
+            context: self.context.unwrap_or(d.context),
         }
     }
 }
@@ -416,15 +447,26 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("models.{name}.{e}"))?;
             if let Some(arch) = &m.architecture {
-                if arch != "digits" {
+                if arch != "digits" && arch != "kernel" {
                     return Err(format!(
-                        "models.{name}.architecture: unknown architecture `{arch}` (known: digits)"
+                        "models.{name}.architecture: unknown architecture `{arch}` (known: digits, kernel)"
                     ));
                 }
             }
-            let spec = m.mlp_spec();
-            spec.check(h.max_model_params)
-                .map_err(|e| format!("models.{name}: {e}"))?;
+            if m.is_kernel() {
+                m.kernel_spec()
+                    .check(h.max_model_params)
+                    .map_err(|e| format!("models.{name}: {e}"))?;
+                if m.normalisation == Some(NormalisationMode::Federated) {
+                    return Err(format!(
+                        "models.{name}.normalisation: the kernel model has no input features to normalise"
+                    ));
+                }
+            } else {
+                let spec = m.mlp_spec();
+                spec.check(h.max_model_params)
+                    .map_err(|e| format!("models.{name}: {e}"))?;
+            }
         }
         for (name, classes) in &self.specialties {
             if classes.is_empty() {

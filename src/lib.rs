@@ -11,11 +11,12 @@ pub mod db;
 pub mod error;
 pub mod harness;
 pub mod hub;
+pub mod kernel_cli;
 pub mod logging;
 pub mod range;
 pub mod trainer;
 
-pub use kernal_core::{data, model, protocol};
+pub use kernal_core::{data, kernel, model, protocol};
 
 pub use config::Config;
 pub use hub::{spawn_hub, start_hub, HubHandle, RunningHub};

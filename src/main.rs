@@ -54,17 +54,32 @@ enum Command {
         ca: Option<PathBuf>,
         #[arg(long, default_value = "ws://127.0.0.1:5001")]
         hub: String,
-        #[arg(long, default_value = "digits")]
+        /// The hub's model: `kernel` (the built-in language model of C
+        /// source), `digits` (the fast digits demo) or one you created.
+        #[arg(long, default_value = "kernel")]
         model: String,
         /// Train on this CSV (features..., integer label last) instead of the built-in digits.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Kernel model: train on this source tree (repeatable) instead of
+        /// the shipped Linux excerpts of the specialty.
+        #[arg(long)]
+        source: Vec<PathBuf>,
+        /// Kernel model: which files of --source to read, by name ending.
+        #[arg(long, value_delimiter = ',', default_value = ".c,.h")]
+        ext: Vec<String>,
+        /// Classifiers: epochs over the local data per version.
         #[arg(long, default_value_t = 2)]
         local_epochs: usize,
-        #[arg(long, default_value_t = 0.1)]
-        lr: f64,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
+        /// Kernel model: AdamW steps per version (default 40).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Learning rate (default 0.1 for classifiers, 0.005 for the kernel model).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Batch size (default 32 rows for classifiers, 16 windows for the kernel model).
+        #[arg(long)]
+        batch_size: Option<usize>,
         /// Stop after training on this many global versions.
         #[arg(long)]
         max_versions: Option<u64>,
@@ -77,6 +92,48 @@ enum Command {
         /// Config file (for the `[specialties]` table).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Bits per byte of a `kernel` checkpoint on source files or directories.
+    Evaluate {
+        /// The model kind (only `kernel`, the language model, is scored in bits per byte).
+        #[arg(long, default_value = "kernel")]
+        model: String,
+        /// The checkpoint (safetensors: a version's weights from the hub, or
+        /// one the harness kept).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Files and directories to score (directories: files by --ext).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Which files of a directory to read, by name ending.
+        #[arg(long, value_delimiter = ',', default_value = ".c,.h")]
+        ext: Vec<String>,
+        /// Bytes scored at most; beyond it, windows spread evenly over the text.
+        #[arg(long, default_value_t = kernal::kernel_cli::DEFAULT_EVAL_BYTES)]
+        max_bytes: usize,
+        /// One JSON object instead of the sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Completes a prompt with a `kernel` checkpoint or the hub's latest version.
+    Complete {
+        /// The checkpoint to use.
+        #[arg(long, required_unless_present = "hub", conflicts_with = "hub")]
+        weights: Option<PathBuf>,
+        /// Download the latest version of --model from this hub instead.
+        #[arg(long)]
+        hub: Option<String>,
+        #[arg(long, default_value = "kernel")]
+        model: String,
+        /// Bytes to add to the prompt (at most 4096).
+        #[arg(long, default_value_t = 200)]
+        max_bytes: usize,
+        /// 0 is greedy (deterministic); above, bytes are sampled.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        prompt: String,
     },
     /// Load benchmark: N synthetic trainers against a hub, R versions.
     Bench(kernal::bench::BenchArgs),
@@ -163,6 +220,63 @@ fn main() -> ExitCode {
     kernal::hub::daemon::exit_on_panic();
     let cli = Cli::parse();
     match cli.command {
+        Command::Evaluate {
+            model,
+            weights,
+            paths,
+            ext,
+            max_bytes,
+            json,
+        } => {
+            init_logging("warn");
+            match kernal::kernel_cli::evaluate(&model, &weights, &paths, &ext, max_bytes) {
+                Ok(r) if json => {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    println!(
+                        "{:.4} bits per byte on {} bytes predicted ({} file(s), {} bytes)",
+                        r.bits_per_byte, r.bytes, r.files, r.text_bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kernal evaluate: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Complete {
+            weights,
+            hub,
+            model,
+            max_bytes,
+            temperature,
+            seed,
+            prompt,
+        } => {
+            init_logging("warn");
+            use kernal::kernel_cli::WeightsFrom;
+            let from = match (weights, hub) {
+                (Some(p), _) => WeightsFrom::File(p),
+                (None, Some(url)) => WeightsFrom::Hub { url, model },
+                (None, None) => {
+                    eprintln!("kernal complete: give --weights FILE or --hub URL");
+                    return ExitCode::from(2);
+                }
+            };
+            match kernal::kernel_cli::complete(&from, &prompt, max_bytes, temperature, seed) {
+                Ok(text) => {
+                    println!("{prompt}{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kernal complete: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Command::Bench(args) => {
             init_logging("warn");
             if args.params == 0 || args.trainers == 0 || args.versions == 0 {
@@ -235,7 +349,10 @@ fn main() -> ExitCode {
             hub,
             model,
             data,
+            source,
+            ext,
             local_epochs,
+            steps,
             lr,
             batch_size,
             max_versions,
@@ -266,7 +383,10 @@ fn main() -> ExitCode {
                 hub,
                 model,
                 data,
+                source,
+                ext,
                 local_epochs,
+                steps,
                 lr,
                 batch_size,
                 max_versions,

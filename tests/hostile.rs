@@ -1105,6 +1105,8 @@ async fn the_trainer_token_can_come_from_a_file_or_the_environment() {
             "networking".into(),
             "--token-file".into(),
             token_file.display().to_string(),
+            "--model".into(),
+            "digits".into(),
             "--hub".into(),
             hub_url.clone(),
             "--max-versions".into(),
@@ -1121,6 +1123,8 @@ async fn the_trainer_token_can_come_from_a_file_or_the_environment() {
         vec![
             "envy".into(),
             "graphics".into(),
+            "--model".into(),
+            "digits".into(),
             "--hub".into(),
             hub_url.clone(),
             "--max-versions".into(),
@@ -1141,7 +1145,14 @@ async fn the_trainer_token_can_come_from_a_file_or_the_environment() {
     let (_, w, _) = Raw::hello(&hub.ws(), "envy", "env-secret", "digits").await;
     assert_eq!(w["registered"], false);
     let out = run(
-        vec!["nobody".into(), "s".into(), "--hub".into(), hub_url],
+        vec![
+            "nobody".into(),
+            "s".into(),
+            "--model".into(),
+            "digits".into(),
+            "--hub".into(),
+            hub_url,
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(2));

@@ -12,7 +12,6 @@ use super::state::{self, ModelState, TrainerInfo};
 use super::{version_metrics, HubError};
 use crate::config::Config;
 use crate::db;
-use crate::model::MlpSpec;
 use crate::protocol::{ErrorCode, ModelLayout};
 
 /// The aggregation overrides stored with an API-created model. Read
@@ -107,22 +106,28 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         if db::get_model(&mut conn, name)?.is_some() {
             continue;
         }
-        let spec = MlpSpec {
-            inputs: m.inputs.unwrap_or(64),
-            hidden: m.hidden.unwrap_or(64),
-            classes: m.classes.unwrap_or(10),
+        let spec = m.mlp_spec();
+        let (layout, weights) = if m.is_kernel() {
+            let k = m.kernel_spec();
+            (k.layout(), k.init_weights(m.seed.unwrap_or(42)))
+        } else {
+            (spec.layout(), spec.init_weights(m.seed.unwrap_or(42)))
         };
-        let layout = spec.layout();
-        let weights = spec.init_weights(m.seed.unwrap_or(42));
         let mut meta = HashMap::new();
         meta.insert("version".to_string(), "0".to_string());
         let encoded = layout
             .encode(&weights, Some(&meta))
             .map_err(|e| HubError::Other(e.to_string()))?;
-        let split = crate::data::digits_split().ok();
-        let eval =
-            state::evaluate_builtin(&layout, &weights, split.as_ref().map(|s| &s.test), None);
-        let metrics = version_metrics::VersionMetrics::evaluated(eval.as_ref()).to_json();
+        let metrics = if m.is_kernel() {
+            // A few windows per held-out part: cheap enough for every start.
+            let eval = super::kernel_eval::evaluate_kernel(&layout, &weights);
+            serde_json::json!({ "eval": eval })
+        } else {
+            let split = crate::data::digits_split().ok();
+            let eval =
+                state::evaluate_builtin(&layout, &weights, split.as_ref().map(|s| &s.test), None);
+            version_metrics::VersionMetrics::evaluated(eval.as_ref()).to_json()
+        };
         db::insert_model(
             &mut conn,
             &db::ModelRow {

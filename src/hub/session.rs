@@ -647,10 +647,14 @@ impl TrainerSession {
                     global_accuracy,
                     loss,
                     num_examples,
+                    specialty_bits_per_byte,
+                    global_bits_per_byte,
                 },
             ) => {
+                let bpb = [specialty_bits_per_byte, global_bits_per_byte];
                 if let Err(Refusal { code, message }) =
                     validate_eval(specialty_accuracy, global_accuracy, loss)
+                        .and_then(|()| crate::hub::kernel_eval::validate_bits_per_byte(bpb))
                 {
                     return self.error(ctx, code, message, None);
                 }

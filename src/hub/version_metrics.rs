@@ -89,3 +89,20 @@ impl VersionMetrics {
         serde_json::to_value(self).unwrap_or_default()
     }
 }
+
+/// A `kernel` version's evaluation (its `eval` in the version's metrics):
+/// bits per byte on the shipped held-out code of each specialty, never
+/// trained on, and on code of subsystems no trainer has.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KernelEvalFigures {
+    /// The mean over the specialties (each scored on as many bytes).
+    pub bits_per_byte: f64,
+    /// `networking`, `graphics`, `security`.
+    pub per_specialty: std::collections::BTreeMap<String, f64>,
+    /// Held-out code of subsystems no trainer has (fs/, mm/).
+    pub unseen_bits_per_byte: f64,
+    /// Bytes predicted in all.
+    pub bytes: u64,
+    /// Always `kernel-heldout`.
+    pub dataset: &'static str,
+}

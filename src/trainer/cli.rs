@@ -13,6 +13,8 @@ use crate::protocol::ModelLayout;
 use kernal_client::connection::{self, ClientEvent, ClientOptions, Compression};
 use kernal_client::MlpLearner;
 
+use super::status::StatusLine;
+
 #[derive(Debug, Clone)]
 pub struct TrainerArgs {
     pub name: String,
@@ -23,9 +25,16 @@ pub struct TrainerArgs {
     pub hub: String,
     pub model: String,
     pub data: Option<PathBuf>,
+    /// Own source trees for the kernel model (`--source`, repeatable).
+    pub source: Vec<PathBuf>,
+    /// File name endings `--source` reads (`--ext`).
+    pub ext: Vec<String>,
     pub local_epochs: usize,
-    pub lr: f64,
-    pub batch_size: usize,
+    /// Local steps per version of the kernel model (`--steps`).
+    pub steps: Option<usize>,
+    /// Defaults per model: 0.1 for an MLP, 5e-3 (AdamW) for the kernel model.
+    pub lr: Option<f64>,
+    pub batch_size: Option<usize>,
     pub max_versions: Option<u64>,
     pub json: bool,
     pub compression: Compression,
@@ -104,6 +113,16 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary,
     let tls =
         kernal_client::tls::client_config(args.ca.as_deref()).map_err(TrainerCliError::Data)?;
     let layout = fetch_layout(&args.hub, &args.model, &tls).await?;
+    if let Some(spec) = crate::kernel::KernelSpec::from_layout(&layout) {
+        let learner = super::kernel::learner(&args, spec)?;
+        return serve(args, tls, learner).await;
+    }
+    if !args.source.is_empty() {
+        return Err(TrainerCliError::Shape(format!(
+            "--source trains a language model; model `{}` is a classifier (use --data FILE.csv)",
+            args.model
+        )));
+    }
     let spec = MlpSpec::from_layout(&layout).ok_or_else(|| {
         TrainerCliError::Shape(format!(
             "model `{}` is not an MLP this trainer can train (tensors: {:?})",
@@ -117,8 +136,8 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary,
     })?;
     let settings = TrainSettings {
         epochs: args.local_epochs,
-        lr: args.lr,
-        batch_size: args.batch_size,
+        lr: args.lr.unwrap_or(0.1),
+        batch_size: args.batch_size.unwrap_or(32),
         seed: data::fnv1a(&args.name),
     };
     let learner = match &args.data {
@@ -137,6 +156,16 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary,
         None => MlpLearner::for_digits(spec, &args.specialty, &cfg.specialties, settings)
             .map_err(TrainerCliError::Data)?,
     };
+    serve(args, tls, learner).await
+}
+
+/// Runs the connection loop with `learner`, drawing the status line or
+/// printing JSON events.
+async fn serve<L: kernal_client::Learner>(
+    args: TrainerArgs,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    learner: L,
+) -> Result<connection::Summary, TrainerCliError> {
     let mut opts = ClientOptions::new(&args.hub, &args.name, &args.specialty, &args.token);
     opts.model = args.model.clone();
     opts.tls = Some(tls);
@@ -194,98 +223,4 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary,
         let _ = tokio::signal::ctrl_c().await;
     };
     Ok(connection::run(opts, learner, on_event, stop).await?)
-}
-
-/// The human status line: version, local loss, own-specialty and global accuracy.
-#[derive(Default)]
-struct StatusLine {
-    version: u64,
-    loss: Option<f64>,
-    own: Option<f64>,
-    global: Option<f64>,
-    hub: Option<f64>,
-    acked: u64,
-    refused: u64,
-    note: String,
-}
-
-impl StatusLine {
-    fn apply(&mut self, e: &ClientEvent) {
-        match e {
-            ClientEvent::Welcome {
-                version,
-                registered,
-                model,
-                ..
-            } => {
-                self.version = *version;
-                self.note = format!(
-                    "joined model {model} at version {version}{}",
-                    if *registered { " (registered)" } else { "" }
-                );
-            }
-            ClientEvent::Version {
-                version,
-                hub_accuracy,
-                ..
-            } => {
-                self.version = *version;
-                self.hub = hub_accuracy.or(self.hub);
-            }
-            ClientEvent::Evaluation {
-                specialty_accuracy,
-                global_accuracy,
-                ..
-            } => {
-                self.own = *specialty_accuracy;
-                self.global = *global_accuracy;
-            }
-            ClientEvent::Trained { loss, .. } => self.loss = Some(*loss),
-            ClientEvent::Ack { .. } => self.acked += 1,
-            ClientEvent::Error { code, message, .. } => {
-                self.refused += 1;
-                self.note = format!("error {code}: {message}");
-            }
-            ClientEvent::Reconnect {
-                attempt,
-                in_secs,
-                reason,
-            } => {
-                self.note =
-                    format!("hub unavailable ({reason}); reconnect #{attempt} in {in_secs:.1}s");
-            }
-            ClientEvent::Normalisation {
-                state,
-                features,
-                trainers,
-            } => {
-                self.note = match state.as_str() {
-                    "pooling" => format!(
-                        "sent feature statistics; waiting for the hub to pool them ({trainers} trainer(s) so far)"
-                    ),
-                    "frozen" => format!(
-                        "inputs normalised with the model's statistics ({features} features, {trainers} trainer(s))"
-                    ),
-                    _ => "the model has no input normalisation".into(),
-                };
-            }
-            ClientEvent::Done { .. } => {}
-        }
-    }
-
-    fn render(&self) -> String {
-        let pct = |v: Option<f64>| {
-            v.map(|x| format!("{:.1}%", x * 100.0))
-                .unwrap_or_else(|| "-".into())
-        };
-        format!(
-            "version {} | local loss {} | own specialty {} | all digits {} | hub eval {} | acked {}",
-            self.version,
-            self.loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into()),
-            pct(self.own),
-            pct(self.global),
-            pct(self.hub),
-            self.acked
-        )
-    }
 }

@@ -2,3 +2,5 @@
 //! `kernal-client` library, which custom trainers use without the hub.
 
 pub mod cli;
+pub mod kernel;
+pub mod status;

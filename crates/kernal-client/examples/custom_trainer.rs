@@ -82,6 +82,7 @@ impl Learner for AdamLearner {
             global_accuracy: Some(e.accuracy),
             loss: Some(e.loss),
             num_examples: e.examples as u64,
+            ..Default::default()
         }))
     }
 }

@@ -90,65 +90,7 @@ impl ClientOptions {
     }
 }
 
-/// What the trainer tells its user, one per line with `--json`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum ClientEvent {
-    Welcome {
-        trainer: String,
-        model: String,
-        version: u64,
-        registered: bool,
-        session_id: String,
-    },
-    Version {
-        version: u64,
-        num_updates: usize,
-        hub_accuracy: Option<f64>,
-    },
-    /// The model's input normalisation: `pooling` (this trainer sent its
-    /// statistics and waits), `frozen` (applied from now on) or `none`.
-    Normalisation {
-        state: String,
-        features: usize,
-        trainers: usize,
-    },
-    Evaluation {
-        version: u64,
-        specialty_accuracy: Option<f64>,
-        global_accuracy: Option<f64>,
-        loss: Option<f64>,
-    },
-    Trained {
-        base_version: u64,
-        update_id: String,
-        num_examples: u64,
-        loss: f64,
-        seconds: f64,
-    },
-    Ack {
-        update_id: String,
-        base_version: u64,
-        staleness: u64,
-        duplicate: bool,
-    },
-    Error {
-        code: String,
-        message: String,
-        update_id: Option<String>,
-        fatal: bool,
-    },
-    Reconnect {
-        attempt: u32,
-        in_secs: f64,
-        reason: String,
-    },
-    Done {
-        versions_trained: u64,
-        acked: u64,
-        refused: u64,
-    },
-}
+pub use crate::events::ClientEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -622,6 +564,8 @@ async fn run_connection<L: Learner>(
                         specialty_accuracy: r.specialty_accuracy,
                         global_accuracy: r.global_accuracy,
                         loss: r.loss,
+                        specialty_bits_per_byte: r.specialty_bits_per_byte,
+                        global_bits_per_byte: r.global_bits_per_byte,
                     });
                     let m = ClientMessage::Eval {
                         version,
@@ -629,6 +573,8 @@ async fn run_connection<L: Learner>(
                         global_accuracy: r.global_accuracy,
                         loss: r.loss,
                         num_examples: Some(r.num_examples),
+                        specialty_bits_per_byte: r.specialty_bits_per_byte,
+                        global_bits_per_byte: r.global_bits_per_byte,
                     };
                     if let Err(e) = ws
                         .send(Message::Text(serde_json::to_string(&m).unwrap_or_default()))

@@ -5,6 +5,8 @@
 //! on no actix, diesel or SQLite: `cargo tree -p kernal-client` shows it.
 
 pub mod connection;
+pub mod events;
+pub mod kernel;
 pub mod tls;
 
 pub use kernal_core::{data, model, protocol};
@@ -27,7 +29,7 @@ pub struct Trained {
 }
 
 /// Federated evaluation of a global version on the trainer's own data.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
 pub struct EvalReport {
     /// Accuracy on the trainer's own specialty's test slice.
     pub specialty_accuracy: Option<f64>,
@@ -35,6 +37,10 @@ pub struct EvalReport {
     pub global_accuracy: Option<f64>,
     pub loss: Option<f64>,
     pub num_examples: u64,
+    /// Language models: bits per byte on the trainer's own held-out code.
+    pub specialty_bits_per_byte: Option<f64>,
+    /// Language models: bits per byte on all the held-out code it knows.
+    pub global_bits_per_byte: Option<f64>,
 }
 
 /// The learning part of a trainer. The connection loop handles the hub,
@@ -247,6 +253,7 @@ impl Learner for MlpLearner {
             global_accuracy: Some(all.accuracy),
             loss: Some(all.loss),
             num_examples: all.examples as u64,
+            ..Default::default()
         }))
     }
 }

@@ -5,6 +5,7 @@
 //! No actix, no database.
 
 pub mod data;
+pub mod kernel;
 pub mod model;
 pub mod pem;
 pub mod protocol;

@@ -65,6 +65,9 @@ impl Hub {
         let Some(m) = self.models.get(model) else {
             return;
         };
+        if crate::kernel::KernelSpec::from_layout(&m.layout).is_some() {
+            return self.evaluate_kernel_later(model, version, ctx);
+        }
         let Some(set) = m.evalset.clone() else {
             return;
         };

@@ -5,11 +5,13 @@
 //! own file: [`join`] (hello, join, leave), [`updates`], [`fold`] (making a
 //! version), [`refusals`] (refusing an update, or answering a resend of an
 //! accepted one as a duplicate), [`rollback`], [`learning`] (normalisation, evaluation),
-//! [`admin`] (models, revocation, config, shutdown), [`status`].
+//! [`admin`] (models, revocation, config, shutdown), [`status`], [`kernel`]
+//! (scoring the built-in language model).
 
 mod admin;
 mod fold;
 mod join;
+mod kernel;
 mod learning;
 mod refusals;
 mod rollback;
@@ -103,6 +105,8 @@ pub struct Hub {
     blobs: BlobStore,
     /// Read connections, for payloads and checkpoints read back off the actor.
     pool: DbPool,
+    /// Kernel models whose evaluation is running (see [`kernel`]).
+    kernel_evaluating: std::collections::HashSet<String>,
 }
 
 /// What the hub is started with.
@@ -142,6 +146,7 @@ impl Hub {
             persisting: false,
             blobs: p.blobs,
             pool: p.pool,
+            kernel_evaluating: Default::default(),
         }
     }
 

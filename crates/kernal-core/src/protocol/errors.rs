@@ -93,7 +93,7 @@ error_table! {
     BadUpdateId = "bad_update_id", Message, 400,
         "`update_id` empty, over 128 characters or not printable";
     BadEval = "bad_eval", Message, 400,
-        "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, or `num_examples` above the model's limit; an evaluation set (`PUT /v1/models/{m}/evalset`) with a value that is NaN, infinite or beyond the f32 range (the message names line and column)";
+        "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, bits per byte outside [0, 64], or `num_examples` above the model's limit; an evaluation set (`PUT /v1/models/{m}/evalset`) with a value that is NaN, infinite or beyond the f32 range (the message names line and column)";
     BadStats = "bad_stats", Message, 400,
         "a `stats` report of the wrong width, with a count of 0 or above `max_num_examples`, non-finite or impossible values (a negative variance, means beyond ±1e9), or for a model without federated normalisation";
     FutureBaseVersion = "future_base_version", Message, 400,

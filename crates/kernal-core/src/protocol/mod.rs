@@ -55,6 +55,12 @@ pub enum ClientMessage {
         loss: Option<f64>,
         #[serde(default)]
         num_examples: Option<u64>,
+        /// Language models (`kernel`): bits per byte of the version on the
+        /// trainer's own held-out code, and on all the code it knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        specialty_bits_per_byte: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        global_bits_per_byte: Option<f64>,
     },
     /// Sufficient statistics of the trainer's raw training features, sent
     /// when `welcome` says the model's normalisation is `pooling`.
