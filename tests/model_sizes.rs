@@ -59,9 +59,13 @@ async fn a_trainer_whose_update_cannot_fit_stops_without_sending() {
         "no reconnection: {events:?}"
     );
     // It trained, then stopped before sending: the hub never had to refuse.
-    assert!(events.iter().any(|e| matches!(e, ClientEvent::Trained { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Trained { .. })));
     assert!(
-        !events.iter().any(|e| matches!(e, ClientEvent::Error { .. })),
+        !events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Error { .. })),
         "{events:?}"
     );
 }

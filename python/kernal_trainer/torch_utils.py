@@ -56,15 +56,23 @@ def download(hub: str, model: str, version="latest"):
     return {k: torch.from_numpy(np.array(v)) for k, v in download_arrays(hub, model, version).items()}
 
 
+#: Tensors a checkpoint of a model with frozen input normalisation carries
+#: besides the model's own (the mean and deviation to apply to raw inputs).
+NORMALISATION_TENSORS = ("normalisation.mean", "normalisation.std")
+
+
 def load_version(module, hub: str, model: str, version="latest", strict: bool = True):
     """Loads a version from the hub into `module` (each tensor converted to
-    the dtype the module's own has); returns the module."""
+    the dtype the module's own has) and returns the module. The checkpoint's
+    `normalisation.mean`/`.std` (see `download`) are left out unless the
+    module has tensors of those names."""
     import torch
 
     own = module.state_dict()
     state = {
         k: v.to(own[k].dtype) if k in own and torch.is_floating_point(own[k]) else v
         for k, v in download(hub, model, version).items()
+        if k in own or k not in NORMALISATION_TENSORS
     }
     module.load_state_dict(state, strict=strict)
     return module
