@@ -58,6 +58,7 @@ ACTIONS: Dict[str, str] = {
     "replaced": GIVE_UP,
     "shutting_down": RESEND,
     "internal": RESEND,
+    "model_deleted": GIVE_UP,
 }
 
 

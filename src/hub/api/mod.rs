@@ -4,6 +4,7 @@
 //! list below both registers the handlers and builds the document, so the
 //! two cannot drift apart.
 
+pub mod create_checks;
 pub mod harness;
 pub mod learning;
 pub mod models;

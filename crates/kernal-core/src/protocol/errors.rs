@@ -189,6 +189,12 @@ error_table! {
         "the path exists but not with this method (the `Allow` header lists those it has)";
     PayloadTooLarge = "payload_too_large", Rest, 413, NotSent,
         "a REST request body over its limit";
+    UpdateOverLimit = "update_over_limit", Rest, 400, NotSent,
+        "`POST /v1/models`: one full float32 update of this model would be larger than a trainer may send (`hub.max_message_bytes`, and `hub.max_inflight_update_bytes` × `hub.max_inflight_share`); the message gives the sizes and the keys to raise";
+    ModelInUse = "model_in_use", Rest, 409, NotSent,
+        "`DELETE /v1/models/{m}` while trainers of the model are connected; `?force=true` disconnects them (`model_deleted`)";
+    ModelDeleted = "model_deleted", Connection, 410, GiveUp,
+        "an administrator deleted the model this trainer trains";
     Internal = "internal", Message, 500, Resend,
         "the hub could not store the update (or answer the call); the message says why; send it again";
 }
