@@ -7,6 +7,7 @@
 pub mod create_checks;
 pub mod harness;
 pub mod learning;
+pub mod model_delete;
 pub mod models;
 pub mod ops;
 pub mod sockets;
@@ -166,6 +167,8 @@ endpoints!(
     models::get_weights,
     models::list_evaluations,
     models::rollback,
+    model_delete::delete_model,
+    model_delete::deleted_models,
     learning::freeze_normalisation,
     learning::put_evalset,
     trainers::list_trainers,

@@ -4,9 +4,11 @@
 //! holds the actor and its shared plumbing; each group of messages has its
 //! own file: [`join`] (hello, join, leave), [`updates`], [`fold`] (making a
 //! version), [`rollback`], [`learning`] (normalisation, evaluation),
-//! [`admin`] (models, revocation, config, shutdown), [`status`].
+//! [`admin`] (models, revocation, config, shutdown), [`delete`] (deleting
+//! a model), [`status`].
 
 mod admin;
+mod delete;
 mod fold;
 mod join;
 mod learning;
@@ -15,6 +17,7 @@ mod status;
 mod updates;
 
 pub use admin::*;
+pub use delete::*;
 pub use join::*;
 pub use learning::*;
 pub use rollback::*;
