@@ -83,7 +83,7 @@ mod tests {
             ("a.bias\"quoted\"".into(), vec![4]),
             ("s".into(), vec![1]),
         ]);
-        let bytes = layout.encode(&vec![0.0; 17], None).unwrap().len();
+        let bytes = layout.encode(&[0.0; 17], None).unwrap().len();
         let bound = full_update_bytes(&layout);
         assert!(bytes <= bound && bound < bytes + 400, "{bytes} {bound}");
     }
