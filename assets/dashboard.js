@@ -3,7 +3,9 @@
   'use strict';
   const $ = (id) => document.getElementById(id);
   const state = {
-    model: null,
+    // `/?model=NAME` opens that model.
+    model: new URLSearchParams(window.location.search).get('model'),
+    historyOf: null,          // the model `versions`, `fed` and `spec` belong to
     versions: new Map(),      // version -> {acc, loss, n, stale}
     fed: new Map(),           // version -> {sum, w}: trainers' own evaluations, example-weighted
     spec: new Map(),          // specialty -> Map(version -> accuracy)
@@ -64,27 +66,48 @@
     $('ups').textContent = num(s.metrics.updates_per_sec, 1);
     const sel = $('model-select');
     const names = s.models.map((m) => m.name);
-    if (sel.options.length !== names.length) {
+    if (Array.from(sel.options, (o) => o.value).join('\n') !== names.join('\n')) {
       sel.innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join('');
-      if (!state.model) state.model = names.includes('digits') ? 'digits' : names[0];
-      sel.value = state.model;
     }
+    if (!names.includes(state.model)) state.model = names.includes('digits') ? 'digits' : names[0] || null;
+    if (sel.value !== state.model) sel.value = state.model;
     const m = s.models.find((x) => x.name === state.model);
+    state.status = m || null;
     if (m) {
       $('version').textContent = m.version;
-      const acc = m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.accuracy : null;
-      if (acc != null) $('accuracy').textContent = pct(acc);
       $('waiting').textContent = waitingText(m);
     }
+    showAccuracy();
     return s;
   }
 
+  // The header's accuracy: the selected model's own newest hub evaluation
+  // (from its history, or its status), never another model's.
+  function showAccuracy() {
+    let acc = null;
+    let ver = null;
+    if (state.historyOf === state.model) {
+      for (const [v, x] of state.versions) {
+        if (x.acc != null && (ver == null || v > ver)) { ver = v; acc = x.acc; }
+      }
+    }
+    const m = state.status && state.status.name === state.model ? state.status : null;
+    const last = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.accuracy : null;
+    if (acc == null && last != null) { acc = last; ver = m.version; }
+    const el = $('accuracy');
+    el.textContent = acc == null ? 'no evaluation yet' : pct(acc);
+    el.title = acc == null ? `no version of ${state.model || 'this model'} was evaluated by the hub yet` : `${state.model} version ${ver}`;
+  }
+
   async function loadHistory() {
-    if (!state.model) return;
+    const model = state.model;
+    if (!model) return;
     const [v, e] = await Promise.all([
-      getJSON(`/v1/models/${encodeURIComponent(state.model)}/versions?limit=5000`),
-      getJSON(`/v1/models/${encodeURIComponent(state.model)}/evaluations?limit=20000`),
+      getJSON(`/v1/models/${encodeURIComponent(model)}/versions?limit=5000`),
+      getJSON(`/v1/models/${encodeURIComponent(model)}/evaluations?limit=20000`),
     ]);
+    if (state.model !== model) return; // another model was chosen meanwhile
+    state.historyOf = model;
     state.versions.clear();
     for (const x of v.versions) {
       const m = x.metrics || {};
@@ -99,6 +122,7 @@
     for (const x of e.evaluations) addFed(x.version, x.global_accuracy, x.num_examples);
     state.spec.clear();
     for (const x of e.evaluations) addSpec(x.specialty, x.version, x.specialty_accuracy);
+    showAccuracy();
     redraw();
   }
 
@@ -240,12 +264,12 @@
       const prev = state.versions.get(e.version) || {};
       state.versions.set(e.version, { acc: e.accuracy, loss: e.loss, n: e.num_updates, stale: e.mean_staleness, ...(e.accuracy == null ? { acc: prev.acc } : {}) });
       $('version').textContent = e.version;
-      if (e.accuracy != null) $('accuracy').textContent = pct(e.accuracy);
+      showAccuracy();
       redraw();
     } else if (e.type === 'hub_evaluation' && e.model === state.model) {
       const prev = state.versions.get(e.version) || {};
       state.versions.set(e.version, { ...prev, acc: e.accuracy, loss: e.loss });
-      $('accuracy').textContent = pct(e.accuracy);
+      showAccuracy();
       redraw();
     } else if (e.type === 'evaluation' && e.model === state.model) {
       addSpec(e.specialty, e.version, e.specialty_accuracy);
@@ -281,6 +305,13 @@
   async function start() {
     $('model-select').addEventListener('change', (ev) => {
       state.model = ev.target.value;
+      state.historyOf = null;
+      state.versions.clear();
+      state.fed.clear();
+      state.spec.clear();
+      window.history.replaceState(null, '', `?model=${encodeURIComponent(state.model)}`);
+      showAccuracy();
+      redraw();
       loadStatus().then(loadHistory).catch(() => {});
     });
     try {

@@ -401,3 +401,76 @@ async fn fifty_trainers_feed_is_batched() {
     let status = get_json(&format!("{}/v1/models/load", hub.url())).await;
     assert!(status["version"].as_u64().unwrap() >= 5);
 }
+
+/// `/?model=NAME` opens that model, and the header's accuracy is always the
+/// shown model's own newest hub evaluation ("no evaluation yet" for a model
+/// the hub cannot evaluate), never the previous model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs chromium and chromium-driver; the README's test command (cargo test -- --include-ignored) runs it"]
+async fn dashboard_opens_the_model_in_its_url_with_its_own_evaluation() {
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "the browser test needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
+    );
+    let hub = start_hub(|_| {});
+    let url = hub.url();
+    // A custom model the hub has no evaluation for.
+    let layout = kernal::protocol::ModelLayout::new(vec![("w".into(), vec![8])]);
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/models?name=custom"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/octet-stream")
+        .body(layout.encode(&[0.5; 8], None).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let digits = get_json(&format!("{url}/v1/models/digits/versions/0")).await;
+    let digits_acc = digits["metrics"]["eval"]["accuracy"]
+        .as_f64()
+        .expect("the hub evaluates the built-in model");
+    let digits_text = format!("{:.1}%", digits_acc * 100.0);
+
+    let driver = Driver::start().await;
+    let header = || async {
+        let v = driver
+            .js("return [document.getElementById('model-select').value, document.getElementById('accuracy').textContent, window.location.search]")
+            .await;
+        (
+            v[0].as_str().unwrap_or("").to_string(),
+            v[1].as_str().unwrap_or("").to_string(),
+            v[2].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let shows = |model: &'static str, acc: String| {
+        let header = &header;
+        async move {
+            wait_for(
+                &format!("the page shows {model} at {acc}"),
+                Duration::from_secs(20),
+                || {
+                    let acc = acc.clone();
+                    async move {
+                        let (m, a, _) = header().await;
+                        (m == model && a == acc).then_some(())
+                    }
+                },
+            )
+            .await
+        }
+    };
+
+    driver.goto(&format!("{url}/?model=custom")).await;
+    shows("custom", "no evaluation yet".into()).await;
+    driver.goto(&format!("{url}/")).await;
+    shows("digits", digits_text.clone()).await;
+    // Choosing the other model in the page: its own (absent) evaluation,
+    // and a URL that opens it again.
+    driver
+        .js("const s = document.getElementById('model-select'); s.value = 'custom'; s.dispatchEvent(new Event('change')); return 1;")
+        .await;
+    shows("custom", "no evaluation yet".into()).await;
+    assert_eq!(header().await.2, "?model=custom");
+    driver.goto(&format!("{url}/?model=digits")).await;
+    shows("digits", digits_text).await;
+}

@@ -50,13 +50,21 @@ struct PyTrainer {
 }
 
 impl PyTrainer {
-    fn start(py: &Path, example: &str, hub: &str, name: &str, class: u32) -> PyTrainer {
+    fn start(
+        py: &Path,
+        example: &str,
+        hub: &str,
+        name: &str,
+        class: u32,
+        extra: &[&str],
+    ) -> PyTrainer {
         let child = Command::new(py)
             .arg(repo().join("python/examples").join(example))
             .args([
                 "--hub", hub, "--name", name, "--token", "tok", "--model", "wine",
             ])
             .args(["--classes", &class.to_string(), "--versions", "6", "--json"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -139,8 +147,25 @@ async fn python_and_rust_trainers_improve_one_model() {
     assert_eq!(r.status(), 200);
 
     let deadline = Instant::now() + Duration::from_secs(240);
-    let np = PyTrainer::start(&py, "numpy_trainer.py", &ws, "py_numpy", 0);
-    let th = torch.then(|| PyTrainer::start(&py, "torch_trainer.py", &ws, "py_torch", 1));
+    // Their deltas go compressed: bf16 from numpy, f16 from PyTorch.
+    let np = PyTrainer::start(
+        &py,
+        "numpy_trainer.py",
+        &ws,
+        "py_numpy",
+        0,
+        &["--compress", "bf16"],
+    );
+    let th = torch.then(|| {
+        PyTrainer::start(
+            &py,
+            "torch_trainer.py",
+            &ws,
+            "py_torch",
+            1,
+            &["--compress", "f16"],
+        )
+    });
     // The Rust reference trainer holds the third class.
     let spec = MlpSpec {
         inputs: 13,
@@ -205,6 +230,24 @@ async fn python_and_rust_trainers_improve_one_model() {
                 .any(|e| e["event"] == "done" && e["versions_trained"] == 6),
             "{name}: {events:?}"
         );
+        // Each reports its own class's accuracy as its specialty's and every
+        // class's as global, under a specialty named after its classes.
+        let evals: Vec<(f64, f64)> = events
+            .iter()
+            .filter(|e| e["event"] == "evaluation")
+            .map(|e| {
+                let own = e["specialty_accuracy"].as_f64();
+                let all = e["global_accuracy"].as_f64();
+                (
+                    own.expect("specialty_accuracy"),
+                    all.expect("global_accuracy"),
+                )
+            })
+            .collect();
+        assert!(
+            evals.iter().any(|(own, all)| own != all),
+            "{name}: its own class and every class scored alike at every version: {evals:?}"
+        );
         python_ids.extend(acked.iter().map(|id| format!("{name}/{id}")));
     }
 
@@ -244,5 +287,161 @@ async fn python_and_rust_trainers_improve_one_model() {
         .as_f64()
         .unwrap_or(0.0);
     println!("hub evaluation: version 0 {first:.3}, version {last} {scored:.3}");
+
+    // The newest version downloads into a module (strict) and to a file.
+    let out = hub.dir.path().join("wine.safetensors");
+    let (code, text, _) = run_to_end(
+        &py,
+        &[
+            "-m",
+            "kernal_trainer",
+            "download",
+            "--hub",
+            &url,
+            "--model",
+            "wine",
+            "--out",
+        ]
+        .into_iter()
+        .chain([out.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("wine version {last}")), "{text}");
+    assert!(std::fs::metadata(&out).unwrap().len() > 275 * 4);
+    if torch {
+        let script = format!(
+            "from torch_trainer import Mlp\n\
+             from kernal_trainer.torch_utils import load_version\n\
+             m = load_version(Mlp(13, 16, 3), {url:?}, 'wine', {last})\n\
+             print('loaded', sum(p.numel() for p in m.parameters()))\n"
+        );
+        let (code, text, _) = run_to_end(&py, &["-c", &script], Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains("loaded 275"), "{text}");
+    }
     assert!(scored > first + 0.2, "{first} -> {scored}");
+}
+
+/// Runs a Python example (or `-c` script) to its end within `limit`;
+/// returns (exit code, stdout + stderr, seconds).
+fn run_to_end(py: &Path, args: &[&str], limit: Duration) -> (Option<i32>, String, f64) {
+    let started = Instant::now();
+    let mut child = Command::new(py)
+        .args(args)
+        .current_dir(repo().join("python/examples"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after {limit:?}: it should have stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut out);
+    }
+    (status.code(), out, started.elapsed().as_secs_f64())
+}
+
+/// What no retry can change stops a Python trainer at once with the
+/// documented exit code and a sentence, never a traceback or a loop: a
+/// wrong token or unknown model (2), an update larger than the hub takes
+/// (2, nothing sent), a hub never reached (1, said as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_trainers_stop_on_what_no_retry_changes() {
+    let py = python().to_path_buf();
+    // The built-in digits MLP's update is 19.5 KB: over this limit.
+    let hub = start_hub(|c| c.hub.max_message_bytes = 8192);
+    let ws = hub.hub.ws_url();
+    let limit = Duration::from_secs(60);
+    let example = |name: &str, token: &str, model: &str| -> Vec<String> {
+        [
+            "numpy_trainer.py",
+            "--hub",
+            &ws,
+            "--name",
+            name,
+            "--token",
+            token,
+            "--model",
+            model,
+            "--classes",
+            "0",
+            "--versions",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run_example = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_end(&py, &args, limit)
+    };
+
+    let (code, out, _) = run_example(example("py_x", "tok", "no_such_model"));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("unknown_model") && !out.contains("Traceback"),
+        "{out}"
+    );
+
+    // The name registers with its first token; another token is refused.
+    let script = |token: &str| {
+        format!(
+            "import numpy as np\n\
+             from kernal_trainer import Trainer\n\
+             t = Trainer({ws:?}, 'py_big', 'digits-all', {token:?}, model='digits', max_versions=1,\n\
+                 train=lambda w, v: ({{k: np.zeros_like(a) for k, a in w.items()}}, 10, 0.5))\n\
+             t.run()\n"
+        )
+    };
+    let (code, out, secs) = run_to_end(&py, &["-c", &script("tok")], limit);
+    assert_eq!(code, Some(1), "TrainerRefused escapes a bare script: {out}");
+    assert!(
+        out.contains("TrainerRefused")
+            && out.contains("message_too_large")
+            && out.contains("at most 8192 bytes"),
+        "{out}"
+    );
+    println!("an update over the limit stopped its trainer in {secs:.1} s");
+    // Refused before sending: the hub saw no update of it.
+    let ledger = get_json(&format!("{}/v1/updates", hub.url())).await;
+    assert_eq!(
+        ledger["updates"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{ledger}"
+    );
+
+    let (code, out, _) = run_example(example("py_big", "wrong", "digits"));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("bad_token") && !out.contains("Traceback"),
+        "{out}"
+    );
+
+    // A port nobody listens on: said within the first attempts.
+    let nobody = format!("ws://127.0.0.1:{}", free_port());
+    let mut args = example("py_lost", "tok", "wine");
+    args[2] = nobody.clone();
+    let (code, out, secs) = run_example(args);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("could not reach the hub at {nobody}")) && !out.contains("Traceback"),
+        "{out}"
+    );
+    println!("a hub never reached was reported after {secs:.1} s");
 }

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from _common import load, parser, run
+from _common import evaluation, load, parser, run
 
 
 def forward(w, x):
@@ -55,13 +55,7 @@ def main(argv=None):
             return {k: new[k] - weights[k] for k in weights}, len(d.y_train), loss
 
         def evaluate(weights, version):
-            _, logits = forward(weights, scaled(d.x_test))
-            p = softmax(logits)
-            return {
-                "global_accuracy": float((logits.argmax(axis=1) == d.y_test).mean()),
-                "loss": float(-np.log(p[np.arange(len(d.y_test)), d.y_test] + 1e-12).mean()),
-                "num_examples": int(len(d.y_test)),
-            }
+            return evaluation(lambda x: forward(weights, scaled(x))[1], d)
 
         return train, evaluate
 

@@ -1,8 +1,9 @@
-"""A kernal trainer whose learning is PyTorch: an nn.Module whose state_dict
-names are the hub's tensor names (fc1.weight, fc1.bias, fc2.weight,
-fc2.bias), trained with torch.optim.SGD.
+"""A kernal trainer whose learning is PyTorch, through `TorchTrainer`: an
+nn.Module whose state_dict names are the hub's tensor names (fc1.weight,
+fc1.bias, fc2.weight, fc2.bias), trained with torch.optim.SGD. Its shapes
+come from the hub's current version (`download`).
 
-    python examples/torch_trainer.py --name torch_bob --token s3cret --model wine --classes 1
+    python examples/torch_trainer.py --name torch_bob --token s3cret --model wine --classes 1 --versions 10
 """
 
 import sys
@@ -11,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import load, parser, run
-from kernal_trainer.torch_utils import delta, load_weights
+from _common import evaluation, exit_code, load, own_scaling, parser, specialty
+from kernal_trainer import download
+from kernal_trainer.torch_trainer import TorchTrainer
 
 
 class Mlp(nn.Module):
@@ -29,50 +31,39 @@ def main(argv=None):
     args = parser(__doc__).parse_args(argv)
     torch.manual_seed(0)
     d = load(args)
-    module = {}
+    own = own_scaling(np.concatenate([d.x_train, d.x_test]))
+    trainer = None
 
-    def net(weights):
-        # The shapes come from the hub: fc1.weight is [hidden, inputs].
-        hidden, inputs = weights["fc1.weight"].shape
-        if "m" not in module:
-            module["m"] = Mlp(inputs, hidden, weights["fc2.weight"].shape[0])
-        load_weights(module["m"], weights)
-        return module["m"]
+    def tensor(x):
+        # The model's frozen normalisation once there is one, else this file's own scaling.
+        return torch.from_numpy(np.ascontiguousarray(trainer.normalise(x, fallback=own), dtype=np.float32))
 
-    def make(scaled):
-        def tensor(x):
-            return torch.from_numpy(np.ascontiguousarray(scaled(x), dtype=np.float32))
+    shuffle = torch.Generator().manual_seed(0)
 
-        def train(weights, version):
-            m = net(weights)
-            opt = torch.optim.SGD(m.parameters(), lr=args.lr)
-            xs, ys = tensor(d.x_train), torch.from_numpy(d.y_train)
-            g = torch.Generator().manual_seed(version)
-            losses = []
-            m.train()
-            for _ in range(args.epochs):
-                for b in torch.randperm(len(ys), generator=g).split(args.batch_size):
-                    opt.zero_grad()
-                    loss = nn.functional.cross_entropy(m(xs[b]), ys[b])
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.item())
-            return delta(m, weights), len(ys), float(np.mean(losses))
+    def batches():
+        xs, ys = tensor(d.x_train), torch.from_numpy(d.y_train)
+        order = torch.randperm(len(ys), generator=shuffle)
+        return [(xs[b], ys[b]) for b in order.split(args.batch_size)]
 
-        def evaluate(weights, version):
-            m = net(weights)
-            with torch.no_grad():
-                logits = m(tensor(d.x_test))
-                ys = torch.from_numpy(d.y_test)
-                return {
-                    "global_accuracy": float((logits.argmax(1) == ys).float().mean()),
-                    "loss": float(nn.functional.cross_entropy(logits, ys)),
-                    "num_examples": int(len(ys)),
-                }
+    def start():
+        nonlocal trainer
+        # fc1.weight is [hidden, inputs], fc2.weight [classes, hidden].
+        w = download(args.hub, args.model)
+        hidden, inputs = w["fc1.weight"].shape
+        module = Mlp(inputs, hidden, w["fc2.weight"].shape[0])
+        trainer = TorchTrainer(
+            args.hub, args.name, specialty(args), args.token, module,
+            train_loader=batches,
+            optimizer=lambda params: torch.optim.SGD(params, lr=args.lr),
+            local_epochs=args.epochs,
+            eval_fn=lambda m, version: evaluation(lambda x: m(tensor(x)).numpy(), d),
+            model=args.model, features=d.x_train, max_versions=args.versions,
+            json_events=args.json, compress=args.compress,
+            on_event=None if args.json else lambda e: print(e, file=sys.stderr),
+        )
+        return trainer.run()
 
-        return train, evaluate
-
-    return run(args, d, make)
+    return exit_code(start, args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ hello -> welcome + weights -> (stats, wait for the model's normalisation) ->
 train on the newest version -> update + delta -> ack, and again on every new
 version. On any failure it reconnects with exponential backoff and jitter and
 sends an unacknowledged update again with the same `update_id`, so the hub
-applies it exactly once.
+applies it exactly once. What it does about each of the hub's error codes is
+the protocol's error table (`errors.ACTIONS`): a refusal no retry can change
+stops it with `TrainerRefused`, and a hub never reached stops it with
+`HubUnreachable` after the first attempts.
 """
 
 import asyncio
@@ -16,41 +19,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from safetensors.numpy import load, save
+from safetensors.numpy import load
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from . import errors
+from .errors import HubUnreachable, TrainerRefused
 from .normalisation import FeatureStats, Normalisation
+from .tensors import encode, wire_dtype
 
 PROTOCOL_VERSION = 2
 TRAINER_WS_PATH = "/v1/trainers/ws"
 
-# Refusals at hello that no retry will change.
-_FATAL_AT_HELLO = {
-    "bad_token",
-    "revoked",
-    "not_allowed",
-    "bad_name",
-    "unknown_model",
-    "protocol_version",
-}
-# Fatal errors after the welcome that end the trainer rather than reconnect.
-_FATAL = {"revoked", "bad_token", "not_allowed", "replaced"}
-# An update refused with these was not stored: send it again later.
-_SEND_AGAIN = {"shutting_down", "replaced", "internal"}
-
 Weights = Dict[str, np.ndarray]
 TrainFn = Callable[[Weights, int], Tuple[Weights, int, float]]
 EvalFn = Callable[[Weights, int], Optional[Dict[str, Any]]]
-
-
-class TrainerRefused(Exception):
-    """The hub refused this trainer for good (bad token, revoked, ...)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"the hub refused this trainer: {code}: {message}")
-        self.code = code
-        self.message = message
 
 
 class _Reconnect(Exception):
@@ -103,7 +86,9 @@ class Trainer:
     as a federated evaluation. `features` are the raw training inputs
     (rows x features): when the model pools feature statistics the trainer
     sends theirs and waits for the model's normalisation before training;
-    `normalise(x)` applies it.
+    `normalise(x)` applies it. `compress` ("f16" or "bf16") sends deltas in
+    16 bits, half the bytes. A trainer that never reaches the hub gives up
+    after `give_up_unreached` attempts (`HubUnreachable`; None: never).
     """
 
     def __init__(
@@ -124,6 +109,8 @@ class Trainer:
         on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
         json_events: bool = False,
         ssl: Any = None,
+        compress: Optional[str] = None,
+        give_up_unreached: Optional[int] = 5,
     ):
         self.url = ws_url(hub)
         self.name = name
@@ -140,6 +127,11 @@ class Trainer:
         self._on_event = on_event
         self._json_events = json_events
         self._ssl = ssl
+        self._dtype = wire_dtype(compress)
+        self.give_up_unreached = give_up_unreached
+        #: The welcome's `max_message_bytes`: no larger update is sent.
+        self.max_message_bytes: Optional[int] = None
+        self._reached = False
         self.summary = Summary()
         #: The model's frozen normalisation, or None (none, or still pooling).
         self.normalisation: Optional[Normalisation] = None
@@ -207,6 +199,13 @@ class Trainer:
                 if self._welcomed:
                     attempt = 0
                 attempt += 1
+                if (
+                    not self._reached
+                    and self.give_up_unreached is not None
+                    and attempt >= self.give_up_unreached
+                ):
+                    self._finish()
+                    raise HubUnreachable(self.url, str(e) or type(e).__name__, attempt) from e
                 if self.max_attempts is not None and attempt > self.max_attempts:
                     self._finish()
                     raise ConnectionError(f"{e} (gave up after {self.max_attempts} attempts)")
@@ -247,6 +246,7 @@ class Trainer:
         async with connect(
             self.url, max_size=None, ssl=self._ssl, open_timeout=30, ping_interval=20
         ) as ws:
+            self._reached = True
             await ws.send(
                 json.dumps(
                     {
@@ -296,11 +296,12 @@ class Trainer:
                 break
             if m.get("type") == "error":
                 self._emit("error", code=m["code"], message=m["message"], update_id=None, fatal=m.get("fatal", True))
-                if m["code"] in _FATAL_AT_HELLO:
+                if errors.action(m["code"]) == errors.GIVE_UP:
                     raise TrainerRefused(m["code"], m["message"])
                 raise _Reconnect(f"{m['code']}: {m['message']}")
             if m.get("type") == "goodbye":
                 raise _Reconnect(m.get("reason", "goodbye"))
+        self.max_message_bytes = m.get("max_message_bytes")
         weights = load(await asyncio.wait_for(ws.recv(), 60))
         self._check_layout(m["tensors"], weights)
         self._welcomed = True
@@ -381,7 +382,7 @@ class Trainer:
                 self._recv_task = None
                 await self._handle(msg)
         delta, num_examples, loss = task.result()
-        payload = self._encode(delta, weights)
+        payload = self._encode(delta, weights, self._dtype)
         update_id = f"{self.name}-v{version}-{uuid.uuid4().hex}"
         self._trained_versions.add(version)
         self.summary.versions_trained += 1
@@ -399,22 +400,33 @@ class Trainer:
         await self._send_update(ws, self._pending)
 
     @staticmethod
-    def _encode(delta: Weights, weights: Weights) -> bytes:
+    def _encode(delta: Weights, weights: Weights, dtype: str = "F32") -> bytes:
         out = {}
         for k, w in weights.items():
             d = delta.get(k)
             if d is None:
                 raise ValueError(f"the delta has no tensor {k}")
-            d = np.ascontiguousarray(np.asarray(d, dtype=np.float32))
+            # np.array keeps a 0-d tensor 0-d (ascontiguousarray makes it 1-d).
+            d = np.array(d, dtype=np.float32, order="C")
             if d.shape != w.shape:
                 raise ValueError(f"delta {k} has shape {d.shape}, the model's is {w.shape}")
             out[k] = d
         extra = set(delta) - set(weights)
         if extra:
             raise ValueError(f"the delta has tensors the model lacks: {sorted(extra)}")
-        return save(out)
+        return encode(out, dtype)
 
     async def _send_update(self, ws, p: _Pending):
+        limit = self.max_message_bytes
+        if limit is not None and len(p.payload) > limit:
+            # The hub would close the connection, and every resend too.
+            raise TrainerRefused(
+                "message_too_large",
+                f"this update is {len(p.payload)} bytes and the hub takes messages of at most "
+                f"{limit} bytes (welcome.max_message_bytes): send it compressed (compress='bf16' "
+                "or 'f16' halves it) or ask the hub's administrator to raise hub.max_message_bytes, "
+                "hub.max_inflight_update_bytes and hub.max_inflight_share",
+            )
         header = {
             "type": "update",
             "update_id": p.update_id,
@@ -459,15 +471,15 @@ class Trainer:
             if code == "bad_stats" and self._waiting_norm:
                 self._norm_arrived = [None]
             ours = uid is not None and self._pending is not None and self._pending.update_id == uid
-            if ours and code not in _SEND_AGAIN:
+            act = errors.action(code)
+            if ours and act == errors.DROP_UPDATE:
+                # Refused for good (stale, bad values...): never resend it.
                 self._pending = None
                 self.summary.refused += 1
                 self.summary.refusal_codes[code] = self.summary.refusal_codes.get(code, 0) + 1
-            if ours and code == "internal":
-                raise _Reconnect(f"{code}: {message}")
-            if fatal:
-                if code in _FATAL:
-                    raise TrainerRefused(code, message)
+            if act == errors.GIVE_UP:
+                raise TrainerRefused(code, message)
+            if fatal or (ours and act == errors.RESEND):
                 raise _Reconnect(f"{code}: {message}")
         elif t == "normalisation":
             self._norm_arrived = [m.get("normalisation")]

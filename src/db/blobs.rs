@@ -226,6 +226,36 @@ impl BlobStore {
         Some(path)
     }
 
+    /// The path of a file to remove for good (a deleted model's): never
+    /// kept as a spare, so its bytes leave the disk.
+    pub fn forget(&self, name: &str) -> Option<std::path::PathBuf> {
+        if name.contains('/') || name.contains("..") {
+            return None;
+        }
+        if let Ok(mut s) = self.spares.lock() {
+            s.open.remove(name);
+        }
+        Some(self.dir.join(name))
+    }
+
+    /// Takes every spare file out of the pool, for removal: a deleted
+    /// model's retired payloads may be among them, and spares are only a
+    /// cache (no row names them).
+    pub fn drain_spares(&self) -> Vec<std::path::PathBuf> {
+        let Ok(mut s) = self.spares.lock() else {
+            return Vec::new();
+        };
+        s.bytes = 0;
+        let files = std::mem::take(&mut s.files);
+        files
+            .into_iter()
+            .map(|(name, _)| {
+                s.open.remove(&name);
+                self.dir.join(name)
+            })
+            .collect()
+    }
+
     /// How many spare files are kept for reuse.
     pub fn spare_count(&self) -> usize {
         self.spares.lock().map(|s| s.files.len()).unwrap_or(0)

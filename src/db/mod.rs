@@ -4,12 +4,14 @@
 
 pub mod acked;
 pub mod blobs;
+mod deletions;
 pub mod health;
 mod reads;
 mod rows;
 pub mod schema;
 mod writes;
 
+pub use deletions::*;
 pub use reads::*;
 pub use rows::*;
 pub use writes::*;

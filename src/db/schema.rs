@@ -107,6 +107,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    model_deletions (id) {
+        id -> BigInt,
+        model -> Text,
+        architecture -> Text,
+        created_at -> Text,
+        last_version -> BigInt,
+        versions -> BigInt,
+        updates -> BigInt,
+        evaluations -> BigInt,
+        files -> BigInt,
+        forced -> Bool,
+        disconnected -> BigInt,
+        deleted_at -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     models,
     versions,
@@ -116,4 +133,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     evaluations,
     metrics,
     harness_runs,
+    model_deletions,
 );

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod events;
 pub mod hub_actor;
+pub mod hub_event;
 pub mod kernel_eval;
 pub mod metrics;
 pub mod outbox;

@@ -615,3 +615,37 @@ impl Handler<RecordVersionEval> for Persister {
         })
     }
 }
+
+/// Deletes a model's rows and records the deletion; its blob files are
+/// removed after the commit. `None`: no such model in the database.
+#[derive(Message)]
+#[rtype(result = "Result<Option<db::ModelDeletion>, DbError>")]
+pub struct DeleteModel {
+    pub model: String,
+    pub forced: bool,
+    pub disconnected: i64,
+}
+
+impl Handler<DeleteModel> for Persister {
+    type Result = Result<Option<db::ModelDeletion>, DbError>;
+    fn handle(&mut self, m: DeleteModel, _: &mut Self::Context) -> Self::Result {
+        let done = self.timed("model_delete", |c| {
+            db::delete_model(c, &m.model, m.forced, m.disconnected)
+        })?;
+        // Removed now rather than kept as spares: the caller is told the
+        // model's bytes are gone when this returns.
+        // Its retired payloads may wait as spares: they go too.
+        Ok(done.map(|(record, files)| {
+            let paths = files
+                .iter()
+                .filter_map(|(name, _)| self.blobs.forget(name))
+                .chain(self.blobs.drain_spares());
+            for path in paths {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("deleting model {}: {}: {e}", record.model, path.display());
+                }
+            }
+            record
+        }))
+    }
+}

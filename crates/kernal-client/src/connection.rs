@@ -14,11 +14,17 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::policy::{self, Next};
 use crate::protocol::{
     ClientMessage, ErrorCode, ModelLayout, Normalisation, NormalisationState, ServerMessage,
     TRAINER_WS_PATH,
 };
 use crate::{EvalReport, Learner, Trained};
+
+fn refused(code: ErrorCode, message: String) -> ClientError {
+    let code = code.as_str().into();
+    ClientError::Refused { code, message }
+}
 
 /// How a trainer behaves: honest, or one of the faults the harness injects.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
@@ -172,6 +178,8 @@ struct Conn {
     /// A `normalisation` message to hand to the learner before it trains
     /// again (it may be training when the message arrives).
     norm_arrived: Option<Option<Normalisation>>,
+    /// The welcome's `max_message_bytes`: no update larger is sent.
+    max_message_bytes: usize,
 }
 
 /// Tells the learner the model's normalisation and the user what it is.
@@ -382,6 +390,7 @@ async fn run_connection<L: Learner>(
         expect_binary_for: None,
         waiting_norm: false,
         norm_arrived: None,
+        max_message_bytes: usize::MAX,
     };
     loop {
         let msg = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
@@ -400,8 +409,10 @@ async fn run_connection<L: Learner>(
                 trainer,
                 model,
                 normalisation,
+                max_message_bytes,
                 ..
             }) => {
+                conn.max_message_bytes = max_message_bytes;
                 let l = ModelLayout { tensors };
                 let check = learner
                     .lock()
@@ -487,16 +498,8 @@ async fn run_connection<L: Learner>(
                     update_id: None,
                     fatal,
                 });
-                return match code {
-                    ErrorCode::BadToken
-                    | ErrorCode::Revoked
-                    | ErrorCode::NotAllowed
-                    | ErrorCode::BadName
-                    | ErrorCode::UnknownModel
-                    | ErrorCode::ProtocolVersion => Flow::Fatal(ClientError::Refused {
-                        code: code.as_str().into(),
-                        message,
-                    }),
+                return match policy::on_error(code, true, false).next {
+                    Next::GiveUp => Flow::Fatal(refused(code, message)),
                     _ => Flow::Reconnect(format!("{code}: {message}")),
                 };
             }
@@ -528,6 +531,9 @@ async fn run_connection<L: Learner>(
         if let Some(p) = pending.as_ref() {
             if !resent {
                 resent = true;
+                if let Err(e) = policy::check_size(p.payload.len(), conn.max_message_bytes) {
+                    return Flow::Fatal(e);
+                }
                 if let Err(e) = send_update(&mut ws, p).await {
                     return Flow::Reconnect(format!("resend: {e}"));
                 }
@@ -662,6 +668,9 @@ async fn run_connection<L: Learner>(
                 payload,
             };
             resent = true;
+            if let Err(e) = policy::check_size(p.payload.len(), conn.max_message_bytes) {
+                return Flow::Fatal(e);
+            }
             if let Err(e) = send_update(&mut ws, &p).await {
                 *pending = Some(p);
                 return Flow::Reconnect(format!("send update: {e}"));
@@ -807,13 +816,10 @@ fn handle_frame(
                     && pending
                         .as_ref()
                         .map(|p| Some(&p.update_id) == update_id.as_ref())
-                        .unwrap_or(false);
-                if ours
-                    && !matches!(
-                        code,
-                        ErrorCode::ShuttingDown | ErrorCode::Replaced | ErrorCode::Internal
-                    )
-                {
+                        == Some(true);
+                // The error table's action for the code (policy.rs).
+                let decision = policy::on_error(code, fatal, ours);
+                if decision.drop_pending {
                     // Refused for good (stale, bad values...): never resend it.
                     *pending = None;
                     summary.refused += 1;
@@ -822,24 +828,11 @@ fn handle_frame(
                         .entry(code.as_str().to_string())
                         .or_default() += 1;
                 }
-                if ours && code == ErrorCode::Internal {
-                    // The hub could not store it (its disk, for example):
-                    // reconnect with backoff and send it again.
-                    return Flow::Reconnect(format!("{code}: {message}"));
+                match decision.next {
+                    Next::GiveUp => Flow::Fatal(refused(code, message)),
+                    Next::Reconnect => Flow::Reconnect(format!("{code}: {message}")),
+                    Next::Continue => Flow::Continue,
                 }
-                if fatal {
-                    return match code {
-                        ErrorCode::Revoked
-                        | ErrorCode::BadToken
-                        | ErrorCode::NotAllowed
-                        | ErrorCode::Replaced => Flow::Fatal(ClientError::Refused {
-                            code: code.as_str().into(),
-                            message,
-                        }),
-                        _ => Flow::Reconnect(format!("{code}: {message}")),
-                    };
-                }
-                Flow::Continue
             }
             Ok(ServerMessage::Goodbye { reason }) => Flow::Reconnect(reason),
             Ok(ServerMessage::Normalisation { normalisation, .. }) => {

@@ -7,6 +7,7 @@
 pub mod connection;
 pub mod events;
 pub mod kernel;
+mod policy;
 pub mod tls;
 
 pub use kernal_core::{data, model, protocol};

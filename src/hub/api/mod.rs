@@ -4,8 +4,10 @@
 //! list below both registers the handlers and builds the document, so the
 //! two cannot drift apart.
 
+pub mod create_checks;
 pub mod harness;
 pub mod learning;
+pub mod model_delete;
 pub mod models;
 pub mod ops;
 pub mod sockets;
@@ -165,6 +167,8 @@ endpoints!(
     models::get_weights,
     models::list_evaluations,
     models::rollback,
+    model_delete::delete_model,
+    model_delete::deleted_models,
     learning::freeze_normalisation,
     learning::put_evalset,
     trainers::list_trainers,

@@ -8,6 +8,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
+use super::create_checks::{self, overrides_from_query};
 use super::AdminRefusals;
 use super::{parse_json, read, read_body, refusal, require_admin, AppState, Created, JSON_LIMIT};
 use crate::aggregation::{AggregationOverrides, Strategy};
@@ -313,27 +314,10 @@ pub async fn create_model(
             }
         }
     };
+    create_checks::update_fits(&msg.layout, &hub_cfg, &st.budget)?;
     let name = msg.name.clone();
     st.hub.send(msg).await?.map_err(refusal)?;
     Ok(HttpResponse::Created().json(Created { name, version: 0 }))
-}
-
-/// Aggregation keys given in a query string, typed as the config types them.
-fn overrides_from_query(q: &HashMap<String, String>) -> Result<AggregationOverrides, ApiError> {
-    let mut map = serde_json::Map::new();
-    for (k, v) in q {
-        let value = v
-            .parse::<i64>()
-            .map(serde_json::Value::from)
-            .or_else(|_| v.parse::<f64>().map(serde_json::Value::from))
-            .unwrap_or_else(|_| serde_json::Value::String(v.clone()));
-        map.insert(k.clone(), value);
-    }
-    let o: AggregationOverrides = crate::config::from_map_naming_key(map)
-        .map_err(|e| ApiError::bad_request(format!("bad aggregation settings: {e}")))?;
-    o.validate()
-        .map_err(|e| ApiError::bad_request(format!("aggregation.{e}")))?;
-    Ok(o)
 }
 
 /// Lists every aggregation key as an optional query parameter of

@@ -5,10 +5,11 @@
 //! own file: [`join`] (hello, join, leave), [`updates`], [`fold`] (making a
 //! version), [`refusals`] (refusing an update, or answering a resend of an
 //! accepted one as a duplicate), [`rollback`], [`learning`] (normalisation, evaluation),
-//! [`admin`] (models, revocation, config, shutdown), [`status`], [`kernel`]
-//! (scoring the built-in language model).
+//! [`admin`] (models, revocation, config, shutdown), [`delete`] (deleting
+//! a model), [`status`], [`kernel`] (scoring the built-in language model).
 
 mod admin;
+mod delete;
 mod fold;
 mod join;
 mod kernel;
@@ -19,6 +20,7 @@ mod status;
 mod updates;
 
 pub use admin::*;
+pub use delete::*;
 pub use join::*;
 pub use learning::*;
 pub use rollback::*;

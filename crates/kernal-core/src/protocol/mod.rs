@@ -10,7 +10,7 @@ pub mod tensors;
 
 use serde::{Deserialize, Serialize};
 
-pub use errors::{ErrorCode, Refusal, Scope};
+pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
 pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
 pub use tensors::{ModelLayout, TensorSpec};
 
