@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod events;
 pub mod hub_actor;
 pub mod metrics;
+pub mod normalisation;
 pub mod outbox;
 pub mod persister;
 pub mod recovery;

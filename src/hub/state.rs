@@ -163,19 +163,6 @@ impl NormState {
         }
     }
 
-    /// Freezes a pool: the pooled statistics, or no normalisation when no
-    /// trainer reported. Anything else is left as it is.
-    pub fn freeze(&mut self) -> bool {
-        let NormState::Pooling { pool } = self else {
-            return false;
-        };
-        *self = match pool.freeze() {
-            Some(normalisation) => NormState::Frozen { normalisation },
-            None => NormState::Off,
-        };
-        true
-    }
-
     /// The stored form (NULL for `Off`).
     pub fn to_stored(&self) -> Option<String> {
         match self {

@@ -5,6 +5,7 @@
 //! on no actix, diesel or SQLite: `cargo tree -p kernal-client` shows it.
 
 pub mod connection;
+mod pooling;
 pub mod tls;
 
 pub use kernal_core::{data, model, protocol};

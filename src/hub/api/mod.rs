@@ -166,6 +166,7 @@ endpoints!(
     models::list_evaluations,
     models::rollback,
     learning::freeze_normalisation,
+    learning::reset_normalisation,
     learning::put_evalset,
     trainers::list_trainers,
     trainers::revoke_trainer,

@@ -96,6 +96,8 @@ error_table! {
         "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, or `num_examples` above the model's limit";
     BadStats = "bad_stats", Message, 400,
         "a `stats` report of the wrong width, with a count of 0 or above `max_num_examples`, non-finite or impossible values (a negative variance, means beyond ±1e9), or for a model without federated normalisation";
+    StatsRejected = "stats_rejected", Message, 400,
+        "your `stats` were left out of the pooled normalisation when it froze: they lie orders of magnitude outside the other trainers' (the message names the feature; a column in other units, say). The model's statistics follow in a `normalisation` message";
     FutureBaseVersion = "future_base_version", Message, 400,
         "`base_version` is newer than the current version";
     StaleUpdate = "stale_update", Message, 400,
