@@ -29,6 +29,16 @@ pub struct Persister {
     started_checkpointer: bool,
     /// The newest acknowledged ledger id, kept beside the database.
     ackmark: Option<db::acked::AckMark>,
+    /// The writer's own checkpoints failing: logged at start, then rate-limited.
+    checkpoint_log: db::health::TroubleLog,
+}
+
+/// Test hook, set by tests only: `KERNAL_TEST_DB_MAX_PAGES` caps the writer's
+/// database at that many pages (SQLite's `max_page_count`; a value below the
+/// current size holds it at its size), so a test gets the real "database or
+/// disk is full" errors of a full disk without filling one.
+fn test_max_pages() -> Option<u64> {
+    std::env::var("KERNAL_TEST_DB_MAX_PAGES").ok()?.parse().ok()
 }
 
 impl Persister {
@@ -47,6 +57,10 @@ impl Persister {
             checkpointer: None,
             started_checkpointer: false,
             ackmark: None,
+            checkpoint_log: db::health::TroubleLog::new(
+                "the writer's WAL checkpoint",
+                std::time::Duration::from_secs(60),
+            ),
         }
     }
 
@@ -65,6 +79,12 @@ impl Persister {
                 diesel::connection::SimpleConnection::batch_execute(
                     &mut c,
                     "PRAGMA wal_autocheckpoint = 0;",
+                )?;
+            }
+            if let Some(pages) = test_max_pages() {
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut c,
+                    &format!("PRAGMA max_page_count = {pages};"),
                 )?;
             }
             self.conn = Some(c);
@@ -100,8 +120,13 @@ impl Persister {
         if due {
             if let Some(c) = self.conn.as_mut() {
                 let start = Instant::now();
-                if let Err(e) = db::wal_checkpoint(c) {
-                    log::warn!("WAL checkpoint failed: {e}");
+                match db::wal_checkpoint(c) {
+                    Ok(_) => {
+                        self.checkpoint_log.succeeded();
+                    }
+                    Err(e) => {
+                        self.checkpoint_log.failed(&e);
+                    }
                 }
                 self.report("checkpoint", start);
             }
@@ -280,6 +305,11 @@ impl Handler<PersistUpdates> for Persister {
                 .map(|_| Err(DbError::Storage(e.to_string())))
                 .collect(),
         };
+        // The batch fell back to row by row and rows failed (a full disk):
+        // the transaction "succeeded", the updates were refused for storage.
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            self.blobs.health().failed(&e.to_string());
+        }
         for (r, f) in results.iter().zip(&files) {
             if let (false, Some(f)) = (matches!(r, Ok(InsertOutcome::Inserted { .. })), f) {
                 blobs.remove(f);
