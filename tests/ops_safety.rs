@@ -77,3 +77,100 @@ async fn healthz_reports_storage_trouble_while_updates_are_refused_for_storage()
     );
     hub.kill9();
 }
+
+/// A config file truncated right after `[hub]` is valid TOML: applying it
+/// would reopen registration and return limits to their defaults. SIGHUP and
+/// the REST reload refuse it with the missing keys named; the operator can
+/// apply it on purpose with `?allow_removed_keys=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_config_file_is_refused_unless_the_operator_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let full =
+        "[hub]\nopen_registration = false\nallowed_trainers = [\"alice\"]\nmax_fragments = 7\n";
+    let mut hub = HubProc::start(dir.path(), full, &[]);
+    let url = hub.url();
+    let ws = hub.ws();
+    let closed = |v: &Value| v["code"] == "not_allowed";
+    let mut r = Raw::connect(&ws).await;
+    r.send_json(json!({"type": "hello", "name": "mallory", "specialty": "s",
+                       "token": "t", "model": "digits"}))
+        .await;
+    let v = r.expect_error().await;
+    assert!(closed(&v), "registration is closed: {v}");
+    std::fs::write(dir.path().join("hub.toml"), "[hub]\n").unwrap();
+
+    // SIGHUP: refused, the keys named in the log, the old config in force.
+    let pid = hub.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let log = hub.log.clone();
+    wait_for(
+        "the refusal logged",
+        std::time::Duration::from_secs(10),
+        || {
+            let l = log.lock().unwrap().clone();
+            async move {
+                (l.contains("config reload refused") && l.contains("hub.open_registration"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let mut m = Raw::connect(&ws).await;
+    m.send_json(json!({"type": "hello", "name": "mallory", "specialty": "s",
+                       "token": "t", "model": "digits"}))
+        .await;
+    let v = m.expect_error().await;
+    assert!(closed(&v), "registration stays closed: {v}");
+
+    // REST: 409 naming every key the file dropped.
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{url}/v1/admin/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["message"].as_str().unwrap();
+    for k in [
+        "hub.open_registration",
+        "hub.allowed_trainers",
+        "hub.max_fragments",
+    ] {
+        assert!(msg.contains(k), "{k}: {body}");
+    }
+    assert_eq!(body["code"], "conflict");
+    // A file that keeps every key (and changes one) still reloads.
+    std::fs::write(dir.path().join("hub.toml"), full.replace("= 7", "= 8")).unwrap();
+    let r = c
+        .post(format!("{url}/v1/admin/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Said on purpose: applied, the dropped keys back to their defaults.
+    std::fs::write(dir.path().join("hub.toml"), "[hub]\n").unwrap();
+    let r = c
+        .post(format!("{url}/v1/admin/reload?allow_removed_keys=true"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["changed"]
+            .to_string()
+            .contains("hub.open_registration"),
+        "{body}"
+    );
+    let (_, w, _) = Raw::hello(&ws, "mallory", "tok", "digits").await;
+    assert_eq!(w["type"], "welcome");
+    hub.kill9();
+}

@@ -52,7 +52,8 @@ pub struct AppState {
     /// Per-update counters the sessions write directly.
     pub hot: Arc<HotMetrics>,
     pub started_at: String,
-    pub reload: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
+    pub reload:
+        Arc<dyn Fn(bool) -> Result<Vec<String>, crate::hub::reload::ReloadError> + Send + Sync>,
 }
 
 impl AppState {
