@@ -115,12 +115,16 @@ fn start_own_hub(args: &BenchArgs) -> Result<ChildHub, BenchError> {
     // A benchmark makes thousands of versions nobody will download: keep the
     // newest few checkpoints, as a production hub keeps a bounded history.
     hub.insert("keep_weights_versions".into(), 3i64.into());
-    // Every synthetic trainer connects from this one address; a real fleet
-    // comes from many, so the per-address cap is the hub-wide one here.
-    hub.insert(
-        "max_prehello_per_ip".into(),
-        ((args.trainers + 16) as i64).into(),
-    );
+    // Every synthetic trainer connects (and registers) from this one
+    // address; a real fleet comes from many, so per-address caps are
+    // hub-wide ones here.
+    for key in [
+        "max_prehello_per_ip",
+        "registrations_per_ip_per_hour",
+        "max_trainers",
+    ] {
+        hub.insert(key.into(), ((args.trainers + 16) as i64).into());
+    }
     if max_msg > 128 << 20 {
         // A message holds its bytes in the in-flight budget: a 400 MB update
         // needs a budget of that size, held by one connection at a time.

@@ -174,3 +174,97 @@ async fn a_truncated_config_file_is_refused_unless_the_operator_allows_it() {
     assert_eq!(w["type"], "welcome");
     hub.kill9();
 }
+
+/// The first message a hello gets: a welcome or an error.
+async fn hello_answer(ws: &str, name: &str) -> Value {
+    let mut r = Raw::connect(ws).await;
+    r.send_json(
+        json!({"type": "hello", "protocol": 2, "name": name, "specialty": "s",
+                       "token": "tok", "model": "digits"}),
+    )
+    .await;
+    r.next_json_skipping_models().await
+}
+
+/// Registration is bounded: a cap on registered trainers and a rate per
+/// address (both live-reloadable, range-checked, with their own codes), and
+/// `GET /v1/trainers` pages like `/v1/updates`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_capped_and_rate_limited_and_the_list_is_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |cap: u32, rate: u32| {
+        format!("[hub]\nmax_trainers = {cap}\nregistrations_per_ip_per_hour = {rate}\n")
+    };
+    let mut hub = HubProc::start(dir.path(), &cfg(2, 100), &[]);
+    let (url, ws) = (hub.url(), hub.ws());
+    for name in ["t1", "t2"] {
+        assert_eq!(hello_answer(&ws, name).await["type"], "welcome");
+    }
+    let e = hello_answer(&ws, "t3").await;
+    assert_eq!(e["code"], "too_many_trainers", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("hub.max_trainers"),
+        "{e}"
+    );
+    assert_eq!(
+        hello_answer(&ws, "t1").await["type"],
+        "welcome",
+        "registered names join"
+    );
+
+    let c = reqwest::Client::new();
+    let reload = || {
+        c.post(format!("{url}/v1/admin/reload"))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    // Range-checked on reload, naming the key.
+    std::fs::write(dir.path().join("hub.toml"), cfg(0, 100)).unwrap();
+    let r = reload().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("hub.max_trainers"),
+        "{body}"
+    );
+    // Live: a larger cap, and a rate of 1 per hour from this address: the
+    // bucket now holds at most one registration.
+    std::fs::write(dir.path().join("hub.toml"), cfg(100, 1)).unwrap();
+    assert_eq!(reload().await.unwrap().status(), 200);
+    assert_eq!(hello_answer(&ws, "t3").await["type"], "welcome");
+    let e = hello_answer(&ws, "t4").await;
+    assert_eq!(e["code"], "too_many_registrations", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("127.0.0.1"), "{e}");
+    assert_eq!(
+        hello_answer(&ws, "t2").await["type"],
+        "welcome",
+        "registered names join"
+    );
+
+    // Paged by name with the parameters of /v1/updates.
+    let page = get_json(&format!("{url}/v1/trainers?limit=2")).await;
+    let names: Vec<&str> = page["trainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["t1", "t2"], "{page}");
+    assert_eq!(page["next_after"], "t2");
+    let page = get_json(&format!("{url}/v1/trainers?limit=2&after=t2")).await;
+    assert_eq!(page["trainers"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["trainers"][0]["name"], "t3");
+    assert!(page["next_after"].is_null(), "{page}");
+    let all = get_json(&format!("{url}/v1/trainers")).await;
+    assert_eq!(all["trainers"].as_array().unwrap().len(), 3, "{all}");
+    let r = c
+        .get(format!("{url}/v1/trainers?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    hub.kill9();
+}

@@ -30,6 +30,7 @@ _FATAL_AT_HELLO = {
     "bad_token",
     "revoked",
     "not_allowed",
+    "too_many_trainers",
     "bad_name",
     "unknown_model",
     "protocol_version",

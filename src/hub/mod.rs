@@ -13,6 +13,7 @@ pub mod normalisation;
 pub mod outbox;
 pub mod persister;
 pub mod recovery;
+pub mod registration;
 pub mod reload;
 pub mod secrets;
 pub mod session;

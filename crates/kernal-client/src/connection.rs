@@ -519,6 +519,7 @@ async fn run_connection<L: Learner>(
                     | ErrorCode::NotAllowed
                     | ErrorCode::BadName
                     | ErrorCode::UnknownModel
+                    | ErrorCode::TooManyTrainers
                     | ErrorCode::ProtocolVersion => Flow::Fatal(ClientError::Refused {
                         code: code.as_str().into(),
                         message,

@@ -101,6 +101,8 @@ pub struct Hub {
     blobs: BlobStore,
     /// Read connections, for payloads and checkpoints read back off the actor.
     pool: DbPool,
+    /// New names registered per address (`hub.registrations_per_ip_per_hour`).
+    registrations: crate::hub::registration::RegistrationLimiter,
 }
 
 /// What the hub is started with.
@@ -140,6 +142,7 @@ impl Hub {
             persisting: false,
             blobs: p.blobs,
             pool: p.pool,
+            registrations: Default::default(),
         }
     }
 

@@ -72,6 +72,10 @@ error_table! {
         "an administrator revoked this trainer";
     NotAllowed = "not_allowed", Connection, 403,
         "registration is closed and the name is not in `allowed_trainers`";
+    TooManyTrainers = "too_many_trainers", Connection, 409,
+        "a new name while the hub has `max_trainers` registered trainers (registered names still join)";
+    TooManyRegistrations = "too_many_registrations", Connection, 429,
+        "this address registered `registrations_per_ip_per_hour` new names within the hour; registered names still join";
     BadName = "bad_name", Connection, 400,
         "name or specialty has bad characters or length";
     UnknownModel = "unknown_model", Connection, 404,
