@@ -59,6 +59,15 @@ impl StorageHealth {
         }
     }
 
+    /// What failed works again (an update was stored): the trouble ends
+    /// now, not [`TROUBLE_WINDOW`] later.
+    pub fn recovered(&self) {
+        if let Ok(mut t) = self.last_failure.lock() {
+            *t = None;
+        }
+        self.wrote();
+    }
+
     fn recently_failed(&self) -> bool {
         self.last_failure
             .lock()

@@ -305,8 +305,15 @@ impl Handler<PersistUpdates> for Persister {
                 .map(|_| Err(DbError::Storage(e.to_string())))
                 .collect(),
         };
-        // The batch fell back to row by row and rows failed (a full disk):
-        // the transaction "succeeded", the updates were refused for storage.
+        // An update stored ends a storage trouble at once. But the batch may
+        // have fallen back to row by row with rows failing (a full disk):
+        // the transaction "succeeded", those updates were refused for storage.
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(InsertOutcome::Inserted { .. })))
+        {
+            self.blobs.health().recovered();
+        }
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             self.blobs.health().failed(&e.to_string());
         }
