@@ -56,6 +56,8 @@ pub struct HubConfig {
     pub min_upload_bytes_per_sec: u64,
     pub max_model_params: u64,
     pub max_models: usize,
+    pub max_trainers: usize,
+    pub registrations_per_ip_per_hour: u32,
     pub keep_weights_versions: u64,
     pub db_cache_kib: u64,
     pub shutdown_timeout_secs: u64,
@@ -346,6 +348,14 @@ impl Config {
             h.max_pending_handshakes,
             1.0,
             1e6,
+            Ends::Closed,
+        )?;
+        range::key("hub.max_trainers", h.max_trainers, 1.0, 1e7, Ends::Closed)?;
+        range::key(
+            "hub.registrations_per_ip_per_hour",
+            h.registrations_per_ip_per_hour,
+            1.0,
+            1e9,
             Ends::Closed,
         )?;
         range::key(

@@ -273,7 +273,15 @@ class Trainer:
                     (n,) = self._norm_arrived
                     self._norm_arrived = None
                     self._waiting_norm = False
-                    self._set_normalisation(n)
+                    if n is not None and n.get("state") == "pooling" and self._stats is not None:
+                        # An administrator reset the model's statistics: send
+                        # ours again and wait for the new freeze.
+                        await ws.send(json.dumps(self._stats.message()))
+                        self._waiting_norm = True
+                        self.normalisation = None
+                        self._emit("normalisation", state="pooling", features=n["features"], trainers=n.get("trainers", 0))
+                    else:
+                        self._set_normalisation(n)
                 latest = self._latest
                 if (
                     latest is not None

@@ -185,6 +185,7 @@ pub fn start_checkpointer(path: &Path) -> Option<Arc<AtomicBool>> {
         .name("kernal-checkpoint".into())
         .spawn(move || {
             let mut conn = None;
+            let mut trouble = health::TroubleLog::new("WAL checkpoint", Duration::from_secs(60));
             loop {
                 std::thread::sleep(Duration::from_millis(500));
                 if conn.is_none() {
@@ -192,12 +193,16 @@ pub fn start_checkpointer(path: &Path) -> Option<Arc<AtomicBool>> {
                 }
                 if let Some(c) = conn.as_mut() {
                     match wal_checkpoint(c) {
-                        Ok(frames) if frames >= WAL_RESTART_FRAMES => {
-                            flag.store(true, Ordering::Release)
+                        Ok(frames) => {
+                            trouble.succeeded();
+                            if frames >= WAL_RESTART_FRAMES {
+                                flag.store(true, Ordering::Release)
+                            }
                         }
-                        Ok(_) => {}
                         Err(e) => {
-                            log::warn!("WAL checkpoint failed: {e}");
+                            // Every 500 ms while the disk is full: logged
+                            // when it starts, each minute, and when it ends.
+                            trouble.failed(&e);
                             conn = None;
                         }
                     }

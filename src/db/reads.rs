@@ -193,6 +193,24 @@ pub fn list_trainers(conn: &mut SqliteConnection) -> Result<Vec<TrainerRow>, DbE
         .load(conn)?)
 }
 
+/// At most `limit` registered trainers by name, those after `after` (a
+/// name) when given: a page of `GET /v1/trainers`.
+pub fn list_trainers_page(
+    conn: &mut SqliteConnection,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TrainerRow>, DbError> {
+    let mut q = trainers::table
+        .order(trainers::name.asc())
+        .select(TrainerRow::as_select())
+        .limit(limit)
+        .into_boxed();
+    if let Some(a) = after {
+        q = q.filter(trainers::name.gt(a.to_string()));
+    }
+    Ok(q.load(conn)?)
+}
+
 /// Which ledger rows to list.
 #[derive(Debug, Clone, Default)]
 pub struct UpdateFilter<'a> {

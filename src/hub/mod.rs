@@ -11,9 +11,11 @@ pub mod hub_actor;
 pub mod hub_event;
 pub mod kernel_eval;
 pub mod metrics;
+pub mod normalisation;
 pub mod outbox;
 pub mod persister;
 pub mod recovery;
+pub mod registration;
 pub mod reload;
 pub mod round;
 pub mod secrets;
@@ -127,7 +129,7 @@ impl HubHandle {
     }
 
     /// Re-reads the config and applies what can change live.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
+    pub fn reload(&self) -> Result<Vec<String>, reload::ReloadError> {
         self.reloader.reload()
     }
 }
@@ -235,7 +237,7 @@ pub async fn start_hub(
         budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),
         hot,
         started_at: db::now(),
-        reload: Arc::new(move || reload_handle.reload()),
+        reload: Arc::new(move |allow_removed_keys| reload_handle.reload_with(allow_removed_keys)),
     };
     let addr = listener
         .local_addr()

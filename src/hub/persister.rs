@@ -31,6 +31,16 @@ pub struct Persister {
     ackmark: Option<db::acked::AckMark>,
     /// The writer's page cache (KiB, `hub.db_cache_kib`).
     cache_kib: u64,
+    /// The writer's own checkpoints failing: logged at start, then rate-limited.
+    checkpoint_log: db::health::TroubleLog,
+}
+
+/// Test hook, set by tests only: `KERNAL_TEST_DB_MAX_PAGES` caps the writer's
+/// database at that many pages (SQLite's `max_page_count`; a value below the
+/// current size holds it at its size), so a test gets the real "database or
+/// disk is full" errors of a full disk without filling one.
+fn test_max_pages() -> Option<u64> {
+    std::env::var("KERNAL_TEST_DB_MAX_PAGES").ok()?.parse().ok()
 }
 
 impl Persister {
@@ -50,6 +60,10 @@ impl Persister {
             started_checkpointer: false,
             ackmark: None,
             cache_kib: db::DEFAULT_CACHE_KIB,
+            checkpoint_log: db::health::TroubleLog::new(
+                "the writer's WAL checkpoint",
+                std::time::Duration::from_secs(60),
+            ),
         }
     }
 
@@ -75,6 +89,12 @@ impl Persister {
                 diesel::connection::SimpleConnection::batch_execute(
                     &mut c,
                     "PRAGMA wal_autocheckpoint = 0;",
+                )?;
+            }
+            if let Some(pages) = test_max_pages() {
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut c,
+                    &format!("PRAGMA max_page_count = {pages};"),
                 )?;
             }
             self.conn = Some(c);
@@ -110,8 +130,13 @@ impl Persister {
         if due {
             if let Some(c) = self.conn.as_mut() {
                 let start = Instant::now();
-                if let Err(e) = db::wal_checkpoint(c) {
-                    log::warn!("WAL checkpoint failed: {e}");
+                match db::wal_checkpoint(c) {
+                    Ok(_) => {
+                        self.checkpoint_log.succeeded();
+                    }
+                    Err(e) => {
+                        self.checkpoint_log.failed(&e);
+                    }
                 }
                 self.report("checkpoint", start);
             }
@@ -290,6 +315,18 @@ impl Handler<PersistUpdates> for Persister {
                 .map(|_| Err(DbError::Storage(e.to_string())))
                 .collect(),
         };
+        // An update stored ends a storage trouble at once. But the batch may
+        // have fallen back to row by row with rows failing (a full disk):
+        // the transaction "succeeded", those updates were refused for storage.
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(InsertOutcome::Inserted { .. })))
+        {
+            self.blobs.health().recovered();
+        }
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            self.blobs.health().failed(&e.to_string());
+        }
         for (r, f) in results.iter().zip(&files) {
             if let (false, Some(f)) = (matches!(r, Ok(InsertOutcome::Inserted { .. })), f) {
                 blobs.remove(f);

@@ -1,7 +1,14 @@
 //! Reloading the config of a running hub (SIGHUP, `POST /v1/admin/reload`):
 //! the whole file is validated first; live keys change now, restart-only
-//! keys ([`RESTART_ONLY`]) are reported and left as they were.
+//! keys ([`RESTART_ONLY`]) are reported and left as they were. A file that
+//! no longer sets keys the running file set (a truncated save: `[hub]` and
+//! nothing after it is valid TOML) is refused with the keys named, since
+//! applying it would silently put them back to their defaults (registration
+//! open, limits loosened), unless the operator says so
+//! (`?allow_removed_keys=true`; for SIGHUP, a restart).
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use actix::Addr;
@@ -30,8 +37,49 @@ pub const RESTART_ONLY: &[&str] = &[
 /// Keys whose values are never written to the log.
 const SECRET: &[&str] = &["admin_token"];
 
+/// Why a reload was refused (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file (or environment) is not a valid configuration.
+    #[error("{0}")]
+    Invalid(String),
+    /// The file parses but no longer sets keys the running file set.
+    #[error("the config file no longer sets {} (the running file sets them; a truncated save?); applying it would return them to their defaults. Fix the file, or apply it as it is with POST /v1/admin/reload?allow_removed_keys=true (or restart the hub)", .0.join(", "))]
+    RemovedKeys(Vec<String>),
+}
+
+/// The dotted names of every value a TOML file sets (`hub.max_models`,
+/// `models.digits.min_updates`); an array counts as one value.
+pub fn keys_set(path: &Path) -> Result<BTreeSet<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{} is not TOML: {e}", path.display()))?;
+    fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeSet<String>) {
+        for (k, v) in t {
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(sub) => walk(&name, sub, out),
+                _ => {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk("", &table, &mut out);
+    Ok(out)
+}
+
 pub struct Reloader {
     source: ConfigSource,
+    /// The keys the running config file sets (empty without a file).
+    file_keys: Mutex<BTreeSet<String>>,
     current: Mutex<Config>,
     hub: Addr<Hub>,
     /// The hub settings the HTTP handlers read.
@@ -65,32 +113,72 @@ impl Reloader {
         hub: Addr<Hub>,
         live: Arc<RwLock<HubConfig>>,
     ) -> Self {
+        let file_keys = source
+            .file
+            .as_deref()
+            .and_then(|f| keys_set(f).ok())
+            .unwrap_or_default();
         Reloader {
             source,
+            file_keys: Mutex::new(file_keys),
             current: Mutex::new(current),
             hub,
             live,
         }
     }
 
-    pub fn reload(&self) -> Result<Vec<String>, String> {
+    /// Reloads, refusing a file that drops keys the running file set
+    /// (what SIGHUP does).
+    pub fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        self.reload_with(false)
+    }
+
+    /// Reloads; with `allow_removed_keys` a file that no longer sets some
+    /// keys applies, and those keys return to their defaults.
+    pub fn reload_with(&self, allow_removed_keys: bool) -> Result<Vec<String>, ReloadError> {
         let new = if self.source.file.is_some() || self.source.use_env {
             Config::from_sources(
                 self.source.file.as_deref(),
                 self.source.use_env,
                 &self.source.cli,
             )
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?
         } else {
             self.current
                 .lock()
-                .map_err(|_| "config lock poisoned".to_string())?
+                .map_err(|_| ReloadError::Invalid("config lock poisoned".into()))?
                 .clone()
         };
+        let new_keys = match self.source.file.as_deref() {
+            Some(f) => keys_set(f).map_err(ReloadError::Invalid)?,
+            None => BTreeSet::new(),
+        };
+        let mut file_keys = self
+            .file_keys
+            .lock()
+            .map_err(|_| ReloadError::Invalid("config lock poisoned".into()))?;
+        let removed: Vec<String> = file_keys.difference(&new_keys).cloned().collect();
+        if !removed.is_empty() && !allow_removed_keys {
+            return Err(ReloadError::RemovedKeys(removed));
+        }
+        let mut notes = self.apply(new)?;
+        for k in &removed {
+            let note = format!(
+                "{k} no longer set in the file: back to its default (allowed by the operator)"
+            );
+            log::warn!("config reload: {note}");
+            notes.push(note);
+        }
+        *file_keys = new_keys;
+        Ok(notes)
+    }
+
+    fn apply(&self, new: Config) -> Result<Vec<String>, ReloadError> {
+        let invalid = ReloadError::Invalid;
         let mut cur = self
             .current
             .lock()
-            .map_err(|_| "config lock poisoned".to_string())?;
+            .map_err(|_| invalid("config lock poisoned".into()))?;
         let mut notes = Vec::new();
         if new.log.level != cur.log.level {
             if crate::logging::set_level(&new.log.level) {
@@ -104,8 +192,8 @@ impl Reloader {
         }
         let mut applied = new.clone();
         // Restart-only keys stay as they were; the others apply now.
-        let mut hub = serde_json::to_value(&new.hub).map_err(|e| e.to_string())?;
-        let old = serde_json::to_value(&cur.hub).map_err(|e| e.to_string())?;
+        let mut hub = serde_json::to_value(&new.hub).map_err(|e| invalid(e.to_string()))?;
+        let old = serde_json::to_value(&cur.hub).map_err(|e| invalid(e.to_string()))?;
         for (key, was, now) in changed_hub_keys(&cur.hub, &new.hub) {
             if RESTART_ONLY.contains(&key.as_str()) {
                 notes.push(format!(
@@ -116,13 +204,14 @@ impl Reloader {
                 notes.push(format!("hub.{key} changed from {was} to {now}"));
             }
         }
-        applied.hub = serde_json::from_value(hub).map_err(|e| e.to_string())?;
+        applied.hub = serde_json::from_value(hub).map_err(|e| invalid(e.to_string()))?;
         if let Ok(mut l) = self.live.write() {
             *l = applied.hub.clone();
         }
         let changed =
-            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
-                .map_err(|e| format!("hub unavailable: {e}"))?;
+            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
+                .map_err(invalid)?
+                .map_err(|e| invalid(format!("hub unavailable: {e}")))?;
         notes.extend(changed);
         for n in &notes {
             log::info!("config reload: {n}");

@@ -97,19 +97,6 @@ impl NormState {
         }
     }
 
-    /// Freezes a pool: the pooled statistics, or no normalisation when no
-    /// trainer reported. Anything else is left as it is.
-    pub fn freeze(&mut self) -> bool {
-        let NormState::Pooling { pool } = self else {
-            return false;
-        };
-        *self = match pool.freeze() {
-            Some(normalisation) => NormState::Frozen { normalisation },
-            None => NormState::Off,
-        };
-        true
-    }
-
     /// The stored form (NULL for `Off`).
     pub fn to_stored(&self) -> Option<String> {
         match self {
@@ -487,12 +474,14 @@ pub enum Admission {
     Register,
 }
 
-/// Who may join, given the registry and the registration policy.
+/// Who may join, given the registry, the registration policy and the cap
+/// on registered trainers (`hub.max_trainers`).
 pub fn admit(
     trainers: &HashMap<String, TrainerInfo>,
     name: &str,
     open_registration: bool,
     allowed: &[String],
+    max_trainers: usize,
 ) -> Result<Admission, Refusal> {
     match trainers.get(name) {
         Some(t) if t.revoked => Err(Refusal::new(
@@ -511,7 +500,12 @@ pub fn admit(
             })
         }
         None => {
-            if open_registration || allowed.iter().any(|a| a == name) {
+            if trainers.len() >= max_trainers {
+                Err(Refusal::new(
+                    ErrorCode::TooManyTrainers,
+                    format!("trainer `{name}` cannot register: this hub has {} registered trainers, its limit (hub.max_trainers); registered names still join", trainers.len()),
+                ))
+            } else if open_registration || allowed.iter().any(|a| a == name) {
                 Ok(Admission::Register)
             } else {
                 Err(Refusal::new(
@@ -580,22 +574,28 @@ mod tests {
             },
         );
         assert_eq!(
-            admit(&reg, "a", true, &[]),
+            admit(&reg, "a", true, &[], 10),
             Ok(Admission::Verify {
                 token_hash: "h".into()
             })
         );
-        assert_eq!(admit(&reg, "new", true, &[]), Ok(Admission::Register));
+        assert_eq!(admit(&reg, "new", true, &[], 10), Ok(Admission::Register));
         assert_eq!(
-            admit(&reg, "r", true, &[]).unwrap_err().code,
+            admit(&reg, "r", true, &[], 10).unwrap_err().code,
             ErrorCode::Revoked
         );
         assert_eq!(
-            admit(&reg, "new", false, &[]).unwrap_err().code,
+            admit(&reg, "new", false, &[], 10).unwrap_err().code,
             ErrorCode::NotAllowed
         );
+        // At the cap a new name is refused; a registered one still joins.
         assert_eq!(
-            admit(&reg, "new", false, &["new".to_string()]),
+            admit(&reg, "new", true, &[], 2).unwrap_err().code,
+            ErrorCode::TooManyTrainers
+        );
+        assert!(admit(&reg, "a", true, &[], 2).is_ok());
+        assert_eq!(
+            admit(&reg, "new", false, &["new".to_string()], 10),
             Ok(Admission::Register)
         );
     }

@@ -160,7 +160,7 @@ struct Pending {
     payload: Vec<u8>,
 }
 
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     /// Reconnect (the connection ended or the hub asked us to go).
     Reconnect(String),
@@ -183,7 +183,7 @@ struct Conn {
 }
 
 /// Tells the learner the model's normalisation and the user what it is.
-fn apply_normalisation<L: Learner>(
+pub(crate) fn apply_normalisation<L: Learner>(
     learner: &Arc<std::sync::Mutex<L>>,
     norm: Option<&Normalisation>,
     on_event: &mut (impl FnMut(&ClientEvent) + Send),
@@ -201,7 +201,7 @@ fn apply_normalisation<L: Learner>(
     Ok(())
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Runs a trainer until `max_versions` are trained, `stop` resolves, or a
@@ -436,47 +436,15 @@ async fn run_connection<L: Learner>(
                 let pooling = normalisation
                     .as_ref()
                     .filter(|n| n.state == NormalisationState::Pooling);
-                let stats = match pooling {
-                    Some(_) => learner
-                        .lock()
-                        .map_err(|_| "learner poisoned".to_string())
-                        .map(|l| l.feature_stats()),
-                    None => Ok(None),
-                };
-                let stats = match stats {
-                    Ok(s) => s,
-                    Err(e) => return Flow::Fatal(ClientError::Learner(e)),
-                };
-                match (pooling, stats) {
-                    (Some(n), Some(st)) => {
-                        // Contribute to the shared statistics and train only
-                        // once they are frozen.
-                        let m = ClientMessage::Stats {
-                            count: st.count,
-                            sum: st.sum,
-                            sumsq: st.sumsq,
-                        };
-                        if let Err(e) = ws
-                            .send(Message::Text(serde_json::to_string(&m).unwrap_or_default()))
-                            .await
-                        {
-                            return Flow::Reconnect(format!("send stats: {e}"));
-                        }
-                        conn.waiting_norm = true;
-                        on_event(&ClientEvent::Normalisation {
-                            state: "pooling".into(),
-                            features: n.features,
-                            trainers: n.trainers,
-                        });
-                    }
-                    (Some(_), None) => {
-                        // Nothing to contribute: train on the inputs as they
-                        // are until the model's statistics arrive.
-                        if let Err(e) = apply_normalisation(learner, None, on_event) {
-                            return Flow::Fatal(e);
-                        }
-                    }
-                    (None, _) => {
+                match pooling {
+                    // Contribute to the shared statistics and train only
+                    // once they are frozen.
+                    Some(n) => match crate::pooling::join_pool(&mut ws, learner, n, on_event).await
+                    {
+                        Ok(waiting) => conn.waiting_norm = waiting,
+                        Err(flow) => return flow,
+                    },
+                    None => {
                         if let Err(e) =
                             apply_normalisation(learner, normalisation.as_ref(), on_event)
                         {
@@ -542,7 +510,17 @@ async fn run_connection<L: Learner>(
         }
         if let Some(norm) = conn.norm_arrived.take() {
             conn.waiting_norm = false;
-            if let Err(e) = apply_normalisation(learner, norm.as_ref(), on_event) {
+            let repooling = norm
+                .as_ref()
+                .filter(|n| n.state == NormalisationState::Pooling);
+            if let Some(n) = repooling {
+                // An administrator reset the model's statistics: send ours
+                // again and wait for the new freeze, as after a welcome.
+                match crate::pooling::join_pool(&mut ws, learner, n, on_event).await {
+                    Ok(waiting) => conn.waiting_norm = waiting,
+                    Err(flow) => return flow,
+                }
+            } else if let Err(e) = apply_normalisation(learner, norm.as_ref(), on_event) {
                 return Flow::Fatal(e);
             }
         }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod events;
 pub mod kernel;
 mod policy;
+mod pooling;
 pub mod tls;
 
 pub use kernal_core::{data, model, protocol};

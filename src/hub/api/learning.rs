@@ -61,6 +61,53 @@ pub async fn freeze_normalisation(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+pub struct Reset {
+    pub model: String,
+    /// The model's normalisation now: `pooling`, with no report yet.
+    pub normalisation: Option<Normalisation>,
+}
+
+/// Undoes a bad freeze (admin): the model's input normalisation goes back
+/// to pooling, its frozen statistics (or the reports pooled so far) are
+/// dropped, and every connected trainer of the model gets a `normalisation`
+/// message with `state: pooling`, sends fresh statistics and waits for the
+/// new freeze. The current weights stay: they were trained on the old
+/// scaling (roll back to a version from before the bad freeze, or keep
+/// training; see the README).
+#[utoipa::path(
+    tag = "models",
+    security(("adminToken" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "Pooling again", body = Reset),
+        AdminRefusals,
+        (status = 404, description = "No such model (`unknown_model`)", body = ErrorBody),
+        (status = 409, description = "The model has no input normalisation", body = ErrorBody),
+        (status = 503, description = "The hub is unavailable", body = ErrorBody),
+    )
+)]
+#[post("/v1/models/{model}/normalisation/reset")]
+pub async fn reset_normalisation(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &st)?;
+    let model = path.into_inner();
+    let normalisation = st
+        .hub
+        .send(hub_actor::ResetNormalisation {
+            model: model.clone(),
+        })
+        .await?
+        .map_err(refusal)?;
+    Ok(HttpResponse::Ok().json(Reset {
+        model,
+        normalisation,
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct EvalsetStored {
     pub model: String,
     pub rows: usize,

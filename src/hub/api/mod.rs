@@ -54,7 +54,8 @@ pub struct AppState {
     /// Per-update counters the sessions write directly.
     pub hot: Arc<HotMetrics>,
     pub started_at: String,
-    pub reload: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
+    pub reload:
+        Arc<dyn Fn(bool) -> Result<Vec<String>, crate::hub::reload::ReloadError> + Send + Sync>,
 }
 
 impl AppState {
@@ -170,6 +171,7 @@ endpoints!(
     model_delete::delete_model,
     model_delete::deleted_models,
     learning::freeze_normalisation,
+    learning::reset_normalisation,
     learning::put_evalset,
     trainers::list_trainers,
     trainers::revoke_trainer,

@@ -45,9 +45,11 @@ pub async fn healthz(st: web::Data<AppState>) -> HttpResponse {
         }
     }
     let health = st.blobs.health();
-    if health.failing() {
+    if health.troubled() {
+        // Until no write has failed for 30 s: a full disk still lets small
+        // writes through between the refused updates.
         problems.push(format!(
-            "the hub cannot write to its storage: {}",
+            "the hub cannot write to its storage (updates may be refused): {}",
             health.last_error().unwrap_or_default()
         ));
     }
@@ -150,25 +152,45 @@ pub struct Reloaded {
     pub changed: Vec<String>,
 }
 
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct ReloadQuery {
+    /// Apply a file that no longer sets keys the running file set (they
+    /// return to their defaults). Without it such a file is refused (409)
+    /// with the keys named: a truncated save must not reopen registration.
+    #[serde(default)]
+    pub allow_removed_keys: bool,
+}
+
 /// Re-reads the config file and applies what can change live (admin).
 #[utoipa::path(
     tag = "ops",
     security(("adminToken" = [])),
+    params(ReloadQuery),
     responses(
         (status = 200, description = "Reloaded", body = Reloaded),
         (status = 400, description = "The file is invalid; the old config stays", body = ErrorBody),
         AdminRefusals,
+        (status = 409, description = "The file no longer sets keys the running file set (named); the old config stays (`conflict`)", body = ErrorBody),
     )
 )]
 #[post("/v1/admin/reload")]
-pub async fn reload(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn reload(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    query: web::Query<ReloadQuery>,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &st)?;
     let f = st.reload.clone();
-    match web::block(move || f()).await? {
+    let allow = query.allow_removed_keys;
+    match web::block(move || f(allow)).await? {
         Ok(changed) => Ok(HttpResponse::Ok().json(Reloaded {
             reloaded: true,
             changed,
         })),
-        Err(e) => Err(ApiError::bad_request(e)),
+        Err(e @ crate::hub::reload::ReloadError::RemovedKeys(_)) => Err(ApiError::new(
+            crate::protocol::ErrorCode::Conflict,
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
     }
 }

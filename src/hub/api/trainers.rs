@@ -1,8 +1,10 @@
 //! Registered trainers: list, revoke, reinstate.
 
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::IntoParams;
 
+use super::models::limit;
 use super::AdminRefusals;
 use super::{read, refusal, require_admin, AppState};
 use crate::db;
@@ -34,19 +36,48 @@ pub struct TrainerView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TrainersList {
     pub trainers: Vec<TrainerView>,
+    /// The `after` of the next page, or none when this page reached the
+    /// last registered name.
+    pub next_after: Option<String>,
 }
 
-/// Registered trainers with live figures.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TrainersQuery {
+    /// At most this many trainers (1 to 100000, default 1000).
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<i64>,
+    /// Paging: the trainers whose names sort after this one. Without it,
+    /// the first `limit` names.
+    pub after: Option<String>,
+}
+
+/// Registered trainers with live figures, by name, a page at a time: pass
+/// each page's `next_after` as `after` until it is null (as `/v1/updates`).
 #[utoipa::path(
     tag = "trainers",
+    params(TrainersQuery),
     responses(
-        (status = 200, description = "Every registered trainer", body = TrainersList),
+        (status = 200, description = "A page of registered trainers", body = TrainersList),
+        (status = 400, description = "Bad query parameter", body = ErrorBody),
         (status = 503, description = "The hub is unavailable", body = ErrorBody),
     )
 )]
 #[get("/v1/trainers")]
-pub async fn list_trainers(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let rows = read(&st.pool, db::list_trainers).await?;
+pub async fn list_trainers(
+    st: web::Data<AppState>,
+    q: web::Query<TrainersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let limit = limit(q.limit, 1000, 100_000)?;
+    let after = q.after;
+    let rows = read(&st.pool, move |c| {
+        db::list_trainers_page(c, after.as_deref(), limit)
+    })
+    .await?;
+    let next_after = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.name.clone()))
+        .flatten();
     let s = st.hub.send(hub_actor::GetStatus).await?;
     let trainers = rows
         .into_iter()
@@ -71,7 +102,10 @@ pub async fn list_trainers(st: web::Data<AppState>) -> Result<HttpResponse, ApiE
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(TrainersList { trainers }))
+    Ok(HttpResponse::Ok().json(TrainersList {
+        trainers,
+        next_after,
+    }))
 }
 
 async fn set_revocation(

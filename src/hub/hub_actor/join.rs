@@ -52,6 +52,7 @@ ErrorCode::ProtocolVersion,
             &m.name,
             self.cfg.hub.open_registration,
             &self.cfg.hub.allowed_trainers,
+            self.cfg.hub.max_trainers,
         )
     }
 }
@@ -94,6 +95,30 @@ impl Handler<Join> for Hub {
                         m.name
                     ),
                 ))));
+            }
+            // Checked again here: other names may have registered since the
+            // hello was admitted.
+            let max = self.cfg.hub.max_trainers;
+            if self.trainers.len() >= max {
+                return Box::pin(fut::ready(Err(Refusal::new(
+                    ErrorCode::TooManyTrainers,
+                    format!(
+                        "trainer `{}` cannot register: this hub has {max} registered trainers, its limit (hub.max_trainers); registered names still join",
+                        m.name
+                    ),
+                ))));
+            }
+            if let Some(ip) = crate::hub::registration::peer_ip(m.remote.as_deref()) {
+                let per_hour = self.cfg.hub.registrations_per_ip_per_hour;
+                if let Err(wait) = self.registrations.take(ip, per_hour, Instant::now()) {
+                    return Box::pin(fut::ready(Err(Refusal::new(
+                        ErrorCode::TooManyRegistrations,
+                        format!(
+                            "trainer `{}` cannot register: {ip} registered {per_hour} new names within the hour (hub.registrations_per_ip_per_hour); try again in {wait:.0} s",
+                            m.name
+                        ),
+                    ))));
+                }
             }
             self.trainers.insert(
                 m.name.clone(),

@@ -6,15 +6,55 @@ use super::*;
 impl Hub {
     /// Fixes a pooling model's normalisation from the pooled statistics (no
     /// normalisation if nobody reported), stores it and tells every trainer
-    /// of the model. Nothing happens to a model that is not pooling.
+    /// of the model. Nothing happens to a model that is not pooling. Reports
+    /// that disagree with no majority are pooled anyway (the deadline or an
+    /// administrator decided; see [`Hub::freeze_if_agreed`]).
     pub(super) fn freeze_normalisation(&mut self, model: &str, reason: &str) {
-        let Some(m) = self.models.get_mut(model) else {
-            return;
-        };
-        if !m.norm.freeze() {
-            return;
+        self.freeze_pool(model, reason, true);
+    }
+
+    /// The freeze once enough trainers reported: reports that disagree with
+    /// no majority (two far apart, say) wait for more reports or the pool's
+    /// deadline instead.
+    fn freeze_if_agreed(&mut self, model: &str, reason: &str) {
+        if !self.freeze_pool(model, reason, false) {
+            log::info!(
+                "model {model}: the statistics reported so far disagree and no majority tells which are right; waiting for more reports (at most normalisation_wait_secs)"
+            );
         }
+    }
+
+    fn freeze_pool(&mut self, model: &str, reason: &str, force: bool) -> bool {
+        let Some(m) = self.models.get_mut(model) else {
+            return false;
+        };
+        let Some(verdict) = m.norm.freeze(force) else {
+            return false;
+        };
         m.norm_since = None;
+        if verdict.undecided {
+            log::warn!(
+                "model {model}: the pooled statistics disagree with no majority (the least typical report is {:.1e} times the others' spread); all were pooled. If the model does not learn, POST /v1/models/{model}/normalisation/reset",
+                verdict.worst_kept_ratio
+            );
+        }
+        for r in &verdict.rejected {
+            log::warn!(
+                "model {model}: statistics of trainer {} left out of the normalisation: {}",
+                r.trainer,
+                r.reason
+            );
+            if let Some(s) = self.sessions.get(&r.trainer).filter(|s| s.model == model) {
+                let msg = ServerMessage::error(
+                    ErrorCode::StatsRejected,
+                    format!(
+                        "your statistics were left out of model `{model}`'s normalisation: {}. Check the units of your columns; the model's statistics follow and your trainer should use them",
+                        r.reason
+                    ),
+                );
+                s.outbox.text_bytes(Bytes::from(msg.to_json()));
+            }
+        }
         let wire = m.norm.wire();
         // The reports stay stored until this lands; if it is lost, the next
         // start freezes the same reports to the same statistics.
@@ -46,7 +86,8 @@ impl Hub {
             .map(|n| (n.trainers, n.count, n.features))
             .unwrap_or((0, 0, 0));
         log::info!(
-            "model {model}: input normalisation frozen ({reason}): {features} features from {trainers} trainer(s), {count} rows{}",
+            "model {model}: input normalisation frozen ({reason}): {features} features from {trainers} trainer(s), {count} rows{}{}",
+            if verdict.rejected.is_empty() { String::new() } else { format!(", {} report(s) left out", verdict.rejected.len()) },
             if wire.is_none() { "; nobody reported statistics, so the model has none" } else { "" }
         );
         self.event(HubEvent::NormalisationFrozen {
@@ -56,6 +97,7 @@ impl Hub {
             features,
             reason: reason.to_string(),
         });
+        true
     }
 
     /// Evaluates the model's current version on its evaluation set off the
@@ -186,7 +228,7 @@ impl Handler<SubmitStats> for Hub {
                         // min_updates says.
                         if n >= min_updates.min(crate::protocol::normalisation::MAX_POOLED_REPORTS)
                         {
-                            act.freeze_normalisation(&name, "statistics from min_updates trainers");
+                            act.freeze_if_agreed(&name, "statistics from min_updates trainers");
                         }
                         let frozen = act
                             .models
@@ -237,6 +279,75 @@ impl Handler<FreezeNormalisation> for Hub {
         }
         self.freeze_normalisation(&m.model, "an administrator froze it");
         Ok(self.models.get(&m.model).and_then(|x| x.norm.wire()))
+    }
+}
+
+/// Admin: back to pooling after a bad freeze. The current weights stay:
+/// they were trained on the old scaling (see the README on what to do).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Normalisation>, Refusal>")]
+pub struct ResetNormalisation {
+    pub model: String,
+}
+
+impl Handler<ResetNormalisation> for Hub {
+    type Result = ResponseActFuture<Self, Result<Option<Normalisation>, Refusal>>;
+    fn handle(&mut self, m: ResetNormalisation, _: &mut Self::Context) -> Self::Result {
+        let Some(model) = self.models.get(&m.model) else {
+            return Box::pin(fut::ready(Err(Refusal::new(
+                ErrorCode::UnknownModel,
+                format!("no model named `{}`", m.model.escape_default()),
+            ))));
+        };
+        let mut norm = model.norm.clone();
+        if norm.reset().is_none() {
+            return Box::pin(fut::ready(Err(Refusal::new(
+                ErrorCode::Conflict,
+                format!(
+                    "model `{}` has no input normalisation (created without one, or nobody reported statistics before it froze); there is nothing to reset",
+                    m.model
+                ),
+            ))));
+        }
+        let save = persister::SaveNormalisation {
+            model: m.model.clone(),
+            json: norm.to_stored(),
+        };
+        let persister = self.persister.clone();
+        let name = m.model;
+        Box::pin(
+            async move { persister.send(save).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    persisted(res)?;
+                    let Some(model) = act.models.get_mut(&name) else {
+                        return Err(Refusal::new(
+                            ErrorCode::UnknownModel,
+                            format!("model `{name}` is gone"),
+                        ));
+                    };
+                    model.norm = norm;
+                    model.norm_since = None;
+                    let wire = model.norm.wire();
+                    let version = model.version;
+                    let json = Bytes::from(
+                        ServerMessage::Normalisation {
+                            model: name.clone(),
+                            normalisation: wire.clone(),
+                        }
+                        .to_json(),
+                    );
+                    let mut told = 0usize;
+                    for s in act.sessions.values().filter(|s| s.model == name) {
+                        s.outbox.text_bytes(json.clone());
+                        told += 1;
+                    }
+                    log::warn!(
+                        "model {name}: an administrator reset its input normalisation at version {version}; pooling again from fresh statistics ({told} connected trainer(s) asked for theirs). The current weights were trained on the old scaling"
+                    );
+                    Ok(wire)
+                }),
+        )
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Hub {
     pool: DbPool,
     /// Kernel models whose evaluation is running (see [`kernel`]).
     kernel_evaluating: std::collections::HashSet<String>,
+    /// New names registered per address (`hub.registrations_per_ip_per_hour`).
+    registrations: crate::hub::registration::RegistrationLimiter,
 }
 
 /// What the hub is started with.
@@ -149,6 +151,7 @@ impl Hub {
             blobs: p.blobs,
             pool: p.pool,
             kernel_evaluating: Default::default(),
+            registrations: Default::default(),
         }
     }
 

@@ -113,6 +113,10 @@ error_table! {
         "an administrator revoked this trainer";
     NotAllowed = "not_allowed", Connection, 403, GiveUp,
         "registration is closed and the name is not in `allowed_trainers`";
+    TooManyTrainers = "too_many_trainers", Connection, 409, GiveUp,
+        "a new name while the hub has `max_trainers` registered trainers (registered names still join)";
+    TooManyRegistrations = "too_many_registrations", Connection, 429, Reconnect,
+        "this address registered `registrations_per_ip_per_hour` new names within the hour; registered names still join";
     BadName = "bad_name", Connection, 400, GiveUp,
         "name or specialty has bad characters or length";
     UnknownModel = "unknown_model", Connection, 404, GiveUp,
@@ -137,6 +141,8 @@ error_table! {
         "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, bits per byte outside [0, 64], or `num_examples` above the model's limit; an evaluation set (`PUT /v1/models/{m}/evalset`) with a value that is NaN, infinite or beyond the f32 range (the message names line and column)";
     BadStats = "bad_stats", Message, 400, DropUpdate,
         "a `stats` report of the wrong width, with a count of 0 or above `max_num_examples`, non-finite or impossible values (a negative variance, means beyond ±1e9), or for a model without federated normalisation";
+    StatsRejected = "stats_rejected", Message, 400, DropUpdate,
+        "your `stats` were left out of the pooled normalisation when it froze: they lie orders of magnitude outside the other trainers' (the message names the feature; a column in other units, say). The model's statistics follow in a `normalisation` message";
     FutureBaseVersion = "future_base_version", Message, 400, DropUpdate,
         "`base_version` is newer than the current version";
     StaleUpdate = "stale_update", Message, 400, DropUpdate,

@@ -6,12 +6,14 @@
 
 pub mod errors;
 pub mod normalisation;
+pub mod robust_stats;
 pub mod tensors;
 
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
 pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
+pub use robust_stats::{RejectedReport, RobustFreeze};
 pub use tensors::{ModelLayout, TensorSpec};
 
 /// Version 2 added input normalisation (`stats`, `normalisation`, and the

@@ -190,6 +190,10 @@ impl FeatureStats {
 pub struct StatsPool {
     pub features: usize,
     pub reports: BTreeMap<String, FeatureStats>,
+    /// An administrator reset the model's statistics: an empty pool then
+    /// waits for reports instead of freezing to no normalisation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_reset: bool,
 }
 
 impl StatsPool {
@@ -197,6 +201,7 @@ impl StatsPool {
         StatsPool {
             features,
             reports: BTreeMap::new(),
+            after_reset: false,
         }
     }
 
