@@ -22,6 +22,10 @@ fn settings(strategy: Strategy) -> AggregationSettings {
         tau: 1e-3,
         trim_fraction: 0.2,
         clip_norm: 0.0,
+        clip_quantile: 0.0,
+        clip_lr: 0.2,
+        clip_multiplier: 1.0,
+        max_weight_ratio: 0.0,
         max_num_examples: 1_000_000,
         max_update_norm: 0.0,
         normalisation_wait_secs: 5.0,
@@ -62,6 +66,7 @@ fn bench(c: &mut Criterion) {
                             delta: d,
                             num_examples: 100,
                             staleness: 1,
+                            scale: 1.0,
                         })
                         .collect();
                     aggregate(&mut weights, &contribs, s, &mut state)

@@ -6,7 +6,7 @@ use super::*;
 /// What the fold task computed off the actor.
 enum Computed {
     Fold(
-        Fold,
+        Box<Fold>,
         f64,
         Option<Evaluation>,
         Result<(Bytes, Option<String>), String>,
@@ -20,7 +20,7 @@ enum Computed {
 
 /// How a fold ended.
 enum FoldOutcome {
-    Committed(Fold, Bytes, serde_json::Value, f64),
+    Committed(Box<Fold>, Bytes, serde_json::Value, f64),
     /// Abandoned: the culprits were refused, the rest go back in the buffer.
     Poisoned(Poisoned, String),
     /// Not committed (storage); every update goes back in the buffer.
@@ -135,13 +135,14 @@ impl Hub {
                         };
                         Ok((Bytes::from(enc), file))
                     });
-                Computed::Fold(fold, fold_secs, eval, encoded)
+                Computed::Fold(Box::new(fold), fold_secs, eval, encoded)
             })
             .await;
             let (fold, agg_secs, eval, (encoded, weights_file)) = match computed {
                 Ok(Computed::Fold(fold, secs, eval, Ok(enc))) => (fold, secs, eval, enc),
                 Ok(Computed::Fold(fold, _, _, Err(e))) => {
-                    return FoldOutcome::Failed(fold.applied, fold.acc, e)
+                    let fold = *fold;
+                    return FoldOutcome::Failed(fold.applied, fold.acc, e);
                 }
                 Ok(Computed::Poisoned(Ok(p), _, _)) => {
                     let ids: Vec<i64> = p.culprits.iter().map(|b| b.row_id).collect();
@@ -232,7 +233,7 @@ impl Hub {
                     let version = fold.version;
                     let num_updates = fold.report.members;
                     let mean_staleness = fold.report.mean_staleness;
-                    m.finish_fold(fold, encoded.clone(), now);
+                    m.finish_fold(*fold, encoded.clone(), now);
                     m.last_metrics = Some(metrics_json.clone());
                     let acc = metrics_json["eval"]["accuracy"].as_f64();
                     let loss = metrics_json["eval"]["loss"].as_f64();
