@@ -55,14 +55,7 @@ impl Hub {
             let (Some(f), Some(json)) = (figures, json) else {
                 return;
             };
-            if let Some(m) = act.models.get_mut(&name) {
-                if m.version == version {
-                    let metrics = m.last_metrics.get_or_insert_with(|| serde_json::json!({}));
-                    if let Some(o) = metrics.as_object_mut() {
-                        o.insert("eval".into(), json);
-                    }
-                }
-            }
+            act.record_current_eval(&name, version, json);
             log::info!(
                 "model {name}: version {version} scores {:.3} bits per byte on held-out kernel code ({}; unseen subsystems {:.3})",
                 f.bits_per_byte,

@@ -142,14 +142,7 @@ impl Hub {
             let Some((ev, json, name)) = res else {
                 return;
             };
-            if let Some(m) = act.models.get_mut(&name) {
-                if m.version == version {
-                    let metrics = m.last_metrics.get_or_insert_with(|| serde_json::json!({}));
-                    if let Some(o) = metrics.as_object_mut() {
-                        o.insert("eval".into(), json);
-                    }
-                }
-            }
+            act.record_current_eval(&name, version, json);
             log::info!(
                 "model {name}: version {version} scores {:.3} on its evaluation set",
                 ev.accuracy
@@ -418,5 +411,25 @@ impl Handler<SetEvalset> for Hub {
                     Ok(())
                 }),
         )
+    }
+}
+
+impl Hub {
+    /// Shows a version's evaluation, scored after its commit, as the
+    /// model's current figures, unless a newer version came meanwhile.
+    pub(super) fn record_current_eval(
+        &mut self,
+        model: &str,
+        version: u64,
+        eval: serde_json::Value,
+    ) {
+        if let Some(m) = self.models.get_mut(model) {
+            if m.version == version {
+                let metrics = m.last_metrics.get_or_insert_with(|| serde_json::json!({}));
+                if let Some(o) = metrics.as_object_mut() {
+                    o.insert("eval".into(), eval);
+                }
+            }
+        }
     }
 }
