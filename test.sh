@@ -23,6 +23,7 @@ have_chromium() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
 have_promtool() { [ -x /usr/bin/promtool ] || [ -x /usr/local/bin/promtool ]; }
 have_venv() { /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1; }
 have_torch() { /usr/bin/python3 -c "import torch" >/dev/null 2>&1; }
+have_systemd_analyze() { [ -x /usr/bin/systemd-analyze ] || [ -x /bin/systemd-analyze ]; }
 
 # The Debian packages missing now.
 missing() {
@@ -32,6 +33,7 @@ missing() {
     have_promtool || m+=(prometheus)
     have_venv || m+=(python3-venv python3-pip)
     have_torch || m+=(python3-torch)
+    have_systemd_analyze || m+=(systemd)
     echo "${m[*]}"
 }
 
@@ -86,6 +88,7 @@ if ! have_venv; then
         --skip weights_download_loads_in_python_safetensors)
 fi
 have_promtool || say "SKIPPED: the promtool check of /metrics: no prometheus (promtool)"
+have_systemd_analyze || say "SKIPPED: the systemd unit's check (systemd-analyze verify): no systemd"
 have_torch || say "SKIPPED: the PyTorch trainer of the Python example: no python3-torch"
 if $ci; then
     # The PyTorch example must run here, not be skipped.
