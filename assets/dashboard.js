@@ -167,6 +167,7 @@
       case 'version': return [`${e.model} version ${e.version} from ${e.num_updates} updates${e.accuracy != null ? ', accuracy ' + pct(e.accuracy) : ''}`, 'version'];
       case 'update_refused': return [`refused update ${e.update_id || ''} from ${e.trainer}: ${e.code} — ${e.message}`, 'refused'];
       case 'harness_run': return [`harness ${e.scenario}: ${e.passed ? 'PASS' : 'FAIL'}${e.collective_accuracy != null ? ', ' + pct(e.collective_accuracy) : ''}`, e.passed ? 'version' : 'refused'];
+      case 'harness_run_deleted': return [`harness run ${e.id} deleted`, ''];
       case 'hub_evaluation': return [`${e.model} version ${e.version} scores ${pct(e.accuracy)} on its evaluation set`, 'version'];
       case 'normalisation_frozen': return [e.trainers ? `${e.model}: input normalisation frozen from ${e.trainers} trainer(s), ${e.count} rows` : `${e.model}: no statistics reported, no normalisation`, ''];
       case 'updates_summary': return [`${e.accepted} updates accepted`, ''];
@@ -275,7 +276,7 @@
       addSpec(e.specialty, e.version, e.specialty_accuracy);
       addFed(e.version, e.global_accuracy, e.num_examples);
       redraw();
-    } else if (e.type === 'harness_run') {
+    } else if (e.type === 'harness_run' || e.type === 'harness_run_deleted') {
       loadRuns().catch(() => {});
     }
     if (e.type !== 'hello' && e.type !== 'evaluation') scheduleRefresh();

@@ -754,6 +754,7 @@ async fn harness_run_bodies_are_validated_and_runs_can_be_deleted() {
     let id = created["id"].as_i64().unwrap();
     let list = get_json(&runs).await;
     assert_eq!(list["runs"][0]["summary"]["ok"], true);
+    let mut events = Raw::connect(&format!("{}/v1/events", hub.hub.ws_url())).await;
     let r = client()
         .delete(format!("{runs}/{id}"))
         .send()
@@ -767,6 +768,15 @@ async fn harness_run_bodies_are_validated_and_runs_can_be_deleted() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The deletion is published (it went through the hub actor).
+    let deleted = loop {
+        let v = events.next_json_skipping_models().await;
+        assert_ne!(v["type"], "closed", "{v}");
+        if v["type"] == "harness_run_deleted" {
+            break v;
+        }
+    };
+    assert_eq!(deleted["id"], id, "{deleted}");
     let r = client()
         .delete(format!("{runs}/{id}"))
         .bearer_auth(ADMIN)

@@ -262,10 +262,10 @@ pub async fn delete_run(
     require_admin(&req, &st)?;
     let id = path.into_inner();
     let deleted = st
-        .persister
-        .send(crate::hub::persister::DeleteHarnessRun(id))
+        .hub
+        .send(hub_actor::DeleteHarnessRun(id))
         .await?
-        .map_err(ApiError::from)?;
+        .map_err(refusal)?;
     if !deleted {
         return Err(ApiError::not_found(format!("no harness run {id}")));
     }

@@ -183,6 +183,31 @@ impl Handler<RecordHarnessRun> for Hub {
     }
 }
 
+/// Deletes a recorded harness run through the hub, so that the deletion
+/// is published like the recording was (dashboards drop the row).
+#[derive(Message)]
+#[rtype(result = "Result<bool, Refusal>")]
+pub struct DeleteHarnessRun(pub i64);
+
+impl Handler<DeleteHarnessRun> for Hub {
+    type Result = ResponseActFuture<Self, Result<bool, Refusal>>;
+    fn handle(&mut self, m: DeleteHarnessRun, _: &mut Self::Context) -> Self::Result {
+        let persister = self.persister.clone();
+        let id = m.0;
+        Box::pin(
+            async move { persister.send(persister::DeleteHarnessRun(id)).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    let deleted = persisted(res)?;
+                    if deleted {
+                        act.event(HubEvent::HarnessRunDeleted { id });
+                    }
+                    Ok(deleted)
+                }),
+        )
+    }
+}
+
 /// Applies a re-read configuration: live keys change now.
 #[derive(Message)]
 #[rtype(result = "Vec<String>")]
