@@ -452,7 +452,8 @@ impl Config {
             .validate()
             .map_err(|e| format!("aggregation.{e}"))?;
         for (name, m) in &self.models {
-            crate::hub::validate_model_name(name).map_err(|e| format!("models.{name}: {e}"))?;
+            crate::protocol::validate_model_name(name)
+                .map_err(|e| format!("models.{name}: {e}"))?;
             self.aggregation_for(name)
                 .validate()
                 .map_err(|e| format!("models.{name}.{e}"))?;

@@ -60,7 +60,9 @@ pub enum HubEvent {
         collective_accuracy: Option<f64>,
     },
     /// An administrator deleted a recorded harness run.
-    HarnessRunDeleted { id: i64 },
+    HarnessRunDeleted {
+        id: i64,
+    },
     /// A fold whose result was not finite was abandoned; these updates
     /// (`trainer/update_id`) were refused, the others went back in the buffer.
     FoldAbandoned {

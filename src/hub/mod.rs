@@ -57,34 +57,6 @@ pub enum HubError {
     Other(String),
 }
 
-/// Names a model may not have: `.` and `..` are path components, and these
-/// are device names on Windows whatever the case or extension (`con.txt`
-/// is the console too). A model's name ends up in file and directory names
-/// (exports, copies of the state directory), so neither is accepted.
-const RESERVED_DEVICE_NAMES: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
-];
-
-pub fn validate_model_name(name: &str) -> Result<(), String> {
-    crate::protocol::validate_name(name)?;
-    if name == "." || name == ".." {
-        return Err(format!(
-            "model name `{name}` is a path component (`.` or `..`); choose another name"
-        ));
-    }
-    let stem = name.split('.').next().unwrap_or(name);
-    if RESERVED_DEVICE_NAMES
-        .iter()
-        .any(|r| r.eq_ignore_ascii_case(stem))
-    {
-        return Err(format!(
-            "model name `{name}` is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9, in any case, with or without an extension); choose another name"
-        ));
-    }
-    Ok(())
-}
-
 /// Where the hub's config came from, so SIGHUP and `/v1/admin/reload` can
 /// read it again with the same layering.
 #[derive(Debug, Clone, Default)]

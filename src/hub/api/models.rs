@@ -219,7 +219,8 @@ pub async fn create_model(
         let name = query
             .remove("name")
             .ok_or_else(|| ApiError::bad_request("query parameter `name` is required"))?;
-        crate::hub::validate_model_name(&name).map_err(ApiError::bad_request)?;
+        crate::protocol::validate_model_name(&name)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let norm_query = query.remove("normalisation");
         let overrides = overrides_from_query(&query)?;
         let limit = (max_params as usize)
@@ -262,7 +263,8 @@ pub async fn create_model(
         }
         let body = read_body(&req, payload, JSON_LIMIT).await?;
         let j: CreateModelRequest = parse_json(&body)?;
-        crate::hub::validate_model_name(&j.name).map_err(ApiError::bad_request)?;
+        crate::protocol::validate_model_name(&j.name)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let overrides = j.aggregation.unwrap_or_default();
         overrides
             .validate()

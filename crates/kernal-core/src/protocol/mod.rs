@@ -5,6 +5,7 @@
 //! that clients (the reference trainer, the harness, the benchmark) can use it.
 
 pub mod errors;
+pub mod names;
 pub mod normalisation;
 pub mod robust_stats;
 pub mod tensors;
@@ -12,6 +13,7 @@ pub mod tensors;
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
+pub use names::{validate_model_name, validate_name, NameError};
 pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
 pub use robust_stats::{RejectedReport, RobustFreeze};
 pub use tensors::{ModelLayout, TensorSpec};
@@ -166,23 +168,6 @@ impl ServerMessage {
         // Serialising these plain structs cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
     }
-}
-
-/// Checks a trainer or model name: short, printable, no path characters.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err("a name has 1 to 64 characters".into());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-    {
-        return Err(format!(
-            "name `{}` may only contain letters, digits, `_`, `-` and `.`",
-            name.escape_default()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
