@@ -3,6 +3,7 @@
 //! Nothing here knows about actix, so it is tested directly.
 
 pub mod robust;
+pub mod screening;
 pub mod settings;
 
 use std::time::{Duration, Instant};
@@ -179,6 +180,9 @@ pub struct AggregateReport {
     /// Updates of trainers revoked before the fold.
     #[serde(default)]
     pub dropped: usize,
+    /// Members left out by the screen on the hub's data.
+    #[serde(default)]
+    pub screened: usize,
     /// Largest num_examples that counted (`max_weight_ratio` x the median claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub examples_cap: Option<f64>,
@@ -211,6 +215,7 @@ impl AggregateReport {
             members: 0,
             superseded: 0,
             dropped: 0,
+            screened: 0,
             examples_cap: None,
             clip_bound: None,
             norm_quantile: None,
@@ -392,6 +397,7 @@ mod tests {
             clip_lr: 0.2,
             clip_multiplier: 1.0,
             max_weight_ratio: 0.0,
+            screen_max_share: 0.0,
             max_num_examples: 1000,
             max_update_norm: 0.0,
             normalisation_wait_secs: 5.0,

@@ -147,6 +147,10 @@ aggregation_settings! {
     /// A member's num_examples counts at most this many times the median
     /// claim of the fold's members; 0 removes the cap.
     max_weight_ratio: f64 => Some((0.0, 1e6, Ends::Closed));
+    /// Screening on the hub's own data: at most this share of a fold's
+    /// members (always fewer than half) is left out when the model is
+    /// measurably better without them; 0 turns screening off.
+    screen_max_share: f32 => Some((0.0, 0.5, Ends::Closed));
     /// Largest num_examples an update may claim.
     max_num_examples: u64 => Some((1.0, 1e12, Ends::Closed));
     /// Updates whose delta has a larger L2 norm are refused with

@@ -33,6 +33,10 @@ pub enum Vote {
     Superseded,
     /// Its trainer was revoked before the fold: refused, no weight.
     Dropped,
+    /// Left out by the screen (`aggregation::screening`): the fold was
+    /// measurably better on the hub's data without it. Consumed with no
+    /// weight, like a superseded update.
+    Screened,
 }
 
 /// An accepted, durable update waiting in a model's buffer.
@@ -355,6 +359,7 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
         members: k,
         superseded: count(&input.updates, Vote::Superseded),
         dropped: count(&input.updates, Vote::Dropped),
+        screened: count(&input.updates, Vote::Screened),
         examples_cap: settled.bounds.examples_cap,
         clip_bound: settled.bounds.clip_bound,
         norm_quantile: settled.next.norm_quantile,

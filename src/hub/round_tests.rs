@@ -23,6 +23,7 @@ pub(crate) fn settings() -> AggregationSettings {
         clip_lr: 0.2,
         clip_multiplier: 1.0,
         max_weight_ratio: 0.0,
+        screen_max_share: 0.0,
         max_num_examples: 1_000_000_000,
         max_update_norm: 0.0,
         normalisation_wait_secs: 5.0,

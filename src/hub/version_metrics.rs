@@ -73,6 +73,11 @@ pub struct VersionMetrics {
     /// refused, not folded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_update_ids: Option<Vec<String>>,
+    /// `trainer/update_id` of members the screen left out (the fold was
+    /// measurably better on the hub's data without them): consumed by this
+    /// version, with no weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screened_update_ids: Option<Vec<String>>,
 }
 
 impl VersionMetrics {

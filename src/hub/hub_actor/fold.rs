@@ -2,6 +2,7 @@
 //! it, and pushing it to every trainer.
 
 use super::*;
+use crate::hub::screen_round::{screen_round, ScreenSet};
 
 /// What the fold task computed off the actor.
 enum Computed {
@@ -66,6 +67,14 @@ impl Hub {
         } else {
             self.test_data.clone()
         };
+        // What the round is screened on (see `hub::screen_round`).
+        let screen_data = if m.settings.screen_max_share > 0.0 {
+            m.evalset
+                .clone()
+                .or_else(crate::hub::screen_round::digits_root_data)
+        } else {
+            None
+        };
         if matches!(m.norm, NormState::Pooling { .. }) {
             self.freeze_normalisation(model, "the model's first fold");
         }
@@ -87,7 +96,7 @@ impl Hub {
                 let fold_started = Instant::now();
                 let mut input = input;
                 let streamed = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
-                let settled = match state::settle(&mut input, &layout, |b| {
+                let mut settled = match state::settle(&mut input, &layout, |b| {
                     read_payload(&pool, &fold_blobs, b.row_id)
                 }) {
                     Ok(s) => s,
@@ -99,6 +108,30 @@ impl Hub {
                         )
                     }
                 };
+                let set = screen_data
+                    .as_deref()
+                    .and_then(|d| ScreenSet::new(&layout, d, norm.as_ref()));
+                if let Some(set) = set {
+                    let left_out = screen_round(&mut input, &layout, &set, |b| {
+                        read_payload(&pool, &fold_blobs, b.row_id)
+                    });
+                    // Settled again without them: the running sum is
+                    // rebuilt and the bounds follow the members that count.
+                    if left_out > 0 {
+                        settled = match state::settle(&mut input, &layout, |b| {
+                            read_payload(&pool, &fold_blobs, b.row_id)
+                        }) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                return Computed::Unsettled(
+                                    format!("could not settle the screened round: {e}"),
+                                    input.updates,
+                                    input.acc,
+                                )
+                            }
+                        };
+                    }
+                }
                 // Kept for taking a poisoned fold apart.
                 let again = FoldInput {
                     version: input.version,
@@ -192,6 +225,7 @@ impl Hub {
                 superseded_update_ids: Some(fold.labels(Vote::Superseded))
                     .filter(|v| !v.is_empty()),
                 dropped_update_ids: Some(fold.labels(Vote::Dropped)).filter(|v| !v.is_empty()),
+                screened_update_ids: Some(fold.labels(Vote::Screened)).filter(|v| !v.is_empty()),
                 ..Default::default()
             }
             .to_json();
