@@ -71,6 +71,10 @@ enum Command {
         /// Classifiers: epochs over the local data per version.
         #[arg(long, default_value_t = 2)]
         local_epochs: usize,
+        /// Classifiers: fewest mini-batch steps per version (a small file
+        /// gets more passes than --local-epochs; 0: epochs only).
+        #[arg(long, default_value_t = kernal_client::DEFAULT_MIN_STEPS)]
+        min_steps: usize,
         /// Kernel model: AdamW steps per version (default 40).
         #[arg(long)]
         steps: Option<usize>,
@@ -352,6 +356,7 @@ fn main() -> ExitCode {
             source,
             ext,
             local_epochs,
+            min_steps,
             steps,
             lr,
             batch_size,
@@ -386,6 +391,7 @@ fn main() -> ExitCode {
                 source,
                 ext,
                 local_epochs,
+                min_steps,
                 steps,
                 lr,
                 batch_size,

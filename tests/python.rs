@@ -448,7 +448,13 @@ async fn python_trainers_stop_on_what_no_retry_changes() {
 
 /// The PyTorch kernel trainer (`python/examples/kernel_trainer.py`) as a
 /// child process printing its events as JSON lines.
-fn start_kernel_trainer(py: &Path, hub: &str, name: &str, specialty: &str, versions: u32) -> PyTrainer {
+fn start_kernel_trainer(
+    py: &Path,
+    hub: &str,
+    name: &str,
+    specialty: &str,
+    versions: u32,
+) -> PyTrainer {
     let child = Command::new(py)
         .arg(repo().join("python/examples/kernel_trainer.py"))
         .args(["--hub", hub, "--name", name, "--specialty", specialty])
@@ -527,7 +533,11 @@ fn python_and_rust_kernel_models_score_one_checkpoint_alike() {
         .args(args(&code))
         .output()
         .unwrap();
-    assert!(rust.status.success(), "{}", String::from_utf8_lossy(&rust.stderr));
+    assert!(
+        rust.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rust.stderr)
+    );
     let (code_py, out, _) = run_to_end(
         py,
         &["kernel_trainer.py", "evaluate"]
@@ -570,7 +580,10 @@ fn python_and_rust_kernel_models_score_one_checkpoint_alike() {
         Duration::from_secs(60),
     );
     assert_eq!(c, Some(2), "{out}");
-    assert!(out.contains("error:") && !out.contains("Traceback"), "{out}");
+    assert!(
+        out.contains("error:") && !out.contains("Traceback"),
+        "{out}"
+    );
 }
 
 /// One PyTorch kernel trainer and two Rust trainers train the hub's built-in
@@ -659,10 +672,7 @@ async fn python_kernel_trainer_and_rust_trainers_train_one_kernel_model() {
     println!("py_kernel (version, own, all bits per byte): {bpb:?}");
     let (first, last) = (bpb.first().unwrap(), bpb.last().unwrap());
     assert!(last.0 > first.0, "{bpb:?}");
-    assert!(
-        last.1 < first.1 - 0.5 && last.2 < first.2 - 0.5,
-        "{bpb:?}"
-    );
+    assert!(last.1 < first.1 - 0.5 && last.2 < first.2 - 0.5, "{bpb:?}");
 
     // Everyone's updates were folded into the versions.
     let vs = get_json(&format!("{url}/v1/models/kernel/versions")).await;
