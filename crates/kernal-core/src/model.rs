@@ -310,6 +310,6 @@ mod tests {
         let (many, _) = spec.train_min_steps(&w0, &tiny, &s, 40).unwrap();
         let l1 = spec.evaluate(&one, &tiny).unwrap().loss;
         let l40 = spec.evaluate(&many, &tiny).unwrap().loss;
-        assert!(l40 < l1 * 0.8, "{l1} -> {l40}");
+        assert!(l40 < l1 - 0.2, "{l1} -> {l40}");
     }
 }
