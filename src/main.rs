@@ -20,6 +20,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the trainer's variant costs nothing,
+// and boxing its fields would hide them from clap's derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub daemon.
@@ -71,6 +74,10 @@ enum Command {
         /// Classifiers: epochs over the local data per version.
         #[arg(long, default_value_t = 2)]
         local_epochs: usize,
+        /// Classifiers: fewest mini-batch steps per version (a small file
+        /// gets more passes than --local-epochs; 0: epochs only).
+        #[arg(long, default_value_t = kernal_client::DEFAULT_MIN_STEPS)]
+        min_steps: usize,
         /// Kernel model: AdamW steps per version (default 40).
         #[arg(long)]
         steps: Option<usize>,
@@ -352,6 +359,7 @@ fn main() -> ExitCode {
             source,
             ext,
             local_epochs,
+            min_steps,
             steps,
             lr,
             batch_size,
@@ -386,6 +394,7 @@ fn main() -> ExitCode {
                 source,
                 ext,
                 local_epochs,
+                min_steps,
                 steps,
                 lr,
                 batch_size,

@@ -158,7 +158,8 @@ pub(super) async fn hub_evaluation(
 
 /// A centralised model of the same network on the union of the trainers'
 /// rows, inputs scaled with the union's statistics, trained for as many
-/// epochs as each trainer ran in the collective run.
+/// epochs as each trainer ran in the collective run and at least as many
+/// steps (`min_steps` per round).
 pub(super) fn centralised_accuracy(
     p: &Prepared,
     sc: &Scenario,
@@ -196,7 +197,12 @@ pub(super) fn centralised_accuracy(
     };
     let (w, _) = p
         .spec
-        .train(&p.spec.init_weights(42), &union, &settings)
+        .train_min_steps(
+            &p.spec.init_weights(42),
+            &union,
+            &settings,
+            (rounds as usize).saturating_mul(sc.training.min_steps),
+        )
         .map_err(run_err)?;
     Ok(p.spec.evaluate(&w, &test).map_err(run_err)?.accuracy)
 }

@@ -432,7 +432,8 @@ fn make_learner(
     seed: u64,
     prepared: Option<&Prepared>,
 ) -> Result<attack::Attacker<MlpLearner>, HarnessError> {
-    let honest = make_honest_learner(sc, t, spec, cfg, seed, prepared)?;
+    let honest = make_honest_learner(sc, t, spec, cfg, seed, prepared)?
+        .with_min_steps(sc.training.min_steps);
     let mut a = attack::Attacker::new(honest, t.attack, t.attack_norm, t.claim_examples);
     a.locate(&spec.layout());
     Ok(a)
@@ -566,7 +567,8 @@ fn solo_accuracy(
         seed: data::fnv1a(specialty) ^ seed,
     };
     let mut l = MlpLearner::for_digits(spec, specialty, &cfg.specialties, settings)
-        .map_err(HarnessError::Run)?;
+        .map_err(HarnessError::Run)?
+        .with_min_steps(sc.training.min_steps);
     let mut w = spec.init_weights(42);
     for v in 0..rounds {
         w = kernal_client::Learner::train(&mut l, &w, v)

@@ -31,6 +31,12 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "breast_cancer",
         include_str!("../../config/scenarios/breast_cancer.toml"),
     ),
+    ("iris", include_str!("../../config/scenarios/iris.toml")),
+    (
+        "penguins",
+        include_str!("../../config/scenarios/penguins.toml"),
+    ),
+    ("crabs", include_str!("../../config/scenarios/crabs.toml")),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -175,6 +181,10 @@ pub struct TrainingDefaults {
     pub lr: f64,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Fewest mini-batch steps per version, past `local_epochs` on a small
+    /// shard (the reference trainer's `--min-steps`; 0: epochs only).
+    #[serde(default = "default_min_steps")]
+    pub min_steps: usize,
 }
 
 impl Default for TrainingDefaults {
@@ -183,8 +193,13 @@ impl Default for TrainingDefaults {
             local_epochs: default_epochs(),
             lr: default_lr(),
             batch_size: default_batch(),
+            min_steps: default_min_steps(),
         }
     }
+}
+
+fn default_min_steps() -> usize {
+    kernal_client::DEFAULT_MIN_STEPS
 }
 
 fn default_epochs() -> usize {

@@ -30,6 +30,8 @@ pub struct TrainerArgs {
     /// File name endings `--source` reads (`--ext`).
     pub ext: Vec<String>,
     pub local_epochs: usize,
+    /// Classifiers: fewest mini-batch steps per version (`--min-steps`).
+    pub min_steps: usize,
     /// Local steps per version of the kernel model (`--steps`).
     pub steps: Option<usize>,
     /// Defaults per model: 0.1 for an MLP, 5e-3 (AdamW) for the kernel model.
@@ -155,7 +157,8 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary,
         }
         None => MlpLearner::for_digits(spec, &args.specialty, &cfg.specialties, settings)
             .map_err(TrainerCliError::Data)?,
-    };
+    }
+    .with_min_steps(args.min_steps);
     serve(args, tls, learner).await
 }
 

@@ -14,15 +14,21 @@ use rand::SeedableRng;
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../data/digits.csv.gz");
 
 /// Public tabular data sets shipped for the harness (see the README's
-/// "Data and credit"): UCI Wine (178 rows, 13 features, 3 classes) and UCI
-/// Breast Cancer Wisconsin (Diagnostic) (569 rows, 30 features, 2 classes),
-/// both CC BY 4.0, with a header row.
+/// "Data and credit"), each with a header row: UCI Wine (178 rows, 13
+/// features, 3 classes) and UCI Breast Cancer Wisconsin (Diagnostic) (569
+/// rows, 30 features, 2 classes), both CC BY 4.0; UCI Iris (150 rows, 4
+/// features, 3 classes; CC BY 4.0); Palmer penguins (342 rows, 4 features,
+/// 3 species; CC0); Leptograpsus crabs (200 rows, 5 strongly correlated
+/// measurements, 2 colour forms told apart by their ratios; R's MASS).
 pub const BUILTIN_CSV: &[(&str, &str)] = &[
     ("wine", include_str!("../../../data/wine.csv")),
     (
         "breast_cancer",
         include_str!("../../../data/breast_cancer.csv"),
     ),
+    ("iris", include_str!("../../../data/iris.csv")),
+    ("penguins", include_str!("../../../data/penguins.csv")),
+    ("crabs", include_str!("../../../data/crabs.csv")),
 ];
 
 /// Seed of the shared split; changing it changes every published figure.
