@@ -152,6 +152,7 @@ pub async fn trainer_ws(
             hot: st.hot.clone(),
             handshake: slot,
             blobs: st.blobs.clone(),
+            tokens: st.tokens.clone(),
         },
         st.hub.clone(),
         st.metrics.clone(),
