@@ -116,7 +116,7 @@ pub async fn trainer_ws(
     let limits = crate::hub::session_limits_of(&cfg);
     let socket = req
         .conn_data::<ConnFd>()
-        .and_then(|fd| PeerSocket::dup(*fd));
+        .and_then(|fd| PeerSocket::of(*fd));
     let outbox = Outbox::with_socket(
         st.hot.clone(),
         limits.model_hold,
