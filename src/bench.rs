@@ -852,9 +852,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let f32_bytes_per_version = (k * args.params * 4) as f64;
     let (rss, cpu) = own.as_ref().map(|h| h.usage()).unwrap_or((None, None));
     let rejoin = match (&mut own, args.rejoin) {
-        (Some(h), true) => {
-            Some(measure_rejoin(h, &tokens, &ws_url, &model, &tls, &http).await?)
-        }
+        (Some(h), true) => Some(measure_rejoin(h, &tokens, &ws_url, &model, &tls, &http).await?),
         (None, true) => {
             return Err(BenchError(
                 "--rejoin restarts the bench's own hub; it cannot be used with --hub".into(),

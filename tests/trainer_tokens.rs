@@ -41,7 +41,9 @@ async fn issued_tokens_are_checked_fast_and_survive_a_restart() {
     let v: Value = r.json().await.unwrap();
     let tokens: Vec<String> = serde_json::from_value(v["tokens"].clone()).unwrap();
     assert_eq!(tokens.len(), 3);
-    assert!(tokens.iter().all(|t| t.starts_with("kt1_") && t.len() == 68));
+    assert!(tokens
+        .iter()
+        .all(|t| t.starts_with("kt1_") && t.len() == 68));
 
     // Register one name with an issued token and one with a person's token.
     let (r1, _, _) = Raw::hello(&hub.ws(), "fleet1", &tokens[0], "digits").await;

@@ -51,14 +51,15 @@ pub(super) async fn trainer_tokens(
         let v: Value = r.json().await.map_err(err)?;
         let got = v["tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         if got.is_empty() {
-            return Err(BenchError("issue trainer tokens: none in the answer".into()));
+            return Err(BenchError(
+                "issue trainer tokens: none in the answer".into(),
+            ));
         }
         tokens.extend(got.iter().filter_map(|t| t.as_str().map(str::to_string)));
     }
     tokens.truncate(trainers);
     Ok(Arc::new(tokens))
 }
-
 
 /// One trainer of a fleet reconnecting after a hub restart: retries a
 /// refused upgrade like the reference trainer (exponential backoff with
@@ -77,7 +78,9 @@ async fn rejoin_one(
         match connect(ws_url, tls).await {
             Ok((conn, rest)) => {
                 let (rd, mut wr) = conn.split();
-                wr.write_all(&hello_frame(i, model, token)).await.map_err(err)?;
+                wr.write_all(&hello_frame(i, model, token))
+                    .await
+                    .map_err(err)?;
                 let mut frames = FrameIn {
                     sock: rd,
                     buf: rest,

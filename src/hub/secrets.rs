@@ -150,7 +150,11 @@ impl TokenKey {
         let mut random = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
         let tag = self.tag(b"issue", &random);
-        format!("{ISSUED_PREFIX}{}{}", hex(&random), hex(&tag.as_ref()[..16]))
+        format!(
+            "{ISSUED_PREFIX}{}{}",
+            hex(&random),
+            hex(&tag.as_ref()[..16])
+        )
     }
 
     /// Whether `token` is one this hub issued (its MAC checks out).

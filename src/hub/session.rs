@@ -320,7 +320,12 @@ async fn check_token(
         Admission::Register => secrets::slow_hash(&key, &token),
     };
     let _permit = if slow {
-        Some(TOKEN_CHECKS.acquire().await.map_err(|e| internal(e.to_string()))?)
+        Some(
+            TOKEN_CHECKS
+                .acquire()
+                .await
+                .map_err(|e| internal(e.to_string()))?,
+        )
     } else {
         None
     };
