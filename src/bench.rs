@@ -22,6 +22,9 @@ use crate::hub::ws::{apply_mask, frame_header};
 use crate::protocol::ModelLayout;
 use kernal_client::connection;
 
+mod rejoin;
+use rejoin::{hello_frame, measure_rejoin, trainer_tokens};
+
 /// `kernal bench` options (the CLI parses straight into this).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -479,6 +482,7 @@ enum Out {
 /// What one synthetic trainer needs to run.
 struct TrainerRun {
     i: usize,
+    token: Arc<Vec<String>>,
     ws_url: String,
     model: String,
     wire: Arc<Wire>,
@@ -489,15 +493,10 @@ struct TrainerRun {
     tls: Arc<rustls::ClientConfig>,
 }
 
-fn hello_frame(i: usize, model: &str) -> Vec<u8> {
-    let hello = json!({"type": "hello", "name": format!("bench{i}"), "specialty": "bench",
-                       "token": format!("bench-token-{i}"), "model": model});
-    Wire::frame(0x1, hello.to_string().as_bytes())
-}
-
 async fn trainer(t: TrainerRun) -> Result<(), BenchError> {
     let TrainerRun {
         i,
+        token,
         ws_url,
         model,
         wire,
@@ -545,7 +544,7 @@ async fn trainer(t: TrainerRun) -> Result<(), BenchError> {
         tx.send(o)
             .map_err(|_| BenchError(format!("trainer {i}: writer gone")))
     };
-    send(Out::Frame(hello_frame(i, &model)))?;
+    send(Out::Frame(hello_frame(i, &model, &token[i])))?;
     let mut version = None;
     let mut expect_weights = false;
     let mut pending: std::collections::HashMap<String, (u64, Instant)> =
@@ -637,113 +636,6 @@ async fn trainer(t: TrainerRun) -> Result<(), BenchError> {
     drop(tx);
     let _ = writer.await;
     result
-}
-
-/// One trainer of a fleet reconnecting after a hub restart: retries a
-/// refused upgrade like the reference trainer (exponential backoff with
-/// jitter) until the hub welcomes it; returns when, and how many refusals.
-async fn rejoin_one(
-    i: usize,
-    ws_url: &str,
-    model: &str,
-    tls: &Arc<rustls::ClientConfig>,
-    start: Instant,
-) -> Result<(f64, u64), BenchError> {
-    use rand::Rng;
-    let mut refused = 0u64;
-    for attempt in 1..=200u32 {
-        match connect(ws_url, tls).await {
-            Ok((conn, rest)) => {
-                let (rd, mut wr) = conn.split();
-                wr.write_all(&hello_frame(i, model)).await.map_err(err)?;
-                let mut frames = FrameIn {
-                    sock: rd,
-                    buf: rest,
-                };
-                while let Some(m) = frames.next().await? {
-                    if let In::Text(t) = m {
-                        let v: Reply<'_> = serde_json::from_slice(&t).map_err(err)?;
-                        match v.kind {
-                            "welcome" => {
-                                let at = start.elapsed().as_secs_f64();
-                                let _ = wr
-                                    .write_all(&Wire::frame(0x8, &1000u16.to_be_bytes()))
-                                    .await;
-                                return Ok((at, refused));
-                            }
-                            "error" => {
-                                return Err(BenchError(format!(
-                                    "trainer {i} rejoining: {}",
-                                    String::from_utf8_lossy(&t)
-                                )))
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            Err(Upgrade::Refused(503, _)) => refused += 1,
-            Err(e) if attempt > 20 => {
-                return Err(BenchError(format!("trainer {i} rejoining: {e}")))
-            }
-            Err(_) => {}
-        }
-        let base = 0.25f64 * 2f64.powi(attempt.min(10) as i32 - 1);
-        let wait = base.min(10.0) * rand::thread_rng().gen_range(0.5..1.5);
-        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-    }
-    Err(BenchError(format!("trainer {i} never rejoined")))
-}
-
-/// SIGKILLs the own hub, restarts it on the same database and port, and lets
-/// every trainer reconnect at once: (seconds until the last is welcomed,
-/// the median, refused upgrades).
-async fn measure_rejoin(
-    hub: &mut ChildHub,
-    trainers: usize,
-    ws_url: &str,
-    model: &str,
-    tls: &Arc<rustls::ClientConfig>,
-    http: &reqwest::Client,
-) -> Result<(f64, f64, u64), BenchError> {
-    hub.kill9();
-    hub.spawn().map_err(BenchError)?;
-    let base = hub.url();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError(format!(
-                "the restarted hub did not answer: {}",
-                hub.log_tail(5)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..trainers)
-        .map(|i| {
-            let (u, m, t) = (ws_url.to_string(), model.to_string(), tls.clone());
-            tokio::spawn(async move { rejoin_one(i, &u, &m, &t, start).await })
-        })
-        .collect();
-    let mut times = Vec::with_capacity(trainers);
-    let mut refused = 0;
-    for t in tasks {
-        let (at, r) = t.await.map_err(err)??;
-        times.push(at);
-        refused += r;
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok((
-        times.last().copied().unwrap_or(0.0),
-        percentile(&times, 0.5),
-        refused,
-    ))
 }
 
 /// (unix seconds, received bytes, sent bytes) from the hub's counters.
@@ -847,6 +739,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             r.text().await.unwrap_or_default()
         )));
     }
+    let tokens = trainer_tokens(&http, &base, &token, args.trainers, own.is_some()).await?;
     let layout = ModelLayout::new(vec![("weights".into(), vec![args.params])]);
     let delta = vec![1e-4f32; args.params];
     let dtype = if args.half {
@@ -885,6 +778,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         );
         tasks.push(tokio::spawn(trainer(TrainerRun {
             i,
+            token: tokens.clone(),
             ws_url: u,
             model: m,
             wire: p,
@@ -958,9 +852,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let f32_bytes_per_version = (k * args.params * 4) as f64;
     let (rss, cpu) = own.as_ref().map(|h| h.usage()).unwrap_or((None, None));
     let rejoin = match (&mut own, args.rejoin) {
-        (Some(h), true) => {
-            Some(measure_rejoin(h, args.trainers, &ws_url, &model, &tls, &http).await?)
-        }
+        (Some(h), true) => Some(measure_rejoin(h, &tokens, &ws_url, &model, &tls, &http).await?),
         (None, true) => {
             return Err(BenchError(
                 "--rejoin restarts the bench's own hub; it cannot be used with --hub".into(),

@@ -152,6 +152,8 @@ pub async fn start_hub(
         );
     }
     let token = admin_token(&cfg)?;
+    let tokens =
+        secrets::TokenKey::load_or_create(&cfg).map_err(|e| HubError::Other(e.to_string()))?;
     let test_data = crate::data::digits_split().ok().map(|s| Arc::new(s.test));
 
     // Actors start once, here, outside the per-worker server closure.
@@ -205,6 +207,7 @@ pub async fn start_hub(
         pool,
         blobs,
         admin_token: Arc::from(token.as_str()),
+        tokens,
         config: live,
         handshakes: Arc::default(),
         budget: ws::Budget::new(cfg.hub.max_inflight_update_bytes),

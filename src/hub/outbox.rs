@@ -141,32 +141,44 @@ pub fn remember_socket(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Exten
     }
 }
 
-/// A duplicate of a connection's socket, owned by its outbox. The HTTP
-/// dispatcher stops pulling a response body while it cannot write, so a
-/// client that never reads would otherwise hold its connection for ever;
-/// shutting the socket down makes the dispatcher's next write fail and
-/// drop the connection, and the last close (linger 0) resets it.
-pub struct PeerSocket(std::os::fd::OwnedFd);
+/// A connection's socket as its outbox may end it. The HTTP dispatcher
+/// stops pulling a response body while it cannot write, so a client that
+/// never reads would otherwise hold its connection for ever; shutting the
+/// socket down makes the dispatcher's next write fail and drop the
+/// connection (linger 0: reset). Not a duplicate descriptor: at 10,000
+/// trainers duplicates doubled the hub's descriptors past a 20,000 limit.
+/// The socket's inode, recorded while the request (so the connection) was
+/// alive, is checked before ending it, so a descriptor number reused by a
+/// later connection is left alone.
+pub struct PeerSocket {
+    fd: std::os::fd::RawFd,
+    id: (u64, u64),
+}
+
+/// (device, inode) of an open descriptor.
+fn identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
+    // SAFETY: fstat only writes the struct it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev as u64, st.st_ino as u64))
+}
 
 impl PeerSocket {
-    /// Duplicates the socket while the request (and so the connection) is
-    /// alive, so the descriptor can never name another connection later.
-    pub fn dup(fd: ConnFd) -> Option<PeerSocket> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: `fd` is the open socket of the request being handled; dup
-        // returns a new descriptor we own (or -1).
-        let d = unsafe { libc::dup(fd.0) };
-        (d >= 0).then(|| PeerSocket(unsafe { std::os::fd::OwnedFd::from_raw_fd(d) }))
+    /// Records the socket of the request being handled.
+    pub fn of(fd: ConnFd) -> Option<PeerSocket> {
+        identity(fd.0).map(|id| PeerSocket { fd: fd.0, id })
     }
 
     fn abort(&self) {
-        use std::os::fd::AsRawFd;
-        let fd = self.0.as_raw_fd();
+        if identity(self.fd) != Some(self.id) {
+            return;
+        }
+        let fd = self.fd;
         let linger = libc::linger {
             l_onoff: 1,
             l_linger: 0,
         };
-        // SAFETY: plain socket calls on a descriptor this struct owns.
+        // SAFETY: plain socket calls on the connection's descriptor, checked
+        // above to be the same socket.
         unsafe {
             libc::setsockopt(
                 fd,

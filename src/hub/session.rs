@@ -7,10 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
-use argon2::Argon2;
 use bytes::Bytes;
 
 mod refusal;
@@ -19,6 +15,7 @@ use crate::db::BlobStore;
 use crate::hub::hub_actor::{self, Hub, ToSession};
 use crate::hub::metrics::{self, MetricsAggregator};
 use crate::hub::outbox::Outbox;
+use crate::hub::secrets::{self, TokenKey};
 use crate::hub::state::Admission;
 use crate::hub::ws::{Activity, Incoming};
 use crate::protocol::{
@@ -296,9 +293,10 @@ pub fn validate_update_header(h: &UpdateHeader) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Token checks run at most this many at a time: each argon2 computation
-/// holds 19 MiB, so a storm of hellos (a thousand trainers reconnecting after
-/// a restart) must queue instead of allocating gigabytes at once.
+/// Argon2 token checks run at most this many at a time: each holds 19 MiB,
+/// so a storm of hellos (a thousand trainers reconnecting after a restart)
+/// must queue instead of allocating gigabytes at once. Hub-issued tokens
+/// (fast keyed hash, see `secrets`) skip the queue.
 static TOKEN_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Blob files up to this size are written on the session's own thread.
@@ -307,20 +305,49 @@ const INLINE_BLOB_WRITE: usize = 256 * 1024;
 /// Blob files being written at once, over all sessions.
 static BLOB_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-fn hash_token(token: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(token.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-fn verify_token(token: &str, hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(token.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+/// Checks a hello's token against the stored hash (or hashes it for a new
+/// name): the fast keyed hash on the spot, argon2 on the blocking pool, two at
+/// a time. Returns the hash to store for a new name.
+async fn check_token(
+    key: TokenKey,
+    token: String,
+    admission: Admission,
+    name: &str,
+) -> Result<Option<String>, Refusal> {
+    let internal = |e: String| Refusal::new(ErrorCode::Internal, e);
+    let slow = match &admission {
+        Admission::Verify { token_hash } => secrets::slow_check(token_hash),
+        Admission::Register => secrets::slow_hash(&key, &token),
+    };
+    let _permit = if slow {
+        Some(
+            TOKEN_CHECKS
+                .acquire()
+                .await
+                .map_err(|e| internal(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let work = move || match admission {
+        Admission::Verify { token_hash } => {
+            Ok(secrets::verify_token(&key, &token, &token_hash).then_some(None))
+        }
+        Admission::Register => secrets::hash_token(&key, &token).map(|h| Some(Some(h))),
+    };
+    let res = if slow {
+        actix_web::rt::task::spawn_blocking(work)
+            .await
+            .map_err(|e| internal(e.to_string()))?
+    } else {
+        work()
+    };
+    match res.map_err(|e| internal(e.to_string()))? {
+        Some(new_hash) => Ok(new_hash),
+        None => Err(Refusal::new(
+            ErrorCode::BadToken,
+            format!("wrong token for trainer `{name}`"),
+        )),
     }
 }
 
@@ -353,6 +380,7 @@ pub struct TrainerSession {
     activity: Arc<Activity>,
     hot: Arc<metrics::HotMetrics>,
     blobs: BlobStore,
+    tokens: TokenKey,
     phase: Phase,
     handshake: Option<HandshakeSlot>,
     /// Payload bytes received at the last heartbeat, for the upload-rate floor.
@@ -396,6 +424,8 @@ pub struct Connection {
     pub hot: Arc<metrics::HotMetrics>,
     pub handshake: HandshakeSlot,
     pub blobs: BlobStore,
+    /// The hub's key for trainer tokens it issued.
+    pub tokens: TokenKey,
 }
 
 impl TrainerSession {
@@ -412,6 +442,7 @@ impl TrainerSession {
             hot,
             handshake,
             blobs,
+            tokens,
         } = conn;
         TrainerSession {
             id: uuid::Uuid::new_v4().to_string(),
@@ -423,6 +454,7 @@ impl TrainerSession {
             activity,
             hot,
             blobs,
+            tokens,
             phase: Phase::AwaitingHello,
             handshake: Some(handshake),
             received_at_beat: 0,
@@ -722,6 +754,7 @@ impl TrainerSession {
             addr,
             outbox,
         };
+        let key = self.tokens.clone();
         let fut = async move {
             let admission = hub
                 .send(hub_actor::Hello {
@@ -731,33 +764,7 @@ impl TrainerSession {
                 })
                 .await
                 .map_err(|e| Refusal::new(ErrorCode::ShuttingDown, e.to_string()))??;
-            let permit = TOKEN_CHECKS
-                .acquire()
-                .await
-                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-            let new_hash = match admission {
-                Admission::Verify { token_hash } => {
-                    let ok = actix_web::rt::task::spawn_blocking(move || {
-                        verify_token(&token, &token_hash)
-                    })
-                    .await
-                    .unwrap_or(false);
-                    if !ok {
-                        return Err(Refusal::new(
-                            ErrorCode::BadToken,
-                            format!("wrong token for trainer `{}`", join.name),
-                        ));
-                    }
-                    None
-                }
-                Admission::Register => Some(
-                    actix_web::rt::task::spawn_blocking(move || hash_token(&token))
-                        .await
-                        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
-                        .map_err(|e| Refusal::new(ErrorCode::Internal, e))?,
-                ),
-            };
-            drop(permit);
+            let new_hash = check_token(key, token, admission, &join.name).await?;
             hub.send(hub_actor::Join { new_hash, ..join })
                 .await
                 .map_err(|e| Refusal::new(ErrorCode::ShuttingDown, e.to_string()))?
@@ -1139,13 +1146,5 @@ mod tests {
             validate_update_header(&h).unwrap_err().code,
             ErrorCode::BadLoss
         );
-    }
-
-    #[test]
-    fn token_hashing() {
-        let h = hash_token("s3cret").unwrap();
-        assert!(!h.contains("s3cret"));
-        assert!(verify_token("s3cret", &h));
-        assert!(!verify_token("other", &h));
     }
 }

@@ -11,6 +11,7 @@ pub mod model_delete;
 pub mod models;
 pub mod ops;
 pub mod sockets;
+pub mod trainer_tokens;
 pub mod trainers;
 pub mod updates;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub pool: DbPool,
     pub blobs: db::BlobStore,
     pub admin_token: Arc<str>,
+    /// The key of hub-issued trainer tokens (`POST /v1/trainer-tokens`).
+    pub tokens: crate::hub::secrets::TokenKey,
     /// The hub's current settings: a config reload changes the live ones
     /// (limits apply to new connections).
     pub config: Arc<RwLock<HubConfig>>,
@@ -176,6 +179,7 @@ endpoints!(
     trainers::list_trainers,
     trainers::revoke_trainer,
     trainers::unrevoke_trainer,
+    trainer_tokens::issue_trainer_tokens,
     sockets::trainer_ws,
     sockets::events_ws,
     updates::list_updates,

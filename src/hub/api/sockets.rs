@@ -114,9 +114,7 @@ pub async fn trainer_ws(
         .enter(ip, cfg.max_pending_handshakes, cfg.max_prehello_per_ip)
         .map_err(|m| ApiError::new(ErrorCode::TooManyHandshakes, m))?;
     let limits = crate::hub::session_limits_of(&cfg);
-    let socket = req
-        .conn_data::<ConnFd>()
-        .and_then(|fd| PeerSocket::dup(*fd));
+    let socket = req.conn_data::<ConnFd>().and_then(|fd| PeerSocket::of(*fd));
     let outbox = Outbox::with_socket(
         st.hot.clone(),
         limits.model_hold,
@@ -152,6 +150,7 @@ pub async fn trainer_ws(
             hot: st.hot.clone(),
             handshake: slot,
             blobs: st.blobs.clone(),
+            tokens: st.tokens.clone(),
         },
         st.hub.clone(),
         st.metrics.clone(),

@@ -183,21 +183,26 @@ where
 
     /// Appends `len` unmasked payload bytes to `out` (or drops them when
     /// `out` is None), reading straight from the stream's chunks once the
-    /// buffered bytes are used up. False if the connection ended first.
+    /// buffered bytes are used up, each piece unmasked while still in cache
+    /// (not the whole message afterwards). False if the connection ended.
     async fn payload_into(
         &mut self,
         mut out: Option<&mut Vec<u8>>,
         len: usize,
         mask: [u8; 4],
     ) -> bool {
-        let start = out.as_ref().map(|o| o.len()).unwrap_or(0);
+        fn append(out: &mut Option<&mut Vec<u8>>, piece: &[u8], mask: [u8; 4], done: usize) {
+            if let Some(o) = out.as_mut() {
+                let at = o.len();
+                o.extend_from_slice(piece);
+                apply_mask(&mut o[at..], mask, done);
+            }
+        }
         if let Some(o) = out.as_mut() {
             o.reserve_exact(len);
         }
         let take = self.buf.len().min(len);
-        if let Some(o) = out.as_mut() {
-            o.extend_from_slice(&self.buf[..take]);
-        }
+        append(&mut out, &self.buf[..take], mask, 0);
         self.buf.advance(take);
         let mut got = take;
         while got < len {
@@ -205,16 +210,11 @@ where
                 return false;
             };
             let take = chunk.len().min(len - got);
-            if let Some(o) = out.as_mut() {
-                o.extend_from_slice(&chunk[..take]);
-            }
+            append(&mut out, &chunk[..take], mask, got);
             got += take;
             if take < chunk.len() {
                 self.buf.extend_from_slice(&chunk[take..]);
             }
-        }
-        if let Some(o) = out {
-            apply_mask(&mut o[start..], mask, 0);
         }
         true
     }
