@@ -43,9 +43,7 @@ impl Reach {
         if self.said || self.welcomed.load(Ordering::Relaxed) {
             return None;
         }
-        let Some(os_error) = reason.strip_prefix("connect: ") else {
-            return None;
-        };
+        let os_error = reason.strip_prefix("connect: ")?;
         self.failures += 1;
         if self.failures < NEVER_REACHED_AFTER {
             return None;

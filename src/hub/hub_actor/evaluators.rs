@@ -30,6 +30,13 @@ impl Hub {
         }
     }
 
+    /// The hub is stopping: evaluators get the `goodbye` trainers get.
+    pub(super) fn goodbye_evaluators(&self) {
+        for e in self.evaluators.values() {
+            e.addr.do_send(ToSession::Goodbye);
+        }
+    }
+
     /// Closes the connections of a model's evaluators (the model is gone).
     pub(super) fn close_evaluators(&mut self, model: &str, code: ErrorCode, message: &str) {
         let keys: Vec<_> = self

@@ -126,10 +126,12 @@ mod tests {
         }
     }
 
+    type Breaker = Box<dyn Fn(&mut EvaluatorReport)>;
+
     #[test]
     fn reports_are_range_checked() {
         assert!(report().validate(1000).is_ok());
-        let cases: Vec<Box<dyn Fn(&mut EvaluatorReport)>> = vec![
+        let cases: Vec<Breaker> = vec![
             Box::new(|r| r.accuracy = Some(1.5)),
             Box::new(|r| r.accuracy = Some(f64::NAN)),
             Box::new(|r| r.loss = Some(-1.0)),
