@@ -505,7 +505,13 @@ async fn the_python_evaluator_gives_a_model_its_hub_evaluation() {
         name: "py_judge".into(),
         child: judge,
     };
-    // One Rust trainer with every class makes the versions.
+    // Once it is connected (it then scores version 0, the untrained
+    // model), one Rust trainer with every class makes the versions.
+    wait_for("the evaluator online", Duration::from_secs(90), || async {
+        let l = get_json(&format!("{url}/v1/models/wine/evaluators")).await;
+        (l["evaluators"][0]["online"] == true).then_some(())
+    })
+    .await;
     let all = data::parse_dataset(include_str!("../data/wine.csv"), "wine").unwrap();
     let split = data::stratified_split(&all, 0.2, data::SPLIT_SEED);
     let spec = MlpSpec {
