@@ -6,7 +6,7 @@
     // `/?model=NAME` opens that model.
     model: new URLSearchParams(window.location.search).get('model'),
     historyOf: null,          // the model `versions`, `fed` and `spec` belong to
-    versions: new Map(),      // version -> {acc, loss, n, stale}
+    versions: new Map(),      // version -> {acc, loss, n, stale, by}: `by` names the evaluator
     fed: new Map(),           // version -> {sum, w}: trainers' own evaluations, example-weighted
     spec: new Map(),          // specialty -> Map(version -> accuracy)
     charts: {},
@@ -94,9 +94,11 @@
     const m = state.status && state.status.name === state.model ? state.status : null;
     const last = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.accuracy : null;
     if (acc == null && last != null) { acc = last; ver = m.version; }
+    const x = ver != null ? state.versions.get(ver) : null;
+    const by = (x && x.by) || (m && m.last_metrics && m.last_metrics.eval && m.last_metrics.eval.evaluator) || null;
     const el = $('accuracy');
     el.textContent = acc == null ? 'no evaluation yet' : pct(acc);
-    el.title = acc == null ? `no version of ${state.model || 'this model'} was evaluated by the hub yet` : `${state.model} version ${ver}`;
+    el.title = acc == null ? `no version of ${state.model || 'this model'} was evaluated by the hub yet` : `${state.model} version ${ver}${by ? ', scored by evaluator ' + by : ''}`;
   }
 
   async function loadHistory() {
@@ -114,6 +116,7 @@
       state.versions.set(x.version, {
         acc: m.eval ? m.eval.accuracy : null,
         loss: m.eval ? m.eval.loss : null,
+        by: m.eval && m.eval.evaluator ? m.eval.evaluator : null,
         n: x.num_updates,
         stale: m.aggregation ? m.aggregation.mean_staleness : null,
       });
@@ -169,6 +172,7 @@
       case 'harness_run': return [`harness ${e.scenario}: ${e.passed ? 'PASS' : 'FAIL'}${e.collective_accuracy != null ? ', ' + pct(e.collective_accuracy) : ''}`, e.passed ? 'version' : 'refused'];
       case 'harness_run_deleted': return [`harness run ${e.id} deleted`, ''];
       case 'hub_evaluation': return [`${e.model} version ${e.version} scores ${pct(e.accuracy)} on its evaluation set`, 'version'];
+      case 'evaluator_report': return [`${e.model} version ${e.version} scored by evaluator ${e.evaluator}: ${e.accuracy != null ? pct(e.accuracy) : e.bits_per_byte != null ? num(e.bits_per_byte) + ' bits/byte' : 'loss ' + num(e.loss)}${e.current ? '' : ' (the hub\'s own evaluation is shown)'}`, 'version'];
       case 'normalisation_frozen': return [e.trainers ? `${e.model}: input normalisation frozen from ${e.trainers} trainer(s), ${e.count} rows` : `${e.model}: no statistics reported, no normalisation`, ''];
       case 'updates_summary': return [`${e.accepted} updates accepted`, ''];
       case 'hub_stopping': return ['the hub is shutting down', 'refused'];
@@ -270,6 +274,12 @@
     } else if (e.type === 'hub_evaluation' && e.model === state.model) {
       const prev = state.versions.get(e.version) || {};
       state.versions.set(e.version, { ...prev, acc: e.accuracy, loss: e.loss });
+      showAccuracy();
+      redraw();
+    } else if (e.type === 'evaluator_report' && e.current && e.model === state.model) {
+      // An evaluator's report is the version's hub evaluation: charted alike.
+      const prev = state.versions.get(e.version) || {};
+      state.versions.set(e.version, { ...prev, acc: e.accuracy, loss: e.loss, by: e.evaluator });
       showAccuracy();
       redraw();
     } else if (e.type === 'evaluation' && e.model === state.model) {

@@ -100,6 +100,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run an evaluator: scores every new version of a model on held-out
+    /// data and reports it to the hub as the version's hub evaluation.
+    Evaluator(kernal::trainer::evaluator_cli::EvaluatorCmd),
     /// Bits per byte of a `kernel` checkpoint on source files or directories.
     Evaluate {
         /// The model kind (only `kernel`, the language model, is scored in bits per byte).
@@ -347,6 +350,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Evaluator(cmd) => kernal::trainer::evaluator_cli::main(cmd),
         Command::Trainer {
             name,
             specialty,

@@ -473,4 +473,41 @@ async fn dashboard_opens_the_model_in_its_url_with_its_own_evaluation() {
     assert_eq!(header().await.2, "?model=custom");
     driver.goto(&format!("{url}/?model=digits")).await;
     shows("digits", digits_text).await;
+
+    // An evaluator's report gives the custom model its hub evaluation: the
+    // header shows it and the chart plots it, like the hub's own.
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/v1/models/custom/evaluators"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "judge"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["token"].as_str().expect("a token");
+    driver.goto(&format!("{url}/?model=custom")).await;
+    shows("custom", "no evaluation yet".into()).await;
+    let mut judge = Raw::connect(&hub.ws()).await;
+    judge
+        .send_json(serde_json::json!({"type": "hello", "role": "evaluator", "name": "judge", "token": token, "model": "custom"}))
+        .await;
+    judge.expect_type("welcome").await;
+    judge
+        .send_json(serde_json::json!({"type": "evaluator_report", "version": 0, "accuracy": 0.625, "num_examples": 8}))
+        .await;
+    judge.expect_type("evaluation_recorded").await;
+    shows("custom", "62.5%".into()).await;
+    let charted = driver
+        .js("const v = window.kernalDash.versions.get(0); return v ? [v.acc, v.by] : null;")
+        .await;
+    assert_eq!(
+        charted,
+        serde_json::json!([0.625, "judge"]),
+        "the chart's point"
+    );
+    // And after a reload, from the stored history.
+    driver.goto(&format!("{url}/?model=custom")).await;
+    shows("custom", "62.5%".into()).await;
 }

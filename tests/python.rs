@@ -440,7 +440,11 @@ async fn python_trainers_stop_on_what_no_retry_changes() {
     let (code, out, secs) = run_example(args);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains(&format!("could not reach the hub at {nobody}")) && !out.contains("Traceback"),
+        out.contains(&format!(
+            "never reached the hub at {}",
+            nobody.trim_start_matches("ws://")
+        )) && out.contains(&nobody)
+            && !out.contains("Traceback"),
         "{out}"
     );
     println!("a hub never reached was reported after {secs:.1} s");
@@ -709,4 +713,148 @@ async fn python_kernel_trainer_and_rust_trainers_train_one_kernel_model() {
     .await;
     println!("hub: version 0 {v0:.3} bits per byte, version {v} {later:.3}");
     assert!(later < v0 - 1.0, "version 0 {v0}, version {v} {later}");
+}
+
+/// The example evaluator scores a model the hub cannot evaluate (an MLP
+/// with no evaluation set) while a Rust trainer trains it: each report is
+/// the version's hub evaluation. A wrong token stops it (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_evaluator_gives_a_model_its_hub_evaluation() {
+    let py = python().to_path_buf();
+    if !has_torch(&py) {
+        assert!(
+            std::env::var("KERNAL_REQUIRE_TORCH").as_deref() != Ok("1"),
+            "PyTorch is required here (KERNAL_REQUIRE_TORCH=1) but `import torch` fails in {}",
+            py.display()
+        );
+        eprintln!("PyTorch is not installed: the evaluator example is skipped here (CI runs it)");
+        return;
+    }
+    let hub = start_hub(|_| {});
+    let (url, ws) = (hub.url(), hub.hub.ws_url());
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/models"))
+        .bearer_auth(ADMIN)
+        .json(
+            &json!({"name": "wine", "inputs": 13, "hidden": 16, "classes": 3,
+                      "aggregation": {"min_updates": 1}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/models/wine/evaluators"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "py_judge"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["token"].as_str().expect("a token").to_string();
+
+    let started = Instant::now();
+    let judge = Command::new(&py)
+        .arg(repo().join("python/examples/evaluator.py"))
+        .args([
+            "--hub", &ws, "--name", "py_judge", "--token", &token, "--model", "wine",
+        ])
+        .args(["--versions", "3", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the evaluator");
+    let judge = PyTrainer {
+        name: "py_judge".into(),
+        child: judge,
+    };
+    // Once it is connected (it then scores version 0, the untrained
+    // model), one Rust trainer with every class makes the versions.
+    wait_for("the evaluator online", Duration::from_secs(90), || async {
+        let l = get_json(&format!("{url}/v1/models/wine/evaluators")).await;
+        (l["evaluators"][0]["online"] == true).then_some(())
+    })
+    .await;
+    let all = data::parse_dataset(include_str!("../data/wine.csv"), "wine").unwrap();
+    let split = data::stratified_split(&all, 0.2, data::SPLIT_SEED);
+    let spec = MlpSpec {
+        inputs: 13,
+        hidden: 16,
+        classes: 3,
+    };
+    let settings = TrainSettings {
+        epochs: 2,
+        lr: 0.1,
+        batch_size: 32,
+        seed: 3,
+    };
+    let learner = MlpLearner::for_parts(spec, split.train, split.test, settings);
+    let mut opts = ClientOptions::new(&ws, "rust_ref", "all", "tok");
+    opts.model = "wine".into();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let rust = tokio::spawn(connection::run(opts, learner, |_| {}, async {
+        let _ = stop_rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let events = tokio::task::spawn_blocking(move || judge.finish(deadline))
+        .await
+        .unwrap();
+    let _ = stop_tx.send(());
+    let _ = rust.await;
+    println!(
+        "the Python evaluator reported 3 versions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let reported: Vec<(u64, f64)> = events
+        .iter()
+        .filter(|e| e["event"] == "reported")
+        .map(|e| {
+            assert_eq!(e["current"], true, "{e}");
+            (
+                e["version"].as_u64().unwrap(),
+                e["accuracy"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reported.len(), 3, "{events:?}");
+    for (v, acc) in &reported {
+        let stored = get_json(&format!("{url}/v1/models/wine/versions/{v}")).await;
+        assert_eq!(
+            stored["metrics"]["eval"]["evaluator"], "py_judge",
+            "{stored}"
+        );
+        assert_eq!(
+            stored["metrics"]["eval"]["accuracy"].as_f64(),
+            Some(*acc),
+            "{stored}"
+        );
+        assert_eq!(stored["metrics"]["eval"]["examples"], 36, "{stored}");
+    }
+    println!("evaluator's accuracy by version: {reported:?}");
+
+    let (code, out, _) = run_to_end(
+        &py,
+        &[
+            repo()
+                .join("python/examples/evaluator.py")
+                .to_str()
+                .unwrap(),
+            "--hub",
+            &ws,
+            "--name",
+            "py_judge",
+            "--token",
+            "kev_wrong",
+            "--model",
+            "wine",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("bad_token") && !out.contains("Traceback"),
+        "{out}"
+    );
 }

@@ -62,6 +62,8 @@ ACTIONS: Dict[str, str] = {
     "shutting_down": RESEND,
     "internal": RESEND,
     "model_deleted": GIVE_UP,
+    "not_trainer": DROP_UPDATE,
+    "not_evaluator": DROP_UPDATE,
 }
 
 
@@ -88,7 +90,12 @@ class HubUnreachable(ConnectionError):
     never welcomed (a hub that was reached once is waited for)."""
 
     def __init__(self, url: str, reason: str, attempts: int):
-        super().__init__(f"could not reach the hub at {url}: {reason} ({attempts} attempts)")
+        address = url.split("://", 1)[-1].split("/", 1)[0]
+        # The sentence the Rust client says too (`never_reached`).
+        super().__init__(
+            f"never reached the hub at {address} ({url}): {attempts} connection attempts failed: "
+            f"{reason}. Is the hub running, and is {address} its address and port?"
+        )
         self.url = url
         self.reason = reason
         self.attempts = attempts

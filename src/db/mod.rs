@@ -5,6 +5,7 @@
 pub mod acked;
 pub mod blobs;
 mod deletions;
+mod evaluators;
 pub mod health;
 mod reads;
 mod rows;
@@ -12,6 +13,7 @@ pub mod schema;
 mod writes;
 
 pub use deletions::*;
+pub use evaluators::*;
 pub use reads::*;
 pub use rows::*;
 pub use writes::*;

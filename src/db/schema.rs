@@ -124,6 +124,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    evaluators (id) {
+        id -> BigInt,
+        model -> Text,
+        name -> Text,
+        token_hash -> Text,
+        created_at -> Text,
+        revoked_at -> Nullable<Text>,
+        reports -> BigInt,
+        last_report_at -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     models,
     versions,
@@ -134,4 +147,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     metrics,
     harness_runs,
     model_deletions,
+    evaluators,
 );

@@ -96,6 +96,24 @@ pub enum HubEvent {
         loss: f64,
         examples: usize,
     },
+    /// An evaluator's report of a version was stored; `current`: it is the
+    /// version's hub evaluation (the model has none of the hub's own).
+    EvaluatorReport {
+        model: String,
+        version: u64,
+        evaluator: String,
+        accuracy: Option<f64>,
+        loss: Option<f64>,
+        bits_per_byte: Option<f64>,
+        examples: u64,
+        current: bool,
+    },
+    /// An administrator issued (`revoked: false`) or revoked an evaluator.
+    EvaluatorCredential {
+        model: String,
+        evaluator: String,
+        revoked: bool,
+    },
     HubStopping,
     /// An administrator deleted a model (`DELETE /v1/models/{m}`); with
     /// `forced`, its `disconnected` trainers were told `model_deleted`.

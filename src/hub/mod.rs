@@ -6,6 +6,7 @@ pub mod api;
 pub mod child;
 pub mod daemon;
 pub mod dashboard;
+pub mod evaluator_tokens;
 pub mod events;
 pub mod hub_actor;
 pub mod hub_event;

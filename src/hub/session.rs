@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 
+mod evaluator;
 mod refusal;
 
 use crate::db::BlobStore;
@@ -157,7 +158,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
             "message has no string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 6] = ["hello", "update", "eval", "stats", "ping", "bye"];
+    const KNOWN: [&str; 7] = crate::protocol::CLIENT_MESSAGE_TYPES;
     if !KNOWN.contains(&kind.as_str()) {
         return Err(ParseRefusal::plain(
             ErrorCode::UnknownType,
@@ -191,7 +192,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
     if let Some(field) = non_finite {
         let code = match (kind.as_str(), field.as_str()) {
             ("update", "loss") => ErrorCode::BadLoss,
-            ("eval", _) => ErrorCode::BadEval,
+            ("eval" | "evaluator_report", _) => ErrorCode::BadEval,
             ("stats", _) => ErrorCode::BadStats,
             _ => ErrorCode::BadJson,
         };
@@ -202,7 +203,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseRefusal> {
     }
     serde_json::from_value(value).map_err(|e| {
         let code = match kind.as_str() {
-            "eval" => ErrorCode::BadEval,
+            "eval" | "evaluator_report" => ErrorCode::BadEval,
             // NaN or Infinity inside the arrays arrive here, marked.
             "stats" => ErrorCode::BadStats,
             _ => ErrorCode::BadJson,
@@ -359,6 +360,8 @@ enum Phase {
     /// longer runs: it covers the client's sending, not the hub's queue.
     Verifying,
     Ready(Ready),
+    /// A welcomed evaluator (see [`evaluator`]).
+    Evaluating(evaluator::EvaluatorReady),
     Closing,
 }
 
@@ -534,6 +537,7 @@ impl TrainerSession {
     }
 
     fn leave(&mut self, reason: String) {
+        self.evaluator_left(reason.clone());
         if let Phase::Ready(r) = &self.phase {
             self.hub.do_send(hub_actor::Leave {
                 session_id: self.id.clone(),
@@ -600,8 +604,10 @@ impl TrainerSession {
                     specialty,
                     token,
                     model,
+                    role,
                 },
-            ) => self.on_hello(protocol, name, specialty, token, model, ctx),
+            ) => self.on_any_hello(protocol, name, specialty, token, model, role, ctx),
+            (Phase::Evaluating(_), m) => self.on_evaluator_message(m, ctx),
             (Phase::AwaitingHello, _) => self.error(
                 ctx,
                 ErrorCode::HelloRequired,
@@ -614,6 +620,7 @@ impl TrainerSession {
                 "wait for `welcome` before sending other messages".into(),
                 None,
             ),
+            (Phase::Ready(_), ClientMessage::EvaluatorReport(_)) => self.report_from_trainer(ctx),
             (Phase::Ready(_), ClientMessage::Hello { .. }) => self.error(
                 ctx,
                 ErrorCode::AlreadyGreeted,
@@ -816,6 +823,9 @@ impl TrainerSession {
     }
 
     fn on_binary(&mut self, payload: Bytes, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Evaluating(_)) {
+            return self.on_evaluator_binary(ctx);
+        }
         let Phase::Ready(r) = &mut self.phase else {
             return self.error(
                 ctx,

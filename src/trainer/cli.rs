@@ -66,7 +66,7 @@ impl TrainerCliError {
 }
 
 /// Asks the hub for the model's tensors, retrying while it is not up yet.
-async fn fetch_layout(
+pub(crate) async fn fetch_layout(
     hub: &str,
     model: &str,
     tls: &std::sync::Arc<rustls::ClientConfig>,
@@ -203,7 +203,10 @@ async fn serve<L: kernal_client::Learner>(
         line.apply(e);
         let note = matches!(
             e,
-            ClientEvent::Error { .. } | ClientEvent::Reconnect { .. } | ClientEvent::Welcome { .. }
+            ClientEvent::Error { .. }
+                | ClientEvent::Reconnect { .. }
+                | ClientEvent::Welcome { .. }
+                | ClientEvent::NeverReached { .. }
         );
         match &bar {
             Some(b) => {

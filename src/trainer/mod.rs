@@ -2,5 +2,6 @@
 //! `kernal-client` library, which custom trainers use without the hub.
 
 pub mod cli;
+pub mod evaluator_cli;
 pub mod kernel;
 pub mod status;

@@ -85,6 +85,19 @@ impl StatusLine {
                     _ => "the model has no input normalisation".into(),
                 };
             }
+            ClientEvent::NeverReached { message, .. } => self.note = message.clone(),
+            ClientEvent::Reported {
+                version,
+                accuracy,
+                loss,
+                bits_per_byte,
+                ..
+            } => {
+                self.version = *version;
+                self.hub = accuracy.or(self.hub);
+                self.loss = *loss;
+                self.all_bpb = bits_per_byte.or(self.all_bpb);
+            }
             ClientEvent::Done { .. } => {}
         }
     }

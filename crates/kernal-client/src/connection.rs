@@ -209,9 +209,11 @@ pub(crate) type Ws =
 pub async fn run<L: Learner>(
     opts: ClientOptions,
     learner: L,
-    mut on_event: impl FnMut(&ClientEvent) + Send,
+    on_event: impl FnMut(&ClientEvent) + Send,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<Summary, ClientError> {
+    let mut reach = crate::reach::Reach::default();
+    let mut on_event = reach.watch(on_event);
     let learner = Arc::new(std::sync::Mutex::new(learner));
     let url = ws_url(&opts.hub);
     let mut progress = Progress::default();
@@ -236,6 +238,9 @@ pub async fn run<L: Learner>(
                         url,
                         message: reason,
                     });
+                }
+                if let Some(e) = reach.failed(&url, &reason) {
+                    on_event(&e);
                 }
                 progress.attempt += 1;
                 let attempt = progress.attempt;
@@ -275,7 +280,10 @@ fn finish(summary: &Summary, on_event: &mut impl FnMut(&ClientEvent)) -> Summary
     summary.clone()
 }
 
-async fn connect(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, String> {
+pub(crate) async fn connect(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Ws, String> {
     let cfg = WebSocketConfig {
         max_message_size: Some(2 << 30),
         max_frame_size: Some(2 << 30),
@@ -373,6 +381,7 @@ async fn run_connection<L: Learner>(
         specialty: opts.specialty.clone(),
         token: opts.token.clone(),
         model: opts.model.clone(),
+        role: crate::protocol::Role::Trainer,
     };
     if let Err(e) = ws
         .send(Message::Text(

@@ -63,6 +63,27 @@ pub enum ClientEvent {
         in_secs: f64,
         reason: String,
     },
+    /// The first connection attempts all failed and the hub was never
+    /// reached (said once; the client keeps trying): a wrong address or
+    /// port, or a hub that is not running. `error` is the OS error.
+    NeverReached {
+        url: String,
+        /// `host:port` tried.
+        address: String,
+        attempts: u32,
+        error: String,
+        message: String,
+    },
+    /// An evaluator's report was stored by the hub; `current`: it is the
+    /// version's hub evaluation (false when the hub's own is shown).
+    Reported {
+        version: u64,
+        accuracy: Option<f64>,
+        loss: Option<f64>,
+        bits_per_byte: Option<f64>,
+        num_examples: u64,
+        current: bool,
+    },
     Done {
         versions_trained: u64,
         acked: u64,

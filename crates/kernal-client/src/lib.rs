@@ -5,10 +5,12 @@
 //! on no actix, diesel or SQLite: `cargo tree -p kernal-client` shows it.
 
 pub mod connection;
+pub mod evaluator;
 pub mod events;
 pub mod kernel;
 mod policy;
 mod pooling;
+pub mod reach;
 pub mod tls;
 
 pub use kernal_core::{data, model, protocol};

@@ -5,6 +5,7 @@
 //! two cannot drift apart.
 
 pub mod create_checks;
+pub mod evaluators;
 pub mod harness;
 pub mod learning;
 pub mod model_delete;
@@ -176,6 +177,9 @@ endpoints!(
     learning::freeze_normalisation,
     learning::reset_normalisation,
     learning::put_evalset,
+    evaluators::issue_evaluator,
+    evaluators::list_evaluators,
+    evaluators::revoke_evaluator,
     trainers::list_trainers,
     trainers::revoke_trainer,
     trainers::unrevoke_trainer,

@@ -261,6 +261,7 @@ impl Handler<Shutdown> for Hub {
         for s in self.sessions.values() {
             s.addr.do_send(ToSession::Goodbye);
         }
+        self.goodbye_evaluators();
         self.sessions.len()
     }
 }

@@ -71,6 +71,8 @@ impl Handler<DeleteModel> for Hub {
                 message: format!("an administrator deleted model `{}`", m.name),
             });
         }
+        let gone = format!("an administrator deleted model `{}`", m.name);
+        self.close_evaluators(&m.name, ErrorCode::ModelDeleted, &gone);
         self.models.remove(&m.name);
         // Its updates still waiting for the group commit are not stored:
         // their trainers were just disconnected.

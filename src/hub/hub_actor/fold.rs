@@ -369,5 +369,6 @@ impl Hub {
         for s in self.sessions.values().filter(|s| s.model == model) {
             s.outbox.model(json.clone(), encoded.clone());
         }
+        self.broadcast_to_evaluators(model, &json, encoded);
     }
 }

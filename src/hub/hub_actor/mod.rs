@@ -6,10 +6,11 @@
 //! version), [`refusals`] (refusing an update, or answering a resend of an
 //! accepted one as a duplicate), [`rollback`], [`learning`] (normalisation, evaluation),
 //! [`admin`] (models, revocation, config, shutdown), [`delete`] (deleting
-//! a model), [`status`], [`kernel`] (scoring the built-in language model).
+//! a model), [`evaluators`] (the evaluator role), [`status`], [`kernel`] (scoring the built-in language model).
 
 mod admin;
 mod delete;
+mod evaluators;
 mod fold;
 mod join;
 mod kernel;
@@ -21,6 +22,7 @@ mod updates;
 
 pub use admin::*;
 pub use delete::*;
+pub use evaluators::*;
 pub use join::*;
 pub use learning::*;
 pub use rollback::*;
@@ -93,6 +95,8 @@ pub struct Hub {
     trainers: HashMap<String, TrainerInfo>,
     live: HashMap<String, TrainerLive>,
     sessions: HashMap<String, SessionEntry>,
+    /// Connected evaluators, apart from trainers (see [`evaluators`]).
+    evaluators: evaluators::Evaluators,
     persister: Addr<Persister>,
     metrics: Addr<MetricsAggregator>,
     hot: Arc<metrics::HotMetrics>,
@@ -139,6 +143,7 @@ impl Hub {
             trainers: p.trainers,
             live: HashMap::new(),
             sessions: HashMap::new(),
+            evaluators: HashMap::new(),
             persister: p.persister,
             metrics: p.metrics,
             hot: p.hot,

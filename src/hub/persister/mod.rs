@@ -15,7 +15,9 @@ use crate::db::{self, EvalRow, InsertOutcome, ModelRow, NewHarnessRun, NewUpdate
 use crate::error::DbError;
 use crate::hub::metrics::{MetricsAggregator, PersisterTiming};
 
+mod evaluators;
 mod records;
+pub use evaluators::*;
 pub use records::*;
 
 pub struct Persister {

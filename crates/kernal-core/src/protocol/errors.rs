@@ -98,7 +98,7 @@ error_table! {
     BadJson = "bad_json", Message, 400, DropUpdate,
         "a text frame is not JSON, or a known message has missing or invalid fields";
     UnknownType = "unknown_type", Message, 400, DropUpdate,
-        "`type` missing or not one of hello, update, eval, stats, ping, bye";
+        "`type` missing or not one of hello, update, eval, stats, evaluator_report, ping, bye";
     HelloRequired = "hello_required", Message, 400, DropUpdate,
         "a message other than `hello`, `ping` or `bye` before the welcome";
     HelloTimeout = "hello_timeout", Connection, 400, Reconnect,
@@ -110,7 +110,7 @@ error_table! {
     BadToken = "bad_token", Connection, 400, GiveUp,
         "wrong token for a registered name, or a token that is empty or over 1024 characters";
     Revoked = "revoked", Connection, 403, GiveUp,
-        "an administrator revoked this trainer";
+        "an administrator revoked this trainer (or this evaluator's token)";
     NotAllowed = "not_allowed", Connection, 403, GiveUp,
         "registration is closed and the name is not in `allowed_trainers`";
     TooManyTrainers = "too_many_trainers", Connection, 409, GiveUp,
@@ -138,7 +138,7 @@ error_table! {
     BadUpdateId = "bad_update_id", Message, 400, DropUpdate,
         "`update_id` empty, over 128 characters or not printable";
     BadEval = "bad_eval", Message, 400, DropUpdate,
-        "an `eval` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, bits per byte outside [0, 64], or `num_examples` above the model's limit; an evaluation set (`PUT /v1/models/{m}/evalset`) with a value that is NaN, infinite or beyond the f32 range (the message names line and column)";
+        "an `eval` or `evaluator_report` for a version the model does not have yet, an accuracy outside [0, 1], a negative or non-finite loss, bits per byte outside [0, 64], or `num_examples` above the model's limit; an evaluation set (`PUT /v1/models/{m}/evalset`) with a value that is NaN, infinite or beyond the f32 range (the message names line and column)";
     BadStats = "bad_stats", Message, 400, DropUpdate,
         "a `stats` report of the wrong width, with a count of 0 or above `max_num_examples`, non-finite or impossible values (a negative variance, means beyond ±1e9), or for a model without federated normalisation";
     StatsRejected = "stats_rejected", Message, 400, DropUpdate,
@@ -201,6 +201,12 @@ error_table! {
         "`DELETE /v1/models/{m}` while trainers of the model are connected; `?force=true` disconnects them (`model_deleted`)";
     ModelDeleted = "model_deleted", Connection, 410, GiveUp,
         "an administrator deleted the model this trainer trains";
+    NotTrainer = "not_trainer", Message, 403, DropUpdate,
+        "an evaluator connection sent `update`, `stats` or `eval`: evaluators only report (`evaluator_report`)";
+    NotEvaluator = "not_evaluator", Message, 403, DropUpdate,
+        "a trainer connection sent `evaluator_report`: only a connection whose hello said `role: evaluator` (with an evaluator token) reports";
+    UnknownEvaluator = "unknown_evaluator", Rest, 404, NotSent,
+        "the model has no evaluator of that name";
     Internal = "internal", Message, 500, Resend,
         "the hub could not store the update (or answer the call); the message says why; send it again";
 }

@@ -6,6 +6,7 @@
 
 pub mod errors;
 pub mod names;
+pub mod evaluator;
 pub mod normalisation;
 pub mod robust_stats;
 pub mod tensors;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
 pub use names::{validate_model_name, validate_name, NameError};
+pub use evaluator::{EvaluatorReport, Role};
 pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
 pub use robust_stats::{RejectedReport, RobustFreeze};
 pub use tensors::{ModelLayout, TensorSpec};
@@ -34,10 +36,16 @@ pub enum ClientMessage {
         #[serde(default = "default_protocol")]
         protocol: u32,
         name: String,
+        /// Required of trainers (the hub answers `bad_json` without it);
+        /// an evaluator has none.
+        #[serde(default)]
         specialty: String,
         token: String,
         #[serde(default = "default_model")]
         model: String,
+        /// `evaluator` for an evaluator connection; absent for a trainer.
+        #[serde(default, skip_serializing_if = "Role::is_trainer")]
+        role: Role,
     },
     /// Announces a model delta; the next frame must be a binary safetensors
     /// frame with the delta (`trained - base`) of every tensor of the model.
@@ -73,6 +81,8 @@ pub enum ClientMessage {
         sum: Vec<f64>,
         sumsq: Vec<f64>,
     },
+    /// An evaluator's figures for a version (evaluator connections only).
+    EvaluatorReport(EvaluatorReport),
     /// Application-level keepalive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -81,6 +91,17 @@ pub enum ClientMessage {
     /// The trainer is leaving on purpose.
     Bye,
 }
+
+/// The `type` of every [`ClientMessage`], for naming an unknown one.
+pub const CLIENT_MESSAGE_TYPES: [&str; 7] = [
+    "hello",
+    "update",
+    "eval",
+    "stats",
+    "evaluator_report",
+    "ping",
+    "bye",
+];
 
 fn default_protocol() -> u32 {
     PROTOCOL_VERSION
@@ -153,6 +174,15 @@ pub enum ServerMessage {
     },
     /// The hub is going away (shutdown); reconnect later.
     Goodbye { reason: String },
+    /// An evaluator's report was stored. `current`: it is the version's
+    /// hub evaluation (`metrics.eval`); false when the hub's own
+    /// evaluation of the version is shown there instead.
+    EvaluationRecorded {
+        model: String,
+        version: u64,
+        evaluator: String,
+        current: bool,
+    },
 }
 
 impl ServerMessage {
@@ -186,8 +216,41 @@ mod tests {
                 name: "a".into(),
                 specialty: "s".into(),
                 token: "t".into(),
-                model: "digits".into()
+                model: "digits".into(),
+                role: Role::Trainer,
             }
+        );
+    }
+
+    #[test]
+    fn evaluator_hello_and_report_parse_and_trainer_hellos_are_unchanged() {
+        let m: ClientMessage = serde_json::from_str(
+            r#"{"type":"hello","name":"judge","token":"t","model":"wine","role":"evaluator"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(m, ClientMessage::Hello { role: Role::Evaluator, ref specialty, .. } if specialty.is_empty())
+        );
+        let trainer = ClientMessage::Hello {
+            protocol: 2,
+            name: "a".into(),
+            specialty: "s".into(),
+            token: "t".into(),
+            model: "digits".into(),
+            role: Role::Trainer,
+        };
+        let json = serde_json::to_string(&trainer).unwrap();
+        assert!(!json.contains("role"), "{json}");
+        let r: ClientMessage = serde_json::from_str(
+            r#"{"type":"evaluator_report","version":4,"accuracy":0.5,"num_examples":10,"metrics":{"f1":0.4}}"#,
+        )
+        .unwrap();
+        let ClientMessage::EvaluatorReport(r) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (r.version, r.accuracy, r.metrics["f1"]),
+            (4, Some(0.5), 0.4)
         );
     }
 
