@@ -52,9 +52,15 @@ pub fn max_rejected(members: usize, share: f32) -> usize {
 /// Greedily leaves out the member whose absence lowers the loss most, while
 /// that lowers it by more than [`TOLERANCE`], at most `limit` of them.
 /// `loss` scores a candidate model; None (it could not be evaluated) stops
-/// the screen with what was decided so far. The candidate model is
-/// `weights + server_lr * weighted mean of the kept deltas`: the server
-/// step without momentum, which is what one fold adds.
+/// the screen with what was decided so far.
+///
+/// A candidate model is `weights + server_lr * sum of the kept members'
+/// weighted deltas / the whole round's weight`: the server step without
+/// momentum, with the denominator of the whole round kept fixed. Leaving a
+/// member out then removes exactly its own share of the step; if the mean
+/// were renormalised over the rest, every other member's step would grow,
+/// and a member whose classes are already learnt would look harmful only
+/// because the step without it is larger.
 pub fn screen(
     weights: &[f32],
     members: &[Candidate<'_>],
@@ -68,7 +74,7 @@ pub fn screen(
     }
     let mut kept: Vec<usize> = (0..members.len()).collect();
     let mut sum = vec![0.0f64; n];
-    let mut total = 0.0f64;
+    let mut total = 0.0f64; // the whole round's weight: fixed below
     for m in members {
         for (s, d) in sum.iter_mut().zip(m.delta) {
             *s += m.weight * *d as f64;
@@ -86,6 +92,7 @@ pub fn screen(
         loss(model).filter(|l| l.is_finite())
     };
     let loss_all = score(&sum, total, &mut model)?;
+    let whole = total;
     let mut current = loss_all;
     let mut rejected = Vec::new();
     while rejected.len() < limit && kept.len() > 2 {
@@ -97,7 +104,7 @@ pub fn screen(
                 .zip(m.delta)
                 .map(|(s, d)| s - m.weight * *d as f64)
                 .collect();
-            let Some(l) = score(&without, total - m.weight, &mut model) else {
+            let Some(l) = score(&without, whole, &mut model) else {
                 continue;
             };
             if best.is_none_or(|(_, b)| l < b) {
@@ -113,7 +120,6 @@ pub fn screen(
         for (s, d) in sum.iter_mut().zip(m.delta) {
             *s -= m.weight * *d as f64;
         }
-        total -= m.weight;
         current = l;
         rejected.push(i);
     }
