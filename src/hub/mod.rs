@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod registration;
 pub mod reload;
 pub mod round;
+pub mod round_tensors;
 pub mod secrets;
 pub mod session;
 pub mod state;
