@@ -75,7 +75,7 @@ mod tests {
         // Two honest members spread their step over both tensors; the liar
         // (same total norm as the larger honest one) puts all of it on the
         // second.
-        let honest_a = [0.3f32, 0.4, 0.3, 0.4];
+        let honest_a = [0.0f32, 0.5, 0.3, 0.4];
         let honest_b = [0.0f32, 0.5, 0.6, 0.0];
         let mut liar = [0.0f32, 0.0, 0.0, (0.5f64.powi(2) * 2.0).sqrt() as f32];
         let norms: Vec<Vec<f64>> = [&honest_a[..], &honest_b, &liar]
