@@ -25,6 +25,7 @@ fn settings(strategy: Strategy) -> AggregationSettings {
         clip_quantile: 0.0,
         clip_lr: 0.2,
         clip_multiplier: 1.0,
+        tensor_clip_multiplier: 0.0,
         max_weight_ratio: 0.0,
         screen_max_share: 0.0,
         max_num_examples: 1_000_000,

@@ -177,3 +177,55 @@ async fn by_default_a_lying_member_weighs_what_a_typical_member_weighs() {
     assert_eq!(a["clipped"], 2, "{a}");
     assert!(a["norm_quantile"].as_f64().unwrap() > 0.0, "{a}");
 }
+
+fn two_tensors() -> ModelLayout {
+    ModelLayout::new(vec![("a".into(), vec![2]), ("b".into(), vec![2])])
+}
+
+/// With `tensor_clip_multiplier`, a member that puts its whole step into
+/// one tensor (as the label-rotation attack does with the output layer)
+/// moves that tensor no further than the round's median member: each
+/// tensor is clipped to the lower median of its members' norms, on the
+/// streamed (fedavg) path, and the version reports how many were clipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_tensor_clipping_bounds_a_member_that_spends_its_step_on_one_tensor() {
+    let hub = start_hub(|_| {});
+    let url = hub.url();
+    let body = two_tensors().encode(&[0.0; 4], None).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{url}/v1/models?name=layers&strategy=fedavg&min_updates=3&round_timeout_secs=600&staleness_exponent=0&clip_quantile=0&tensor_clip_multiplier=1"
+        ))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // Tensor norms: (0.5, 0.5), (0.5, 0.6), (0, 3).
+    let deltas = [
+        [0.0f32, 0.5, 0.3, 0.4],
+        [0.0, 0.5, 0.6, 0.0],
+        [0.0, 0.0, 0.0, 3.0],
+    ];
+    let mut conns = Vec::new();
+    for (i, d) in deltas.iter().enumerate() {
+        let (mut c, _, _) = Raw::hello(&hub.ws(), &format!("t{i}"), "tok", "layers").await;
+        c.send_update("u", 0, 100, two_tensors().encode(d, None).unwrap())
+            .await;
+        assert_eq!(c.outcome("u").await["type"], "ack");
+        conns.push(c);
+    }
+    let (_, bytes) = conns[0].wait_version(1).await;
+    let w = two_tensors().decode(&bytes).unwrap();
+    // Bounds: tensor a 0.5, tensor b 0.6; the third member's b becomes
+    // (0, 0.6). Without the per-tensor bound w[3] would be 3.4 / 3.
+    let want = [0.0f32, 1.0 / 3.0, 0.3, 1.0 / 3.0];
+    assert!(
+        w.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+        "{w:?} vs {want:?}"
+    );
+    let v = get_json(&format!("{url}/v1/models/layers/versions/latest")).await;
+    assert_eq!(v["metrics"]["aggregation"]["tensor_clipped"], 1, "{v}");
+}

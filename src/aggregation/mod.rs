@@ -5,6 +5,7 @@
 pub mod robust;
 pub mod screening;
 pub mod settings;
+pub mod tensor_clip;
 
 use std::time::{Duration, Instant};
 
@@ -199,6 +200,10 @@ pub struct AggregateReport {
     /// (a coefficient changed: a superseded or over-claiming update).
     #[serde(default)]
     pub corrected: usize,
+    /// Members with at least one tensor scaled down to the round's
+    /// per-tensor bound (`tensor_clip_multiplier`).
+    #[serde(default)]
+    pub tensor_clipped: usize,
 }
 
 impl AggregateReport {
@@ -221,6 +226,7 @@ impl AggregateReport {
             norm_quantile: None,
             median_examples: None,
             corrected: 0,
+            tensor_clipped: 0,
         }
     }
 }
@@ -396,6 +402,7 @@ mod tests {
             clip_quantile: 0.0,
             clip_lr: 0.2,
             clip_multiplier: 1.0,
+            tensor_clip_multiplier: 0.0,
             max_weight_ratio: 0.0,
             screen_max_share: 0.0,
             max_num_examples: 1000,

@@ -144,6 +144,10 @@ aggregation_settings! {
     clip_lr: f32 => Some((0.0, 10.0, Ends::OpenLow));
     /// The adaptive bound is this many times the tracked norm quantile.
     clip_multiplier: f32 => Some((0.0, 1000.0, Ends::OpenLow));
+    /// Each tensor of a member's delta is scaled down to this many times the
+    /// round's lower-median norm of that tensor over its members, so no
+    /// member moves one layer further than a typical member; 0 turns it off.
+    tensor_clip_multiplier: f32 => Some((0.0, 1000.0, Ends::Closed));
     /// A member's num_examples counts at most this many times the median
     /// claim of the fold's members; 0 removes the cap.
     max_weight_ratio: f64 => Some((0.0, 1e6, Ends::Closed));

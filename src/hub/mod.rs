@@ -19,6 +19,7 @@ pub mod recovery;
 pub mod registration;
 pub mod reload;
 pub mod round;
+pub mod round_tensors;
 pub mod screen_round;
 pub mod secrets;
 pub mod session;

@@ -155,6 +155,8 @@ pub struct Settlement {
     pub next: RobustState,
     /// Streamed updates re-read to rebuild the running sum (0: none changed).
     pub corrected: usize,
+    /// Members with a tensor scaled down to the round's per-tensor bound.
+    pub tensor_clipped: usize,
 }
 
 /// Gives every update of the round its final coefficient: members (the
@@ -204,6 +206,32 @@ pub fn settle(
         finals.push(coef);
     }
     let mut corrected = 0;
+    let mut tensor_clipped = 0;
+    let k = input.updates.iter().filter(|b| b.counts()).count();
+    if super::round_tensors::applies(layout, k, s.tensor_clip_multiplier) {
+        // Every member's delta is kept for this fold (streamed ones read
+        // back); the running sum is not used, so nothing to correct.
+        tensor_clipped = super::round_tensors::clip_members(
+            &mut input.updates,
+            &finals,
+            layout,
+            s.tensor_clip_multiplier,
+            &mut payload,
+        )?;
+        for (b, coef) in input.updates.iter_mut().zip(&finals) {
+            b.coef = *coef;
+            b.clipped = b.counts() && coef.1 < 1.0;
+            if !b.counts() {
+                b.delta = None;
+            }
+        }
+        if let Some(acc) = input.acc.as_mut() {
+            acc.sum.clear();
+            acc.sum.resize(layout.num_params(), 0.0);
+            acc.weight = 0.0;
+        }
+        rebuild = false;
+    }
     if rebuild {
         let mut acc = Accumulator::new(layout.num_params());
         acc.seconds = input.acc.as_ref().map(|a| a.seconds).unwrap_or(0.0);
@@ -226,6 +254,7 @@ pub fn settle(
         bounds,
         next,
         corrected,
+        tensor_clipped,
     })
 }
 
@@ -365,6 +394,7 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
         norm_quantile: settled.next.norm_quantile,
         median_examples: settled.next.median_examples,
         corrected: settled.corrected,
+        tensor_clipped: settled.tensor_clipped,
     };
     drop(kept);
     drop(members);

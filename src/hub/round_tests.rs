@@ -22,6 +22,7 @@ pub(crate) fn settings() -> AggregationSettings {
         clip_quantile: 0.0,
         clip_lr: 0.2,
         clip_multiplier: 1.0,
+        tensor_clip_multiplier: 0.0,
         max_weight_ratio: 0.0,
         screen_max_share: 0.0,
         max_num_examples: 1_000_000_000,
@@ -304,4 +305,60 @@ fn a_revoked_trainers_buffered_updates_do_not_count() {
     assert_eq!(fold.weights, vec![2.0, 2.0]);
     assert_eq!(fold.report.dropped, 1);
     assert_eq!(fold.consumed_rows(), vec![2, 3]);
+}
+
+/// Per-tensor clipping on the streamed path: members' deltas are read back
+/// (a superseded one is not, and has no weight), each tensor is cut to the
+/// round's lower-median norm of that tensor, and the accumulator is not
+/// used for that fold.
+#[test]
+fn per_tensor_clipping_reads_members_back_and_cuts_a_one_tensor_step() {
+    let two = ModelLayout::new(vec![("a".into(), vec![2]), ("b".into(), vec![2])]);
+    let mut s = settings();
+    s.min_updates = 3;
+    s.tensor_clip_multiplier = 1.0;
+    let mut m = ModelState::new(
+        "m".into(),
+        "custom".into(),
+        two.clone(),
+        s,
+        0,
+        vec![0.0; 4],
+        Bytes::new(),
+    );
+    let t = Instant::now();
+    let mut rows: HashMap<i64, Vec<u8>> = HashMap::new();
+    let sends: [(i64, &str, [f32; 4]); 4] = [
+        (0, "liar", [0.0, 0.0, 0.0, 300.0]),
+        (1, "a", [0.0, 0.5, 0.3, 0.4]),
+        (2, "b", [0.0, 0.5, 0.6, 0.0]),
+        (3, "liar", [0.0, 0.0, 0.0, 3.0]),
+    ];
+    for (row, who, d) in sends {
+        let bytes = two.encode(&d, None).unwrap();
+        m.push_payload(arrival(row, who, 1), &bytes, t).unwrap();
+        rows.insert(row, bytes);
+    }
+    let mut input = m.begin_fold(t).unwrap();
+    let mut read = Vec::new();
+    let settled = settle(&mut input, &two, |b| {
+        read.push(b.row_id);
+        Ok(rows[&b.row_id].clone())
+    })
+    .unwrap();
+    read.sort();
+    assert_eq!(read, vec![1, 2, 3], "members only");
+    assert_eq!(settled.tensor_clipped, 1);
+    let fold = compute_fold(input, &settled);
+    let want = [0.0f32, 1.0 / 3.0, 0.3, 1.0 / 3.0];
+    assert!(
+        fold.weights
+            .iter()
+            .zip(want)
+            .all(|(a, b)| (a - b).abs() < 1e-6),
+        "{:?}",
+        fold.weights
+    );
+    assert_eq!(fold.report.tensor_clipped, 1);
+    assert_eq!(fold.report.superseded, 1);
 }
