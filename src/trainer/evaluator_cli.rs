@@ -118,6 +118,7 @@ async fn run(
             source: Vec::new(),
             ext: Vec::new(),
             local_epochs: 1,
+            min_steps: 0,
             steps: None,
             lr: None,
             batch_size: None,
