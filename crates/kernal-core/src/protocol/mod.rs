@@ -4,13 +4,16 @@
 //! binary frames in the safetensors format. This module has no actix in it so
 //! that clients (the reference trainer, the harness, the benchmark) can use it.
 
+pub mod dtypes;
 pub mod errors;
 pub mod normalisation;
 pub mod robust_stats;
 pub mod tensors;
+pub mod values;
 
 use serde::{Deserialize, Serialize};
 
+pub use dtypes::TensorDtype;
 pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
 pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
 pub use robust_stats::{RejectedReport, RobustFreeze};
