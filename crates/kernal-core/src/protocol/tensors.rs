@@ -275,9 +275,10 @@ impl ModelLayout {
             let model = spec.tensor_dtype();
             let values = match TensorDtype::from_safetensors(view.dtype()) {
                 Some(d) if d.is_float() || !model.is_float() => Values::new(d, view.data()),
-                _ => return Err(TensorError::new(
-                    ErrorCode::TensorMismatch,
-                    format!(
+                _ => {
+                    return Err(TensorError::new(
+                        ErrorCode::TensorMismatch,
+                        format!(
                         "tensor `{}` has dtype {:?}; the model's tensor is {model}, whose values \
                              travel as {}",
                         spec.name,
@@ -288,7 +289,8 @@ impl ModelLayout {
                             "integers (I64, I32, I16, I8, U8, BOOL) or integral floats"
                         }
                     ),
-                )),
+                    ))
+                }
             };
             if !model.is_float() {
                 if let Some((i, v)) = values.first_non_integer() {
