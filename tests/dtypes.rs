@@ -29,9 +29,11 @@ fn layout() -> ModelLayout {
 
 const INIT: [f32; 10] = [7.0, 0.1, 0.5, 1.0, 2.0, 0.5, -1.0, 1.0, 0.0, 1.5];
 
-/// A safetensors file of `(name, dtype, shape, values)`, each value written
-/// in its dtype.
-fn file(tensors: &[(&str, TensorDtype, Vec<usize>, Vec<f64>)]) -> Vec<u8> {
+/// `(name, dtype, shape, values)`.
+type Tensor = (&'static str, TensorDtype, Vec<usize>, Vec<f64>);
+
+/// A safetensors file of tensors, each value written in its dtype.
+fn file(tensors: &[Tensor]) -> Vec<u8> {
     let data: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, dt, _, vals)| {
@@ -200,7 +202,7 @@ async fn every_dtype_round_trips_through_create_update_fold_and_download() {
         ("mask", I64, vec![2], vec![0.0, 0.0]),
         ("scale", F32, vec![], vec![0.0]),
     ];
-    let cases: Vec<(usize, (&str, TensorDtype, Vec<usize>, Vec<f64>), &str, &str)> = vec![
+    let cases: Vec<(usize, Tensor, &str, &str)> = vec![
         (
             0,
             ("bn.num_batches_tracked", F32, vec![], vec![2.5]),
