@@ -31,6 +31,7 @@ fn settings(strategy: Strategy) -> AggregationSettings {
         max_num_examples: 1_000_000,
         max_update_norm: 0.0,
         normalisation_wait_secs: 5.0,
+        integer_rules: Default::default(),
     }
 }
 

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from safetensors.numpy import load
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from . import errors
 from .errors import HubUnreachable, TrainerRefused
 from .normalisation import FeatureStats, Normalisation
-from .tensors import encode, wire_dtype
+from .tensors import decode as load
+from .tensors import dtype_of, encode_delta, wire_dtype
 
 PROTOCOL_VERSION = 2
 TRAINER_WS_PATH = "/v1/trainers/ws"
@@ -78,16 +78,18 @@ def ws_url(hub: str) -> str:
 class Trainer:
     """One trainer of one model.
 
-    `train(weights, version)` gets the global weights (tensor name -> float32
-    array) and returns `(delta, num_examples, loss)`: `delta` holds
-    `trained - weights` for every tensor. `evaluate(weights, version)`, if
+    `train(weights, version)` gets the global weights (tensor name -> array
+    of the tensor's dtype and exact shape, 0-d included; BF16 as float32)
+    and returns `(delta, num_examples, loss)`: `delta` holds `trained -
+    weights` for every tensor (whole numbers for integer and bool tensors). `evaluate(weights, version)`, if
     given, returns a dict with any of `specialty_accuracy`,
     `global_accuracy`, `loss`, `num_examples` (or None), reported to the hub
     as a federated evaluation. `features` are the raw training inputs
     (rows x features): when the model pools feature statistics the trainer
     sends theirs and waits for the model's normalisation before training;
-    `normalise(x)` applies it. `compress` ("f16" or "bf16") sends deltas in
-    16 bits, half the bytes. A trainer that never reaches the hub gives up
+    `normalise(x)` applies it. `compress` ("f16" or "bf16") sends floating
+    deltas in 16 bits, half the bytes (otherwise each in its tensor's
+    dtype; integer deltas always as I64). A trainer that never reaches the hub gives up
     after `give_up_unreached` attempts (`HubUnreachable`; None: never).
     """
 
@@ -128,6 +130,8 @@ class Trainer:
         self._json_events = json_events
         self._ssl = ssl
         self._dtype = wire_dtype(compress)
+        #: The model's dtype of each tensor, from the welcome.
+        self.dtypes: Dict[str, str] = {}
         self.give_up_unreached = give_up_unreached
         #: The welcome's `max_message_bytes`: no larger update is sent.
         self.max_message_bytes: Optional[int] = None
@@ -312,6 +316,7 @@ class Trainer:
         self.max_message_bytes = m.get("max_message_bytes")
         weights = load(await asyncio.wait_for(ws.recv(), 60))
         self._check_layout(m["tensors"], weights)
+        self.dtypes = {t["name"]: t.get("dtype", "F32") for t in m["tensors"]}
         self._welcomed = True
         version = int(m["version"])
         self._emit(
@@ -390,7 +395,7 @@ class Trainer:
                 self._recv_task = None
                 await self._handle(msg)
         delta, num_examples, loss = task.result()
-        payload = self._encode(delta, weights, self._dtype)
+        payload = self._encode(delta, weights, self._dtype, self.dtypes)
         update_id = f"{self.name}-v{version}-{uuid.uuid4().hex}"
         self._trained_versions.add(version)
         self.summary.versions_trained += 1
@@ -408,21 +413,30 @@ class Trainer:
         await self._send_update(ws, self._pending)
 
     @staticmethod
-    def _encode(delta: Weights, weights: Weights, dtype: str = "F32") -> bytes:
+    def _encode(
+        delta: Weights,
+        weights: Weights,
+        dtype: Optional[str] = None,
+        dtypes: Optional[Dict[str, str]] = None,
+    ) -> bytes:
+        """The update's safetensors: floating deltas as `dtype` (a
+        compression) or the model's dtype of each tensor (`dtypes`, else the
+        weights' own), integer and bool deltas as I64; shapes exact."""
         out = {}
         for k, w in weights.items():
             d = delta.get(k)
             if d is None:
                 raise ValueError(f"the delta has no tensor {k}")
             # np.array keeps a 0-d tensor 0-d (ascontiguousarray makes it 1-d).
-            d = np.array(d, dtype=np.float32, order="C")
-            if d.shape != w.shape:
-                raise ValueError(f"delta {k} has shape {d.shape}, the model's is {w.shape}")
+            d = np.array(d, order="C")
+            if d.shape != np.shape(w):
+                raise ValueError(f"delta {k} has shape {d.shape}, the model's is {np.shape(w)}")
             out[k] = d
         extra = set(delta) - set(weights)
         if extra:
             raise ValueError(f"the delta has tensors the model lacks: {sorted(extra)}")
-        return encode(out, dtype)
+        own = {k: (dtypes or {}).get(k) or dtype_of(w) for k, w in weights.items()}
+        return encode_delta(out, own, dtype)
 
     async def _send_update(self, ws, p: _Pending):
         limit = self.max_message_bytes

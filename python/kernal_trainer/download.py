@@ -1,15 +1,17 @@
 """A version's weights from the hub's REST API (no token needed), as
-numpy arrays; `torch_utils.download` gives them as a PyTorch state_dict."""
+numpy arrays of each tensor's dtype and exact shape (BF16 as float32, numpy
+has none); `torch_utils.download` gives them as a PyTorch state_dict with
+every dtype, BF16 included."""
 
 import urllib.error
 import urllib.request
 from typing import Dict, Tuple, Union
 
 import numpy as np
-from safetensors.numpy import load
 
 from .client import TRAINER_WS_PATH
 from .errors import HubUnreachable, TrainerRefused
+from .tensors import decode
 
 
 def http_url(hub: str) -> str:
@@ -50,6 +52,7 @@ def download_bytes(hub: str, model: str, version: Union[int, str] = "latest", ti
 
 
 def download(hub: str, model: str, version: Union[int, str] = "latest") -> Dict[str, np.ndarray]:
-    """The weights of `version` of `model` as arrays keyed by tensor name."""
+    """The weights of `version` of `model` as arrays keyed by tensor name,
+    each of its tensor's dtype and shape."""
     _, body = download_bytes(hub, model, version)
-    return dict(load(body))
+    return decode(body)

@@ -42,6 +42,7 @@ ACTIONS: Dict[str, str] = {
     "bad_safetensors": GIVE_UP,
     "tensor_mismatch": GIVE_UP,
     "non_finite": DROP_UPDATE,
+    "non_integer_delta": GIVE_UP,
     "bad_num_examples": DROP_UPDATE,
     "bad_loss": DROP_UPDATE,
     "bad_update_id": DROP_UPDATE,

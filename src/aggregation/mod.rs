@@ -2,6 +2,7 @@
 //! server optimizer state, and the buffering policy that decides when to fold.
 //! Nothing here knows about actix, so it is tested directly.
 
+pub mod integer_rules;
 pub mod robust;
 pub mod screening;
 pub mod settings;
@@ -408,6 +409,7 @@ mod tests {
             max_num_examples: 1000,
             max_update_norm: 0.0,
             normalisation_wait_secs: 5.0,
+            integer_rules: Default::default(),
         }
     }
 

@@ -164,6 +164,10 @@ aggregation_settings! {
     /// after the first trainer's statistics, if `min_updates` trainers have
     /// not reported by then.
     normalisation_wait_secs: f64 => Some((0.0, 86_400.0, Ends::Closed));
+    /// How integer and bool tensors are folded: `[{pattern, rule}]` (or
+    /// "PATTERN:RULE,..."), first match wins; rules sum, max, keep,
+    /// round_mean (the rule of a tensor no pattern matches).
+    integer_rules: super::integer_rules::IntegerRules => None;
 }
 
 /// Writes the ranges of [`AggregationSettings::RANGES`] into the OpenAPI

@@ -60,6 +60,9 @@ pub struct Buffered {
     /// The delta, kept only for strategies that need every delta at fold
     /// time (median, trimmed mean); streamed ones live in the accumulator.
     pub delta: Option<Arc<Vec<f32>>>,
+    /// The integer and bool tensors' deltas, for their rules (None: the
+    /// model has none): `aggregation::integer_rules`.
+    pub ints: Option<Arc<[f32]>>,
 }
 
 impl Buffered {

@@ -28,6 +28,7 @@ pub(crate) fn settings() -> AggregationSettings {
         max_num_examples: 1_000_000_000,
         max_update_norm: 0.0,
         normalisation_wait_secs: 5.0,
+        integer_rules: Default::default(),
     }
 }
 
@@ -72,6 +73,7 @@ fn upd(id: i64, trainer: &str, delta: Vec<f32>) -> Buffered {
         vote: Vote::Counts,
         coef: (0.0, 1.0),
         delta: Some(Arc::new(delta)),
+        ints: None,
     }
 }
 

@@ -263,6 +263,7 @@ impl ModelState {
             vote: Vote::Counts,
             coef: (0.0, 1.0),
             delta: None,
+            ints: self.layout.integer_values(payload)?.map(Arc::from),
         };
         if aggregation::streams(self.settings.strategy) {
             let coef = self

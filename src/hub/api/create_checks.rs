@@ -36,16 +36,25 @@ pub fn max_update_bytes(cfg: &HubConfig, budget: &Budget) -> usize {
     cfg.max_message_bytes.min(share)
 }
 
-/// Bytes of one float32 update of `layout` as safetensors, at most: the
-/// tensors, and a header of at most 96 bytes per tensor besides its
-/// (JSON-escaped) name and 21 per dimension.
+/// Bytes of one uncompressed update of `layout` as safetensors, at most:
+/// the tensors (floats as F32, or F64 for an F64 tensor; integers as I64),
+/// and a header of at most 96 bytes per tensor besides its (JSON-escaped)
+/// name and 21 per dimension.
 pub fn full_update_bytes(layout: &ModelLayout) -> usize {
     let header: usize = layout
         .tensors
         .iter()
         .map(|t| 96 + t.name.len() * 6 + t.shape.len() * 21)
         .sum();
-    16 + header + layout.num_params().saturating_mul(4)
+    let width = |t: &crate::protocol::TensorSpec| match t.is_integer() {
+        true => 8,
+        false => t.tensor_dtype().width().max(4),
+    };
+    let data = layout
+        .tensors
+        .iter()
+        .map(|t| t.numel().saturating_mul(width(t)));
+    16 + header + data.fold(0usize, usize::saturating_add)
 }
 
 /// Refuses a model no trainer could ever send one full update of: without

@@ -224,7 +224,7 @@ pub async fn create_model(
         let norm_query = query.remove("normalisation");
         let overrides = overrides_from_query(&query)?;
         let limit = (max_params as usize)
-            .saturating_mul(4)
+            .saturating_mul(8)
             .saturating_add(1 << 20)
             .min(hub_cfg.max_message_bytes);
         let body = read_body(&req, payload, limit).await?;
@@ -688,13 +688,13 @@ async fn with_normalisation(
     };
     web::block(move || {
         let mut weights = layout.decode(&bytes).map_err(|e| e.message)?;
-        let mut tensors: Vec<(String, Vec<usize>)> = layout
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.shape.clone()))
-            .collect();
-        tensors.push(("normalisation.mean".into(), vec![mean.len()]));
-        tensors.push(("normalisation.std".into(), vec![std.len()]));
+        let mut tensors = layout.tensors.clone();
+        let (m, s) = (mean.len(), std.len());
+        let stats = vec![
+            ("normalisation.mean".into(), vec![m]),
+            ("normalisation.std".into(), vec![s]),
+        ];
+        tensors.extend(ModelLayout::new(stats).tensors);
         weights.extend_from_slice(&mean);
         weights.extend_from_slice(&std);
         let mut meta = std::collections::HashMap::new();
@@ -703,7 +703,7 @@ async fn with_normalisation(
             "normalisation".to_string(),
             "inputs are (x - normalisation.mean) / normalisation.std".to_string(),
         );
-        ModelLayout::new(tensors)
+        ModelLayout { tensors }
             .encode(&weights, Some(&meta))
             .map_err(|e| e.message)
     })

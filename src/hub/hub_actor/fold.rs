@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::hub::screen_round::{screen_round, ScreenSet};
+use crate::aggregation::integer_rules;
 
 /// What the fold task computed off the actor.
 enum Computed {
@@ -142,7 +143,19 @@ impl Hub {
                     server: input.server.clone(),
                     robust: input.robust,
                 };
-                let fold = state::compute_fold(input, &settled);
+                let mut fold = state::compute_fold(input, &settled);
+                // Integer and bool tensors follow their own rules, not the strategy.
+                let ints: Vec<&[f32]> = (fold.applied.iter().filter(|b| b.counts()))
+                    .filter_map(|b| b.ints.as_deref())
+                    .collect();
+                let rules = &again.settings.integer_rules;
+                integer_rules::fold_integers(
+                    &layout,
+                    rules,
+                    &again.weights,
+                    &ints,
+                    &mut fold.weights,
+                );
                 if !fold.is_finite() {
                     let acc = fold.acc;
                     let poisoned = state::separate_poison(again, &settled, &layout, |b| {

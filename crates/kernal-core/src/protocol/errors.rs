@@ -130,7 +130,9 @@ error_table! {
     TensorMismatch = "tensor_mismatch", Message, 400, GiveUp,
         "tensor names, shapes or dtypes differ from the model's";
     NonFinite = "non_finite", Message, 400, DropUpdate,
-        "a value is NaN or infinite";
+        "a value is NaN or infinite (an F64 value beyond the f32 range counts: the hub aggregates in f32)";
+    NonIntegerDelta = "non_integer_delta", Message, 400, GiveUp,
+        "a delta for an integer or bool tensor holds a fractional value, or one beyond ±2^24 (16,777,216)";
     BadNumExamples = "bad_num_examples", Message, 400, DropUpdate,
         "`num_examples` is 0 or above the model's `max_num_examples`";
     BadLoss = "bad_loss", Message, 400, DropUpdate,
@@ -197,6 +199,8 @@ error_table! {
         "a REST request body over its limit";
     UpdateOverLimit = "update_over_limit", Rest, 400, NotSent,
         "`POST /v1/models`: one full float32 update of this model would be larger than a trainer may send (`hub.max_message_bytes`, and `hub.max_inflight_update_bytes` × `hub.max_inflight_share`); the message gives the sizes and the keys to raise";
+    IntegerOutOfRange = "integer_out_of_range", Rest, 400, NotSent,
+        "`POST /v1/models`: an integer tensor holds a value beyond ±2^24 (16,777,216), the largest the hub holds exactly (it keeps every value as f32)";
     ModelInUse = "model_in_use", Rest, 409, NotSent,
         "`DELETE /v1/models/{m}` while trainers of the model are connected; `?force=true` disconnects them (`model_deleted`)";
     ModelDeleted = "model_deleted", Connection, 410, GiveUp,

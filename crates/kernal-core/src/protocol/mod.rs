@@ -4,15 +4,18 @@
 //! binary frames in the safetensors format. This module has no actix in it so
 //! that clients (the reference trainer, the harness, the benchmark) can use it.
 
+pub mod dtypes;
 pub mod errors;
 pub mod names;
 pub mod evaluator;
 pub mod normalisation;
 pub mod robust_stats;
 pub mod tensors;
+pub mod values;
 
 use serde::{Deserialize, Serialize};
 
+pub use dtypes::TensorDtype;
 pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
 pub use names::{validate_model_name, validate_name, NameError};
 pub use evaluator::{EvaluatorReport, Role};

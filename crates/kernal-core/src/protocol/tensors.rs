@@ -10,20 +10,37 @@ use std::collections::HashMap;
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+pub use super::dtypes::TensorDtype;
+use super::dtypes::MAX_EXACT_INT;
+pub use super::values::Values;
 use super::ErrorCode;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TensorSpec {
     pub name: String,
+    /// Exact, 0-d (`[]`, one value) included.
     pub shape: Vec<usize>,
-    /// Always "F32" for model weights; updates may also be "F16" or "BF16".
+    /// The model tensor's dtype as safetensors names it (F32, F16, BF16,
+    /// F64, I64, I32, I16, I8, U8, BOOL): checkpoints are written in it.
     pub dtype: String,
 }
 
 impl TensorSpec {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The dtype (F32 for a name this hub does not know, which only a
+    /// hand-edited database could hold).
+    pub fn tensor_dtype(&self) -> TensorDtype {
+        TensorDtype::parse(&self.dtype).unwrap_or(TensorDtype::F32)
+    }
+
+    /// Whether the tensor holds integers or bools (folded by its rule, not
+    /// by the strategy).
+    pub fn is_integer(&self) -> bool {
+        !self.tensor_dtype().is_float()
     }
 }
 
@@ -63,6 +80,25 @@ impl ModelLayout {
         }
     }
 
+    /// A layout whose tensors have the given dtypes.
+    pub fn with_dtypes(tensors: Vec<(String, Vec<usize>, TensorDtype)>) -> Self {
+        ModelLayout {
+            tensors: tensors
+                .into_iter()
+                .map(|(name, shape, d)| TensorSpec {
+                    name,
+                    shape,
+                    dtype: d.as_str().into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether any tensor holds integers or bools.
+    pub fn has_integers(&self) -> bool {
+        self.tensors.iter().any(|t| t.is_integer())
+    }
+
     pub fn num_params(&self) -> usize {
         self.tensors.iter().map(|t| t.numel()).sum()
     }
@@ -80,24 +116,44 @@ impl ModelLayout {
             .collect()
     }
 
-    /// Encodes a flat buffer as safetensors, with optional string metadata.
-    /// Written by hand (the format is a length, a JSON header and raw
-    /// little-endian bytes) so the tensor bytes are copied exactly once.
+    /// Encodes a flat buffer as safetensors, each tensor in the model's own
+    /// dtype (checkpoints, weights to trainers), with optional string
+    /// metadata. Written by hand (the format is a length, a JSON header and
+    /// raw little-endian bytes) so the tensor bytes are copied exactly once.
     pub fn encode(
         &self,
         flat: &[f32],
         metadata: Option<&HashMap<String, String>>,
     ) -> Result<Vec<u8>, TensorError> {
-        self.encode_as(flat, metadata, Dtype::F32)
+        self.encode_with(flat, metadata, |t| t.tensor_dtype())
     }
 
-    /// Like [`encode`](Self::encode) but storing F16 or BF16 values, the
-    /// optional update compression.
+    /// Encodes a delta: floating tensors as `dtype` (F32, or F16/BF16 for
+    /// the optional update compression), integer and bool tensors as I64
+    /// (see [`TensorDtype::delta_dtype`]).
     pub fn encode_as(
         &self,
         flat: &[f32],
         metadata: Option<&HashMap<String, String>>,
         dtype: Dtype,
+    ) -> Result<Vec<u8>, TensorError> {
+        let float = match TensorDtype::from_safetensors(dtype) {
+            Some(d) if d.is_float() => d,
+            _ => {
+                return Err(TensorError::new(
+                    ErrorCode::TensorMismatch,
+                    format!("cannot encode a delta as dtype {dtype:?}"),
+                ))
+            }
+        };
+        self.encode_with(flat, metadata, |t| t.tensor_dtype().delta_dtype(float))
+    }
+
+    fn encode_with(
+        &self,
+        flat: &[f32],
+        metadata: Option<&HashMap<String, String>>,
+        dtype_of: impl Fn(&TensorSpec) -> TensorDtype,
     ) -> Result<Vec<u8>, TensorError> {
         if flat.len() != self.num_params() {
             return Err(TensorError::new(
@@ -109,17 +165,6 @@ impl ModelLayout {
                 ),
             ));
         }
-        let (width, dname) = match dtype {
-            Dtype::F32 => (4, "F32"),
-            Dtype::F16 => (2, "F16"),
-            Dtype::BF16 => (2, "BF16"),
-            other => {
-                return Err(TensorError::new(
-                    ErrorCode::TensorMismatch,
-                    format!("cannot encode dtype {other:?}"),
-                ))
-            }
-        };
         // The header as the reference writer lays it out (metadata first,
         // then each tensor in data order with dtype, shape, data_offsets),
         // so a file kernal writes is byte for byte the one Python's
@@ -142,14 +187,15 @@ impl ModelLayout {
         }
         let mut off = 0usize;
         for t in &self.tensors {
-            let n = t.numel() * width;
+            let dt = dtype_of(t);
+            let n = t.numel() * dt.width();
             if header.len() > 1 {
                 header.push(',');
             }
             header.push_str(&json(&t.name));
             header.push(':');
             header.push_str(&json(&Entry {
-                dtype: dname,
+                dtype: dt.as_str(),
                 shape: &t.shape,
                 data_offsets: [off, off + n],
             }));
@@ -164,27 +210,26 @@ impl ModelLayout {
         let mut out = Vec::with_capacity(8 + hjson.len() + off);
         out.extend_from_slice(&(hjson.len() as u64).to_le_bytes());
         out.extend_from_slice(&hjson);
-        match dtype {
-            Dtype::F32 => out.extend_from_slice(bytemuck::cast_slice(flat)),
-            Dtype::F16 => {
-                for v in flat {
-                    out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-                }
-            }
-            _ => {
-                for v in flat {
-                    out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-                }
-            }
+        let mut start = 0;
+        for t in &self.tensors {
+            let n = t.numel();
+            dtype_of(t).write(&flat[start..start + n], &mut out);
+            start += n;
         }
         Ok(out)
     }
 
-    /// Checks a safetensors buffer against the layout and calls `f(offset,
-    /// values)` for each tensor in layout order, where `offset` is the
-    /// tensor's start in the flat buffer. Refuses any mismatch of names,
-    /// shapes or dtypes and any non-finite value. Never copies the bytes.
-    pub fn visit(&self, bytes: &[u8], f: impl FnMut(usize, Values<'_>)) -> Result<(), TensorError> {
+    /// Checks a safetensors buffer against the layout and calls `f(spec,
+    /// offset, values)` for each tensor in layout order, where `offset` is
+    /// the tensor's start in the flat buffer. Refuses any mismatch of names,
+    /// shapes or dtypes, any non-finite value and, in an integer or bool
+    /// tensor, any value that is not an integer within ±2^24. Never copies
+    /// the bytes.
+    pub fn visit(
+        &self,
+        bytes: &[u8],
+        f: impl FnMut(&TensorSpec, usize, Values<'_>),
+    ) -> Result<(), TensorError> {
         self.visit_inner(bytes, true, f)
     }
 
@@ -192,7 +237,7 @@ impl ModelLayout {
         &self,
         bytes: &[u8],
         check_finite: bool,
-        mut f: impl FnMut(usize, Values<'_>),
+        mut f: impl FnMut(&TensorSpec, usize, Values<'_>),
     ) -> Result<(), TensorError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             TensorError::new(
@@ -224,64 +269,99 @@ impl ModelLayout {
             if view.shape() != spec.shape.as_slice() {
                 return Err(TensorError::new(
                     ErrorCode::TensorMismatch,
-                    format!(
-                        "tensor `{}` has shape {:?}, the model needs {:?}",
-                        spec.name,
-                        view.shape(),
-                        spec.shape
-                    ),
+                    shape_mismatch(&spec.name, view.shape(), &spec.shape),
                 ));
             }
-            let values = match view.dtype() {
-                Dtype::F32 => Values::F32(view.data()),
-                Dtype::F16 => Values::F16(view.data()),
-                Dtype::BF16 => Values::BF16(view.data()),
-                other => {
+            let model = spec.tensor_dtype();
+            let values = match TensorDtype::from_safetensors(view.dtype()) {
+                Some(d) if d.is_float() || !model.is_float() => Values::new(d, view.data()),
+                _ => {
                     return Err(TensorError::new(
                         ErrorCode::TensorMismatch,
                         format!(
-                            "tensor `{}` has dtype {other:?}; accepted: F32, F16, BF16",
-                            spec.name
-                        ),
+                        "tensor `{}` has dtype {:?}; the model's tensor is {model}, whose values \
+                             travel as {}",
+                        spec.name,
+                        view.dtype(),
+                        if model.is_float() {
+                            "F32, F16, BF16 or F64"
+                        } else {
+                            "integers (I64, I32, I16, I8, U8, BOOL) or integral floats"
+                        }
+                    ),
                     ))
                 }
             };
-            let bad = if check_finite {
-                values.first_non_finite()
-            } else {
-                None
-            };
-            if let Some((i, v)) = bad {
-                return Err(TensorError::new(
-                    ErrorCode::NonFinite,
-                    format!(
-                        "tensor `{}` holds a non-finite value ({v}) at index {i}",
-                        spec.name
-                    ),
-                ));
+            if !model.is_float() {
+                if let Some((i, v)) = values.first_non_integer() {
+                    return Err(TensorError::new(
+                        ErrorCode::NonIntegerDelta,
+                        format!(
+                            "tensor `{}` is {model}: its values must be integers within ±2^24 \
+                             ({MAX_EXACT_INT}), but index {i} holds {v}",
+                            spec.name
+                        ),
+                    ));
+                }
+            } else if check_finite {
+                if let Some((i, v)) = values.first_non_finite() {
+                    return Err(TensorError::new(
+                        ErrorCode::NonFinite,
+                        format!(
+                            "tensor `{}` holds a non-finite value ({v}{}) at index {i}",
+                            spec.name,
+                            if values.dtype() == TensorDtype::F64 {
+                                " as f32: F64 values beyond the f32 range are refused"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
             }
-            f(offset, values);
+            f(spec, offset, values);
             offset += spec.numel();
         }
         Ok(())
     }
 
     /// Checks a buffer (names, shapes, dtypes, finite values) and returns the
-    /// sum of squares of its values, in one pass: a sum of squares in f64
-    /// cannot overflow for finite f32 values, so it is non-finite exactly
-    /// when a value is, and only then is the buffer scanned for which.
+    /// sum of squares of its floating tensors' values (integer buffers are
+    /// counts, folded by their own rule, not clipped), in one pass: a sum of
+    /// squares in f64 cannot overflow for finite f32 values, so it is
+    /// non-finite exactly when a value is, and only then is the buffer
+    /// scanned for which.
     pub fn check_sum_squares(&self, bytes: &[u8]) -> Result<f64, TensorError> {
         let mut s = 0.0f64;
-        self.visit_inner(bytes, false, |_, v| s += v.sum_squares())?;
+        self.visit_inner(bytes, false, |t, _, v| {
+            if !t.is_integer() {
+                s += v.sum_squares()
+            }
+        })?;
         if !s.is_finite() {
             self.validate(bytes)?;
         }
         Ok(s)
     }
 
+    /// The values of the integer and bool tensors, end to end in layout
+    /// order (None when the model has none): what their rules fold.
+    pub fn integer_values(&self, bytes: &[u8]) -> Result<Option<Vec<f32>>, TensorError> {
+        if !self.has_integers() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.visit_inner(bytes, false, |t, _, v| {
+            if t.is_integer() {
+                v.for_each(|_, x| out.push(x))
+            }
+        })?;
+        Ok(Some(out))
+    }
+
     /// Checks a buffer without decoding it.
     pub fn validate(&self, bytes: &[u8]) -> Result<(), TensorError> {
-        self.visit(bytes, |_, _| {})
+        self.visit(bytes, |_, _, _| {})
     }
 
     /// Decodes a safetensors buffer into a flat `f32` buffer in layout order,
@@ -289,11 +369,12 @@ impl ModelLayout {
     /// non-finite value.
     pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, TensorError> {
         let mut flat = vec![0.0f32; self.num_params()];
-        self.visit(bytes, |off, v| v.write_into(&mut flat[off..]))?;
+        self.visit(bytes, |_, off, v| v.write_into(&mut flat[off..]))?;
         Ok(flat)
     }
 
-    /// `acc += factor * buffer`, straight from the encoded bytes.
+    /// `acc += factor * buffer` for the floating tensors, straight from the
+    /// encoded bytes (integer tensors are folded by their rules).
     pub fn accumulate(
         &self,
         bytes: &[u8],
@@ -306,13 +387,22 @@ impl ModelLayout {
                 "accumulator size differs from the layout",
             ));
         }
-        self.visit(bytes, |off, v| v.axpy_into(&mut acc[off..], factor))
+        self.visit(bytes, |t, off, v| {
+            if !t.is_integer() {
+                v.axpy_into(&mut acc[off..], factor)
+            }
+        })
     }
 
-    /// Sum of squares of every value (for clipping), from the encoded bytes.
+    /// Sum of squares of the floating tensors' values (for clipping), from
+    /// the encoded bytes.
     pub fn sum_squares(&self, bytes: &[u8]) -> Result<f64, TensorError> {
         let mut s = 0.0f64;
-        self.visit(bytes, |_, v| s += v.sum_squares())?;
+        self.visit(bytes, |t, _, v| {
+            if !t.is_integer() {
+                s += v.sum_squares()
+            }
+        })?;
         Ok(s)
     }
 
@@ -355,18 +445,30 @@ impl ModelLayout {
             let v = st
                 .tensor(n)
                 .map_err(|e| TensorError::new(ErrorCode::BadSafetensors, e.to_string()))?;
-            if v.dtype() != Dtype::F32 {
+            let Some(dtype) = TensorDtype::from_safetensors(v.dtype()) else {
                 return Err(TensorError::new(
                     ErrorCode::TensorMismatch,
                     format!(
-                        "tensor `{n}` has dtype {:?}; model weights are F32",
+                        "tensor `{n}` has dtype {:?}; a model's tensors may be F32, F16, BF16, \
+                         F64, I64, I32, I16, I8, U8 or BOOL",
                         v.dtype()
                     ),
                 ));
+            };
+            if !dtype.is_float() {
+                if let Some((i, x)) = Values::new(dtype, v.data()).first_non_integer() {
+                    return Err(TensorError::new(
+                        ErrorCode::IntegerOutOfRange,
+                        format!(
+                            "tensor `{n}` ({dtype}) holds {x} at index {i}: the hub holds integer \
+                             values exactly up to ±2^24 ({MAX_EXACT_INT}) and refuses larger ones"
+                        ),
+                    ));
+                }
             }
-            specs.push((n.clone(), v.shape().to_vec()));
+            specs.push((n.clone(), v.shape().to_vec(), dtype));
         }
-        let count = specs.iter().try_fold(0u64, |acc, (_, shape)| {
+        let count = specs.iter().try_fold(0u64, |acc, (_, shape, _)| {
             shape
                 .iter()
                 .try_fold(1u64, |n, d| n.checked_mul(*d as u64))
@@ -384,138 +486,21 @@ impl ModelLayout {
                 ))
             }
         }
-        let layout = ModelLayout::new(specs);
+        let layout = ModelLayout::with_dtypes(specs);
         let flat = layout.decode(bytes)?;
         Ok((layout, flat))
     }
 }
 
-/// The raw little-endian values of one tensor.
-#[derive(Debug, Clone, Copy)]
-pub enum Values<'a> {
-    F32(&'a [u8]),
-    F16(&'a [u8]),
-    BF16(&'a [u8]),
-}
-
-impl Values<'_> {
-    fn first_non_finite(&self) -> Option<(usize, f32)> {
-        // Branch-free scan in blocks (an exponent of all ones means NaN or
-        // infinity), so the common all-finite case vectorises; the exact
-        // index is only looked for when a block has one.
-        let (width, exp_mask): (usize, u32) = match self {
-            Values::F32(_) => (4, 0x7f80_0000),
-            Values::F16(_) => (2, 0x7c00),
-            Values::BF16(_) => (2, 0x7f80),
-        };
-        let d = match self {
-            Values::F32(d) | Values::F16(d) | Values::BF16(d) => *d,
-        };
-        const BLOCK: usize = 1024;
-        for (bi, block) in d.chunks(BLOCK * width).enumerate() {
-            let bad = if width == 4 {
-                block.chunks_exact(4).fold(false, |acc, c| {
-                    acc | (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & exp_mask == exp_mask)
-                })
-            } else {
-                block.chunks_exact(2).fold(false, |acc, c| {
-                    acc | ((u16::from_le_bytes([c[0], c[1]]) as u32) & exp_mask == exp_mask)
-                })
-            };
-            if bad {
-                let mut v = [0f32; 1];
-                for i in 0..block.len() / width {
-                    let idx = bi * BLOCK + i;
-                    self.slice_value(idx, &mut v);
-                    if !v[0].is_finite() {
-                        return Some((idx, v[0]));
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    /// Calls `f(index, value)` for every value, widened to f32. Generic, so
-    /// each caller's loop is compiled per dtype and vectorises.
-    #[inline]
-    fn for_each(&self, mut f: impl FnMut(usize, f32)) {
-        match self {
-            Values::F32(d) => d
-                .chunks_exact(4)
-                .enumerate()
-                .for_each(|(i, c)| f(i, f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            Values::F16(d) => {
-                // Widened a block at a time with the slice conversion (F16C
-                // instructions where the CPU has them): per-value `to_f32`
-                // checks for them on every call and does not vectorise.
-                use half::slice::HalfFloatSliceExt;
-                const N: usize = 1024;
-                let mut h = [half::f16::ZERO; N];
-                let mut w = [0f32; N];
-                for (b, block) in d.chunks(2 * N).enumerate() {
-                    let n = block.len() / 2;
-                    for (x, c) in h.iter_mut().zip(block.chunks_exact(2)) {
-                        *x = half::f16::from_le_bytes([c[0], c[1]]);
-                    }
-                    h[..n].convert_to_f32_slice(&mut w[..n]);
-                    for (j, v) in w[..n].iter().enumerate() {
-                        f(b * N + j, *v);
-                    }
-                }
-            }
-            Values::BF16(d) => d
-                .chunks_exact(2)
-                .enumerate()
-                .for_each(|(i, c)| f(i, half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
-        }
-    }
-
-    fn write_into(&self, out: &mut [f32]) {
-        self.for_each(|i, v| out[i] = v);
-    }
-
-    fn axpy_into(&self, out: &mut [f32], a: f32) {
-        self.for_each(|i, v| out[i] += a * v);
-    }
-
-    /// Sum of squares in f64, in eight independent lanes so it vectorises
-    /// (a single running sum cannot be reordered by the compiler).
-    fn sum_squares(&self) -> f64 {
-        let mut lanes = [0f64; 8];
-        match self {
-            Values::F32(d) => {
-                let mut chunks = d.chunks_exact(32);
-                for c in &mut chunks {
-                    for (k, lane) in lanes.iter_mut().enumerate() {
-                        let v = f32::from_le_bytes([
-                            c[4 * k],
-                            c[4 * k + 1],
-                            c[4 * k + 2],
-                            c[4 * k + 3],
-                        ]) as f64;
-                        *lane += v * v;
-                    }
-                }
-                for c in chunks.remainder().chunks_exact(4) {
-                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
-                    lanes[0] += v * v;
-                }
-            }
-            _ => self.for_each(|i, v| lanes[i & 7] += (v as f64) * (v as f64)),
-        }
-        lanes.iter().sum()
-    }
-
-    fn slice_value(&self, i: usize, out: &mut [f32; 1]) {
-        out[0] = match self {
-            Values::F32(d) => {
-                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
-            }
-            Values::F16(d) => half::f16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f32(),
-            Values::BF16(d) => half::bf16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f32(),
-        };
-    }
+/// A shape mismatch, said plainly when it is a scalar against a
+/// one-element vector (PyTorch's `num_batches_tracked` is 0-d).
+fn shape_mismatch(name: &str, got: &[usize], want: &[usize]) -> String {
+    let hint = match (got, want) {
+        ([], [1]) => " (a 0-d scalar sent for a one-element vector)",
+        ([1], []) => " (a one-element vector sent for a 0-d scalar: keep it 0-d)",
+        _ => "",
+    };
+    format!("tensor `{name}` has shape {got:?}, the model needs {want:?}{hint}")
 }
 
 #[cfg(test)]
