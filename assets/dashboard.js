@@ -69,7 +69,7 @@
     if (Array.from(sel.options, (o) => o.value).join('\n') !== names.join('\n')) {
       sel.innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join('');
     }
-    if (!names.includes(state.model)) state.model = names.includes('digits') ? 'digits' : names[0] || null;
+    if (!names.includes(state.model)) state.model = names.includes('kernel') ? 'kernel' : names.includes('digits') ? 'digits' : names[0] || null;
     if (sel.value !== state.model) sel.value = state.model;
     const m = s.models.find((x) => x.name === state.model);
     state.status = m || null;
@@ -95,6 +95,9 @@
     const last = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.accuracy : null;
     if (acc == null && last != null) { acc = last; ver = m.version; }
     const el = $('accuracy');
+    const bpb = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.bits_per_byte : null;
+    // A language model's figure is bits per byte (kernel.js charts it).
+    if (acc == null && bpb != null) { el.textContent = `${bpb.toFixed(3)} bits/byte`; el.title = `${state.model} version ${m.version}: held-out code`; return; }
     el.textContent = acc == null ? 'no evaluation yet' : pct(acc);
     el.title = acc == null ? `no version of ${state.model || 'this model'} was evaluated by the hub yet` : `${state.model} version ${ver}`;
   }
