@@ -95,9 +95,12 @@
     const last = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.accuracy : null;
     if (acc == null && last != null) { acc = last; ver = m.version; }
     const el = $('accuracy');
+    // A language model's figure is bits per byte (kernel.js charts it); a
+    // new version is scored after its commit, so the last figure stays.
     const bpb = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.bits_per_byte : null;
-    // A language model's figure is bits per byte (kernel.js charts it).
-    if (acc == null && bpb != null) { el.textContent = `${bpb.toFixed(3)} bits/byte`; el.title = `${state.model} version ${m.version}: held-out code`; return; }
+    if (bpb != null) state.bpb = { model: state.model, bpb, version: m.version };
+    const b = state.bpb && state.bpb.model === state.model ? state.bpb : null;
+    if (acc == null && b) { el.textContent = `${b.bpb.toFixed(3)} bits/byte`; el.title = `${state.model} version ${b.version}: held-out code`; return; }
     el.textContent = acc == null ? 'no evaluation yet' : pct(acc);
     el.title = acc == null ? `no version of ${state.model || 'this model'} was evaluated by the hub yet` : `${state.model} version ${ver}`;
   }

@@ -5,7 +5,7 @@
 //
 // Cost: every 2 s one GET of the model; the version list is fetched again
 // only when the model's newest hub evaluation changed. The completion is
-// the hub's own (one greedy completion of bounded length per scored
+// the hub's own (one sampled completion of bounded length per scored
 // version, computed with its bits-per-byte figures, off the hub's actor).
 (() => {
   'use strict';
@@ -32,8 +32,14 @@
     return r.json();
   }
 
+  // A language model has no accuracy: its panels replace the two
+  // accuracy charts (which stay for classifiers).
   function show(on) {
     for (const id of ['kernel-bpb-card', 'kernel-completion-card']) $(id).hidden = !on;
+    for (const id of ['chart-acc', 'chart-spec']) {
+      const card = $(id) && $(id).closest('section');
+      if (card) card.hidden = on;
+    }
   }
 
   function draw() {

@@ -498,6 +498,7 @@ async fn kernel_bits_per_byte_chart_and_completion_panel() {
             .js("const k = window.kernalKernel || {}; const c = k.chart; \
                  return {model: document.getElementById('model-select').value, \
                  hidden: document.getElementById('kernel-bpb-card').hidden, \
+                 acc_hidden: document.getElementById('chart-acc').closest('section').hidden, \
                  points: c ? c.data[0].length : 0, \
                  lines: c ? c.series.slice(1).map(s => s.label) : [], \
                  last: c && c.data[0].length ? c.data.slice(1).map(d => d[d.length - 1]) : [], \
@@ -524,6 +525,10 @@ async fn kernel_bits_per_byte_chart_and_completion_panel() {
         assert!((7.0..9.0).contains(&b), "an untrained model: {first}");
     }
     assert_eq!(first["prompt"], "static int tcp_", "{first}");
+    assert_eq!(
+        first["acc_hidden"], true,
+        "no accuracy chart for a language model"
+    );
     assert!(
         first["header"].as_str().unwrap().ends_with("bits/byte"),
         "{first}"
@@ -559,6 +564,10 @@ async fn kernel_bits_per_byte_chart_and_completion_panel() {
     .await;
     let newest: Vec<f64> = serde_json::from_value(later["last"].clone()).unwrap();
     assert!(
+        later["header"].as_str().unwrap().ends_with("bits/byte"),
+        "the header keeps the newest figure between versions: {later}"
+    );
+    assert!(
         newest.iter().all(|b| *b < 7.0),
         "the trained versions score better than the initial one: {later}"
     );
@@ -575,7 +584,10 @@ async fn kernel_bits_per_byte_chart_and_completion_panel() {
     wait_for(
         "the kernel panels hidden",
         Duration::from_secs(20),
-        || async { (read().await["hidden"] == true).then_some(()) },
+        || async {
+            let v = read().await;
+            (v["hidden"] == true && v["acc_hidden"] == false).then_some(())
+        },
     )
     .await;
     task.abort();

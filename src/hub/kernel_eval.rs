@@ -18,6 +18,10 @@ pub const COMPLETION_PROMPT: &str = "static int tcp_";
 /// Bytes of that completion: each is one forward pass over at most the
 /// model's context (about 0.1 s for all of them with the built-in sizes).
 pub const COMPLETION_BYTES: usize = 96;
+/// Sampled, not greedy: a young model's greedy text is one byte repeated
+/// (`* * * *`), its samples show what it learned. A fixed seed keeps the
+/// same weights giving the same text.
+pub const COMPLETION_TEMPERATURE: f64 = 0.7;
 
 /// Windows of the model's context scored per part (specialty or unseen):
 /// 32 windows of 64 bytes is 2 KiB per part, 8 KiB per version: measured
@@ -74,15 +78,15 @@ pub fn evaluate_kernel(layout: &ModelLayout, weights: &[f32]) -> Option<KernelEv
             per_specialty.insert(name.clone(), e.bits_per_byte);
         }
     }
-    // One greedy completion of bounded length per scored version, on the
-    // same blocking thread: the dashboard reads it with the figures.
+    // One completion of bounded length per scored version, on the same
+    // blocking thread: the dashboard reads it with the figures.
     let completion = spec
         .complete(
             weights,
             COMPLETION_PROMPT.as_bytes(),
             COMPLETION_BYTES,
-            0.0,
-            0,
+            COMPLETION_TEMPERATURE,
+            1,
         )
         .map_err(|e| log::warn!("kernel completion: {e}"))
         .ok()

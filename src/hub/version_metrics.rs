@@ -111,7 +111,7 @@ pub struct KernelEvalFigures {
 }
 
 /// A version of a kernel model completing [`kernel_eval::COMPLETION_PROMPT`]
-/// (greedy, so the same weights always give the same text).
+/// (sampled with a fixed seed, so the same weights always give the same text).
 ///
 /// [`kernel_eval::COMPLETION_PROMPT`]: super::kernel_eval::COMPLETION_PROMPT
 #[derive(Debug, Clone, Serialize, PartialEq)]
