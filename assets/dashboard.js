@@ -69,7 +69,7 @@
     if (Array.from(sel.options, (o) => o.value).join('\n') !== names.join('\n')) {
       sel.innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join('');
     }
-    if (!names.includes(state.model)) state.model = names.includes('digits') ? 'digits' : names[0] || null;
+    if (!names.includes(state.model)) state.model = names.includes('kernel') ? 'kernel' : names.includes('digits') ? 'digits' : names[0] || null;
     if (sel.value !== state.model) sel.value = state.model;
     const m = s.models.find((x) => x.name === state.model);
     state.status = m || null;
@@ -97,6 +97,12 @@
     const x = ver != null ? state.versions.get(ver) : null;
     const by = (x && x.by) || (m && m.last_metrics && m.last_metrics.eval && m.last_metrics.eval.evaluator) || null;
     const el = $('accuracy');
+    // A language model's figure is bits per byte (kernel.js charts it); a
+    // new version is scored after its commit, so the last figure stays.
+    const bpb = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.bits_per_byte : null;
+    if (bpb != null) state.bpb = { model: state.model, bpb, version: m.version };
+    const b = state.bpb && state.bpb.model === state.model ? state.bpb : null;
+    if (acc == null && b) { el.textContent = `${b.bpb.toFixed(3)} bits/byte`; el.title = `${state.model} version ${b.version}: held-out code`; return; }
     el.textContent = acc == null ? 'no evaluation yet' : pct(acc);
     el.title = acc == null ? `no version of ${state.model || 'this model'} was evaluated by the hub yet` : `${state.model} version ${ver}${by ? ', scored by evaluator ' + by : ''}`;
   }

@@ -173,6 +173,10 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Write the run's models to this directory: collective.safetensors,
+        /// solo-<trainer>.safetensors and, where run, centralised.safetensors.
+        #[arg(long, value_name = "DIR")]
+        keep_weights: Option<PathBuf>,
     },
 }
 
@@ -304,6 +308,7 @@ fn main() -> ExitCode {
             admin_token,
             ca,
             quiet,
+            keep_weights,
         } => {
             init_logging("warn");
             if list {
@@ -317,6 +322,7 @@ fn main() -> ExitCode {
                 admin_token,
                 ca,
                 progress: !quiet,
+                keep_weights,
             };
             ExitCode::from(kernal::harness::run_cli(args) as u8)
         }

@@ -174,7 +174,7 @@ async fn dashboard_updates_live_in_a_real_browser() {
     });
     let url = hub.url();
     let driver = Driver::start().await;
-    driver.goto(&format!("{url}/")).await;
+    driver.goto(&format!("{url}/?model=digits")).await;
     driver.js("window.__noReload = 42; return 1;").await;
     wait_for("the feed is live", Duration::from_secs(20), || async {
         (driver
@@ -462,7 +462,7 @@ async fn dashboard_opens_the_model_in_its_url_with_its_own_evaluation() {
 
     driver.goto(&format!("{url}/?model=custom")).await;
     shows("custom", "no evaluation yet".into()).await;
-    driver.goto(&format!("{url}/")).await;
+    driver.goto(&format!("{url}/?model=digits")).await;
     shows("digits", digits_text.clone()).await;
     // Choosing the other model in the page: its own (absent) evaluation,
     // and a URL that opens it again.
@@ -510,4 +510,122 @@ async fn dashboard_opens_the_model_in_its_url_with_its_own_evaluation() {
     // And after a reload, from the stored history.
     driver.goto(&format!("{url}/?model=custom")).await;
     shows("custom", "62.5%".into()).await;
+}
+
+/// A language model on the dashboard (the default page when the hub has
+/// `kernel`): the bits-per-byte chart gains a point per scored version with
+/// one line per specialty and one for unseen subsystems, and the completion
+/// panel shows the newest scored version continuing `static int tcp_`.
+/// A classifier's page does not show them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs chromium and chromium-driver; the README's test command (./test.sh) installs them and runs it"]
+async fn kernel_bits_per_byte_chart_and_completion_panel() {
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "the browser test needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
+    );
+    let hub = start_hub(|c| {
+        c.models.get_mut("kernel").unwrap().aggregation.min_updates = Some(1);
+    });
+    let url = hub.url();
+    let driver = Driver::start().await;
+    driver.goto(&format!("{url}/")).await;
+    let read = || async {
+        driver
+            .js("const k = window.kernalKernel || {}; const c = k.chart; \
+                 return {model: document.getElementById('model-select').value, \
+                 hidden: document.getElementById('kernel-bpb-card').hidden, \
+                 acc_hidden: document.getElementById('chart-acc').closest('section').hidden, \
+                 points: c ? c.data[0].length : 0, \
+                 lines: c ? c.series.slice(1).map(s => s.label) : [], \
+                 last: c && c.data[0].length ? c.data.slice(1).map(d => d[d.length - 1]) : [], \
+                 prompt: document.getElementById('kernel-prompt').textContent, \
+                 text: document.getElementById('kernel-completion').textContent, \
+                 version: document.getElementById('kernel-completion-version').textContent, \
+                 header: document.getElementById('accuracy').textContent}")
+            .await
+    };
+    // Version 0 is scored at start: one point, every line, a completion.
+    let first = wait_for("the kernel panels", Duration::from_secs(30), || async {
+        let v = read().await;
+        (v["model"] == "kernel" && v["hidden"] == false && v["points"].as_u64() >= Some(1))
+            .then_some(v)
+    })
+    .await;
+    assert_eq!(
+        first["lines"],
+        json!(["graphics", "networking", "security", "unseen subsystems"]),
+        "{first}"
+    );
+    for b in first["last"].as_array().unwrap() {
+        let b = b.as_f64().unwrap();
+        assert!((7.0..9.0).contains(&b), "an untrained model: {first}");
+    }
+    assert_eq!(first["prompt"], "static int tcp_", "{first}");
+    assert_eq!(
+        first["acc_hidden"], true,
+        "no accuracy chart for a language model"
+    );
+    assert!(
+        first["header"].as_str().unwrap().ends_with("bits/byte"),
+        "{first}"
+    );
+
+    // A trainer makes versions; the chart and the completion follow them.
+    let spec = kernal::kernel::DEFAULT_SPEC;
+    let learner = kernal_client::kernel::KernelLearner::new(
+        spec,
+        kernal_client::kernel::KernelTexts::for_specialty("networking").unwrap(),
+        kernal::kernel::KernelTrainSettings {
+            steps: 15,
+            batch: 8,
+            window: spec.context,
+            lr: 0.01,
+            weight_decay: 0.0,
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let mut o = ClientOptions::new(&hub.hub.ws_url(), "AI_Alice", "networking", "tok");
+    o.model = "kernel".into();
+    o.max_versions = Some(20);
+    let task = tokio::spawn(connection::run(o, learner, |_| {}, std::future::pending()));
+    let later = wait_for(
+        "three more scored versions on the chart",
+        Duration::from_secs(120),
+        || async {
+            let v = read().await;
+            (v["points"].as_u64().unwrap_or(0) >= 4).then_some(v)
+        },
+    )
+    .await;
+    let newest: Vec<f64> = serde_json::from_value(later["last"].clone()).unwrap();
+    assert!(
+        later["header"].as_str().unwrap().ends_with("bits/byte"),
+        "the header keeps the newest figure between versions: {later}"
+    );
+    assert!(
+        newest.iter().all(|b| *b < 7.0),
+        "the trained versions score better than the initial one: {later}"
+    );
+    assert!(
+        later["version"].as_str().unwrap() != first["version"].as_str().unwrap()
+            && !later["text"].as_str().unwrap().is_empty(),
+        "the completion follows the versions: {first} -> {later}"
+    );
+    let shot = artifacts().join("dashboard-kernel.png");
+    driver.screenshot(&shot).await;
+    println!("{later}\nscreenshot: {}", shot.display());
+    // A classifier's page has no language-model panels.
+    driver.goto(&format!("{url}/?model=digits")).await;
+    wait_for(
+        "the kernel panels hidden",
+        Duration::from_secs(20),
+        || async {
+            let v = read().await;
+            (v["hidden"] == true && v["acc_hidden"] == false).then_some(())
+        },
+    )
+    .await;
+    task.abort();
 }

@@ -29,12 +29,18 @@ fn harness(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
 }
 
 fn run_shipped(name: &str) -> serde_json::Value {
+    run_shipped_keeping(name, None)
+}
+
+/// A shipped scenario, writing its models to `keep` (`--keep-weights`).
+fn run_shipped_keeping(name: &str, keep: Option<&std::path::Path>) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let (code, out, err) = harness(
-        &[name, "--quiet", "--report", report.to_str().unwrap()],
-        dir.path(),
-    );
+    let mut args = vec![name, "--quiet", "--report", report.to_str().unwrap()];
+    if let Some(k) = keep {
+        args.extend(["--keep-weights", k.to_str().unwrap()]);
+    }
+    let (code, out, err) = harness(&args, dir.path());
     println!("{out}");
     assert_eq!(code, 0, "{name} failed:\n{out}\n{err}");
     assert!(out.contains(&format!("PASS {name}")), "{out}");
@@ -48,13 +54,48 @@ fn run_shipped(name: &str) -> serde_json::Value {
     r
 }
 
+/// The tensor names of a kept checkpoint.
+fn kept_tensors(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn multi_spec_passes() {
-    let r = run_shipped("multi_spec");
+    let kept = tempfile::tempdir().unwrap();
+    let r = run_shipped_keeping("multi_spec", Some(kept.path()));
     assert!(r["run"]["collective_accuracy"].as_f64().unwrap() >= 0.90);
     for (_, solo) in r["solo"].as_object().unwrap() {
         assert!(solo.as_f64().unwrap() <= 0.45);
     }
+    // --keep-weights: the collective as the hub serves it (with the pooled
+    // normalisation) and each trainer alone, the very model scored.
+    let collective = kept_tensors(&kept.path().join("collective.safetensors"));
+    assert!(
+        collective.contains(&"fc1.weight".to_string())
+            && collective.contains(&"normalisation.mean".to_string()),
+        "{collective:?}"
+    );
+    let spec = kernal::model::MlpSpec {
+        inputs: 64,
+        hidden: 64,
+        classes: 10,
+    };
+    let test = kernal::data::digits_split().unwrap().test;
+    for (name, specialty) in [
+        ("AI_Alice", "networking"),
+        ("AI_Bob", "graphics"),
+        ("AI_Carol", "security"),
+    ] {
+        let bytes = std::fs::read(kept.path().join(format!("solo-{name}.safetensors"))).unwrap();
+        let w = spec.layout().decode(&bytes).unwrap();
+        let acc = spec.evaluate(&w, &test).unwrap().accuracy;
+        assert_eq!(Some(acc), r["solo"][specialty].as_f64(), "{name}");
+    }
+    assert!(!kept.path().join("centralised.safetensors").exists());
 }
 
 #[test]
@@ -92,7 +133,18 @@ fn restart_passes() {
 /// each trainer scaling its own file, as `--data` did before, it is not.
 #[test]
 fn wine_class_disjoint_reaches_the_centralised_model_with_shared_statistics() {
-    let r = run_shipped("wine");
+    let kept = tempfile::tempdir().unwrap();
+    let r = run_shipped_keeping("wine", Some(kept.path()));
+    // The centralised model is kept with the union's statistics, as the
+    // hub serves a normalised model's checkpoint.
+    for f in ["collective", "centralised"] {
+        let names = kept_tensors(&kept.path().join(format!("{f}.safetensors")));
+        assert!(
+            names.contains(&"fc2.bias".to_string())
+                && names.contains(&"normalisation.std".to_string()),
+            "{f}: {names:?}"
+        );
+    }
     let acc = r["run"]["collective_accuracy"].as_f64().unwrap();
     let central = r["run"]["centralised_accuracy"].as_f64().unwrap();
     assert!(acc >= central - 0.02, "{acc} vs centralised {central}");

@@ -296,3 +296,148 @@ async fn a_member_trains_on_its_own_tree_and_bad_reports_are_refused() {
     let m = get_json(&format!("{}/v1/models/kernel", hub.url())).await;
     assert_eq!(m["name"], "kernel");
 }
+
+/// A kernel scenario reduced to seconds: the three specialists train
+/// `kernel` together, each alone, and one centralised run; the collective
+/// must beat every *other* specialist on each specialty's held-out code
+/// (it can only by learning from that specialty's member) and stay near
+/// the specialist on its own code and on unseen subsystems. The kept
+/// checkpoints load with `kernal evaluate`, which scores the extra
+/// `eval_source` code exactly as the report did.
+#[test]
+fn a_reduced_kernel_scenario_passes_and_keeps_weights_anyone_can_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra");
+    std::fs::create_dir(&extra).unwrap();
+    std::fs::write(
+        extra.join("probe.c"),
+        "static int tcp_probe(struct sock *sk, struct sk_buff *skb)\n{\n\tstruct tcp_sock *tp = tcp_sk(sk);\n\n\tif (!skb)\n\t\treturn -EINVAL;\n\ttp->snd_cwnd = 10;\n\treturn 0;\n}\n",
+    )
+    .unwrap();
+    let scenario = dir.path().join("kernel_small.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+description = "reduced kernel scenario"
+seed = 3
+eval_source = ["extra"]
+
+[hub]
+model = "kernel"
+strategy = "fedavg"
+min_updates = 3
+round_timeout_secs = 30
+
+[kernel]
+steps = 12
+batch = 8
+lr = 0.01
+eval_windows = 96
+
+[[trainers]]
+name = "AI_Alice"
+specialty = "networking"
+
+[[trainers]]
+name = "AI_Bob"
+specialty = "graphics"
+
+[[trainers]]
+name = "AI_Carol"
+specialty = "security"
+
+[stop]
+versions = 6
+timeout_secs = 600
+
+[pass]
+max_bits_over_specialist = 0.3
+min_bits_under_other_specialists = 0.02
+max_unseen_bits_over_specialists = 0.15
+"#,
+    )
+    .unwrap();
+    let kept = dir.path().join("kept");
+    let report = dir.path().join("report.json");
+    let out = Command::new(kernal_bin())
+        .arg("harness")
+        .arg(&scenario)
+        .args(["--quiet", "--report"])
+        .arg(&report)
+        .arg("--keep-weights")
+        .arg(&kept)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("PASS kernel_small"), "{text}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let k = &r["kernel"];
+    let models: Vec<&str> = k["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "collective",
+            "solo-AI_Alice",
+            "solo-AI_Bob",
+            "solo-AI_Carol",
+            "centralised"
+        ]
+    );
+    let crits: Vec<&str> = r["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for s in ["networking", "graphics", "security"] {
+        assert!(
+            crits.contains(&format!("max_bits_over_specialist[{s}]").as_str()),
+            "{crits:?}"
+        );
+    }
+    assert_eq!(
+        crits
+            .iter()
+            .filter(|c| c.starts_with("min_bits_under_other_specialists["))
+            .count(),
+        6,
+        "{crits:?}"
+    );
+    // Every kept checkpoint loads, and scores the extra code as the report says.
+    for (i, m) in models.iter().enumerate() {
+        let f = kept.join(format!("{m}.safetensors"));
+        let out = Command::new(kernal_bin())
+            .args(["evaluate", "--model", "kernel", "--json", "--weights"])
+            .arg(&f)
+            .arg(&extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{m}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reported = k["models"][i]["bits_per_byte"]["eval_source:extra"]
+            .as_f64()
+            .unwrap();
+        let judged = e["bits_per_byte"].as_f64().unwrap();
+        assert!(
+            (reported - judged).abs() < 1e-4 && judged < 7.5,
+            "{m}: report {reported}, kernal evaluate {judged}"
+        );
+    }
+}

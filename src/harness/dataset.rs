@@ -165,7 +165,7 @@ pub(super) fn centralised_accuracy(
     sc: &Scenario,
     rounds: u64,
     seed: u64,
-) -> Result<f64, HarnessError> {
+) -> Result<(f64, Vec<u8>), HarnessError> {
     let mut union = data::Dataset {
         features: Vec::new(),
         labels: Vec::new(),
@@ -183,7 +183,8 @@ pub(super) fn centralised_accuracy(
         crate::protocol::FeatureStats::of(&union.features, union.dim),
     );
     let mut test = p.split.test.clone();
-    if let Some(n) = pool.freeze() {
+    let norm = pool.freeze();
+    if let Some(n) = &norm {
         n.apply(&mut union.features);
         n.apply(&mut test.features);
     }
@@ -204,5 +205,34 @@ pub(super) fn centralised_accuracy(
             (rounds as usize).saturating_mul(sc.training.min_steps),
         )
         .map_err(run_err)?;
-    Ok(p.spec.evaluate(&w, &test).map_err(run_err)?.accuracy)
+    let accuracy = p.spec.evaluate(&w, &test).map_err(run_err)?.accuracy;
+    Ok((accuracy, checkpoint(p.spec, &w, norm.as_ref())?))
+}
+
+/// A checkpoint as the hub serves one: the network's tensors and, for
+/// inputs scaled by statistics, `normalisation.mean` and `.std` after them.
+fn checkpoint(
+    spec: MlpSpec,
+    w: &[f32],
+    norm: Option<&crate::protocol::Normalisation>,
+) -> Result<Vec<u8>, HarnessError> {
+    let layout = spec.layout();
+    let (Some(n), Some(mean), Some(std)) = (
+        norm,
+        norm.and_then(|n| n.mean.clone()),
+        norm.and_then(|n| n.std.clone()),
+    ) else {
+        return layout.encode(w, None).map_err(run_err);
+    };
+    let mut tensors: Vec<(String, Vec<usize>)> = layout
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    tensors.push(("normalisation.mean".into(), vec![n.features]));
+    tensors.push(("normalisation.std".into(), vec![n.features]));
+    let flat: Vec<f32> = w.iter().chain(&mean).chain(&std).copied().collect();
+    ModelLayout::new(tensors)
+        .encode(&flat, None)
+        .map_err(run_err)
 }

@@ -8,13 +8,19 @@
 
 pub mod attack;
 mod dataset;
+mod keep;
+pub mod kernel;
+mod kernel_baseline;
+mod kernel_report;
 pub mod poisoning;
+mod record;
 pub mod report;
 pub mod scenario;
 
 use dataset::{
     centralised_accuracy, ensure_dataset_model, hub_evaluation, prepare_dataset, shard, Prepared,
 };
+use record::{check_ledger, record_run};
 pub use report::{render, Criterion, Report, RunOutcome, TrainerRow};
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +50,8 @@ pub struct HarnessArgs {
     /// Extra trust for an `https://` hub (PEM).
     pub ca: Option<PathBuf>,
     pub progress: bool,
+    /// Write the run's models here as checkpoints (`--keep-weights`).
+    pub keep_weights: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -366,6 +374,7 @@ async fn run_once(
         ledger_problems,
         timed_out,
         centralised_accuracy: None,
+        checkpoint: bytes.to_vec(),
     })
 }
 
@@ -476,81 +485,6 @@ fn make_honest_learner(
     }
 }
 
-/// Every acknowledged update must be in the ledger, once, and no update may
-/// be folded into two versions.
-async fn check_ledger(
-    http: &reqwest::Client,
-    hub_url: &str,
-    model: &str,
-    done: &HashMap<usize, Summary>,
-    sc: &Scenario,
-) -> Result<Vec<String>, HarnessError> {
-    let mut problems = Vec::new();
-    let mut ledger: HashMap<String, usize> = HashMap::new();
-    for t in &sc.trainers {
-        let rows = get_json(
-            http,
-            &format!(
-                "{hub_url}/v1/updates?model={model}&trainer={}&limit=1000000",
-                t.name
-            ),
-        )
-        .await?;
-        for u in rows["updates"].as_array().cloned().unwrap_or_default() {
-            if u["status"] != "refused" {
-                let id = format!(
-                    "{}/{}",
-                    u["trainer"].as_str().unwrap_or(""),
-                    u["update_id"].as_str().unwrap_or("")
-                );
-                *ledger.entry(id).or_default() += 1;
-            }
-        }
-    }
-    for (i, s) in done {
-        let name = &sc.trainers[*i].name;
-        for id in &s.acked_ids {
-            let key = format!("{name}/{id}");
-            match ledger.get(&key) {
-                None => problems.push(format!(
-                    "acknowledged update {key} is missing from the ledger"
-                )),
-                Some(n) if *n > 1 => {
-                    problems.push(format!("update {key} is in the ledger {n} times"))
-                }
-                _ => {}
-            }
-        }
-    }
-    let versions = get_json(
-        http,
-        &format!("{hub_url}/v1/models/{model}/versions?limit=100000"),
-    )
-    .await?;
-    let mut applied: HashMap<String, u32> = HashMap::new();
-    for v in versions["versions"].as_array().cloned().unwrap_or_default() {
-        for id in v["metrics"]["applied_update_ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            *applied
-                .entry(id.as_str().unwrap_or("").to_string())
-                .or_default() += 1;
-        }
-    }
-    let mut twice: Vec<_> = applied
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(k, _)| k.clone())
-        .collect();
-    twice.sort();
-    for k in twice {
-        problems.push(format!("update {k} was applied more than once"));
-    }
-    Ok(problems)
-}
-
 /// Trains one specialty alone with the same budget as the collective run.
 fn solo_accuracy(
     spec: MlpSpec,
@@ -558,7 +492,7 @@ fn solo_accuracy(
     rounds: u64,
     sc: &Scenario,
     seed: u64,
-) -> Result<f64, HarnessError> {
+) -> Result<(f64, Vec<f32>), HarnessError> {
     let cfg = Config::builtin();
     let settings = TrainSettings {
         epochs: sc.training.local_epochs,
@@ -575,10 +509,8 @@ fn solo_accuracy(
             .map_err(HarnessError::Run)?
             .weights;
     }
-    Ok(spec
-        .evaluate(&w, &data::digits_split().map_err(run_err)?.test)
-        .map_err(run_err)?
-        .accuracy)
+    let test = data::digits_split().map_err(run_err)?.test;
+    Ok((spec.evaluate(&w, &test).map_err(run_err)?.accuracy, w))
 }
 
 fn crit(
@@ -615,6 +547,11 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     } else {
         ProgressBar::hidden()
     };
+    if kernel::is_kernel(&sc) {
+        let r = kernel::run(args, sc, name, path, seed, &bar).await;
+        bar.finish_and_clear();
+        return r;
+    }
     let mut own = None;
     let (hub_url, token) = match &args.hub {
         Some(u) => {
@@ -673,16 +610,18 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     // Solo baselines for each specialty, with the collective's budget.
     let rounds = run.final_version.max(1);
     let mut solo = BTreeMap::new();
+    let mut solo_weights = BTreeMap::new();
     for t in sc.trainers.iter().filter(|_| sc.dataset.is_none()) {
         if let (Some(s), None) = (&t.specialty, &t.data) {
             if !solo.contains_key(s) {
                 let (specialty, scenario) = (s.clone(), sc.clone());
-                let a = tokio::task::spawn_blocking(move || {
+                let (a, w) = tokio::task::spawn_blocking(move || {
                     solo_accuracy(spec, &specialty, rounds, &scenario, seed)
                 })
                 .await
                 .map_err(run_err)??;
                 solo.insert(s.clone(), a);
+                solo_weights.insert(s.clone(), w);
             }
         }
     }
@@ -805,9 +744,10 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
             ));
         }
     }
+    let mut central_kept = None;
     if let Some(prep) = &prepared {
         let (split, scenario, net_spec) = (prep.split.clone(), sc.clone(), prep.spec);
-        let central = tokio::task::spawn_blocking(move || {
+        let (central, central_checkpoint) = tokio::task::spawn_blocking(move || {
             centralised_accuracy(
                 &Prepared {
                     split,
@@ -821,6 +761,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         .await
         .map_err(run_err)??;
         run.centralised_accuracy = Some(central);
+        central_kept = Some(central_checkpoint);
         let gap = central - acc;
         match p.max_gap_to_centralised {
             Some(max) => criteria.push(crit(
@@ -963,39 +904,24 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         solo,
         compare,
         attacks,
+        kernel: None,
         recorded_run_id: None,
         notes,
     };
-    // Record the run on the hub.
-    if let Some(tok) = token {
-        let body = json!({
-            "scenario": name, "passed": report.passed,
-            "collective_accuracy": report.run.collective_accuracy,
-            "started_at": report.started_at, "finished_at": report.finished_at,
-            "report": serde_json::to_value(&report).unwrap_or_default(),
-        });
-        match http
-            .post(format!("{hub_url}/v1/harness/runs"))
-            .bearer_auth(tok)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => {
-                report.recorded_run_id =
-                    r.json::<Value>().await.ok().and_then(|v| v["id"].as_i64());
+    if let Some(dir) = &args.keep_weights {
+        let mut files = vec![("collective".to_string(), report.run.checkpoint.clone())];
+        for t in &sc.trainers {
+            if let Some(w) = t.specialty.as_ref().and_then(|s| solo_weights.get(s)) {
+                let b = spec.layout().encode(w, None).map_err(run_err)?;
+                files.push((format!("solo-{}", t.name), b));
             }
-            Ok(r) => report.notes.push(format!(
-                "could not record the run on the hub: {}",
-                r.status()
-            )),
-            Err(e) => report
-                .notes
-                .push(format!("could not record the run on the hub: {e}")),
         }
-    } else {
-        report.notes.push("no admin token (--admin-token or KERNAL_ADMIN_TOKEN): the run was not recorded on the hub".into());
+        files.extend(central_kept.map(|b| ("centralised".to_string(), b)));
+        for f in keep::write_all(dir, &files)? {
+            report.notes.push(format!("kept {f}"));
+        }
     }
+    record_run(&http, &hub_url, token.as_deref(), &mut report).await;
     if let Some(mut h) = own {
         h.stop();
     }

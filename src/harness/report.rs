@@ -48,6 +48,10 @@ pub struct RunOutcome {
     /// A `[dataset]` run: the same network trained centrally on the union
     /// of the trainers' rows, on the same held-out rows.
     pub centralised_accuracy: Option<f64>,
+    /// The collective model's checkpoint as downloaded (for
+    /// `--keep-weights`; not in the JSON report).
+    #[serde(skip)]
+    pub checkpoint: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +71,9 @@ pub struct Report {
     /// Attack cases (`[[attacks]]`), each against its honest run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attacks: Vec<super::poisoning::AttackOutcome>,
+    /// A kernel scenario's figures in bits per byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<super::kernel::KernelOutcome>,
     pub recorded_run_id: Option<i64>,
     pub notes: Vec<String>,
 }
@@ -84,80 +91,96 @@ pub fn render(report: &Report) -> String {
         "scenario {} (seed {}): {}",
         report.scenario, report.seed, report.description
     );
-    let _ = writeln!(
-        o,
-        "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
-        "trainer",
-        "specialty",
-        "behaviour",
-        "solo",
-        "collective",
-        "overall",
-        "sent",
-        "acked",
-        "refused"
-    );
-    let _ = writeln!(o, "{}", "-".repeat(94));
-    for t in &report.run.trainers {
+    if let Some(k) = &report.kernel {
+        let _ = writeln!(
+            o,
+            "{:<12} {:<14} {:>8} {:>6} {:>6} {:>8}",
+            "trainer", "specialty", "versions", "sent", "acked", "refused"
+        );
+        for t in &report.run.trainers {
+            let _ = writeln!(
+                o,
+                "{:<12} {:<14} {:>8} {:>6} {:>6} {:>8}",
+                t.name, t.specialty, t.versions_trained, t.sent, t.acknowledged, t.refused
+            );
+        }
+        o.push_str(&super::kernel::render_table(k));
+    } else {
         let _ = writeln!(
             o,
             "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
-            t.name,
-            t.specialty,
-            serde_json::to_value(t.behaviour)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            pct(t.solo_accuracy),
-            pct(t.collective_specialty_accuracy),
-            pct(Some(t.collective_accuracy)),
-            t.sent,
-            t.acknowledged,
-            t.refused
+            "trainer",
+            "specialty",
+            "behaviour",
+            "solo",
+            "collective",
+            "overall",
+            "sent",
+            "acked",
+            "refused"
         );
-    }
-    let _ = writeln!(
-        o,
-        "collective model: version {}, accuracy {} on the whole test set ({:.1} s{})",
-        report.run.final_version,
-        pct(Some(report.run.collective_accuracy)),
-        report.run.seconds,
-        report
-            .run
-            .restarted_at
-            .map(|v| format!(", hub SIGKILLed and restarted at version {v}"))
-            .unwrap_or_default()
-    );
-    if let Some(c) = &report.compare {
-        let _ = writeln!(
-            o,
-            "comparison with {}: version {}, accuracy {}",
-            c.strategy.as_deref().unwrap_or("?"),
-            c.final_version,
-            pct(Some(c.collective_accuracy))
-        );
-    }
-    if !report.attacks.is_empty() {
-        let _ = writeln!(
-            o,
-            "{:<22} {:<14} {:>8} {:>9} {:>7}  attackers' refusals",
-            "attack", "strategy", "honest", "attacked", "cost"
-        );
-        for a in &report.attacks {
+        let _ = writeln!(o, "{}", "-".repeat(94));
+        for t in &report.run.trainers {
             let _ = writeln!(
                 o,
-                "{:<22} {:<14} {:>8} {:>9} {:>7.3}  {}",
-                a.name,
-                a.strategy,
-                pct(Some(a.honest_accuracy)),
-                pct(Some(a.attacked_accuracy)),
-                a.cost,
-                if a.attacker_refusals.is_empty() {
-                    "none".to_string()
-                } else {
-                    a.attacker_refusals.join(", ")
-                }
+                "{:<12} {:<14} {:<10} {:>8} {:>12} {:>10} {:>6} {:>6} {:>8}",
+                t.name,
+                t.specialty,
+                serde_json::to_value(t.behaviour)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                pct(t.solo_accuracy),
+                pct(t.collective_specialty_accuracy),
+                pct(Some(t.collective_accuracy)),
+                t.sent,
+                t.acknowledged,
+                t.refused
             );
+        }
+        let _ = writeln!(
+            o,
+            "collective model: version {}, accuracy {} on the whole test set ({:.1} s{})",
+            report.run.final_version,
+            pct(Some(report.run.collective_accuracy)),
+            report.run.seconds,
+            report
+                .run
+                .restarted_at
+                .map(|v| format!(", hub SIGKILLed and restarted at version {v}"))
+                .unwrap_or_default()
+        );
+        if let Some(c) = &report.compare {
+            let _ = writeln!(
+                o,
+                "comparison with {}: version {}, accuracy {}",
+                c.strategy.as_deref().unwrap_or("?"),
+                c.final_version,
+                pct(Some(c.collective_accuracy))
+            );
+        }
+        if !report.attacks.is_empty() {
+            let _ = writeln!(
+                o,
+                "{:<22} {:<14} {:>8} {:>9} {:>7}  attackers' refusals",
+                "attack", "strategy", "honest", "attacked", "cost"
+            );
+            for a in &report.attacks {
+                let _ = writeln!(
+                    o,
+                    "{:<22} {:<14} {:>8} {:>9} {:>7.3}  {}",
+                    a.name,
+                    a.strategy,
+                    pct(Some(a.honest_accuracy)),
+                    pct(Some(a.attacked_accuracy)),
+                    a.cost,
+                    if a.attacker_refusals.is_empty() {
+                        "none".to_string()
+                    } else {
+                        a.attacker_refusals.join(", ")
+                    }
+                );
+            }
         }
     }
     for c in &report.criteria {

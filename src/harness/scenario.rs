@@ -37,6 +37,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../config/scenarios/penguins.toml"),
     ),
     ("crabs", include_str!("../../config/scenarios/crabs.toml")),
+    ("kernel", include_str!("../../config/scenarios/kernel.toml")),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,6 +70,14 @@ pub struct Scenario {
     /// (own hub only) and is held to `max_attack_cost`.
     #[serde(default)]
     pub attacks: Vec<AttackCase>,
+    /// A kernel scenario's local training (`[kernel]`); `[hub] model =
+    /// "kernel"` alone takes the trainer's defaults.
+    #[serde(default)]
+    pub kernel: Option<super::kernel::KernelTraining>,
+    /// Extra held-out source directories (or files) every model of a kernel
+    /// scenario is scored on: relative to the scenario file, or absolute.
+    #[serde(default)]
+    pub eval_source: Vec<PathBuf>,
 }
 
 /// One attack of a poisoning scenario.
@@ -310,6 +319,18 @@ pub struct PassCriteria {
     /// much accuracy against the honest run of the same settings.
     #[serde(default)]
     pub max_attack_cost: Option<f64>,
+    /// Kernel scenarios: on each specialty's held-out code the collective
+    /// scores at most this many bits per byte above that specialty's
+    /// specialist trained alone.
+    #[serde(default)]
+    pub max_bits_over_specialist: Option<f64>,
+    /// ...and at least this many below every other specialist alone.
+    #[serde(default)]
+    pub min_bits_under_other_specialists: Option<f64>,
+    /// ...and on code of subsystems nobody trained on, at most this many
+    /// above any specialist alone (0: no worse).
+    #[serde(default)]
+    pub max_unseen_bits_over_specialists: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -438,6 +459,7 @@ impl Scenario {
         if self.stop.versions == 0 {
             return Err("stop.versions: must be at least 1".into());
         }
+        super::kernel::validate(self)?;
         let unit = |k: &str, v: Option<f64>| -> Result<(), String> {
             match v {
                 Some(x) if !(0.0..=1.0).contains(&x) => {

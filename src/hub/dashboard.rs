@@ -15,6 +15,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../assets/dashboard.js"),
     ),
     (
+        "kernel.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/kernel.js"),
+    ),
+    (
         "dashboard.css",
         "text/css; charset=utf-8",
         include_bytes!("../../assets/dashboard.css"),

@@ -10,7 +10,18 @@ use std::sync::OnceLock;
 use crate::kernel::{corpus, KernelSpec};
 use crate::protocol::ModelLayout;
 
-use super::version_metrics::KernelEvalFigures;
+use super::version_metrics::{KernelCompletion, KernelEvalFigures};
+
+/// The prompt each scored version completes, for the dashboard: the start
+/// of a networking function, so the team sees the model write kernel code.
+pub const COMPLETION_PROMPT: &str = "static int tcp_";
+/// Bytes of that completion: each is one forward pass over at most the
+/// model's context (about 0.1 s for all of them with the built-in sizes).
+pub const COMPLETION_BYTES: usize = 96;
+/// Sampled, not greedy: a young model's greedy text is one byte repeated
+/// (`* * * *`), its samples show what it learned. A fixed seed keeps the
+/// same weights giving the same text.
+pub const COMPLETION_TEMPERATURE: f64 = 0.7;
 
 /// Windows of the model's context scored per part (specialty or unseen):
 /// 32 windows of 64 bytes is 2 KiB per part, 8 KiB per version: measured
@@ -67,12 +78,29 @@ pub fn evaluate_kernel(layout: &ModelLayout, weights: &[f32]) -> Option<KernelEv
             per_specialty.insert(name.clone(), e.bits_per_byte);
         }
     }
+    // One completion of bounded length per scored version, on the same
+    // blocking thread: the dashboard reads it with the figures.
+    let completion = spec
+        .complete(
+            weights,
+            COMPLETION_PROMPT.as_bytes(),
+            COMPLETION_BYTES,
+            COMPLETION_TEMPERATURE,
+            1,
+        )
+        .map_err(|e| log::warn!("kernel completion: {e}"))
+        .ok()
+        .map(|b| KernelCompletion {
+            prompt: COMPLETION_PROMPT.to_string(),
+            text: String::from_utf8_lossy(&b).into_owned(),
+        });
     Some(KernelEvalFigures {
         bits_per_byte: sum / per_specialty.len().max(1) as f64,
         per_specialty,
         unseen_bits_per_byte: unseen,
         bytes,
         dataset: "kernel-heldout",
+        completion,
     })
 }
 
@@ -105,6 +133,9 @@ mod tests {
         assert_eq!(f.per_specialty.len(), 3);
         assert!((f.bits_per_byte - 8.0).abs() < 0.3, "{f:?}");
         assert_eq!(f.bytes, 4 * (WINDOWS_PER_PART * spec.context) as u64);
+        let c = f.completion.unwrap();
+        assert_eq!(c.prompt, COMPLETION_PROMPT);
+        assert!(!c.text.is_empty() && c.text.len() <= 4 * COMPLETION_BYTES);
         let mlp = crate::model::MlpSpec {
             inputs: 4,
             hidden: 4,

@@ -110,4 +110,18 @@ pub struct KernelEvalFigures {
     pub bytes: u64,
     /// Always `kernel-heldout`.
     pub dataset: &'static str,
+    /// The version completing a fixed prompt (the dashboard's panel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<KernelCompletion>,
+}
+
+/// A version of a kernel model completing [`kernel_eval::COMPLETION_PROMPT`]
+/// (sampled with a fixed seed, so the same weights always give the same text).
+///
+/// [`kernel_eval::COMPLETION_PROMPT`]: super::kernel_eval::COMPLETION_PROMPT
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KernelCompletion {
+    pub prompt: String,
+    /// The bytes after the prompt (invalid UTF-8 replaced).
+    pub text: String,
 }
