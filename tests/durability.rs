@@ -260,7 +260,11 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
             "versions are contiguous"
         );
         last = ver;
-        for list in ["applied_update_ids", "superseded_update_ids"] {
+        for list in [
+            "applied_update_ids",
+            "superseded_update_ids",
+            "screened_update_ids",
+        ] {
             if let Some(ids) = v["metrics"][list].as_array() {
                 for id in ids {
                     *applied_count

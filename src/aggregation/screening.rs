@@ -51,8 +51,8 @@ pub fn max_rejected(members: usize, share: f32) -> usize {
 
 /// Greedily leaves out the member whose absence lowers the loss most, while
 /// that lowers it by more than [`TOLERANCE`], at most `limit` of them.
-/// `loss` scores a candidate model; None (it could not be evaluated) stops
-/// the screen with what was decided so far.
+/// `loss` scores a candidate model; None (it could not be evaluated, or
+/// was not finite) stops the screen with what was decided so far.
 ///
 /// A candidate model is `weights + server_lr * sum of the kept members'
 /// weighted deltas / the whole round's weight`: the server step without
@@ -104,8 +104,15 @@ pub fn screen(
                 .zip(m.delta)
                 .map(|(s, d)| s - m.weight * *d as f64)
                 .collect();
+            // A candidate that cannot be scored (weights beyond f32) means
+            // the round is a matter for the fold's non-finite check, which
+            // refuses exactly the culprits: the screen decides no more.
             let Some(l) = score(&without, whole, &mut model) else {
-                continue;
+                return Some(Screened {
+                    rejected,
+                    loss_all,
+                    loss_kept: current,
+                });
             };
             if best.is_none_or(|(_, b)| l < b) {
                 best = Some((pos, l));
@@ -194,6 +201,26 @@ mod tests {
         assert_eq!(max_rejected(4, 0.5), 1);
         assert_eq!(max_rejected(10, 0.34), 3);
         assert_eq!(max_rejected(10, 0.0), 0);
+    }
+
+    #[test]
+    fn a_round_with_an_unscorable_candidate_is_left_to_the_non_finite_check() {
+        let w = [0.0f32; 1];
+        let (a, b, c) = ([3e38f32], [-3e38f32], [0.01f32]);
+        let members: Vec<Candidate> = [&a, &b, &c]
+            .iter()
+            .map(|d| Candidate {
+                weight: 1.0,
+                delta: &d[..],
+            })
+            .collect();
+        let finite = |m: &[f32]| {
+            m.iter()
+                .all(|x| x.abs() < 1e30)
+                .then_some(m[0].abs() as f64)
+        };
+        let s = screen(&w, &members, 1.0, 1, finite).unwrap();
+        assert!(s.rejected.is_empty(), "{s:?}");
     }
 
     #[test]

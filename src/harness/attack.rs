@@ -37,7 +37,7 @@ pub struct Attacker<L> {
     out_rows: Option<(usize, usize, usize)>,
 }
 
-impl<L: Learner> Attacker<L> {
+impl<L> Attacker<L> {
     pub fn new(inner: L, attack: Option<Attack>, norm: Option<f32>, claim: Option<u64>) -> Self {
         Attacker {
             inner,
@@ -46,6 +46,31 @@ impl<L: Learner> Attacker<L> {
             claim,
             out_rows: None,
         }
+    }
+
+    /// What a `rotate_labels` member sends as its trained weights: the
+    /// output rows rotated, the step scaled to `norm` when one is given.
+    pub fn rotation(&self, global: &[f32]) -> Vec<f32> {
+        let rot = self.rotated(global);
+        let Some(target) = self.norm else {
+            return rot;
+        };
+        let norm = rot
+            .iter()
+            .zip(global)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let k = if norm > 0.0 {
+            (target as f64 / norm) as f32
+        } else {
+            0.0
+        };
+        global
+            .iter()
+            .zip(&rot)
+            .map(|(g, r)| g + k * (r - g))
+            .collect()
     }
 
     /// The weights with the output rows rotated by one class.
@@ -75,26 +100,7 @@ impl<L: Learner> Learner for Attacker<L> {
             t.num_examples = n;
         }
         match (self.attack, self.norm) {
-            (Some(Attack::RotateLabels), None) => t.weights = self.rotated(global),
-            (Some(Attack::RotateLabels), Some(target)) => {
-                let rot = self.rotated(global);
-                let norm = rot
-                    .iter()
-                    .zip(global)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                let k = if norm > 0.0 {
-                    (target as f64 / norm) as f32
-                } else {
-                    0.0
-                };
-                t.weights = global
-                    .iter()
-                    .zip(&rot)
-                    .map(|(g, r)| g + k * (r - g))
-                    .collect();
-            }
+            (Some(Attack::RotateLabels), _) => t.weights = self.rotation(global),
             _ => {}
         }
         Ok(t)

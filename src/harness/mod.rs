@@ -8,6 +8,7 @@
 
 pub mod attack;
 mod dataset;
+mod flood;
 mod keep;
 pub mod kernel;
 mod kernel_baseline;
@@ -16,6 +17,7 @@ pub mod poisoning;
 mod record;
 pub mod report;
 pub mod scenario;
+mod scenario_check;
 
 use dataset::{
     centralised_accuracy, ensure_dataset_model, hub_evaluation, prepare_dataset, shard, Prepared,

@@ -92,11 +92,30 @@ async fn run_case(
     scenario.hub.aggregation = aggregation.clone();
     scenario.attacks.clear();
     scenario.compare = None;
-    if let Some(c) = case {
-        scenario.trainers.extend(c.attackers.iter().cloned());
-    }
+    // Flooding members run beside the scenario's trainers (see `flood`).
+    let (flooders, attackers): (Vec<_>, Vec<_>) = case
+        .map(|c| c.attackers.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|a| a.updates_per_version.is_some_and(|n| n > 1));
+    scenario.trainers.extend(attackers);
     let mut hub = start_own_hub(&scenario, None)?;
     let url = hub.url();
+    let floods: Vec<_> = flooders
+        .iter()
+        .map(|a| {
+            let f = super::flood::Flood {
+                name: a.name.clone(),
+                specialty: a.specialty.clone().unwrap_or_else(|| "networking".into()),
+                model: scenario.hub.model.clone(),
+                updates_per_version: a.updates_per_version.unwrap_or(1),
+                norm: a.attack_norm,
+                claim: a.claim_examples.unwrap_or(1),
+            };
+            let url = url.clone();
+            tokio::spawn(async move { super::flood::run(&url, f).await })
+        })
+        .collect();
     let token = hub.token.clone();
     let case_ctx = RunCtx {
         bar: ctx.bar,
@@ -107,6 +126,9 @@ async fn run_case(
         aggregation: aggregation.clone(),
     };
     let run = run_once(&scenario, seed, &url, Some(&mut hub), &case_ctx).await;
+    for f in &floods {
+        f.abort();
+    }
     hub.stop();
     let run = run?;
     let names: Vec<&str> = case

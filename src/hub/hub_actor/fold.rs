@@ -2,8 +2,8 @@
 //! it, and pushing it to every trainer.
 
 use super::*;
-use crate::hub::screen_round::{screen_round, ScreenSet};
 use crate::aggregation::integer_rules;
+use crate::hub::screen_round::{screen_round, ScreenSet};
 
 /// What the fold task computed off the actor.
 enum Computed {
@@ -109,6 +109,12 @@ impl Hub {
                         )
                     }
                 };
+                // A round put back after a failed fold is screened afresh.
+                for b in input.updates.iter_mut() {
+                    if b.vote == Vote::Screened {
+                        b.vote = Vote::Counts;
+                    }
+                }
                 let set = screen_data
                     .as_deref()
                     .and_then(|d| ScreenSet::new(&layout, d, norm.as_ref()));

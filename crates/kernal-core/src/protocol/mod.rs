@@ -6,8 +6,8 @@
 
 pub mod dtypes;
 pub mod errors;
-pub mod names;
 pub mod evaluator;
+pub mod names;
 pub mod normalisation;
 pub mod robust_stats;
 pub mod tensors;
@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub use dtypes::TensorDtype;
 pub use errors::{ClientAction, ErrorCode, Refusal, Scope};
-pub use names::{validate_model_name, validate_name, NameError};
 pub use evaluator::{EvaluatorReport, Role};
+pub use names::{validate_model_name, validate_name, NameError};
 pub use normalisation::{FeatureStats, Normalisation, NormalisationState, StatsPool};
 pub use robust_stats::{RejectedReport, RobustFreeze};
 pub use tensors::{ModelLayout, TensorSpec};
