@@ -99,9 +99,8 @@ impl<L: Learner> Learner for Attacker<L> {
         if let Some(n) = self.claim {
             t.num_examples = n;
         }
-        match (self.attack, self.norm) {
-            (Some(Attack::RotateLabels), _) => t.weights = self.rotation(global),
-            _ => {}
+        if self.attack == Some(Attack::RotateLabels) {
+            t.weights = self.rotation(global);
         }
         Ok(t)
     }
