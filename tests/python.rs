@@ -905,6 +905,22 @@ async fn the_cnn_with_batchnorm_example_scores_on_held_out_digits() {
     println!("CNN with BatchNorm: {result} ({secs:.1} s with Python's start)");
     assert!(result["version"].as_u64().unwrap() >= 18, "{result}");
     assert!(accuracy >= 0.95, "{result}");
+    // The example's evaluator gave the CNN its hub evaluation: the latest
+    // version's `eval`, as the dashboard charts it, names the evaluator.
+    let latest = get_json(&format!("{}/v1/models/cnn/versions/latest", hub.url())).await;
+    let eval = &latest["metrics"]["eval"];
+    let hub_accuracy = eval["accuracy"].as_f64().unwrap_or(-1.0);
+    assert!(hub_accuracy >= 0.9, "hub evaluation: {latest}");
+    assert_eq!(
+        result["hub_evaluation"]["accuracy"], eval["accuracy"],
+        "{result}"
+    );
+    assert!(
+        latest["metrics"]["evaluators"]
+            .as_object()
+            .is_some_and(|o| !o.is_empty()),
+        "{latest}"
+    );
     let r = reqwest::get(format!(
         "{}/v1/models/cnn/versions/latest/weights",
         hub.url()

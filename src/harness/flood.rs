@@ -15,6 +15,8 @@ use crate::protocol::ModelLayout;
 pub const MAX_UPDATES_PER_VERSION: u32 = 16;
 
 pub struct Flood {
+    /// Updates sent so far (read by the report while the task runs).
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub name: String,
     pub specialty: String,
     pub model: String,
@@ -85,6 +87,7 @@ pub async fn run(http_url: &str, f: Flood) -> String {
                 };
                 for _ in 0..f.updates_per_version.min(MAX_UPDATES_PER_VERSION) {
                     sent += 1;
+                    f.sent.store(sent, std::sync::atomic::Ordering::Relaxed);
                     let header = serde_json::json!({
                         "type": "update", "update_id": format!("flood-{sent}"),
                         "base_version": base, "num_examples": f.claim,

@@ -26,7 +26,8 @@ pub struct AttackOutcome {
     /// Honest minus attacked.
     pub cost: f64,
     pub final_version: u64,
-    /// What the attackers' updates met (codes of refusals).
+    /// What the attackers' updates met (codes of refusals), and how many
+    /// updates a flooding member sent.
     pub attacker_refusals: Vec<String>,
 }
 
@@ -104,7 +105,9 @@ async fn run_case(
     let floods: Vec<_> = flooders
         .iter()
         .map(|a| {
+            let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let f = super::flood::Flood {
+                sent: sent.clone(),
                 name: a.name.clone(),
                 specialty: a.specialty.clone().unwrap_or_else(|| "networking".into()),
                 model: scenario.hub.model.clone(),
@@ -113,7 +116,8 @@ async fn run_case(
                 claim: a.claim_examples.unwrap_or(1),
             };
             let url = url.clone();
-            tokio::spawn(async move { super::flood::run(&url, f).await })
+            let task = tokio::spawn(async move { super::flood::run(&url, f).await });
+            (a.name.clone(), sent, task)
         })
         .collect();
     let token = hub.token.clone();
@@ -126,15 +130,15 @@ async fn run_case(
         aggregation: aggregation.clone(),
     };
     let run = run_once(&scenario, seed, &url, Some(&mut hub), &case_ctx).await;
-    for f in &floods {
-        f.abort();
+    for (_, _, task) in &floods {
+        task.abort();
     }
     hub.stop();
     let run = run?;
     let names: Vec<&str> = case
         .map(|c| c.attackers.iter().map(|a| a.name.as_str()).collect())
         .unwrap_or_default();
-    let refusals = run
+    let mut refusals: Vec<String> = run
         .trainers
         .iter()
         .filter(|t| names.contains(&t.name.as_str()))
@@ -144,6 +148,13 @@ async fn run_case(
                 .map(|(c, n)| format!("{}: {c} x{n}", t.name))
         })
         .collect();
+    // A flooding member's sends, so the report shows it did flood.
+    for (name, sent, _) in &floods {
+        refusals.push(format!(
+            "{name}: sent {} updates",
+            sent.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+    }
     Ok((run.collective_accuracy, run.final_version, refusals))
 }
 

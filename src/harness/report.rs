@@ -162,7 +162,7 @@ pub fn render(report: &Report) -> String {
         if !report.attacks.is_empty() {
             let _ = writeln!(
                 o,
-                "{:<22} {:<14} {:>8} {:>9} {:>7}  attackers' refusals",
+                "{:<22} {:<14} {:>8} {:>9} {:>7}  attackers' refusals (and sends)",
                 "attack", "strategy", "honest", "attacked", "cost"
             );
             for a in &report.attacks {
