@@ -256,11 +256,6 @@ impl BlobStore {
             .collect()
     }
 
-    /// How many spare files are kept for reuse.
-    pub fn spare_count(&self) -> usize {
-        self.spares.lock().map(|s| s.files.len()).unwrap_or(0)
-    }
-
     /// Removes files no row refers to; returns how many.
     pub fn sweep(&self, keep: &std::collections::HashSet<String>) -> usize {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {

@@ -44,13 +44,6 @@ pub use crate::protocol::Refusal;
 
 // ---------------------------------------------------------------- plain logic
 
-/// A complete message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Whole {
-    Text(Bytes),
-    Binary(Bytes),
-}
-
 /// A text frame refused before it became a message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParseRefusal {
