@@ -1,12 +1,13 @@
-//! The `kernal` command: parses the CLI and dispatches to the library.
+//! The `kernal` command: parses the CLI and dispatches to the crates that do
+//! the work (`kernal-hub`, `kernal-trainer`, `kernal-harness`, `kernal-bench`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kernal::config::{CliOverrides, Config};
-use kernal::hub::ConfigSource;
-use kernal::trainer::cli::TrainerArgs;
+use kernal_hub::config::{CliOverrides, Config};
+use kernal_hub::hub::ConfigSource;
+use kernal_trainer::cli::TrainerArgs;
 use kernal_client::connection::Compression;
 
 #[derive(Parser)]
@@ -94,7 +95,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Send deltas as f16 or bf16 (halves the bytes).
-        #[arg(long, value_parser = kernal::config::by_name::<Compression>, default_value = "none")]
+        #[arg(long, value_parser = kernal_hub::config::by_name::<Compression>, default_value = "none")]
         compress: Compression,
         /// Config file (for the `[specialties]` table).
         #[arg(long)]
@@ -102,7 +103,7 @@ enum Command {
     },
     /// Run an evaluator: scores every new version of a model on held-out
     /// data and reports it to the hub as the version's hub evaluation.
-    Evaluator(kernal::trainer::evaluator_cli::EvaluatorCmd),
+    Evaluator(kernal_trainer::evaluator_cli::EvaluatorCmd),
     /// Bits per byte of a `kernel` checkpoint on source files or directories.
     Evaluate {
         /// The model kind (only `kernel`, the language model, is scored in bits per byte).
@@ -119,7 +120,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = ".c,.h")]
         ext: Vec<String>,
         /// Bytes scored at most; beyond it, windows spread evenly over the text.
-        #[arg(long, default_value_t = kernal::kernel_cli::DEFAULT_EVAL_BYTES)]
+        #[arg(long, default_value_t = kernal_trainer::kernel_cli::DEFAULT_EVAL_BYTES)]
         max_bytes: usize,
         /// One JSON object instead of the sentence.
         #[arg(long)]
@@ -146,7 +147,7 @@ enum Command {
         prompt: String,
     },
     /// Load benchmark: N synthetic trainers against a hub, R versions.
-    Bench(kernal::bench::BenchArgs),
+    Bench(kernal_bench::BenchArgs),
     /// Run a multi-trainer scenario (config/scenarios/NAME.toml) and check its pass criteria.
     Harness {
         /// Scenario name (or a path to a .toml file).
@@ -181,31 +182,7 @@ enum Command {
 }
 
 fn init_logging(level: &str) {
-    kernal::logging::init(level);
-}
-
-/// The trainer's token: the positional argument, else `--token-file`, else
-/// `KERNAL_TOKEN`.
-fn trainer_token(given: Option<String>, file: Option<&std::path::Path>) -> Result<String, String> {
-    if let Some(t) = given {
-        return Ok(t);
-    }
-    if let Some(p) = file {
-        let text =
-            std::fs::read_to_string(p).map_err(|e| format!("--token-file {}: {e}", p.display()))?;
-        let t = text.lines().next().unwrap_or("").trim().to_string();
-        if t.is_empty() {
-            return Err(format!("--token-file {}: the file is empty", p.display()));
-        }
-        return Ok(t);
-    }
-    match std::env::var("KERNAL_TOKEN") {
-        Ok(t) if !t.is_empty() => Ok(t),
-        _ => Err(
-            "give the trainer's token: as the third argument, with --token-file FILE, or in KERNAL_TOKEN"
-                .into(),
-        ),
-    }
+    kernal_hub::logging::init(level);
 }
 
 /// The hub's allocator setting: process-wide, so it belongs to the process
@@ -231,7 +208,7 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     // A panic anywhere ends the process with a failure status (systemd's
     // Restart=on-failure then restarts the hub), never leaves it half alive.
-    kernal::hub::daemon::exit_on_panic();
+    kernal_hub::hub::daemon::exit_on_panic();
     let cli = Cli::parse();
     match cli.command {
         Command::Evaluate {
@@ -243,7 +220,7 @@ fn main() -> ExitCode {
             json,
         } => {
             init_logging("warn");
-            match kernal::kernel_cli::evaluate(&model, &weights, &paths, &ext, max_bytes) {
+            match kernal_trainer::kernel_cli::evaluate(&model, &weights, &paths, &ext, max_bytes) {
                 Ok(r) if json => {
                     println!("{}", serde_json::to_string(&r).unwrap_or_default());
                     ExitCode::SUCCESS
@@ -271,7 +248,7 @@ fn main() -> ExitCode {
             prompt,
         } => {
             init_logging("warn");
-            use kernal::kernel_cli::WeightsFrom;
+            use kernal_trainer::kernel_cli::WeightsFrom;
             let from = match (weights, hub) {
                 (Some(p), _) => WeightsFrom::File(p),
                 (None, Some(url)) => WeightsFrom::Hub { url, model },
@@ -280,7 +257,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match kernal::kernel_cli::complete(&from, &prompt, max_bytes, temperature, seed) {
+            match kernal_trainer::kernel_cli::complete(&from, &prompt, max_bytes, temperature, seed) {
                 Ok(text) => {
                     println!("{prompt}{text}");
                     ExitCode::SUCCESS
@@ -297,7 +274,7 @@ fn main() -> ExitCode {
                 eprintln!("kernal bench: --params, --trainers and --versions must be at least 1");
                 return ExitCode::from(2);
             }
-            ExitCode::from(kernal::bench::run_cli(args) as u8)
+            ExitCode::from(kernal_bench::run_cli(args) as u8)
         }
         Command::Harness {
             scenario,
@@ -312,9 +289,9 @@ fn main() -> ExitCode {
         } => {
             init_logging("warn");
             if list {
-                return ExitCode::from(kernal::harness::list_cli() as u8);
+                return ExitCode::from(kernal_harness::list_cli() as u8);
             }
-            let args = kernal::harness::HarnessArgs {
+            let args = kernal_harness::HarnessArgs {
                 scenario: scenario.unwrap_or_default(),
                 hub,
                 report,
@@ -324,7 +301,7 @@ fn main() -> ExitCode {
                 progress: !quiet,
                 keep_weights,
             };
-            ExitCode::from(kernal::harness::run_cli(args) as u8)
+            ExitCode::from(kernal_harness::run_cli(args) as u8)
         }
         Command::Hub {
             config,
@@ -347,7 +324,7 @@ fn main() -> ExitCode {
                 cli: overrides,
                 use_env: true,
             };
-            match kernal::hub::daemon::run(cfg, source, addr_file) {
+            match kernal_hub::hub::daemon::run(cfg, source, addr_file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
@@ -356,7 +333,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Evaluator(cmd) => kernal::trainer::evaluator_cli::main(cmd),
+        Command::Evaluator(cmd) => {
+            let cfg = match Config::load(cmd.config.as_deref(), &CliOverrides::default()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kernal evaluator: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging("warn");
+            kernal_trainer::evaluator_cli::main(cmd, &cfg.specialties)
+        }
         Command::Trainer {
             name,
             specialty,
@@ -386,7 +373,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging("warn");
-            let token = match trainer_token(token, token_file.as_deref()) {
+            let token = match kernal_trainer::token::token(token, token_file.as_deref(), "trainer", "third") {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("kernal trainer: {e}");
@@ -419,7 +406,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(kernal::trainer::cli::run(args, &cfg)) {
+            match rt.block_on(kernal_trainer::cli::run(args, &cfg.specialties)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kernal trainer: {e}");

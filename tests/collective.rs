@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use kernal::data;
-use kernal::model::{MlpSpec, TrainSettings};
+use kernal_hub::data;
+use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::MlpLearner;
 
@@ -47,7 +47,7 @@ fn versions_accuracy(v: &serde_json::Value) -> Vec<(u64, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_specialists_beat_each_alone() {
     let hub = start_hub(|_| {});
-    let cfg = kernal::Config::builtin();
+    let cfg = kernal_hub::Config::builtin();
     let mut tasks = Vec::new();
     for (name, spec, token) in [
         ("AI_Alice", "networking", "secret1"),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use futures_util::StreamExt;
-use kernal::model::{MlpSpec, TrainSettings};
+use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::{EvalReport, Learner, MlpLearner, Trained};
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 struct Slow(MlpLearner);
 
 impl Learner for Slow {
-    fn check_layout(&self, l: &kernal::protocol::ModelLayout) -> Result<(), String> {
+    fn check_layout(&self, l: &kernal_hub::protocol::ModelLayout) -> Result<(), String> {
         self.0.check_layout(l)
     }
     fn train(&mut self, g: &[f32], v: u64) -> Result<Trained, String> {
@@ -186,7 +186,7 @@ async fn dashboard_updates_live_in_a_real_browser() {
     .await;
 
     // Two trainers start after the page loaded: everything below is live.
-    let cfg = kernal::Config::builtin();
+    let cfg = kernal_hub::Config::builtin();
     let spec = MlpSpec {
         inputs: 64,
         hidden: 64,
@@ -354,7 +354,7 @@ async fn fifty_trainers_feed_is_batched() {
             }
         }
     });
-    let layout = kernal::model::MlpSpec {
+    let layout = kernal_hub::model::MlpSpec {
         inputs: 8,
         hidden: 8,
         classes: 2,
@@ -388,13 +388,13 @@ async fn fifty_trainers_feed_is_batched() {
         t.await.unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(kernal::hub::metrics::FLUSH_EVERY * 2).await;
+    tokio::time::sleep(kernal_hub::hub::metrics::FLUSH_EVERY * 2).await;
     let n = frames.load(std::sync::atomic::Ordering::SeqCst);
     counter.abort();
     // 250 updates, 5 versions, 50 joins: at most MAX_EVENTS_PER_FLUSH frames
     // per 250 ms flush, whatever the load.
-    let flushes = (secs / kernal::hub::metrics::FLUSH_EVERY.as_secs_f64()).ceil() as usize + 2;
-    let bound = flushes * kernal::hub::metrics::MAX_EVENTS_PER_FLUSH;
+    let flushes = (secs / kernal_hub::hub::metrics::FLUSH_EVERY.as_secs_f64()).ceil() as usize + 2;
+    let bound = flushes * kernal_hub::hub::metrics::MAX_EVENTS_PER_FLUSH;
     println!("{n} feed frames in {secs:.1} s for 50 trainers (bound {bound})");
     assert!(n <= bound, "{n} frames > {bound}");
     assert!(n > 0);
@@ -415,7 +415,7 @@ async fn dashboard_opens_the_model_in_its_url_with_its_own_evaluation() {
     let hub = start_hub(|_| {});
     let url = hub.url();
     // A custom model the hub has no evaluation for.
-    let layout = kernal::protocol::ModelLayout::new(vec![("w".into(), vec![8])]);
+    let layout = kernal_hub::protocol::ModelLayout::new(vec![("w".into(), vec![8])]);
     let r = reqwest::Client::new()
         .post(format!("{url}/v1/models?name=custom"))
         .bearer_auth(ADMIN)
@@ -572,11 +572,11 @@ async fn kernel_bits_per_byte_chart_and_completion_panel() {
     );
 
     // A trainer makes versions; the chart and the completion follow them.
-    let spec = kernal::kernel::DEFAULT_SPEC;
+    let spec = kernal_hub::kernel::DEFAULT_SPEC;
     let learner = kernal_client::kernel::KernelLearner::new(
         spec,
         kernal_client::kernel::KernelTexts::for_specialty("networking").unwrap(),
-        kernal::kernel::KernelTrainSettings {
+        kernal_hub::kernel::KernelTrainSettings {
             steps: 15,
             batch: 8,
             window: spec.context,

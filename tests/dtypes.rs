@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kernal::protocol::{ModelLayout, TensorDtype};
+use kernal_hub::protocol::{ModelLayout, TensorDtype};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 

@@ -151,7 +151,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         .bearer_auth(ADMIN)
         .header("content-type", "application/octet-stream")
         .body(
-            kernal::protocol::ModelLayout::new(vec![("w".into(), vec![4])])
+            kernal_hub::protocol::ModelLayout::new(vec![("w".into(), vec![4])])
                 .encode(&[0.0; 4], None)
                 .unwrap(),
         )
@@ -159,7 +159,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let side = kernal::protocol::ModelLayout::new(vec![("w".into(), vec![4])]);
+    let side = kernal_hub::protocol::ModelLayout::new(vec![("w".into(), vec![4])]);
     let (mut s, _, _) = Raw::hello(&ws, "side-t", "tok", "side").await;
     let mut side_acked = Vec::new();
     for i in 0..10 {
@@ -300,7 +300,7 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
     })
     .await;
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
-    let mut conn = kernal::db::connect(&dir.path().join("hub.db")).unwrap();
+    let mut conn = kernal_hub::db::connect(&dir.path().join("hub.db")).unwrap();
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct Check {
@@ -311,6 +311,6 @@ async fn sigkill_after_acks_loses_nothing_and_applies_once() {
         .get_result(&mut conn)
         .unwrap();
     assert_eq!(c.integrity_check, "ok");
-    let open_sessions = kernal::db::close_stale_sessions(&mut conn).unwrap();
+    let open_sessions = kernal_hub::db::close_stale_sessions(&mut conn).unwrap();
     assert_eq!(open_sessions, 0, "every session was closed on SIGTERM");
 }

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kernal::protocol::ModelLayout;
+use kernal_hub::protocol::ModelLayout;
 use serde_json::{json, Value};
 
 async fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
@@ -430,14 +430,14 @@ async fn a_client_that_never_reached_the_hub_says_so_once() {
     let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = events.clone();
     let learner = kernal_client::MlpLearner::for_digits(
-        kernal::model::MlpSpec {
+        kernal_hub::model::MlpSpec {
             inputs: 64,
             hidden: 4,
             classes: 10,
         },
         "s",
         &Default::default(),
-        kernal::model::TrainSettings {
+        kernal_hub::model::TrainSettings {
             epochs: 1,
             lr: 0.1,
             batch_size: 32,

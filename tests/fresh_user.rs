@@ -58,7 +58,7 @@ async fn model_names_that_are_path_components_or_device_names_are_refused() {
         );
     }
     // Also as a safetensors upload's `name`.
-    let layout = kernal::model::MlpSpec {
+    let layout = kernal_hub::model::MlpSpec {
         inputs: 2,
         hidden: 2,
         classes: 2,
@@ -147,7 +147,7 @@ async fn a_resend_of_an_accepted_update_is_a_duplicate_whatever_it_carries() {
     let base = hub.url();
     let (s, e) = post_json(&format!("{base}/v1/models"), tiny("dup", 2)).await;
     assert_eq!(s, 201, "{e}");
-    let layout = kernal::model::MlpSpec {
+    let layout = kernal_hub::model::MlpSpec {
         inputs: 2,
         hidden: 2,
         classes: 2,
@@ -158,7 +158,7 @@ async fn a_resend_of_an_accepted_update_is_a_duplicate_whatever_it_carries() {
     let mut nan = vec![0.01; n];
     nan[0] = f32::NAN;
     let nan = layout.encode(&nan, None).unwrap();
-    let wrong_shape = kernal::model::MlpSpec {
+    let wrong_shape = kernal_hub::model::MlpSpec {
         inputs: 3,
         hidden: 2,
         classes: 2,

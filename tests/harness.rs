@@ -79,12 +79,12 @@ fn multi_spec_passes() {
             && collective.contains(&"normalisation.mean".to_string()),
         "{collective:?}"
     );
-    let spec = kernal::model::MlpSpec {
+    let spec = kernal_hub::model::MlpSpec {
         inputs: 64,
         hidden: 64,
         classes: 10,
     };
-    let test = kernal::data::digits_split().unwrap().test;
+    let test = kernal_hub::data::digits_split().unwrap().test;
     for (name, specialty) in [
         ("AI_Alice", "networking"),
         ("AI_Bob", "graphics"),

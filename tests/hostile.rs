@@ -45,7 +45,7 @@ async fn poisoned_updates_never_reach_a_committed_version_and_rollback_restores(
     let hub = start_hub(|c| {
         let d = c.models.get_mut("digits").unwrap();
         d.aggregation.min_updates = Some(3);
-        d.aggregation.strategy = Some(kernal::aggregation::Strategy::Fedavg);
+        d.aggregation.strategy = Some(kernal_hub::aggregation::Strategy::Fedavg);
     });
     let url = hub.url();
     let (mut mallory, _, _) = Raw::hello(&hub.ws(), "mallory", "m", "digits").await;
@@ -273,7 +273,7 @@ struct ModelLayoutExt;
 
 impl ModelLayoutExt {
     fn tiny() -> Vec<u8> {
-        kernal::protocol::ModelLayout::new(vec![("w".into(), vec![2])])
+        kernal_hub::protocol::ModelLayout::new(vec![("w".into(), vec![2])])
             .encode(&[0.0, 0.0], None)
             .unwrap()
     }
@@ -285,7 +285,7 @@ impl ModelLayoutExt {
 #[test]
 fn a_panic_in_an_actor_ends_the_process() {
     if std::env::var_os("KERNAL_PANIC_CHILD").is_some() {
-        kernal::hub::daemon::exit_on_panic();
+        kernal_hub::hub::daemon::exit_on_panic();
         use actix::prelude::*;
         struct Fragile;
         impl Actor for Fragile {
@@ -348,7 +348,7 @@ async fn recovery_refuses_what_it_cannot_use_and_starts() {
     // What an older hub (or a bad disk) may leave behind.
     {
         use diesel::connection::SimpleConnection;
-        let mut conn = kernal::db::connect(&dir.path().join("hub.db")).unwrap();
+        let mut conn = kernal_hub::db::connect(&dir.path().join("hub.db")).unwrap();
         conn.batch_execute(
             "UPDATE models SET settings = '{\"round_timeout_secs\": 1e300, \"min_updates\": 5}' WHERE name = 'm';
              UPDATE updates SET payload = x'00', payload_file = NULL WHERE update_id = 'u1';",
@@ -383,7 +383,7 @@ struct Steady {
 }
 
 impl Steady {
-    async fn start(ws: &str, model: &str, layout: kernal::protocol::ModelLayout) -> Steady {
+    async fn start(ws: &str, model: &str, layout: kernal_hub::protocol::ModelLayout) -> Steady {
         let (acks, worst_ms, stop) = (
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicU64::new(0)),
@@ -485,7 +485,7 @@ async fn memory_and_starvation_attacks_leave_the_hub_serving_within_its_bounds()
     )
     .await;
     assert_eq!(s, 201, "{b}");
-    let big = kernal::protocol::ModelLayout::new(vec![("weights".into(), vec![100_000])]);
+    let big = kernal_hub::protocol::ModelLayout::new(vec![("weights".into(), vec![100_000])]);
     let steady = Steady::start(&hub.ws(), "big", big.clone()).await;
     steady.acks_continue(3, "start").await;
 
@@ -606,7 +606,7 @@ async fn memory_and_starvation_attacks_leave_the_hub_serving_within_its_bounds()
 
     // 3d: a 200 MB binary frame before the hello: refused on its header.
     let (mut s, _, _) = raw_ws(&addr, "/v1/trainers/ws", None, &[]).await;
-    let mut f = kernal::hub::ws::frame_header(0x2, 200_000_000, Some([1, 2, 3, 4]));
+    let mut f = kernal_hub::hub::ws::frame_header(0x2, 200_000_000, Some([1, 2, 3, 4]));
     f.extend_from_slice(&[0u8; 1000]);
     s.write_all(&f).await.unwrap();
     let mut rr = RawReader { buf: Vec::new() };
@@ -626,7 +626,7 @@ async fn memory_and_starvation_attacks_leave_the_hub_serving_within_its_bounds()
         tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
         _ => unreachable!(),
     };
-    let mut f = kernal::hub::ws::frame_header(0x2, 30 << 20, Some([1, 2, 3, 4]));
+    let mut f = kernal_hub::hub::ws::frame_header(0x2, 30 << 20, Some([1, 2, 3, 4]));
     f.extend_from_slice(&[0u8; 100]);
     stream.write_all(&f).await.unwrap();
     let t0 = Instant::now();
@@ -1270,7 +1270,7 @@ async fn a_trainer_trains_over_tls_with_a_generated_certificate() {
         .await
         .is_err());
 
-    let spec = kernal::model::MlpSpec {
+    let spec = kernal_hub::model::MlpSpec {
         inputs: 64,
         hidden: 64,
         classes: 10,
@@ -1278,8 +1278,8 @@ async fn a_trainer_trains_over_tls_with_a_generated_certificate() {
     let learner = kernal_client::MlpLearner::for_digits(
         spec,
         "networking",
-        &kernal::Config::builtin().specialties,
-        kernal::model::TrainSettings {
+        &kernal_hub::Config::builtin().specialties,
+        kernal_hub::model::TrainSettings {
             epochs: 1,
             lr: 0.1,
             batch_size: 32,

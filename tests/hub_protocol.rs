@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kernal::protocol::ModelLayout;
+use kernal_hub::protocol::ModelLayout;
 use serde_json::json;
 
 fn tiny_layout() -> ModelLayout {
@@ -34,7 +34,7 @@ async fn hello_updates_acks_and_versions_reach_every_trainer() {
     let hub = start_hub(|c| {
         c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(2);
         c.models.get_mut("digits").unwrap().aggregation.strategy =
-            Some(kernal::aggregation::Strategy::Fedavg);
+            Some(kernal_hub::aggregation::Strategy::Fedavg);
         // Plain FedAvg arithmetic: no weight cap, no clipping.
         c.models
             .get_mut("digits")

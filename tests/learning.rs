@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kernal::protocol::FeatureStats;
+use kernal_hub::protocol::FeatureStats;
 use serde_json::{json, Value};
 
 async fn post(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
@@ -315,7 +315,7 @@ async fn the_hub_scores_every_version_on_an_attached_evaluation_set() {
 
     // An update and an eval report: version 1 is scored too, and the
     // trainers' reports of version 0 are pooled.
-    let layout = kernal::model::MlpSpec {
+    let layout = kernal_hub::model::MlpSpec {
         inputs: 2,
         hidden: 4,
         classes: 2,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use kernal::protocol::ModelLayout;
+use kernal_hub::protocol::ModelLayout;
 use serde_json::{json, Value};
 
 fn blob_files(hub: &TestHub) -> BTreeSet<String> {

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kernal::data;
-use kernal::model::{MlpSpec, TrainSettings};
+use kernal_hub::data;
+use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientError, ClientEvent, ClientOptions};
 use kernal_client::MlpLearner;
 
@@ -23,7 +23,7 @@ const SPEC: MlpSpec = MlpSpec {
 async fn a_trainer_whose_update_cannot_fit_stops_without_sending() {
     // The built-in digits MLP is 4874 float32 weights (19.5 KB) per update.
     let hub = start_hub(|c| c.hub.max_message_bytes = 8192);
-    let cfg = kernal::Config::builtin();
+    let cfg = kernal_hub::Config::builtin();
     let settings = TrainSettings {
         epochs: 1,
         lr: 0.1,
@@ -106,7 +106,7 @@ async fn a_model_no_trainer_could_send_is_refused_at_creation() {
     assert!(!r.to_string().contains("\"big\""), "not created: {r}");
 
     // The same through a safetensors body, and the share as the limit.
-    let layout = kernal::protocol::ModelLayout::new(vec![("w".into(), vec![20_000])]);
+    let layout = kernal_hub::protocol::ModelLayout::new(vec![("w".into(), vec![20_000])]);
     let body = layout.encode(&vec![0.0; 20_000], None).unwrap();
     let hub2 = start_hub(|c| {
         c.hub.max_inflight_update_bytes = 131072;

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use kernal::protocol::ModelLayout;
+use kernal_hub::protocol::ModelLayout;
 use serde_json::Value;
 
 fn tiny() -> ModelLayout {

@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use kernal::data::digits_split;
-use kernal::model::{MlpSpec, TrainSettings};
-use kernal::protocol::ModelLayout;
+use kernal_hub::data::digits_split;
+use kernal_hub::model::{MlpSpec, TrainSettings};
+use kernal_hub::protocol::ModelLayout;
 use serde_json::{json, Value};
 
 async fn create(url: &str, name: &str, share: f64) {

@@ -241,7 +241,7 @@ async fn metrics_pass_promtool_and_openapi_lists_every_route() {
     );
     assert_eq!(
         doc,
-        serde_json::to_value(kernal::hub::api::openapi_document()).unwrap()
+        serde_json::to_value(kernal_hub::hub::api::openapi_document()).unwrap()
     );
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 20, "{} paths", paths.len());

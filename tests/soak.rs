@@ -56,7 +56,7 @@ async fn hub_memory_stays_flat_over_many_versions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let layout = kernal::model::MlpSpec {
+    let layout = kernal_hub::model::MlpSpec {
         inputs: 4,
         hidden: 4,
         classes: 2,

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use kernal::model::{MlpSpec, TrainSettings};
-use kernal::protocol::FeatureStats;
+use kernal_hub::model::{MlpSpec, TrainSettings};
+use kernal_hub::protocol::FeatureStats;
 use kernal_client::connection::{self, ClientEvent, ClientOptions};
 use kernal_client::MlpLearner;
 use serde_json::{json, Value};
@@ -162,7 +162,7 @@ async fn the_reference_trainer_pools_again_after_a_reset() {
         c.models.get_mut("digits").unwrap().aggregation.min_updates = Some(1);
     });
     let url = hub.url();
-    let cfg = kernal::Config::builtin();
+    let cfg = kernal_hub::Config::builtin();
     let spec = MlpSpec {
         inputs: 64,
         hidden: 64,

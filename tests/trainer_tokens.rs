@@ -16,8 +16,8 @@ async fn issue(url: &str, query: &str, admin: Option<&str>) -> reqwest::Response
 }
 
 fn stored_hashes(dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut conn = kernal::db::connect(&dir.join("hub.db")).unwrap();
-    kernal::db::list_trainers_page(&mut conn, None, 100)
+    let mut conn = kernal_hub::db::connect(&dir.join("hub.db")).unwrap();
+    kernal_hub::db::list_trainers_page(&mut conn, None, 100)
         .unwrap()
         .into_iter()
         .map(|t| (t.name, t.token_hash))

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use kernal::config::Config;
-use kernal::protocol::ModelLayout;
-use kernal::RunningHub;
+use kernal_hub::config::Config;
+use kernal_hub::protocol::ModelLayout;
+use kernal_hub::RunningHub;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -46,7 +46,7 @@ pub fn start_hub(edit: impl FnOnce(&mut Config)) -> TestHub {
     let mut cfg = test_config(&dir);
     edit(&mut cfg);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hub = kernal::spawn_hub(listener, cfg).expect("hub starts");
+    let hub = kernal_hub::spawn_hub(listener, cfg).expect("hub starts");
     TestHub { hub, dir }
 }
 
@@ -265,7 +265,7 @@ impl Raw {
 
 /// The digits model's layout (as the built-in config declares it).
 pub fn digits_layout() -> ModelLayout {
-    kernal::model::MlpSpec {
+    kernal_hub::model::MlpSpec {
         inputs: 64,
         hidden: 64,
         classes: 10,
@@ -438,13 +438,13 @@ impl Drop for HubProc {
 /// A client frame with a fresh mask, `fin` or not.
 pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask: [u8; 4] = rand::random();
-    let mut f = kernal::hub::ws::frame_header(opcode, payload.len(), Some(mask));
+    let mut f = kernal_hub::hub::ws::frame_header(opcode, payload.len(), Some(mask));
     if !fin {
         f[0] &= 0x7F;
     }
     let start = f.len();
     f.extend_from_slice(payload);
-    kernal::hub::ws::apply_mask(&mut f[start..], mask, 0);
+    kernal_hub::hub::ws::apply_mask(&mut f[start..], mask, 0);
     f
 }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::{connect, err, percentile, BenchError, FrameIn, In, Reply, Upgrade, Wire};
-use crate::hub::child::ChildHub;
+use kernal_hub::hub::child::ChildHub;
 
 /// Trainer `i`'s hello with its token.
 pub(super) fn hello_frame(i: usize, model: &str, token: &str) -> Vec<u8> {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::scenario::Scenario;
 use super::{crit, Criterion};
-use crate::kernel::corpus;
+use kernal_core::kernel::corpus;
 
 /// One model's bits per byte on each held-out set.
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
+use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 use kernal_client::connection::{Behaviour, Compression};
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
@@ -15,29 +15,29 @@ use kernal_client::connection::{Behaviour, Compression};
 pub const BUILTIN: &[(&str, &str)] = &[
     (
         "multi_spec",
-        include_str!("../../config/scenarios/multi_spec.toml"),
+        include_str!("../../../config/scenarios/multi_spec.toml"),
     ),
-    ("churn", include_str!("../../config/scenarios/churn.toml")),
+    ("churn", include_str!("../../../config/scenarios/churn.toml")),
     (
         "byzantine",
-        include_str!("../../config/scenarios/byzantine.toml"),
+        include_str!("../../../config/scenarios/byzantine.toml"),
     ),
     (
         "restart",
-        include_str!("../../config/scenarios/restart.toml"),
+        include_str!("../../../config/scenarios/restart.toml"),
     ),
-    ("wine", include_str!("../../config/scenarios/wine.toml")),
+    ("wine", include_str!("../../../config/scenarios/wine.toml")),
     (
         "breast_cancer",
-        include_str!("../../config/scenarios/breast_cancer.toml"),
+        include_str!("../../../config/scenarios/breast_cancer.toml"),
     ),
-    ("iris", include_str!("../../config/scenarios/iris.toml")),
+    ("iris", include_str!("../../../config/scenarios/iris.toml")),
     (
         "penguins",
-        include_str!("../../config/scenarios/penguins.toml"),
+        include_str!("../../../config/scenarios/penguins.toml"),
     ),
-    ("crabs", include_str!("../../config/scenarios/crabs.toml")),
-    ("kernel", include_str!("../../config/scenarios/kernel.toml")),
+    ("crabs", include_str!("../../../config/scenarios/crabs.toml")),
+    ("kernel", include_str!("../../../config/scenarios/kernel.toml")),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,7 +172,7 @@ impl<'de> Deserialize<'de> for HubSettings {
                 AggregationSettings::KEYS.join(", ")
             )));
         }
-        let aggregation = crate::config::from_map_naming_key(map).map_err(D::Error::custom)?;
+        let aggregation = kernal_hub::config::from_map_naming_key(map).map_err(D::Error::custom)?;
         Ok(HubSettings { model, aggregation })
     }
 }
@@ -387,7 +387,7 @@ impl<'de> Deserialize<'de> for CompareSpec {
             )));
         }
         let aggregation: AggregationOverrides =
-            crate::config::from_map_naming_key(map).map_err(D::Error::custom)?;
+            kernal_hub::config::from_map_naming_key(map).map_err(D::Error::custom)?;
         let strategy = aggregation.strategy.ok_or_else(|| {
             D::Error::custom("strategy: [compare] needs the strategy to compare with")
         })?;

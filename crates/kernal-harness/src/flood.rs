@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::attack::{Attack, Attacker};
-use crate::protocol::ModelLayout;
+use kernal_core::protocol::ModelLayout;
 
 /// Most updates a flooding member sends per version (a scenario asking for
 /// more is refused: the point is a round's worth, not a denial of service).

@@ -16,10 +16,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
-use crate::aggregation::Strategy;
-use crate::hub::child::ChildHub;
-use crate::hub::ws::{apply_mask, frame_header};
-use crate::protocol::ModelLayout;
+use kernal_hub::aggregation::Strategy;
+use kernal_hub::hub::child::ChildHub;
+use kernal_hub::hub::ws::{apply_mask, frame_header};
+use kernal_core::protocol::ModelLayout;
 use kernal_client::connection;
 
 mod rejoin;
@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub min_updates: Option<usize>,
     /// fedavg, fedavgm, fedadam, median or trimmed_mean.
-    #[arg(long, default_value = "fedavg", value_parser = crate::config::by_name::<Strategy>)]
+    #[arg(long, default_value = "fedavg", value_parser = kernal_hub::config::by_name::<Strategy>)]
     pub strategy: Strategy,
     /// Send float16 deltas.
     #[arg(long = "f16")]
@@ -689,7 +689,7 @@ fn traffic_rates(samples: &[Sample], t0: f64, t1: f64) -> (f64, f64) {
 }
 
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
-    let nofile = crate::hub::daemon::raise_nofile_limit();
+    let nofile = kernal_hub::hub::daemon::raise_nofile_limit();
     let mut own = match &args.hub {
         Some(_) => None,
         None => Some(start_own_hub(args)?),

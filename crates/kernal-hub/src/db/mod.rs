@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::error::DbError;
 use schema::*;
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
 pub type DbPool = Pool<ConnectionManager<SqliteConnection>>;
 

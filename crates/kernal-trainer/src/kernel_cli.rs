@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::kernel::{checkpoint, corpus, KernelSpec};
+use kernal_core::kernel::{checkpoint, corpus, KernelSpec};
 
 /// Default bytes scored by `kernal evaluate` (more text is sampled in evenly
 /// spaced windows): about ten seconds on one core for the built-in sizes.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::report::Criterion;
 use super::scenario::{AttackCase, Scenario};
 use super::{crit, run_once, start_own_hub, HarnessError, RunCtx};
-use crate::aggregation::AggregationOverrides;
+use kernal_hub::aggregation::AggregationOverrides;
 
 /// One attack, measured.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -21,8 +21,8 @@ pub use super::kernel_report::{render_table, KernelModelRow, KernelOutcome};
 use super::scenario::{Scenario, TrainerSpec};
 use super::{get_json, run_err, wait_healthy, HarnessArgs, HarnessError};
 use super::{Report, RunOutcome, TrainerRow};
-use crate::data;
-use crate::kernel::{checkpoint, corpus, KernelSpec, KernelTrainSettings};
+use kernal_core::data;
+use kernal_core::kernel::{checkpoint, corpus, KernelSpec, KernelTrainSettings};
 use kernal_client::connection::{self, ClientOptions, Summary};
 use kernal_client::kernel::{KernelLearner, KernelTexts, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS};
 
@@ -257,7 +257,7 @@ async fn run_collective(
     let http = &ctx.http;
     let model = &sc.hub.model;
     let m = get_json(http, &format!("{hub_url}/v1/models/{model}")).await?;
-    let layout = crate::protocol::ModelLayout {
+    let layout = kernal_core::protocol::ModelLayout {
         tensors: serde_json::from_value(m["tensors"].clone()).map_err(run_err)?,
     };
     let spec = KernelSpec::from_layout(&layout).ok_or_else(|| {
@@ -375,7 +375,7 @@ pub async fn run(
     let t0 = Instant::now();
     let cpu0 = own_cpu_seconds();
     let k = sc.kernel.clone().unwrap_or_default();
-    let started_at = crate::db::now();
+    let started_at = kernal_hub::db::now();
     let sets = held_out_sets(&sc, path.as_deref())?;
     let tls = kernal_client::tls::client_config(args.ca.as_deref()).map_err(run_err)?;
     let http =
@@ -523,7 +523,7 @@ pub async fn run(
         passed,
         hub: hub_url.clone(),
         started_at,
-        finished_at: crate::db::now(),
+        finished_at: kernal_hub::db::now(),
         summary,
         criteria,
         run: RunOutcome {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::kernel::{texts_for, trainer_settings, KernelModelRow, KernelTraining};
 use super::scenario::Scenario;
 use super::{run_err, HarnessError};
-use crate::kernel::{KernelSpec, KernelTrainSettings};
+use kernal_core::kernel::{KernelSpec, KernelTrainSettings};
 use kernal_client::kernel::KernelLearner;
 use kernal_client::Learner;
 
@@ -35,7 +35,7 @@ pub struct Baselines {
 /// The hub's initial weights of the built-in kernel model: seed 42, as
 /// `[models.kernel] seed` (the baselines start where the collective did).
 fn initial_weights(spec: KernelSpec) -> Vec<f32> {
-    let seed = crate::config::Config::builtin()
+    let seed = kernal_hub::config::Config::builtin()
         .models
         .get("kernel")
         .and_then(|m| m.seed)
@@ -92,7 +92,7 @@ pub fn baselines(
         window: spec.context,
         lr,
         weight_decay: 0.0,
-        seed: crate::data::fnv1a("centralised") ^ seed,
+        seed: kernal_core::data::fnv1a("centralised") ^ seed,
     };
     jobs.insert(
         0,

@@ -24,7 +24,7 @@ impl Scenario {
         }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.trainers.iter().enumerate() {
-            crate::protocol::validate_name(&t.name)
+            kernal_core::protocol::validate_name(&t.name)
                 .map_err(|e| format!("trainers[{i}].name: {e}"))?;
             if !names.insert(&t.name) {
                 return Err(format!("trainers[{i}].name: `{}` appears twice", t.name));

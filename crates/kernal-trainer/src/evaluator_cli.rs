@@ -11,10 +11,9 @@ use kernal_client::connection::{ClientError, ClientEvent};
 use kernal_client::evaluator::{run_evaluator, EvaluatorOptions, EvaluatorSummary, LearnerScorer};
 use kernal_client::MlpLearner;
 
-use super::cli::{fetch_layout, TrainerArgs, TrainerCliError};
-use crate::config::{CliOverrides, Config};
-use crate::data;
-use crate::model::{MlpSpec, TrainSettings};
+use super::cli::{fetch_layout, Specialties, TrainerArgs, TrainerCliError};
+use kernal_core::data;
+use kernal_core::model::{MlpSpec, TrainSettings};
 
 #[derive(clap::Args, Debug)]
 pub struct EvaluatorCmd {
@@ -51,18 +50,19 @@ pub struct EvaluatorCmd {
 }
 
 /// Runs the command; exit codes as `kernal trainer`'s (2: bad data or
-/// refused by the hub, 1: other errors).
-pub fn main(cmd: EvaluatorCmd) -> ExitCode {
-    crate::logging::init("warn");
+/// refused by the hub, 1: other errors). The caller loads `--config` (for
+/// its `[specialties]`) and sets up logging.
+pub fn main(cmd: EvaluatorCmd, specialties: &Specialties) -> ExitCode {
     let fail = |code: u8, e: &dyn std::fmt::Display| {
         eprintln!("kernal evaluator: {e}");
         ExitCode::from(code)
     };
-    let cfg = match Config::load(cmd.config.as_deref(), &CliOverrides::default()) {
-        Ok(c) => c,
-        Err(e) => return fail(2, &e),
-    };
-    let token = match token(cmd.token.clone(), cmd.token_file.as_ref()) {
+    let token = match crate::token::token(
+        cmd.token.clone(),
+        cmd.token_file.as_deref(),
+        "evaluator",
+        "second",
+    ) {
         Ok(t) => t,
         Err(e) => return fail(2, &e),
     };
@@ -70,34 +70,17 @@ pub fn main(cmd: EvaluatorCmd) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, &e),
     };
-    match rt.block_on(run(cmd, token, &cfg)) {
+    match rt.block_on(run(cmd, token, specialties)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code() as u8, &e),
     }
 }
 
-fn token(given: Option<String>, file: Option<&PathBuf>) -> Result<String, String> {
-    if let Some(t) = given {
-        return Ok(t);
-    }
-    if let Some(p) = file {
-        let text =
-            std::fs::read_to_string(p).map_err(|e| format!("--token-file {}: {e}", p.display()))?;
-        return match text.lines().next().map(str::trim) {
-            Some(t) if !t.is_empty() => Ok(t.to_string()),
-            _ => Err(format!("--token-file {}: the file is empty", p.display())),
-        };
-    }
-    match std::env::var("KERNAL_TOKEN") {
-        Ok(t) if !t.is_empty() => Ok(t),
-        _ => Err("give the evaluator's token: as the second argument, with --token-file FILE, or in KERNAL_TOKEN".into()),
-    }
-}
 
 async fn run(
     cmd: EvaluatorCmd,
     token: String,
-    cfg: &Config,
+    specialties: &Specialties,
 ) -> Result<EvaluatorSummary, TrainerCliError> {
     let tls =
         kernal_client::tls::client_config(cmd.ca.as_deref()).map_err(TrainerCliError::Data)?;
@@ -105,7 +88,7 @@ async fn run(
     let mut opts = EvaluatorOptions::new(&cmd.hub, &cmd.name, &token, &cmd.model);
     opts.tls = Some(tls);
     opts.max_versions = cmd.max_versions;
-    if let Some(spec) = crate::kernel::KernelSpec::from_layout(&layout) {
+    if let Some(spec) = kernal_core::kernel::KernelSpec::from_layout(&layout) {
         // All three specialties' held-out code: what the hub scores too.
         let args = TrainerArgs {
             name: cmd.name.clone(),
@@ -161,7 +144,7 @@ async fn run(
                     cmd.model, spec.inputs, spec.classes
                 )));
             }
-            MlpLearner::for_digits(spec, "evaluator", &cfg.specialties, settings)
+            MlpLearner::for_digits(spec, "evaluator", specialties, settings)
                 .map_err(TrainerCliError::Data)?
         }
     };

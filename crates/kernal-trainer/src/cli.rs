@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::Config;
-use crate::data;
-use crate::model::{MlpSpec, TrainSettings};
-use crate::protocol::ModelLayout;
+use kernal_core::data;
+use kernal_core::model::{MlpSpec, TrainSettings};
+use kernal_core::protocol::ModelLayout;
 use kernal_client::connection::{self, ClientEvent, ClientOptions, Compression};
 use kernal_client::MlpLearner;
 
@@ -111,11 +110,18 @@ pub(crate) async fn fetch_layout(
     )))
 }
 
-pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary, TrainerCliError> {
+/// The digits specialties (`[specialties]` of the config: specialty name to
+/// its classes), which the built-in digits learner shards by.
+pub type Specialties = std::collections::BTreeMap<String, Vec<u32>>;
+
+pub async fn run(
+    args: TrainerArgs,
+    specialties: &Specialties,
+) -> Result<connection::Summary, TrainerCliError> {
     let tls =
         kernal_client::tls::client_config(args.ca.as_deref()).map_err(TrainerCliError::Data)?;
     let layout = fetch_layout(&args.hub, &args.model, &tls).await?;
-    if let Some(spec) = crate::kernel::KernelSpec::from_layout(&layout) {
+    if let Some(spec) = kernal_core::kernel::KernelSpec::from_layout(&layout) {
         let learner = super::kernel::learner(&args, spec)?;
         return serve(args, tls, learner).await;
     }
@@ -155,7 +161,7 @@ pub async fn run(args: TrainerArgs, cfg: &Config) -> Result<connection::Summary,
             ds.classes = spec.classes;
             MlpLearner::for_csv(spec, &ds, settings)
         }
-        None => MlpLearner::for_digits(spec, &args.specialty, &cfg.specialties, settings)
+        None => MlpLearner::for_digits(spec, &args.specialty, specialties, settings)
             .map_err(TrainerCliError::Data)?,
     }
     .with_min_steps(args.min_steps);

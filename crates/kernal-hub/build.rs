@@ -1,5 +1,5 @@
 // Embedded migrations are compiled into the binary, so a change under
 // `migrations/` must trigger a rebuild even when no Rust file changed.
 fn main() {
-    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=../../migrations");
 }

@@ -5,8 +5,8 @@
 use kernal_client::kernel::{KernelLearner, KernelTexts, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS};
 
 use super::cli::{TrainerArgs, TrainerCliError};
-use crate::data;
-use crate::kernel::{KernelSpec, KernelTrainSettings};
+use kernal_core::data;
+use kernal_core::kernel::{KernelSpec, KernelTrainSettings};
 
 /// The learner for a kernel model of `spec`, or why the arguments do not fit.
 pub fn learner(args: &TrainerArgs, spec: KernelSpec) -> Result<KernelLearner, TrainerCliError> {

@@ -177,10 +177,10 @@ pub(super) fn centralised_accuracy(
         union.features.extend_from_slice(&s.features);
         union.labels.extend_from_slice(&s.labels);
     }
-    let mut pool = crate::protocol::StatsPool::new(union.dim);
+    let mut pool = kernal_core::protocol::StatsPool::new(union.dim);
     pool.add(
         "union",
-        crate::protocol::FeatureStats::of(&union.features, union.dim),
+        kernal_core::protocol::FeatureStats::of(&union.features, union.dim),
     );
     let mut test = p.split.test.clone();
     let norm = pool.freeze();
@@ -214,7 +214,7 @@ pub(super) fn centralised_accuracy(
 fn checkpoint(
     spec: MlpSpec,
     w: &[f32],
-    norm: Option<&crate::protocol::Normalisation>,
+    norm: Option<&kernal_core::protocol::Normalisation>,
 ) -> Result<Vec<u8>, HarnessError> {
     let layout = spec.layout();
     let (Some(n), Some(mean), Some(std)) = (

@@ -14,7 +14,7 @@ use crate::error::ConfigError;
 use crate::range::{self, Ends};
 
 /// The documented defaults, embedded so the binary needs no file to start.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

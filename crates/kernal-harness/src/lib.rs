@@ -33,11 +33,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::data;
-use crate::hub::child::ChildHub;
-use crate::model::{MlpSpec, TrainSettings};
-use crate::protocol::ModelLayout;
+use kernal_hub::config::Config;
+use kernal_core::data;
+use kernal_hub::hub::child::ChildHub;
+use kernal_core::model::{MlpSpec, TrainSettings};
+use kernal_core::protocol::ModelLayout;
 use kernal_client::connection::{self, Behaviour, ClientOptions, Summary};
 use kernal_client::MlpLearner;
 use scenario::{Scenario, ScenarioError};
@@ -79,7 +79,7 @@ fn start_own_hub(
         Some(c) => sc.hub.aggregation.then(&c.aggregation),
         None => sc.hub.aggregation.clone(),
     };
-    let model = crate::config::ModelConfig {
+    let model = kernal_hub::config::ModelConfig {
         aggregation,
         ..Default::default()
     };
@@ -165,7 +165,7 @@ struct RunCtx<'a> {
     admin_token: Option<&'a str>,
     prepared: Option<&'a Prepared>,
     /// The aggregation settings of a model the harness creates.
-    aggregation: crate::aggregation::AggregationOverrides,
+    aggregation: kernal_hub::aggregation::AggregationOverrides,
 }
 
 async fn run_once(
@@ -385,7 +385,7 @@ async fn run_once(
 fn decode_checkpoint(
     layout: &ModelLayout,
     bytes: &[u8],
-) -> Result<(Vec<f32>, Option<crate::protocol::Normalisation>), HarnessError> {
+) -> Result<(Vec<f32>, Option<kernal_core::protocol::Normalisation>), HarnessError> {
     if let Ok(w) = layout.decode(bytes) {
         return Ok((w, None));
     }
@@ -408,7 +408,7 @@ fn decode_checkpoint(
     let mean = all.split_off(all.len() - dim);
     Ok((
         all,
-        Some(crate::protocol::Normalisation::frozen(mean, std, 0, 0)),
+        Some(kernal_core::protocol::Normalisation::frozen(mean, std, 0, 0)),
     ))
 }
 
@@ -537,7 +537,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
     let (sc, name, path) = scenario::load(&args.scenario)?;
     let seed = args.seed.unwrap_or(sc.seed);
     let tls = kernal_client::tls::client_config(args.ca.as_deref()).map_err(run_err)?;
-    let started_at = crate::db::now();
+    let started_at = kernal_hub::db::now();
     let mut notes = Vec::new();
     let bar = if args.progress {
         let b = ProgressBar::new(sc.stop.versions);
@@ -883,7 +883,7 @@ pub async fn run(args: &HarnessArgs) -> Result<Report, HarnessError> {
         criteria.extend(poisoning::criteria(&attacks, max));
     }
     let passed = criteria.iter().all(|c| c.passed);
-    let finished_at = crate::db::now();
+    let finished_at = kernal_hub::db::now();
     let summary = json!({
         "collective_accuracy": acc,
         "final_version": run.final_version,

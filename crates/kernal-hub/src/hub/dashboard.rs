@@ -5,39 +5,39 @@ use actix_web::{get, web, HttpResponse};
 
 use crate::error::ApiError;
 
-const INDEX: &str = include_str!("../../assets/index.html");
+const INDEX: &str = include_str!("../../../../assets/index.html");
 
 /// (name, content type, bytes) of every asset.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "dashboard.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/dashboard.js"),
+        include_bytes!("../../../../assets/dashboard.js"),
     ),
     (
         "kernel.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/kernel.js"),
+        include_bytes!("../../../../assets/kernel.js"),
     ),
     (
         "dashboard.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../assets/dashboard.css"),
+        include_bytes!("../../../../assets/dashboard.css"),
     ),
     (
         "uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/vendor/uPlot.iife.min.js"),
+        include_bytes!("../../../../assets/vendor/uPlot.iife.min.js"),
     ),
     (
         "uPlot.min.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../assets/vendor/uPlot.min.css"),
+        include_bytes!("../../../../assets/vendor/uPlot.min.css"),
     ),
     (
         "uPlot.LICENSE",
         "text/plain; charset=utf-8",
-        include_bytes!("../../assets/vendor/uPlot.LICENSE"),
+        include_bytes!("../../../../assets/vendor/uPlot.LICENSE"),
     ),
 ];
 

@@ -1,0 +1,10 @@
+//! The `kernal trainer`, `kernal evaluator`, `kernal evaluate` and
+//! `kernal complete` commands. The learner and the connection loop are the
+//! `kernal-client` library, which custom trainers use without the hub.
+
+pub mod cli;
+pub mod evaluator_cli;
+pub mod kernel;
+pub mod status;
+pub mod token;
+pub mod kernel_cli;
