@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kernal_client::connection::Compression;
 use kernal_hub::config::{CliOverrides, Config};
 use kernal_hub::hub::ConfigSource;
 use kernal_trainer::cli::TrainerArgs;
-use kernal_client::connection::Compression;
 
 #[derive(Parser)]
 #[command(
@@ -257,7 +257,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match kernal_trainer::kernel_cli::complete(&from, &prompt, max_bytes, temperature, seed) {
+            match kernal_trainer::kernel_cli::complete(&from, &prompt, max_bytes, temperature, seed)
+            {
                 Ok(text) => {
                     println!("{prompt}{text}");
                     ExitCode::SUCCESS
@@ -373,7 +374,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging("warn");
-            let token = match kernal_trainer::token::token(token, token_file.as_deref(), "trainer", "third") {
+            let token = match kernal_trainer::token::token(
+                token,
+                token_file.as_deref(),
+                "trainer",
+                "third",
+            ) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("kernal trainer: {e}");

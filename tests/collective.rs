@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use kernal_hub::data;
-use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::MlpLearner;
+use kernal_hub::data;
+use kernal_hub::model::{MlpSpec, TrainSettings};
 
 const SPEC: MlpSpec = MlpSpec {
     inputs: 64,

@@ -14,9 +14,9 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use futures_util::StreamExt;
-use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::{EvalReport, Learner, MlpLearner, Trained};
+use kernal_hub::model::{MlpSpec, TrainSettings};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";

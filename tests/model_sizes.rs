@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kernal_hub::data;
-use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientError, ClientEvent, ClientOptions};
 use kernal_client::MlpLearner;
+use kernal_hub::data;
+use kernal_hub::model::{MlpSpec, TrainSettings};
 
 const SPEC: MlpSpec = MlpSpec {
     inputs: 64,

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use common::python::{python, repo, run};
 use common::*;
-use kernal_hub::data;
-use kernal_hub::model::{MlpSpec, TrainSettings};
 use kernal_client::connection::{self, ClientOptions};
 use kernal_client::MlpLearner;
+use kernal_hub::data;
+use kernal_hub::model::{MlpSpec, TrainSettings};
 use serde_json::{json, Value};
 
 fn has_torch(py: &Path) -> bool {
@@ -595,8 +595,8 @@ fn python_and_rust_kernel_models_score_one_checkpoint_alike() {
 /// byte fall on the hub's held-out code and on the Python trainer's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kernel_trainer_and_rust_trainers_train_one_kernel_model() {
-    use kernal_hub::kernel::{KernelTrainSettings, DEFAULT_SPEC};
     use kernal_client::kernel::{KernelLearner, KernelTexts, DEFAULT_BATCH, DEFAULT_LR};
+    use kernal_hub::kernel::{KernelTrainSettings, DEFAULT_SPEC};
     let py = python().to_path_buf();
     if !torch_or_skip(&py, "the Python kernel trainer") {
         return;

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use kernal_hub::model::{MlpSpec, TrainSettings};
-use kernal_hub::protocol::FeatureStats;
 use kernal_client::connection::{self, ClientEvent, ClientOptions};
 use kernal_client::MlpLearner;
+use kernal_hub::model::{MlpSpec, TrainSettings};
+use kernal_hub::protocol::FeatureStats;
 use serde_json::{json, Value};
 
 async fn post(url: &str, token: Option<&str>) -> (u16, Value) {

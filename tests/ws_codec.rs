@@ -10,7 +10,9 @@ use std::io::{Cursor, Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kernal_hub::hub::ws::{apply_mask, frame_header, Activity, Budget, Claim, FrameReader, Incoming};
+use kernal_hub::hub::ws::{
+    apply_mask, frame_header, Activity, Budget, Claim, FrameReader, Incoming,
+};
 use kernal_hub::hub::ws::{ReadError, ReaderLimits};
 use proptest::prelude::*;
 use tokio_tungstenite::tungstenite;

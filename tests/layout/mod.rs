@@ -72,7 +72,10 @@ fn code_of(text: &str) -> String {
             out.push_str("\"\"");
         } else if b[i] == b'\'' && i + 2 < b.len() && (b[i + 2] == b'\'' || b[i + 1] == b'\\') {
             // A char literal (not a lifetime): skip it whole.
-            let end = text[i + 1..].find('\'').map(|e| i + 2 + e).unwrap_or(b.len());
+            let end = text[i + 1..]
+                .find('\'')
+                .map(|e| i + 2 + e)
+                .unwrap_or(b.len());
             i = end;
         } else {
             let ch = text[i..].chars().next().unwrap();
@@ -178,7 +181,8 @@ fn find_word(s: &str, word: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(k) = s[from..].find(word) {
         let at = from + k;
-        let before_ok = at == 0 || !(b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_' || b[at - 1] == b':');
+        let before_ok = at == 0
+            || !(b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_' || b[at - 1] == b':');
         let after = at + word.len();
         let after_ok = after < b.len() && b[after].is_ascii_whitespace();
         if before_ok && after_ok {
@@ -286,7 +290,10 @@ impl Graph {
                     .rev()
                     .find(|&k| modules.contains(&abs[..k]))?;
                 let module = abs[..k].to_vec();
-                match abs.get(k).and_then(|name| reexports.get(&(module.clone(), name.clone()))) {
+                match abs
+                    .get(k)
+                    .and_then(|name| reexports.get(&(module.clone(), name.clone())))
+                {
                     Some(target) if target.is_empty() => return None,
                     Some(target) if target.as_slice() != abs.as_slice() => {
                         let mut next = target.clone();
@@ -338,7 +345,9 @@ impl Graph {
             t.on.insert(v);
             if let Some(ws) = t.g.get(v) {
                 for w in ws {
-                    let Some((w, _)) = t.g.get_key_value(w) else { continue };
+                    let Some((w, _)) = t.g.get_key_value(w) else {
+                        continue;
+                    };
                     if !t.index.contains_key(w) {
                         visit(t, w);
                         let l = t.low[w].min(t.low[v]);
@@ -423,7 +432,10 @@ fn the_reader_sees_uses_reexports_and_cycles() {
         uses("pub use x::Y;\nuse crate::{a, b::C as D};"),
         [
             (true, vec!["x::Y".to_string()]),
-            (false, vec!["crate::a".to_string(), "crate::b::C".to_string()])
+            (
+                false,
+                vec!["crate::a".to_string(), "crate::b::C".to_string()]
+            )
         ]
     );
     let code = code_of("use a::b; // use c::d;\nlet s = \"crate::x\";\n#[cfg(test)]\nmod tests { use super::*; }\n");
@@ -432,7 +444,11 @@ fn the_reader_sees_uses_reexports_and_cycles() {
     let src = dir.path();
     std::fs::create_dir(src.join("hub")).unwrap();
     std::fs::write(src.join("lib.rs"), "pub mod hub;\n").unwrap();
-    std::fs::write(src.join("hub/mod.rs"), "mod a;\nmod b;\npub use a::A;\npub use b::B;\n").unwrap();
+    std::fs::write(
+        src.join("hub/mod.rs"),
+        "mod a;\nmod b;\npub use a::A;\npub use b::B;\n",
+    )
+    .unwrap();
     std::fs::write(src.join("hub/a.rs"), "use crate::hub::B;\npub struct A;\n").unwrap();
     std::fs::write(src.join("hub/b.rs"), "pub struct B;\n").unwrap();
     // a reaches b through the parent's re-export: an edge to b, no cycle.
@@ -441,7 +457,11 @@ fn the_reader_sees_uses_reexports_and_cycles() {
         .contains(&vec!["hub".to_string(), "b".to_string()]));
     assert!(g.cycles().is_empty());
     // b importing what its parent defines while the parent imports b: a cycle.
-    std::fs::write(src.join("hub/mod.rs"), "mod a;\nmod b;\npub use a::A;\npub use b::B;\npub struct Shared;\n").unwrap();
+    std::fs::write(
+        src.join("hub/mod.rs"),
+        "mod a;\nmod b;\npub use a::A;\npub use b::B;\npub struct Shared;\n",
+    )
+    .unwrap();
     std::fs::write(src.join("hub/b.rs"), "use super::Shared;\npub struct B;\n").unwrap();
     let cycles = Graph::of_crate(src).cycles();
     assert_eq!(cycles.len(), 1, "{cycles:?}");

@@ -16,11 +16,11 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use kernal_client::connection;
+use kernal_core::protocol::ModelLayout;
 use kernal_hub::aggregation::Strategy;
 use kernal_hub::hub::child::ChildHub;
 use kernal_hub::hub::ws::{apply_mask, frame_header};
-use kernal_core::protocol::ModelLayout;
-use kernal_client::connection;
 
 mod rejoin;
 use rejoin::{hello_frame, measure_rejoin, trainer_tokens};

@@ -21,10 +21,10 @@ pub use super::kernel_report::{render_table, KernelModelRow, KernelOutcome};
 use super::scenario::{Scenario, TrainerSpec};
 use super::{get_json, run_err, wait_healthy, HarnessArgs, HarnessError};
 use super::{Report, RunOutcome, TrainerRow};
-use kernal_core::data;
-use kernal_core::kernel::{checkpoint, corpus, KernelSpec, KernelTrainSettings};
 use kernal_client::connection::{self, ClientOptions, Summary};
 use kernal_client::kernel::{KernelLearner, KernelTexts, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS};
+use kernal_core::data;
+use kernal_core::kernel::{checkpoint, corpus, KernelSpec, KernelTrainSettings};
 
 /// A kernel scenario's local training (`[kernel]`), per trainer and version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use super::kernel::{texts_for, trainer_settings, KernelModelRow, KernelTraining};
 use super::scenario::Scenario;
 use super::{run_err, HarnessError};
-use kernal_core::kernel::{KernelSpec, KernelTrainSettings};
 use kernal_client::kernel::KernelLearner;
 use kernal_client::Learner;
+use kernal_core::kernel::{KernelSpec, KernelTrainSettings};
 
 /// Each held-out set's name and the bytes each model predicted on it.
 pub type SetBytes = Vec<(String, u64)>;

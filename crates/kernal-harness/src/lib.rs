@@ -33,13 +33,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use kernal_hub::config::Config;
-use kernal_core::data;
-use kernal_hub::hub::child::ChildHub;
-use kernal_core::model::{MlpSpec, TrainSettings};
-use kernal_core::protocol::ModelLayout;
 use kernal_client::connection::{self, Behaviour, ClientOptions, Summary};
 use kernal_client::MlpLearner;
+use kernal_core::data;
+use kernal_core::model::{MlpSpec, TrainSettings};
+use kernal_core::protocol::ModelLayout;
+use kernal_hub::config::Config;
+use kernal_hub::hub::child::ChildHub;
 use scenario::{Scenario, ScenarioError};
 
 #[derive(Debug, Clone, Default)]
@@ -408,7 +408,9 @@ fn decode_checkpoint(
     let mean = all.split_off(all.len() - dim);
     Ok((
         all,
-        Some(kernal_core::protocol::Normalisation::frozen(mean, std, 0, 0)),
+        Some(kernal_core::protocol::Normalisation::frozen(
+            mean, std, 0, 0,
+        )),
     ))
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 use kernal_client::connection::{Behaviour, Compression};
+use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
 /// from any directory. A file in `config/scenarios/` of the working directory
@@ -17,7 +17,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "multi_spec",
         include_str!("../../../config/scenarios/multi_spec.toml"),
     ),
-    ("churn", include_str!("../../../config/scenarios/churn.toml")),
+    (
+        "churn",
+        include_str!("../../../config/scenarios/churn.toml"),
+    ),
     (
         "byzantine",
         include_str!("../../../config/scenarios/byzantine.toml"),
@@ -36,8 +39,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "penguins",
         include_str!("../../../config/scenarios/penguins.toml"),
     ),
-    ("crabs", include_str!("../../../config/scenarios/crabs.toml")),
-    ("kernel", include_str!("../../../config/scenarios/kernel.toml")),
+    (
+        "crabs",
+        include_str!("../../../config/scenarios/crabs.toml"),
+    ),
+    (
+        "kernel",
+        include_str!("../../../config/scenarios/kernel.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,68 +1,18 @@
 //! `kernal trainer NAME SPECIALTY TOKEN`: the reference trainer as a command,
 //! with a live status line or JSON events on stdout.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use kernal_client::connection::{self, ClientEvent, ClientOptions};
+use kernal_client::MlpLearner;
 use kernal_core::data;
 use kernal_core::model::{MlpSpec, TrainSettings};
 use kernal_core::protocol::ModelLayout;
-use kernal_client::connection::{self, ClientEvent, ClientOptions, Compression};
-use kernal_client::MlpLearner;
 
 use super::status::StatusLine;
-
-#[derive(Debug, Clone)]
-pub struct TrainerArgs {
-    pub name: String,
-    pub specialty: String,
-    pub token: String,
-    /// Extra trust for a `wss://` hub (PEM).
-    pub ca: Option<PathBuf>,
-    pub hub: String,
-    pub model: String,
-    pub data: Option<PathBuf>,
-    /// Own source trees for the kernel model (`--source`, repeatable).
-    pub source: Vec<PathBuf>,
-    /// File name endings `--source` reads (`--ext`).
-    pub ext: Vec<String>,
-    pub local_epochs: usize,
-    /// Classifiers: fewest mini-batch steps per version (`--min-steps`).
-    pub min_steps: usize,
-    /// Local steps per version of the kernel model (`--steps`).
-    pub steps: Option<usize>,
-    /// Defaults per model: 0.1 for an MLP, 5e-3 (AdamW) for the kernel model.
-    pub lr: Option<f64>,
-    pub batch_size: Option<usize>,
-    pub max_versions: Option<u64>,
-    pub json: bool,
-    pub compression: Compression,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainerCliError {
-    #[error("{0}")]
-    Data(String),
-    #[error("{0}")]
-    Shape(String),
-    #[error(transparent)]
-    Client(#[from] connection::ClientError),
-    #[error("{0}")]
-    Other(String),
-}
-
-impl TrainerCliError {
-    /// 2 for problems with what the user gave (data, shapes, refusal), 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            TrainerCliError::Data(_) | TrainerCliError::Shape(_) => 2,
-            TrainerCliError::Client(connection::ClientError::Refused { .. }) => 2,
-            _ => 1,
-        }
-    }
-}
+pub use crate::args::{TrainerArgs, TrainerCliError};
 
 /// Asks the hub for the model's tensors, retrying while it is not up yet.
 pub(crate) async fn fetch_layout(

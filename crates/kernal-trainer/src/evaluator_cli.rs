@@ -76,7 +76,6 @@ pub fn main(cmd: EvaluatorCmd, specialties: &Specialties) -> ExitCode {
     }
 }
 
-
 async fn run(
     cmd: EvaluatorCmd,
     token: String,

@@ -54,7 +54,10 @@ mod tests {
 
     #[test]
     fn the_given_token_wins_then_the_file_first_line() {
-        assert_eq!(token(Some("a".into()), None, "trainer", "third").unwrap(), "a");
+        assert_eq!(
+            token(Some("a".into()), None, "trainer", "third").unwrap(),
+            "a"
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t");
         std::fs::write(&f, "  kt1_x \nignored\n").unwrap();
