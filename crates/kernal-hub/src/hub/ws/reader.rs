@@ -226,7 +226,9 @@ where
 
     /// The next frame header, consumed from `buf`; `Err` names what is
     /// wrong with it, `Ok(None)` is the end of the stream.
-    async fn header(&mut self) -> Result<Option<(FrameHeader, u64)>, String> {
+    async fn header(
+        &mut self,
+    ) -> Result<Option<(FrameHeader, u64)>, tokio_tungstenite::tungstenite::Error> {
         loop {
             let mut cursor = std::io::Cursor::new(&self.buf[..]);
             match FrameHeader::parse(&mut cursor) {
@@ -241,7 +243,7 @@ where
                         return Ok(None);
                     }
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
     }
