@@ -6,8 +6,8 @@
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::AdminRefusals;
-use super::{parse_json, read, read_body, require_admin, AppState, JSON_LIMIT};
+use super::{parse_json, read, read_body, AppState, JSON_LIMIT};
+use super::{AdminAuth, AdminRefusals};
 use crate::db::{self, EvaluatorView};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor;
@@ -81,8 +81,8 @@ pub async fn issue_evaluator(
     st: web::Data<AppState>,
     path: web::Path<String>,
     payload: web::Payload,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let model = path.into_inner();
     let body = read_body(&req, payload, JSON_LIMIT).await?;
     let b: NewEvaluator = parse_json(&body)?;
@@ -173,11 +173,10 @@ pub async fn list_evaluators(
 )]
 #[delete("/v1/models/{model}/evaluators/{name}")]
 pub async fn revoke_evaluator(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let (model, name) = path.into_inner();
     let revoked = st
         .persister

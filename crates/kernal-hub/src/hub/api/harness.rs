@@ -4,9 +4,9 @@ use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
-use super::models::limit;
-use super::AdminRefusals;
-use super::{parse_json, read, read_body, refusal, require_admin, AppState, JSON_LIMIT};
+use super::common::limit;
+use super::{parse_json, read, read_body, refusal, AppState, JSON_LIMIT};
+use super::{AdminAuth, AdminRefusals};
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor;
@@ -158,9 +158,29 @@ pub struct ReportSchema {
     summary: Option<serde_json::Value>,
 }
 
+/// What is wrong with a recorded run (a `bad_request` message).
+#[derive(Debug, thiserror::Error)]
+enum BadRun {
+    #[error("scenario: {0}")]
+    Scenario(crate::protocol::NameError),
+    /// `range::key` says which key and why.
+    #[error("{0}")]
+    Accuracy(String),
+    #[error("{key}: `{}` is not an RFC 3339 time ({error})", value.escape_default())]
+    Time {
+        key: &'static str,
+        value: String,
+        error: chrono::ParseError,
+    },
+    #[error("report.summary: must be an object")]
+    SummaryNotObject,
+    #[error("report: must be a JSON object")]
+    ReportNotObject,
+}
+
 impl RecordRun {
-    fn validate(&self) -> Result<(), String> {
-        crate::protocol::validate_name(&self.scenario).map_err(|e| format!("scenario: {e}"))?;
+    fn validate(&self) -> Result<(), BadRun> {
+        crate::protocol::validate_name(&self.scenario).map_err(BadRun::Scenario)?;
         if let Some(a) = self.collective_accuracy {
             crate::range::key(
                 "collective_accuracy",
@@ -168,25 +188,25 @@ impl RecordRun {
                 0.0,
                 1.0,
                 crate::range::Ends::Closed,
-            )?;
+            )
+            .map_err(BadRun::Accuracy)?;
         }
-        for (k, t) in [
+        for (key, t) in [
             ("started_at", &self.started_at),
             ("finished_at", &self.finished_at),
         ] {
-            chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
-                format!(
-                    "{k}: `{}` is not an RFC 3339 time ({e})",
-                    t.escape_default()
-                )
+            chrono::DateTime::parse_from_rfc3339(t).map_err(|error| BadRun::Time {
+                key,
+                value: t.clone(),
+                error,
             })?;
         }
         match &self.report {
             serde_json::Value::Object(o) => match o.get("summary") {
                 None | Some(serde_json::Value::Null) | Some(serde_json::Value::Object(_)) => Ok(()),
-                Some(_) => Err("report.summary: must be an object".into()),
+                Some(_) => Err(BadRun::SummaryNotObject),
             },
-            _ => Err("report: must be a JSON object".into()),
+            _ => Err(BadRun::ReportNotObject),
         }
     }
 }
@@ -214,11 +234,12 @@ pub async fn record_run(
     req: HttpRequest,
     st: web::Data<AppState>,
     payload: web::Payload,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let body = read_body(&req, payload, JSON_LIMIT).await?;
     let b: RecordRun = parse_json(&body)?;
-    b.validate().map_err(ApiError::bad_request)?;
+    b.validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = st
         .hub
         .send(hub_actor::RecordHarnessRun(db::NewHarnessRun {
@@ -255,11 +276,10 @@ pub struct DeletedRun {
 )]
 #[delete("/v1/harness/runs/{id}")]
 pub async fn delete_run(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<i64>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let id = path.into_inner();
     let deleted = st
         .hub

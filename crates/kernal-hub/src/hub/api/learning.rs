@@ -5,8 +5,8 @@
 use actix_web::{post, put, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::AdminRefusals;
-use super::{read_body, refusal, require_admin, AppState};
+use super::{read_body, refusal, AppState};
+use super::{AdminAuth, AdminRefusals};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor;
 use crate::protocol::Normalisation;
@@ -41,11 +41,10 @@ pub struct Frozen {
 )]
 #[post("/v1/models/{model}/normalisation/freeze")]
 pub async fn freeze_normalisation(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<String>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let model = path.into_inner();
     let normalisation = st
         .hub
@@ -88,11 +87,10 @@ pub struct Reset {
 )]
 #[post("/v1/models/{model}/normalisation/reset")]
 pub async fn reset_normalisation(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<String>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let model = path.into_inner();
     let normalisation = st
         .hub
@@ -139,8 +137,8 @@ pub async fn put_evalset(
     st: web::Data<AppState>,
     path: web::Path<String>,
     payload: web::Payload,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let model = path.into_inner();
     let body = read_body(&req, payload, EVALSET_LIMIT).await?;
     let csv = String::from_utf8(body.to_vec())

@@ -4,6 +4,8 @@
 //! list below both registers the handlers and builds the document, so the
 //! two cannot drift apart.
 
+pub mod admin;
+pub mod common;
 pub mod create_checks;
 pub mod evaluators;
 pub mod harness;
@@ -12,120 +14,23 @@ pub mod model_delete;
 pub mod models;
 pub mod ops;
 pub mod sockets;
+pub mod state;
 pub mod trainer_tokens;
 pub mod trainers;
 pub mod updates;
+pub mod versions;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
-use crate::config::HubConfig;
-use crate::db::{self, DbPool};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::hub::dashboard;
-use crate::hub::hub_actor::Hub;
-use crate::hub::metrics::{HotMetrics, MetricsAggregator};
-use crate::hub::ws::Budget;
-use crate::protocol::{ErrorCode, Refusal};
+use crate::protocol::ErrorCode;
 use models::AggregationQuery;
 
-/// Shared by every worker (cloned `Addr`s, never looked up globally).
-#[derive(Clone)]
-pub struct AppState {
-    pub hub: Addr<Hub>,
-    pub metrics: Addr<MetricsAggregator>,
-    pub persister: Addr<crate::hub::persister::Persister>,
-    pub pool: DbPool,
-    pub blobs: db::BlobStore,
-    pub admin_token: Arc<str>,
-    /// The key of hub-issued trainer tokens (`POST /v1/trainer-tokens`).
-    pub tokens: crate::hub::secrets::TokenKey,
-    /// The hub's current settings: a config reload changes the live ones
-    /// (limits apply to new connections).
-    pub config: Arc<RwLock<HubConfig>>,
-    /// Connections waiting for their hello, in all and per address.
-    pub handshakes: Arc<Handshakes>,
-    /// Bytes of large incoming messages held at once, over all trainers.
-    pub budget: Budget,
-    /// Per-update counters the sessions write directly.
-    pub hot: Arc<HotMetrics>,
-    pub started_at: String,
-    pub reload:
-        Arc<dyn Fn(bool) -> Result<Vec<String>, crate::hub::reload::ReloadError> + Send + Sync>,
-}
-
-impl AppState {
-    /// A copy of the current hub settings.
-    pub fn hub_config(&self) -> Result<HubConfig, ApiError> {
-        self.config
-            .read()
-            .map(|c| c.clone())
-            .map_err(|_| ApiError::internal("config lock poisoned"))
-    }
-}
-
-/// Connections that have not completed their hello: counted in all and per
-/// remote address, so a flood of idle sockets from one place cannot take
-/// every slot.
-#[derive(Default)]
-pub struct Handshakes {
-    total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl Handshakes {
-    /// Takes a slot, or says which limit is full.
-    pub fn enter(
-        self: &Arc<Self>,
-        ip: Option<IpAddr>,
-        max_total: usize,
-        max_per_ip: usize,
-    ) -> Result<crate::hub::session::HandshakeSlot, String> {
-        if self.total.fetch_add(1, Ordering::SeqCst) >= max_total {
-            self.total.fetch_sub(1, Ordering::SeqCst);
-            return Err(format!(
-                "too many connections are waiting for their hello (limit {max_total}); try again shortly"
-            ));
-        }
-        if let Some(ip) = ip {
-            let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= max_per_ip {
-                drop(m);
-                self.total.fetch_sub(1, Ordering::SeqCst);
-                return Err(format!(
-                    "too many connections from {ip} are waiting for their hello (limit {max_per_ip}); try again shortly"
-                ));
-            }
-            *n += 1;
-        }
-        let me = self.clone();
-        Ok(crate::hub::session::HandshakeSlot::new(move || {
-            me.total.fetch_sub(1, Ordering::SeqCst);
-            if let Some(ip) = ip {
-                let mut m = me.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(n) = m.get_mut(&ip) {
-                    *n -= 1;
-                    if *n == 0 {
-                        m.remove(&ip);
-                    }
-                }
-            }
-        }))
-    }
-
-    pub fn waiting(&self) -> usize {
-        self.total.load(Ordering::SeqCst)
-    }
-}
+pub use admin::{AdminAuth, AdminRefusals};
+pub use common::{parse_json, read, read_body, refusal, Created, UpgradeHeaders, JSON_LIMIT};
+pub use state::{AppState, Handshakes, HandshakesFull};
 
 /// Declares every endpoint once: the server registers exactly these
 /// handlers and the OpenAPI document lists exactly their descriptions.
@@ -167,10 +72,10 @@ endpoints!(
     models::list_models,
     models::create_model,
     models::get_model,
-    models::list_versions,
-    models::get_version,
-    models::get_weights,
-    models::list_evaluations,
+    versions::list_versions,
+    versions::get_version,
+    versions::get_weights,
+    versions::list_evaluations,
     models::rollback,
     model_delete::delete_model,
     model_delete::deleted_models,
@@ -312,195 +217,4 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         req.path()
     ))
     .error_response()
-}
-
-/// Runs a blocking read on a pool connection, off the executor.
-pub async fn read<T: Send + 'static>(
-    pool: &DbPool,
-    f: impl FnOnce(&mut diesel::SqliteConnection) -> Result<T, crate::error::DbError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let pool = pool.clone();
-    web::block(move || {
-        let mut conn = pool
-            .get()
-            .map_err(|e| crate::error::DbError::Pool(e.to_string()))?;
-        f(&mut conn)
-    })
-    .await?
-    .map_err(ApiError::from)
-}
-
-/// The refusals every admin route shares, for the OpenAPI document.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-pub enum AdminRefusals {
-    /// Admin token missing
-    #[response(status = 401)]
-    Missing(ErrorBody<'static>),
-    /// Wrong admin token
-    #[response(status = 403)]
-    Wrong(ErrorBody<'static>),
-}
-
-/// The headers of a WebSocket upgrade (RFC 6455), for the OpenAPI document.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct UpgradeHeaders {
-    /// `websocket`
-    #[serde(rename = "Upgrade")]
-    upgrade: String,
-    /// `Upgrade`
-    #[serde(rename = "Connection")]
-    connection: String,
-    /// 16 random bytes, base64 (RFC 6455)
-    #[serde(rename = "Sec-WebSocket-Key")]
-    key: String,
-    /// `13`
-    #[serde(rename = "Sec-WebSocket-Version")]
-    version: String,
-}
-
-/// Mutating calls need `Authorization: Bearer <admin token>` (the scheme's
-/// name in any case, as RFC 7235 says). Checked before any body is read.
-pub fn require_admin(req: &HttpRequest, st: &AppState) -> Result<(), ApiError> {
-    let Some(h) = req.headers().get("authorization") else {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "this call needs the admin token: `Authorization: Bearer <token>`",
-        ));
-    };
-    let given = bearer(h.to_str().unwrap_or(""));
-    if !constant_time_eq(given.as_bytes(), st.admin_token.as_bytes()) {
-        return Err(ApiError::new(ErrorCode::Forbidden, "wrong admin token"));
-    }
-    Ok(())
-}
-
-/// The credentials of an `Authorization` header: after `Bearer ` in any
-/// case, or the whole value.
-fn bearer(header: &str) -> &str {
-    let given = header.trim();
-    match given.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        _ => given,
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads a request body of at most `limit` bytes: refused on its
-/// Content-Length before reading when that says more, else as soon as the
-/// bytes read pass it.
-pub async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::too_large(limit));
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::too_large(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// JSON bodies of admin calls are small.
-pub const JSON_LIMIT: usize = 1 << 20;
-
-/// Parses a JSON body; the error says what is wrong with it. A number with
-/// no fraction is an integer wherever one is expected (`2.0` where a count
-/// is due), as JSON Schema and Python's `json.dumps(2.0)` have it.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
-    integral_floats_as_integers(&mut v);
-    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
-}
-
-fn integral_floats_as_integers(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Number(n) if n.is_f64() => {
-            if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 {
-                    *v = serde_json::Value::from(f as u64);
-                } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 {
-                    *v = serde_json::Value::from(f as i64);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
-        serde_json::Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
-        _ => {}
-    }
-}
-
-pub fn refusal(r: Refusal) -> ApiError {
-    ApiError::new(r.code, r.message)
-}
-
-/// `{"name": ..., "version": ...}` of a created model.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Created {
-    pub name: String,
-    pub version: u64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handshake_slots_are_bounded_in_all_and_per_address() {
-        let h = Arc::new(Handshakes::default());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = h.enter(Some(a), 3, 2).unwrap();
-        let _a2 = h.enter(Some(a), 3, 2).unwrap();
-        assert!(h.enter(Some(a), 3, 2).unwrap_err().contains("10.0.0.1"));
-        let _b1 = h.enter(Some(b), 3, 2).unwrap();
-        assert!(h
-            .enter(Some(b), 3, 2)
-            .unwrap_err()
-            .contains("too many connections are"));
-        assert_eq!(h.waiting(), 3);
-        drop(a1);
-        assert_eq!(h.waiting(), 2);
-        let _a3 = h.enter(Some(a), 3, 2).unwrap();
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        for (header, ok) in [
-            ("Bearer tok", true),
-            ("bearer tok", true),
-            ("BEARER  tok ", true),
-            ("tok", true),
-            ("Bearer nope", false),
-            ("Basic tok", false),
-        ] {
-            assert_eq!(
-                constant_time_eq(bearer(header).as_bytes(), b"tok"),
-                ok,
-                "{header}"
-            );
-        }
-    }
 }

@@ -2,12 +2,12 @@
 //! (`GET /v1/deleted-models`). What is removed and in which order is the
 //! hub actor's `DeleteModel` (hub_actor/delete.rs).
 
-use actix_web::{delete, get, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::AdminRefusals;
-use super::{read, refusal, require_admin, AppState};
+use super::{read, refusal, AppState};
+use super::{AdminAuth, AdminRefusals};
 use crate::db::{self, ModelDeletion};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor;
@@ -40,12 +40,11 @@ pub struct DeleteQuery {
 )]
 #[delete("/v1/models/{model}")]
 pub async fn delete_model(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<String>,
     q: web::Query<DeleteQuery>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let record = st
         .hub
         .send(hub_actor::DeleteModel {

@@ -1,10 +1,10 @@
 //! Health, metrics, the OpenAPI document, the hub's status and reload.
 
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use serde::Serialize;
 
-use super::AdminRefusals;
-use super::{require_admin, AppState};
+use super::AppState;
+use super::{AdminAuth, AdminRefusals};
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor::{self, ModelStatus, OnlineTrainer};
 use crate::hub::metrics::{self, Snapshot};
@@ -175,11 +175,10 @@ pub struct ReloadQuery {
 )]
 #[post("/v1/admin/reload")]
 pub async fn reload(
-    req: HttpRequest,
     st: web::Data<AppState>,
     query: web::Query<ReloadQuery>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let f = st.reload.clone();
     let allow = query.allow_removed_keys;
     match web::block(move || f(allow)).await? {

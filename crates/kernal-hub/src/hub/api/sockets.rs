@@ -112,7 +112,7 @@ pub async fn trainer_ws(
     let slot = st
         .handshakes
         .enter(ip, cfg.max_pending_handshakes, cfg.max_prehello_per_ip)
-        .map_err(|m| ApiError::new(ErrorCode::TooManyHandshakes, m))?;
+        .map_err(|e| ApiError::new(ErrorCode::TooManyHandshakes, e.to_string()))?;
     let limits = crate::hub::session_limits_of(&cfg);
     let socket = req.conn_data::<ConnFd>().and_then(|fd| PeerSocket::of(*fd));
     let outbox = Outbox::with_socket(

@@ -2,12 +2,12 @@
 //! fast keyed hash instead of argon2 (see `hub::secrets`), so a fleet of
 //! thousands can rejoin a restarted hub in seconds.
 
-use actix_web::{post, web, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
-use super::AdminRefusals;
-use super::{require_admin, AppState};
+use super::AppState;
+use super::{AdminAuth, AdminRefusals};
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(Deserialize, IntoParams)]
@@ -40,11 +40,10 @@ pub struct IssuedTokens {
 )]
 #[post("/v1/trainer-tokens")]
 pub async fn issue_trainer_tokens(
-    req: HttpRequest,
     st: web::Data<AppState>,
     q: web::Query<IssueQuery>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &st)?;
     let count = match q.count {
         None => 1,
         Some(n) if (1..=10_000).contains(&n) => n as usize,

@@ -1,12 +1,12 @@
 //! Registered trainers: list, revoke, reinstate.
 
-use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
-use super::models::limit;
-use super::AdminRefusals;
-use super::{read, refusal, require_admin, AppState};
+use super::common::limit;
+use super::{read, refusal, AppState};
+use super::{AdminAuth, AdminRefusals};
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::hub_actor;
@@ -109,12 +109,10 @@ pub async fn list_trainers(
 }
 
 async fn set_revocation(
-    req: &HttpRequest,
     st: &AppState,
     name: String,
     revoked: bool,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(req, st)?;
     st.hub
         .send(hub_actor::SetRevocation {
             name: name.clone(),
@@ -146,11 +144,11 @@ pub struct RevokedState {
 )]
 #[delete("/v1/trainers/{name}")]
 pub async fn revoke_trainer(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<String>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    set_revocation(&req, &st, path.into_inner(), true).await
+    set_revocation(&st, path.into_inner(), true).await
 }
 
 /// Reinstate a revoked trainer (admin): its name may join again with the
@@ -168,9 +166,9 @@ pub async fn revoke_trainer(
 )]
 #[post("/v1/trainers/{name}/unrevoke")]
 pub async fn unrevoke_trainer(
-    req: HttpRequest,
     st: web::Data<AppState>,
     path: web::Path<String>,
+    _admin: AdminAuth,
 ) -> Result<HttpResponse, ApiError> {
-    set_revocation(&req, &st, path.into_inner(), false).await
+    set_revocation(&st, path.into_inner(), false).await
 }

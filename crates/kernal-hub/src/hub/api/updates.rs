@@ -4,7 +4,7 @@ use actix_web::{get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
-use super::models::limit;
+use super::common::limit;
 use super::{read, AppState};
 use crate::db::{self, UpdateRow};
 use crate::error::{ApiError, ErrorBody};

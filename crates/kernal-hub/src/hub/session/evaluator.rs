@@ -4,16 +4,17 @@
 //! `stats` and `eval` are refused with `not_trainer` (an update's payload
 //! frame after a refused header is dropped without a second error).
 
-use super::*;
-use crate::protocol::{EvaluatorReport, Role};
+use actix::prelude::*;
+use bytes::Bytes;
 
-/// A welcomed evaluator.
-pub(super) struct EvaluatorReady {
-    pub(super) name: String,
-    pub(super) model: String,
-    /// An `update` header was refused: its payload frame is dropped.
-    swallow_binary: bool,
-}
+use super::actor::TrainerSession;
+use super::hello::TOKEN_CHECKS;
+use super::phase::{EvaluatorReady, Phase};
+use crate::hub::hub_actor::{self, ToSession};
+use crate::protocol::{
+    validate_name, ClientMessage, ErrorCode, EvaluatorReport, Refusal, Role, ServerMessage,
+    PROTOCOL_VERSION,
+};
 
 impl TrainerSession {
     /// A hello: an evaluator's, or a trainer's (which must name its

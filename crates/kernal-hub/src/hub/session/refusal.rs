@@ -3,7 +3,11 @@
 //! before gets the `ack` with `duplicate: true` an ordinary resend gets,
 //! anything else the session's error.
 
-use super::*;
+use actix::prelude::*;
+
+use super::actor::TrainerSession;
+use crate::hub::hub_actor;
+use crate::protocol::ServerMessage;
 
 impl TrainerSession {
     /// Sends `refusal` to the hub and answers the trainer with what it

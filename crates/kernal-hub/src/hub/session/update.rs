@@ -1,0 +1,174 @@
+//! A trainer's update: its header, then its binary frame checked (shapes,
+//! finite values, norm), stored and handed to the hub, answered with an
+//! `ack` or a refusal.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::actor::TrainerSession;
+use super::parse::{validate_update_header, UpdateHeader};
+use super::phase::Phase;
+use crate::hub::hub_actor;
+use crate::protocol::{ErrorCode, Refusal, ServerMessage};
+
+/// Blob files up to this size are written on the session's own thread.
+const INLINE_BLOB_WRITE: usize = 256 * 1024;
+
+/// Blob files being written at once, over all sessions.
+static BLOB_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+impl TrainerSession {
+    /// An update header from a welcomed trainer: checked, then held until
+    /// its binary frame arrives.
+    pub(super) fn on_update_header(&mut self, h: UpdateHeader, ctx: &mut Context<Self>) {
+        let Phase::Ready(r) = &mut self.phase else {
+            return;
+        };
+        let previous = r.pending.take();
+        if let Err(Refusal { code, message }) = validate_update_header(&h) {
+            let refusal = hub_actor::SessionRefusal {
+                trainer: r.name.clone(),
+                model: r.model.clone(),
+                update_id: h.update_id.clone(),
+                base_version: h.base_version,
+                num_examples: h.num_examples,
+                bytes: 0,
+                code,
+                message,
+            };
+            // Its payload frame will follow; swallow it quietly.
+            r.pending = Some(UpdateHeader::swallow());
+            return self.refuse_update(ctx, refusal, Some(h.update_id));
+        }
+        r.pending = Some(h);
+        if let Some(p) = previous.filter(|p| !p.is_swallow()) {
+            self.error(
+                ctx,
+                ErrorCode::ExpectedBinary,
+                "an `update` must be followed by its binary frame; the earlier update was dropped"
+                    .into(),
+                Some(p.update_id),
+            );
+        }
+    }
+
+    pub(super) fn on_binary(&mut self, payload: Bytes, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Evaluating(_)) {
+            return self.on_evaluator_binary(ctx);
+        }
+        let Phase::Ready(r) = &mut self.phase else {
+            return self.error(
+                ctx,
+                ErrorCode::UnexpectedBinary,
+                "binary frames are only accepted after `welcome`, following an `update`".into(),
+                None,
+            );
+        };
+        let Some(h) = r.pending.take() else {
+            return self.error(
+                ctx,
+                ErrorCode::UnexpectedBinary,
+                "a binary frame must follow an `update` message".into(),
+                None,
+            );
+        };
+        if h.is_swallow() {
+            // The payload of an update whose header was refused.
+            return;
+        }
+        let (trainer, model) = (r.name.clone(), r.model.clone());
+        // Shapes, dtypes, finite values and the norm, in one pass.
+        let norm = match r.layout.check_sum_squares(&payload) {
+            Ok(s) => s.sqrt(),
+            Err(e) => {
+                let refusal = hub_actor::SessionRefusal {
+                    trainer,
+                    model,
+                    update_id: h.update_id.clone(),
+                    base_version: h.base_version,
+                    num_examples: h.num_examples,
+                    bytes: payload.len() as u64,
+                    code: e.code,
+                    message: e.message,
+                };
+                return self.refuse_update(ctx, refusal, Some(h.update_id));
+            }
+        };
+        let update_id = h.update_id.clone();
+        let sub = hub_actor::SubmitUpdate {
+            session_id: self.id.clone(),
+            trainer,
+            model,
+            update_id: h.update_id,
+            base_version: h.base_version,
+            num_examples: h.num_examples,
+            loss: h.loss,
+            norm,
+            payload,
+            payload_file: None,
+        };
+        let (hub, blobs) = (self.hub.clone(), self.blobs.clone());
+        self.outbox.update_started();
+        let received = Instant::now();
+        let fut = async move {
+            let mut sub = sub;
+            // A large payload goes to its file here, on a blocking thread of
+            // its own, so writing many at once proceeds in parallel and the
+            // one SQLite writer only records the name.
+            if blobs.wants(sub.payload.len()) {
+                let (b, p) = (blobs.clone(), sub.payload.clone());
+                let written = if p.len() <= INLINE_BLOB_WRITE {
+                    // A page-cache write this small costs less than handing
+                    // it to another thread and back.
+                    b.put(&p).map_err(|e| e.to_string())
+                } else {
+                    // A few at a time: hundreds of threads writing into one
+                    // directory at once spend their time on its lock.
+                    let _writing = BLOB_WRITES.acquire().await;
+                    actix_web::rt::task::spawn_blocking(move || b.put(&p))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                };
+                match written {
+                    Ok(name) => sub.payload_file = Some(name),
+                    Err(e) => {
+                        return Ok(Err(Refusal::new(
+                            ErrorCode::Internal,
+                            format!("the update could not be stored: {e}"),
+                        )));
+                    }
+                }
+            }
+            hub.send(sub).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(Ok(a)) => act.send(&ServerMessage::Ack {
+                    update_id,
+                    base_version: a.base_version,
+                    staleness: a.staleness,
+                    duplicate: a.duplicate,
+                    status: a.status,
+                }),
+                // A refused update is this message's error, not the connection's.
+                Ok(Err(Refusal { code, message })) => act.send(&ServerMessage::Error {
+                    code,
+                    message,
+                    update_id: Some(update_id),
+                    fatal: false,
+                }),
+                Err(e) => act.error(
+                    ctx,
+                    ErrorCode::ShuttingDown,
+                    format!("hub unavailable: {e}"),
+                    Some(update_id),
+                ),
+            }
+            act.outbox.update_answered();
+            act.hot.answered(received.elapsed());
+        }));
+    }
+}
