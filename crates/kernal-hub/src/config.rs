@@ -597,8 +597,8 @@ impl Config {
 
 /// Parses a CLI value by the same snake_case names the config and scenario
 /// files use, so there is one list of names (the serde one).
-pub fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+pub fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
 }
 
 #[cfg(test)]
