@@ -187,6 +187,41 @@ pub fn from_map_naming_key<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Why a config that parses is refused: each names the key at fault, and
+/// its text is what the operator reads (tests match on it).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A number out of its range; `range::key` names the key and the range.
+    #[error("{0}")]
+    Range(String),
+    #[error("hub.client_timeout_secs: must be larger than hub.heartbeat_interval_secs")]
+    ClientTimeout,
+    #[error("hub.tls_cert, hub.tls_key: give both (TLS) or neither (plain HTTP)")]
+    TlsHalf,
+    #[error("hub.allowed_origins: `{0}` is not an origin like `https://dashboard.example:8443`")]
+    Origin(String),
+    /// The `[aggregation]` defaults; the message starts with the key.
+    #[error("aggregation.{0}")]
+    Aggregation(String),
+    #[error("models.{model}: {source}")]
+    ModelName {
+        model: String,
+        source: kernal_core::protocol::names::NameError,
+    },
+    /// A model's own aggregation settings; the message starts with the key.
+    #[error("models.{model}.{message}")]
+    ModelAggregation { model: String, message: String },
+    #[error("models.{model}.architecture: unknown architecture `{arch}` (known: digits, kernel)")]
+    Architecture { model: String, arch: String },
+    /// The network a model declares is malformed or over `hub.max_model_params`.
+    #[error("models.{model}: {message}")]
+    Model { model: String, message: String },
+    #[error("models.{model}.normalisation: the kernel model has no input features to normalise")]
+    KernelNormalisation { model: String },
+    #[error("specialties.{0}: needs at least one class")]
+    EmptySpecialty(String),
+}
+
 /// Overrides given on the command line; they win over every other layer.
 #[derive(Debug, Clone, Default)]
 pub struct CliOverrides {
@@ -285,14 +320,14 @@ impl Config {
             .map_err(|e| ConfigError::invalid(&name, e))?;
         cfg.validate().map_err(|m| ConfigError::Invalid {
             source_name: name,
-            message: m,
+            message: m.to_string(),
         })?;
         Ok(cfg)
     }
 
     /// Checks values that parse but make no sense; names the offending key
     /// and its range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let h = &self.hub;
         const GIB: f64 = (1u64 << 30) as f64;
         range::key(
@@ -301,25 +336,26 @@ impl Config {
             1.0,
             3600.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.heartbeat_interval_secs",
             h.heartbeat_interval_secs,
             1.0,
             3600.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.client_timeout_secs",
             h.client_timeout_secs,
             2.0,
             86_400.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         if h.client_timeout_secs <= h.heartbeat_interval_secs {
-            return Err(
-                "hub.client_timeout_secs: must be larger than hub.heartbeat_interval_secs".into(),
-            );
+            return Err(InvalidConfig::ClientTimeout);
         }
         range::key(
             "hub.model_hold_ms",
@@ -327,161 +363,190 @@ impl Config {
             0.0,
             60_000.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_message_bytes",
             h.max_message_bytes,
             1024.0,
             4.0 * GIB,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_prehello_bytes",
             h.max_prehello_bytes,
             1024.0,
             16.0 * 1048576.0,
             Ends::Closed,
-        )?;
-        range::key("hub.max_fragments", h.max_fragments, 1.0, 1e6, Ends::Closed)?;
+        )
+        .map_err(InvalidConfig::Range)?;
+        range::key("hub.max_fragments", h.max_fragments, 1.0, 1e6, Ends::Closed)
+            .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_pending_handshakes",
             h.max_pending_handshakes,
             1.0,
             1e6,
             Ends::Closed,
-        )?;
-        range::key("hub.max_trainers", h.max_trainers, 1.0, 1e7, Ends::Closed)?;
+        )
+        .map_err(InvalidConfig::Range)?;
+        range::key("hub.max_trainers", h.max_trainers, 1.0, 1e7, Ends::Closed)
+            .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.registrations_per_ip_per_hour",
             h.registrations_per_ip_per_hour,
             1.0,
             1e9,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_prehello_per_ip",
             h.max_prehello_per_ip,
             1.0,
             1e6,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_outbound_bytes",
             h.max_outbound_bytes,
             65_536.0,
             GIB,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.blob_file_threshold_bytes",
             h.blob_file_threshold_bytes,
             0.0,
             GIB,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_inflight_update_bytes",
             h.max_inflight_update_bytes,
             1048576.0,
             1024.0 * GIB,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_inflight_share",
             h.max_inflight_share,
             0.0,
             1.0,
             Ends::OpenLow,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.min_upload_bytes_per_sec",
             h.min_upload_bytes_per_sec,
             0.0,
             1e12,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.max_model_params",
             h.max_model_params,
             1.0,
             4e9,
             Ends::Closed,
-        )?;
-        range::key("hub.max_models", h.max_models, 1.0, 1e6, Ends::Closed)?;
+        )
+        .map_err(InvalidConfig::Range)?;
+        range::key("hub.max_models", h.max_models, 1.0, 1e6, Ends::Closed)
+            .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.keep_weights_versions",
             h.keep_weights_versions,
             0.0,
             1e9,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.db_cache_kib",
             h.db_cache_kib,
             64.0,
             1048576.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.shutdown_timeout_secs",
             h.shutdown_timeout_secs,
             0.0,
             3600.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         range::key(
             "hub.http_workers",
             h.http_workers,
             0.0,
             1024.0,
             Ends::Closed,
-        )?;
+        )
+        .map_err(InvalidConfig::Range)?;
         if h.tls_cert.is_empty() != h.tls_key.is_empty() {
-            return Err(
-                "hub.tls_cert, hub.tls_key: give both (TLS) or neither (plain HTTP)".into(),
-            );
+            return Err(InvalidConfig::TlsHalf);
         }
         for o in &h.allowed_origins {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
-                return Err(format!(
-                    "hub.allowed_origins: `{o}` is not an origin like `https://dashboard.example:8443`"
-                ));
+                return Err(InvalidConfig::Origin(o.clone()));
             }
         }
         self.aggregation
             .validate()
-            .map_err(|e| format!("aggregation.{e}"))?;
+            .map_err(InvalidConfig::Aggregation)?;
         for (name, m) in &self.models {
-            crate::protocol::validate_model_name(name)
-                .map_err(|e| format!("models.{name}: {e}"))?;
-            self.aggregation_for(name)
-                .validate()
-                .map_err(|e| format!("models.{name}.{e}"))?;
+            kernal_core::protocol::names::validate_model_name(name).map_err(|source| {
+                InvalidConfig::ModelName {
+                    model: name.clone(),
+                    source,
+                }
+            })?;
+            self.aggregation_for(name).validate().map_err(|message| {
+                InvalidConfig::ModelAggregation {
+                    model: name.clone(),
+                    message,
+                }
+            })?;
             if let Some(arch) = &m.architecture {
                 if arch != "digits" && arch != "kernel" {
-                    return Err(format!(
-                        "models.{name}.architecture: unknown architecture `{arch}` (known: digits, kernel)"
-                    ));
+                    return Err(InvalidConfig::Architecture {
+                        model: name.clone(),
+                        arch: arch.clone(),
+                    });
                 }
             }
             if m.is_kernel() {
                 m.kernel_spec()
                     .check(h.max_model_params)
-                    .map_err(|e| format!("models.{name}: {e}"))?;
+                    .map_err(|e| InvalidConfig::Model {
+                        model: name.clone(),
+                        message: e.to_string(),
+                    })?;
                 if m.normalisation == Some(NormalisationMode::Federated) {
-                    return Err(format!(
-                        "models.{name}.normalisation: the kernel model has no input features to normalise"
-                    ));
+                    return Err(InvalidConfig::KernelNormalisation {
+                        model: name.clone(),
+                    });
                 }
             } else {
                 let spec = m.mlp_spec();
                 spec.check(h.max_model_params)
-                    .map_err(|e| format!("models.{name}: {e}"))?;
+                    .map_err(|message| InvalidConfig::Model {
+                        model: name.clone(),
+                        message,
+                    })?;
             }
         }
         for (name, classes) in &self.specialties {
             if classes.is_empty() {
-                return Err(format!("specialties.{name}: needs at least one class"));
+                return Err(InvalidConfig::EmptySpecialty(name.clone()));
             }
         }
         Ok(())
@@ -532,8 +597,8 @@ impl Config {
 
 /// Parses a CLI value by the same snake_case names the config and scenario
 /// files use, so there is one list of names (the serde one).
-pub fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+pub fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
 }
 
 #[cfg(test)]

@@ -121,3 +121,19 @@ impl ResponseError for ApiError {
         })
     }
 }
+
+/// Why the hub could not start or keep running: its caller (the daemon, a
+/// test, the harness) decides whether to exit or retry.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("stored model `{model}` is unreadable: {message}")]
+    Corrupt { model: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,12 +1,15 @@
-//! `kernal hub`: the long-running daemon around [`start_hub`](super::start_hub):
+//! `kernal hub`: the long-running daemon around [`start_hub`]:
 //! signals (SIGTERM/SIGINT stop, SIGHUP reloads), systemd readiness and
 //! watchdog notifications.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
-use super::{start_hub, ConfigSource, HubError};
+pub use super::limits::{nofile_limit, raise_nofile_limit};
+use super::reload::ConfigSource;
+use super::start::start_hub;
 use crate::config::Config;
+use crate::error::HubError;
 
 use sd_notify::NotifyState;
 
@@ -16,41 +19,6 @@ fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         log::warn!("sd_notify({states:?}): {e}");
     }
-}
-
-#[cfg(unix)]
-fn nofile() -> Option<libc::rlimit> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0).then_some(rl)
-}
-
-/// The process's soft open-files limit.
-pub fn nofile_limit() -> Option<u64> {
-    #[cfg(unix)]
-    return nofile().map(|rl| rl.rlim_cur);
-    #[cfg(not(unix))]
-    None
-}
-
-/// Raises the soft open-files limit to the hard limit (a thousand trainers
-/// need a thousand sockets on each side). Returns the new soft limit.
-pub fn raise_nofile_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        let mut rl = nofile()?;
-        if rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            // SAFETY: setrlimit only reads the struct it is given.
-            let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
-        }
-        nofile_limit()
-    }
-    #[cfg(not(unix))]
-    None
 }
 
 /// Binds with SO_REUSEADDR so a restarted hub (after a crash or `kill -9`)

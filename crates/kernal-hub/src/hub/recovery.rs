@@ -9,9 +9,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::state::{self, ModelState, TrainerInfo};
-use super::{version_metrics, HubError};
+use super::version_metrics;
 use crate::config::Config;
 use crate::db;
+use crate::error::HubError;
 use crate::protocol::{ErrorCode, ModelLayout};
 
 /// The aggregation overrides stored with an API-created model. Read

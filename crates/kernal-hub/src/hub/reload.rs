@@ -8,14 +8,23 @@
 //! (`?allow_removed_keys=true`; for SIGHUP, a restart).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use actix::Addr;
 
 use super::hub_actor::{self, Hub};
-use super::ConfigSource;
-use crate::config::{Config, HubConfig};
+use crate::config::{CliOverrides, Config, HubConfig};
+
+/// Where the hub's config came from, so SIGHUP and `/v1/admin/reload` can
+/// read it again with the same layering.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub cli: CliOverrides,
+    /// Tests pass a fixed config and no file; reload then re-applies it.
+    pub use_env: bool,
+}
 
 /// `[hub]` keys that need a restart to change. Every other key of the hub,
 /// the log level, aggregation and model settings changes live (limits apply
@@ -41,21 +50,54 @@ const SECRET: &[&str] = &["admin_token"];
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The file (or environment) is not a valid configuration.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] crate::error::ConfigError),
     /// The file parses but no longer sets keys the running file set.
     #[error("the config file no longer sets {} (the running file sets them; a truncated save?); applying it would return them to their defaults. Fix the file, or apply it as it is with POST /v1/admin/reload?allow_removed_keys=true (or restart the hub)", .0.join(", "))]
     RemovedKeys(Vec<String>),
+    /// The file could not be read for the keys it sets.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    /// A thread panicked holding the running config; nothing is applied.
+    #[error("config lock poisoned")]
+    Poisoned,
+    /// The blocking thread could not wait for the hub's answer.
+    #[error("cannot build a runtime for reload: {0}")]
+    Runtime(std::io::Error),
+    /// The running settings did not survive their round trip through JSON.
+    #[error(transparent)]
+    Settings(#[from] serde_json::Error),
+    /// The hub actor is gone (shutting down).
+    #[error("hub unavailable: {0}")]
+    HubUnavailable(actix::MailboxError),
+}
+
+/// Why the keys a config file sets could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not TOML: {source}", path.display())]
+    NotToml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
 }
 
 /// The dotted names of every value a TOML file sets (`hub.max_models`,
 /// `models.digits.min_updates`); an array counts as one value.
-pub fn keys_set(path: &Path) -> Result<BTreeSet<String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("{} is not TOML: {e}", path.display()))?;
+pub fn keys_set(path: &Path) -> Result<BTreeSet<String>, KeysError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| KeysError::NotToml {
+        path: path.to_path_buf(),
+        source,
+    })?;
     fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeSet<String>) {
         for (k, v) in t {
             let name = if prefix.is_empty() {
@@ -141,22 +183,18 @@ impl Reloader {
                 self.source.file.as_deref(),
                 self.source.use_env,
                 &self.source.cli,
-            )
-            .map_err(|e| ReloadError::Invalid(e.to_string()))?
+            )?
         } else {
             self.current
                 .lock()
-                .map_err(|_| ReloadError::Invalid("config lock poisoned".into()))?
+                .map_err(|_| ReloadError::Poisoned)?
                 .clone()
         };
         let new_keys = match self.source.file.as_deref() {
-            Some(f) => keys_set(f).map_err(ReloadError::Invalid)?,
+            Some(f) => keys_set(f)?,
             None => BTreeSet::new(),
         };
-        let mut file_keys = self
-            .file_keys
-            .lock()
-            .map_err(|_| ReloadError::Invalid("config lock poisoned".into()))?;
+        let mut file_keys = self.file_keys.lock().map_err(|_| ReloadError::Poisoned)?;
         let removed: Vec<String> = file_keys.difference(&new_keys).cloned().collect();
         if !removed.is_empty() && !allow_removed_keys {
             return Err(ReloadError::RemovedKeys(removed));
@@ -174,11 +212,7 @@ impl Reloader {
     }
 
     fn apply(&self, new: Config) -> Result<Vec<String>, ReloadError> {
-        let invalid = ReloadError::Invalid;
-        let mut cur = self
-            .current
-            .lock()
-            .map_err(|_| invalid("config lock poisoned".into()))?;
+        let mut cur = self.current.lock().map_err(|_| ReloadError::Poisoned)?;
         let mut notes = Vec::new();
         if new.log.level != cur.log.level {
             if crate::logging::set_level(&new.log.level) {
@@ -192,8 +226,8 @@ impl Reloader {
         }
         let mut applied = new.clone();
         // Restart-only keys stay as they were; the others apply now.
-        let mut hub = serde_json::to_value(&new.hub).map_err(|e| invalid(e.to_string()))?;
-        let old = serde_json::to_value(&cur.hub).map_err(|e| invalid(e.to_string()))?;
+        let mut hub = serde_json::to_value(&new.hub)?;
+        let old = serde_json::to_value(&cur.hub)?;
         for (key, was, now) in changed_hub_keys(&cur.hub, &new.hub) {
             if RESTART_ONLY.contains(&key.as_str()) {
                 notes.push(format!(
@@ -204,14 +238,13 @@ impl Reloader {
                 notes.push(format!("hub.{key} changed from {was} to {now}"));
             }
         }
-        applied.hub = serde_json::from_value(hub).map_err(|e| invalid(e.to_string()))?;
+        applied.hub = serde_json::from_value(hub)?;
         if let Ok(mut l) = self.live.write() {
             *l = applied.hub.clone();
         }
         let changed =
-            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))
-                .map_err(invalid)?
-                .map_err(|e| invalid(format!("hub unavailable: {e}")))?;
+            futures_executor_block(self.hub.send(hub_actor::ApplyConfig(applied.clone())))?
+                .map_err(ReloadError::HubUnavailable)?;
         notes.extend(changed);
         for n in &notes {
             log::info!("config reload: {n}");
@@ -226,11 +259,11 @@ impl Reloader {
 
 /// Waits for an actor reply from a blocking thread (reload runs in
 /// `web::block` or the signal thread, never on the executor).
-fn futures_executor_block<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+fn futures_executor_block<F: std::future::Future>(f: F) -> Result<F::Output, ReloadError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot build a runtime for reload: {e}"))?;
+        .map_err(ReloadError::Runtime)?;
     Ok(rt.block_on(f))
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use super::HubError;
 use crate::config::Config;
+use crate::error::HubError;
 
 /// Loads or creates the admin token: config first, else a 0600 file in the
 /// state directory (generated at first start; its path is logged, never the token).

@@ -1,7 +1,18 @@
 //! Admin messages: revocation, models created through the API, harness
 //! runs, a re-read config, shutdown.
 
-use super::*;
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::{persisted, Hub, ToSession};
+use crate::aggregation::AggregationSettings;
+use crate::config::Config;
+use crate::db::{ModelRow, NewHarnessRun};
+use crate::hub::metrics::HubEvent;
+use crate::hub::persister;
+use crate::hub::state::{self, ModelState, NormState};
+use crate::hub::version_metrics::VersionMetrics;
+use crate::protocol::{ErrorCode, ModelLayout, Refusal};
 
 /// Revokes a trainer (closing its connection) or reinstates it.
 #[derive(Message)]

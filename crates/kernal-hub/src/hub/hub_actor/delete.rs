@@ -4,8 +4,14 @@
 //! evaluations and blob files in one transaction and records the deletion
 //! (`model_deletions`), and the event feed says so (`model_deleted`).
 
-use super::*;
+use actix::prelude::*;
+
+use super::core::{Hub, ToSession};
 use crate::db::ModelDeletion;
+use crate::error::DbError;
+use crate::hub::metrics::HubEvent;
+use crate::hub::persister;
+use crate::protocol::{ErrorCode, Refusal};
 
 #[derive(Message)]
 #[rtype(result = "Result<ModelDeletion, Refusal>")]

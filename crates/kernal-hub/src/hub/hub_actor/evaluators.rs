@@ -5,19 +5,19 @@
 //! reports become the version's hub evaluation when the hub has none of
 //! its own for it (see `db::record_evaluator_report`).
 
-use super::*;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::{persisted, EvaluatorEntry, Hub, ToSession};
+use super::join::Welcome;
 use crate::hub::evaluator_tokens::EvaluatorFigures;
+use crate::hub::metrics::HubEvent;
+use crate::hub::outbox::Outbox;
+use crate::hub::persister;
 use crate::protocol::EvaluatorReport;
-
-/// A connected evaluator.
-pub(super) struct EvaluatorEntry {
-    session_id: String,
-    addr: Recipient<ToSession>,
-    outbox: Arc<Outbox>,
-}
-
-/// Connected evaluators by (model, name).
-pub(super) type Evaluators = HashMap<(String, String), EvaluatorEntry>;
+use crate::protocol::{ErrorCode, Refusal};
 
 impl Hub {
     /// Queues a new version for the model's evaluators (after the

@@ -1,7 +1,19 @@
 //! Trainers joining (hello, then join once the token is checked off the
 //! actor) and leaving.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::{Hub, SessionEntry, ToSession};
+use crate::db::TrainerRow;
+use crate::hub::metrics::HubEvent;
+use crate::hub::outbox::Outbox;
+use crate::hub::persister;
+use crate::hub::state::{self, Admission, NormState, TrainerInfo};
+use crate::protocol::{ErrorCode, ModelLayout, Normalisation, Refusal};
 
 /// First step of a hello: may this name join, and how is it checked?
 #[derive(Message)]

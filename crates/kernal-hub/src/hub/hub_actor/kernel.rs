@@ -3,7 +3,10 @@
 //! the commit, like an evaluation set: the figures land in the version's
 //! `metrics.eval` and in the model's last metrics.
 
-use super::*;
+use actix::prelude::*;
+
+use super::core::Hub;
+use crate::hub::persister;
 
 impl Hub {
     /// Evaluates the model's current version on a blocking thread. One

@@ -1,7 +1,19 @@
 //! Federated normalisation (pooled statistics, the freeze) and evaluation
 //! (trainers' reports, the hub's own on an evaluation set).
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::{persisted, Hub};
+use crate::data::Dataset;
+use crate::hub::metrics::HubEvent;
+use crate::hub::persister;
+use crate::hub::state::{self, NormState};
+use crate::hub::version_metrics::EvalFigures;
+use crate::protocol::{ErrorCode, FeatureStats, Normalisation, Refusal, ServerMessage};
 
 impl Hub {
     /// Fixes a pooling model's normalisation from the pooled statistics (no

@@ -6,7 +6,14 @@
 //! Refusals are rare, so this costs one indexed lookup only there; accepted
 //! updates find duplicates in their insert as before.
 
-use super::*;
+use actix::prelude::*;
+
+use super::core::Hub;
+use super::updates::AckInfo;
+use crate::db::InsertOutcome;
+use crate::hub::metrics::HubEvent;
+use crate::hub::persister::{self, UpdateRecord};
+use crate::protocol::{ErrorCode, Refusal};
 
 impl Hub {
     /// Records `rec` as refused with `code` and answers the refusal, or, when

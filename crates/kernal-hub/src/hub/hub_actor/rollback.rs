@@ -1,30 +1,22 @@
 //! Rolling a model back to a kept checkpoint, as a new version.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::Hub;
 use super::fold::read_payload;
-use super::*;
-
-/// Makes an earlier kept checkpoint the model's current weights, as a new
-/// version (its parent is the version it replaces; the metrics name the
-/// version it restores). The server optimizer starts over, and pending
-/// updates trained from a version after the restored one are refused
-/// (`rolled_back`): they were computed from the weights being discarded.
-#[derive(Message)]
-#[rtype(result = "Result<RolledBack, Refusal>")]
-pub struct Rollback {
-    pub model: String,
-    pub to_version: u64,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RolledBack {
-    pub model: String,
-    /// The new current version.
-    pub version: u64,
-    /// The version whose weights it holds.
-    pub restored: u64,
-    /// Pending updates refused because they were trained after `restored`.
-    pub refused_updates: usize,
-}
+use super::rollback_message::{Rollback, RolledBack};
+use crate::data::Dataset;
+use crate::db::{BlobStore, DbPool};
+use crate::hub::metrics::HubEvent;
+use crate::hub::persister;
+use crate::hub::state::{self, Accumulator, Buffered, FoldInput, Vote};
+use crate::hub::version_metrics::{RollbackFigures, VersionMetrics};
+use crate::model::Evaluation;
+use crate::protocol::{ErrorCode, ModelLayout, Normalisation, Refusal};
 
 impl Handler<Rollback> for Hub {
     type Result = ResponseActFuture<Self, Result<RolledBack, Refusal>>;

@@ -1,6 +1,15 @@
 //! What `GET /v1/models` and `/v1/status` report of the live hub.
 
-use super::*;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use super::core::{Hub, TrainerLive};
+use crate::aggregation::AggregationSettings;
+use crate::hub::state::Waiting;
+use crate::protocol::TensorSpec;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelStatus {

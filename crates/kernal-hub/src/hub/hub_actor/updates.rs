@@ -1,6 +1,16 @@
 //! Updates and evaluations from sessions, and refusals the sessions made.
 
-use super::*;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::Hub;
+use crate::db::{EvalRow, InsertOutcome};
+use crate::hub::metrics::HubEvent;
+use crate::hub::persister::{self, UpdateRecord};
+use crate::hub::state::Arrival;
+use crate::protocol::{ErrorCode, Refusal};
 
 /// A decoded, shape-checked update from a session.
 #[derive(Message)]

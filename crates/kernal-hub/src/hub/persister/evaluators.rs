@@ -2,8 +2,12 @@
 //! and storing a report in its version's metrics. Credentials are written
 //! here, by the one writer, like trainers' registrations.
 
-use super::*;
+use actix::prelude::*;
+
+use super::core::Persister;
+use crate::db;
 use crate::db::EvaluatorView;
+use crate::error::DbError;
 
 /// Stores a new evaluator (its token already hashed). `None`: the name is
 /// taken for this model.

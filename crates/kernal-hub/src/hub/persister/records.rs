@@ -2,7 +2,16 @@
 //! models and their deletion, trainers and sessions, evaluations, harness
 //! runs, normalisation and evaluation sets. Each is one short transaction.
 
-use super::*;
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::core::Persister;
+use crate::db;
+use crate::db::EvalRow;
+use crate::db::ModelRow;
+use crate::db::NewHarnessRun;
+use crate::db::TrainerRow;
+use crate::error::DbError;
 
 #[derive(Message)]
 #[rtype(result = "Result<(), DbError>")]
