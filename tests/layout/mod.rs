@@ -208,6 +208,10 @@ fn inline_paths(code: &str) -> Vec<String> {
             let len = code[at..]
                 .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
                 .unwrap_or(code.len() - at);
+            if code[at + len..].starts_with('{') {
+                // `use super::{a, b}`: the use tree, read whole by `uses`.
+                continue;
+            }
             out.push(code[at..at + len].trim_end_matches(':').to_string());
         }
     }
@@ -456,6 +460,9 @@ fn the_reader_sees_uses_reexports_and_cycles() {
     assert!(g.edges[&vec!["hub".to_string(), "a".to_string()]]
         .contains(&vec!["hub".to_string(), "b".to_string()]));
     assert!(g.cycles().is_empty());
+    // A braced import from the parent names the items, not the parent.
+    std::fs::write(src.join("hub/a.rs"), "use super::{B};\npub struct A;\n").unwrap();
+    assert!(Graph::of_crate(src).cycles().is_empty());
     // b importing what its parent defines while the parent imports b: a cycle.
     std::fs::write(
         src.join("hub/mod.rs"),
