@@ -6,68 +6,30 @@
 //! budget (steps x windows). Every model is then scored in bits per byte on
 //! each specialty's held-out code, on subsystems nobody trained on, and on
 //! the scenario's `eval_source` directories. Its own file so the harness's
-//! accuracy-scored runs (mod.rs) stay as they are.
+//! accuracy-scored runs (run.rs) stay as they are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kernel_baseline::{baselines, score_all, Baselines, ScoredModel};
+use super::args::HarnessArgs;
+use super::error::{run_err, HarnessError};
+use super::hub::{get_json, start_own_hub, wait_healthy};
+use super::keep;
+use super::kernel_baseline::{
+    baselines, score_all, texts_for, trainer_settings, Baselines, ScoredModel,
+};
 use super::kernel_report::criteria;
 pub use super::kernel_report::{render_table, KernelModelRow, KernelOutcome};
-use super::scenario::{Scenario, TrainerSpec};
-use super::{get_json, run_err, wait_healthy, HarnessArgs, HarnessError};
-use super::{Report, RunOutcome, TrainerRow};
-use kernal_core::data;
-use kernal_core::kernel::{checkpoint, corpus, KernelSpec, KernelTrainSettings};
+pub use super::kernel_training::KernelTraining;
+use super::record::{check_ledger, record_run};
+use super::report::{Report, RunOutcome, TrainerRow};
+use super::scenario::Scenario;
 use kernal_client::connection::{self, ClientOptions, Summary};
-use kernal_client::kernel::{KernelLearner, KernelTexts, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS};
-
-/// A kernel scenario's local training (`[kernel]`), per trainer and version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KernelTraining {
-    /// AdamW steps per version (`kernal trainer --steps`).
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    /// Windows of the model's context per step (`--batch-size`).
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// AdamW learning rate (`--lr`); a trainer's own `lr` wins.
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    /// Windows of the model's context scored per held-out set and model
-    /// (spread evenly over the set): bounds the scoring's cost.
-    #[serde(default = "default_eval_windows")]
-    pub eval_windows: usize,
-}
-
-fn default_steps() -> usize {
-    DEFAULT_STEPS
-}
-fn default_batch() -> usize {
-    DEFAULT_BATCH
-}
-fn default_lr() -> f64 {
-    DEFAULT_LR
-}
-fn default_eval_windows() -> usize {
-    1024
-}
-
-impl Default for KernelTraining {
-    fn default() -> Self {
-        KernelTraining {
-            steps: default_steps(),
-            batch: default_batch(),
-            lr: default_lr(),
-            eval_windows: default_eval_windows(),
-        }
-    }
-}
+use kernal_client::kernel::KernelLearner;
+use kernal_core::kernel::{checkpoint, corpus, KernelSpec};
 
 /// Whether the scenario trains the `kernel` language model (scored in bits
 /// per byte) rather than a classifier (scored in accuracy).
@@ -211,27 +173,6 @@ fn held_out_sets(
         sets.push((format!("eval_source:{}", given.display()), text));
     }
     Ok(sets)
-}
-
-/// A trainer's local settings: the scenario's, its own `lr`, a seed of its own.
-pub(super) fn trainer_settings(
-    k: &KernelTraining,
-    t: &TrainerSpec,
-    spec: KernelSpec,
-    seed: u64,
-) -> KernelTrainSettings {
-    KernelTrainSettings {
-        steps: k.steps,
-        batch: k.batch,
-        window: spec.context,
-        lr: t.lr.unwrap_or(k.lr),
-        weight_decay: 0.0,
-        seed: data::fnv1a(&t.name) ^ seed,
-    }
-}
-
-pub(super) fn texts_for(t: &TrainerSpec) -> Result<KernelTexts, HarnessError> {
-    KernelTexts::for_specialty(t.specialty.as_deref().unwrap_or("custom")).map_err(run_err)
 }
 
 /// What the collective run left: the final checkpoint and each trainer's
@@ -388,7 +329,7 @@ pub async fn run(
             (connection::http_url(u), args.admin_token.clone())
         }
         None => {
-            let h = super::start_own_hub(&sc, None)?;
+            let h = start_own_hub(&sc, None)?;
             let (u, t) = (h.url(), h.token.clone());
             own = Some(h);
             (u, Some(t))
@@ -412,8 +353,7 @@ pub async fn run(
             }));
         }
     };
-    let ledger_problems =
-        super::check_ledger(&http, &hub_url, &sc.hub.model, &coll.done, &sc).await?;
+    let ledger_problems = check_ledger(&http, &hub_url, &sc.hub.model, &coll.done, &sc).await?;
     let (spec, _) = checkpoint::load(&coll.bytes).map_err(run_err)?;
 
     // The baselines, then every model on every held-out set.
@@ -460,7 +400,7 @@ pub async fn run(
                         .map_err(run_err)
                 }))
                 .collect::<Result<_, HarnessError>>()?;
-        kept = super::keep::write_all(dir, &files)?;
+        kept = keep::write_all(dir, &files)?;
     }
 
     let rows: Vec<KernelModelRow> = models.into_iter().map(|m| m.row).collect();
@@ -546,7 +486,7 @@ pub async fn run(
         recorded_run_id: None,
         notes,
     };
-    super::record_run(&http, &hub_url, token.as_deref(), &mut report).await;
+    record_run(&http, &hub_url, token.as_deref(), &mut report).await;
     if let Some(mut h) = own {
         h.stop();
     }

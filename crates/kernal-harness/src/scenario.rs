@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
+use super::kernel_training::KernelTraining;
 use kernal_client::connection::{Behaviour, Compression};
+use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
 /// from any directory. A file in `config/scenarios/` of the working directory
@@ -17,7 +18,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "multi_spec",
         include_str!("../../../config/scenarios/multi_spec.toml"),
     ),
-    ("churn", include_str!("../../../config/scenarios/churn.toml")),
+    (
+        "churn",
+        include_str!("../../../config/scenarios/churn.toml"),
+    ),
     (
         "byzantine",
         include_str!("../../../config/scenarios/byzantine.toml"),
@@ -36,8 +40,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "penguins",
         include_str!("../../../config/scenarios/penguins.toml"),
     ),
-    ("crabs", include_str!("../../../config/scenarios/crabs.toml")),
-    ("kernel", include_str!("../../../config/scenarios/kernel.toml")),
+    (
+        "crabs",
+        include_str!("../../../config/scenarios/crabs.toml"),
+    ),
+    (
+        "kernel",
+        include_str!("../../../config/scenarios/kernel.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,7 +83,7 @@ pub struct Scenario {
     /// A kernel scenario's local training (`[kernel]`); `[hub] model =
     /// "kernel"` alone takes the trainer's defaults.
     #[serde(default)]
-    pub kernel: Option<super::kernel::KernelTraining>,
+    pub kernel: Option<KernelTraining>,
     /// Extra held-out source directories (or files) every model of a kernel
     /// scenario is scored on: relative to the scenario file, or absolute.
     #[serde(default)]
