@@ -26,7 +26,7 @@ pub use super::kernel_report::{render_table, KernelModelRow, KernelOutcome};
 pub use super::kernel_training::KernelTraining;
 use super::record::{check_ledger, record_run};
 use super::report::{Report, RunOutcome, TrainerRow};
-use super::scenario::Scenario;
+use super::scenario::{RuleError, Scenario};
 use kernal_client::connection::{self, ClientOptions, Summary};
 use kernal_client::kernel::KernelLearner;
 use kernal_core::kernel::{checkpoint, corpus, KernelSpec};
@@ -38,43 +38,60 @@ pub fn is_kernel(sc: &Scenario) -> bool {
 }
 
 /// The checks of a kernel scenario that the generic ones do not make.
-pub fn validate(sc: &Scenario) -> Result<(), String> {
+pub fn validate(sc: &Scenario) -> Result<(), RuleError> {
     if !is_kernel(sc) {
         if !sc.eval_source.is_empty() {
-            return Err("eval_source: only a kernel scenario is scored on source code".into());
+            return Err(RuleError::key(
+                "eval_source",
+                "only a kernel scenario is scored on source code",
+            ));
         }
         let p = &sc.pass;
         if p.max_bits_over_specialist.is_some()
             || p.min_bits_under_other_specialists.is_some()
             || p.max_unseen_bits_over_specialists.is_some()
         {
-            return Err("pass: the bits-per-byte criteria need a kernel scenario".into());
+            return Err(RuleError::key(
+                "pass",
+                "the bits-per-byte criteria need a kernel scenario",
+            ));
         }
         return Ok(());
     }
     let k = sc.kernel.clone().unwrap_or_default();
     if !(1..=100_000).contains(&k.steps) {
-        return Err(format!("kernel.steps: {} is not 1 to 100000", k.steps));
+        return Err(RuleError::key(
+            "kernel.steps",
+            format!("{} is not 1 to 100000", k.steps),
+        ));
     }
     if !(1..=4096).contains(&k.batch) {
-        return Err(format!("kernel.batch: {} is not 1 to 4096", k.batch));
+        return Err(RuleError::key(
+            "kernel.batch",
+            format!("{} is not 1 to 4096", k.batch),
+        ));
     }
     if !(k.lr.is_finite() && k.lr > 0.0 && k.lr <= 1.0) {
-        return Err(format!("kernel.lr: {} is not above 0 and at most 1", k.lr));
+        return Err(RuleError::key(
+            "kernel.lr",
+            format!("{} is not above 0 and at most 1", k.lr),
+        ));
     }
     if !(1..=1_000_000).contains(&k.eval_windows) {
-        return Err(format!(
-            "kernel.eval_windows: {} is not 1 to 1000000",
-            k.eval_windows
+        return Err(RuleError::key(
+            "kernel.eval_windows",
+            format!("{} is not 1 to 1000000", k.eval_windows),
         ));
     }
     if sc.dataset.is_some() || sc.restart.is_some() || sc.compare.is_some() {
-        return Err(
-            "a kernel scenario has no [dataset], [restart] or [compare] (its baselines are the specialists alone and the centralised run)".into(),
-        );
+        return Err(RuleError::Scenario(
+            "a kernel scenario has no [dataset], [restart] or [compare] (its baselines are the specialists alone and the centralised run)",
+        ));
     }
     if !sc.attacks.is_empty() || sc.random_churn {
-        return Err("a kernel scenario has no [[attacks]] and no random_churn".into());
+        return Err(RuleError::Scenario(
+            "a kernel scenario has no [[attacks]] and no random_churn",
+        ));
     }
     let p = &sc.pass;
     if p.min_accuracy.is_some()
@@ -82,7 +99,7 @@ pub fn validate(sc: &Scenario) -> Result<(), String> {
         || p.max_solo_accuracy.is_some()
         || p.min_gain_over_solo.is_some()
     {
-        return Err("pass: a kernel scenario is scored in bits per byte: use max_bits_over_specialist, min_bits_under_other_specialists, max_unseen_bits_over_specialists".into());
+        return Err(RuleError::key("pass", "a kernel scenario is scored in bits per byte: use max_bits_over_specialist, min_bits_under_other_specialists, max_unseen_bits_over_specialists"));
     }
     for (key, v) in [
         ("pass.max_bits_over_specialist", p.max_bits_over_specialist),
@@ -97,25 +114,31 @@ pub fn validate(sc: &Scenario) -> Result<(), String> {
     ] {
         if let Some(x) = v {
             if !(x.is_finite() && (-8.0..=8.0).contains(&x)) {
-                return Err(format!("{key}: {x} is not between -8 and 8 bits per byte"));
+                return Err(RuleError::key(
+                    key,
+                    format!("{x} is not between -8 and 8 bits per byte"),
+                ));
             }
         }
     }
     for (i, t) in sc.trainers.iter().enumerate() {
         if t.data.is_some() || t.attack.is_some() || t.claim_examples.is_some() {
-            return Err(format!(
-                "trainers[{i}]: a kernel trainer takes its code by `specialty` (no data, attack or claim_examples)"
+            return Err(RuleError::key(
+                format!("trainers[{i}]"),
+                "a kernel trainer takes its code by `specialty` (no data, attack or claim_examples)",
             ));
         }
         if t.join_at_version.is_some() || t.leave_at_version.is_some() {
-            return Err(format!(
-                "trainers[{i}]: kernel trainers train every version (no join or leave)"
+            return Err(RuleError::key(
+                format!("trainers[{i}]"),
+                "kernel trainers train every version (no join or leave)",
             ));
         }
         if let Some(lr) = t.lr {
             if !(lr.is_finite() && lr > 0.0 && lr <= 1.0) {
-                return Err(format!(
-                    "trainers[{i}].lr: {lr} is not above 0 and at most 1"
+                return Err(RuleError::key(
+                    format!("trainers[{i}].lr"),
+                    format!("{lr} is not above 0 and at most 1"),
                 ));
             }
         }
