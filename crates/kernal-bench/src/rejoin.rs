@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use super::{connect, err, percentile, BenchError, FrameIn, In, Reply, Upgrade, Wire};
+use super::connect::{connect, Upgrade};
+use super::error::{err, BenchError};
+use super::frames::{FrameIn, In, Reply};
+use super::measure::percentile;
+use super::wire::Wire;
 use kernal_hub::hub::child::ChildHub;
 
 /// Trainer `i`'s hello with its token.

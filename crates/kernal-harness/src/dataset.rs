@@ -2,7 +2,18 @@
 //! trainers' shards, the hub model and evaluation set made for it, the hub's
 //! score, and the centralised baseline trained on the union of the shards.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::error::{run_err, HarnessError};
+use super::hub::get_json;
+use super::scenario::{DatasetSpec, Scenario, TrainerSpec};
+use kernal_core::data;
+use kernal_core::model::{MlpSpec, TrainSettings};
+use kernal_core::protocol::ModelLayout;
+use kernal_hub::aggregation::AggregationOverrides;
 
 /// A `[dataset]` scenario's data: raw features, split once.
 pub struct Prepared {
@@ -12,8 +23,8 @@ pub struct Prepared {
 
 /// Loads and splits a scenario's data set (shipped by name, or a CSV path
 /// relative to the scenario file).
-pub(super) fn prepare_dataset(
-    d: &scenario::DatasetSpec,
+pub(crate) fn prepare_dataset(
+    d: &DatasetSpec,
     scenario_path: Option<&std::path::Path>,
 ) -> Result<Prepared, HarnessError> {
     let text = match data::BUILTIN_CSV.iter().find(|(n, _)| *n == d.csv) {
@@ -49,7 +60,7 @@ pub(super) fn prepare_dataset(
 }
 
 /// The rows a trainer holds: its classes, then its part of them.
-pub(super) fn shard(ds: &data::Dataset, t: &scenario::TrainerSpec) -> data::Dataset {
+pub(crate) fn shard(ds: &data::Dataset, t: &TrainerSpec) -> data::Dataset {
     let d = match &t.classes {
         Some(c) => ds.with_classes(c),
         None => ds.clone(),
@@ -65,15 +76,16 @@ pub(super) fn shard(ds: &data::Dataset, t: &scenario::TrainerSpec) -> data::Data
 
 /// Creates a `[dataset]` scenario's model if the hub lacks it and attaches
 /// the held-out rows as its evaluation set.
-pub(super) async fn ensure_dataset_model(
+pub(crate) async fn ensure_dataset_model(
     http: &reqwest::Client,
     hub_url: &str,
     model: &str,
-    d: &scenario::DatasetSpec,
-    ctx: &RunCtx<'_>,
+    d: &DatasetSpec,
+    admin_token: Option<&str>,
+    aggregation: &AggregationOverrides,
     p: &Prepared,
 ) -> Result<(), HarnessError> {
-    let token = ctx.admin_token.ok_or_else(|| {
+    let token = admin_token.ok_or_else(|| {
         HarnessError::Run(
             "a [dataset] scenario creates its model and evaluation set: give --admin-token".into(),
         )
@@ -89,7 +101,7 @@ pub(super) async fn ensure_dataset_model(
         let body = json!({
             "name": model, "inputs": p.spec.inputs, "hidden": p.spec.hidden,
             "classes": p.spec.classes, "normalisation": d.normalisation,
-            "aggregation": ctx.aggregation,
+            "aggregation": aggregation,
         });
         let r = http
             .post(format!("{hub_url}/v1/models"))
@@ -129,7 +141,7 @@ pub(super) async fn ensure_dataset_model(
 
 /// The hub's evaluation of `version` on the model's evaluation set (it is
 /// computed after the version is committed, so it may take a moment).
-pub(super) async fn hub_evaluation(
+pub(crate) async fn hub_evaluation(
     http: &reqwest::Client,
     hub_url: &str,
     model: &str,
@@ -160,7 +172,7 @@ pub(super) async fn hub_evaluation(
 /// rows, inputs scaled with the union's statistics, trained for as many
 /// epochs as each trainer ran in the collective run and at least as many
 /// steps (`min_steps` per round).
-pub(super) fn centralised_accuracy(
+pub(crate) fn centralised_accuracy(
     p: &Prepared,
     sc: &Scenario,
     rounds: u64,

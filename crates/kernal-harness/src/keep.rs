@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::HarnessError;
+use super::error::HarnessError;
 
 /// Writes each `(stem, bytes)` as `DIR/<stem>.safetensors` (creating DIR)
 /// and returns the paths written. A stem is a file name of its own (trainer

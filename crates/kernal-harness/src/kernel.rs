@@ -6,68 +6,30 @@
 //! budget (steps x windows). Every model is then scored in bits per byte on
 //! each specialty's held-out code, on subsystems nobody trained on, and on
 //! the scenario's `eval_source` directories. Its own file so the harness's
-//! accuracy-scored runs (mod.rs) stay as they are.
+//! accuracy-scored runs (run.rs) stay as they are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kernel_baseline::{baselines, score_all, Baselines, ScoredModel};
+use super::args::HarnessArgs;
+use super::error::{run_err, HarnessError};
+use super::hub::{get_json, start_own_hub, wait_healthy};
+use super::keep;
+use super::kernel_baseline::{
+    baselines, score_all, texts_for, trainer_settings, Baselines, ScoredModel,
+};
 use super::kernel_report::criteria;
 pub use super::kernel_report::{render_table, KernelModelRow, KernelOutcome};
-use super::scenario::{Scenario, TrainerSpec};
-use super::{get_json, run_err, wait_healthy, HarnessArgs, HarnessError};
-use super::{Report, RunOutcome, TrainerRow};
+pub use super::kernel_training::KernelTraining;
+use super::record::{check_ledger, record_run};
+use super::report::{Report, RunOutcome, TrainerRow};
+use super::scenario::{RuleError, Scenario};
 use kernal_client::connection::{self, ClientOptions, Summary};
-use kernal_client::kernel::{KernelLearner, KernelTexts, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS};
-use kernal_core::data;
-use kernal_core::kernel::{checkpoint, corpus, KernelSpec, KernelTrainSettings};
-
-/// A kernel scenario's local training (`[kernel]`), per trainer and version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KernelTraining {
-    /// AdamW steps per version (`kernal trainer --steps`).
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    /// Windows of the model's context per step (`--batch-size`).
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// AdamW learning rate (`--lr`); a trainer's own `lr` wins.
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    /// Windows of the model's context scored per held-out set and model
-    /// (spread evenly over the set): bounds the scoring's cost.
-    #[serde(default = "default_eval_windows")]
-    pub eval_windows: usize,
-}
-
-fn default_steps() -> usize {
-    DEFAULT_STEPS
-}
-fn default_batch() -> usize {
-    DEFAULT_BATCH
-}
-fn default_lr() -> f64 {
-    DEFAULT_LR
-}
-fn default_eval_windows() -> usize {
-    1024
-}
-
-impl Default for KernelTraining {
-    fn default() -> Self {
-        KernelTraining {
-            steps: default_steps(),
-            batch: default_batch(),
-            lr: default_lr(),
-            eval_windows: default_eval_windows(),
-        }
-    }
-}
+use kernal_client::kernel::KernelLearner;
+use kernal_core::kernel::{checkpoint, corpus, KernelSpec};
 
 /// Whether the scenario trains the `kernel` language model (scored in bits
 /// per byte) rather than a classifier (scored in accuracy).
@@ -76,43 +38,60 @@ pub fn is_kernel(sc: &Scenario) -> bool {
 }
 
 /// The checks of a kernel scenario that the generic ones do not make.
-pub fn validate(sc: &Scenario) -> Result<(), String> {
+pub fn validate(sc: &Scenario) -> Result<(), RuleError> {
     if !is_kernel(sc) {
         if !sc.eval_source.is_empty() {
-            return Err("eval_source: only a kernel scenario is scored on source code".into());
+            return Err(RuleError::key(
+                "eval_source",
+                "only a kernel scenario is scored on source code",
+            ));
         }
         let p = &sc.pass;
         if p.max_bits_over_specialist.is_some()
             || p.min_bits_under_other_specialists.is_some()
             || p.max_unseen_bits_over_specialists.is_some()
         {
-            return Err("pass: the bits-per-byte criteria need a kernel scenario".into());
+            return Err(RuleError::key(
+                "pass",
+                "the bits-per-byte criteria need a kernel scenario",
+            ));
         }
         return Ok(());
     }
     let k = sc.kernel.clone().unwrap_or_default();
     if !(1..=100_000).contains(&k.steps) {
-        return Err(format!("kernel.steps: {} is not 1 to 100000", k.steps));
+        return Err(RuleError::key(
+            "kernel.steps",
+            format!("{} is not 1 to 100000", k.steps),
+        ));
     }
     if !(1..=4096).contains(&k.batch) {
-        return Err(format!("kernel.batch: {} is not 1 to 4096", k.batch));
+        return Err(RuleError::key(
+            "kernel.batch",
+            format!("{} is not 1 to 4096", k.batch),
+        ));
     }
     if !(k.lr.is_finite() && k.lr > 0.0 && k.lr <= 1.0) {
-        return Err(format!("kernel.lr: {} is not above 0 and at most 1", k.lr));
+        return Err(RuleError::key(
+            "kernel.lr",
+            format!("{} is not above 0 and at most 1", k.lr),
+        ));
     }
     if !(1..=1_000_000).contains(&k.eval_windows) {
-        return Err(format!(
-            "kernel.eval_windows: {} is not 1 to 1000000",
-            k.eval_windows
+        return Err(RuleError::key(
+            "kernel.eval_windows",
+            format!("{} is not 1 to 1000000", k.eval_windows),
         ));
     }
     if sc.dataset.is_some() || sc.restart.is_some() || sc.compare.is_some() {
-        return Err(
-            "a kernel scenario has no [dataset], [restart] or [compare] (its baselines are the specialists alone and the centralised run)".into(),
-        );
+        return Err(RuleError::Scenario(
+            "a kernel scenario has no [dataset], [restart] or [compare] (its baselines are the specialists alone and the centralised run)",
+        ));
     }
     if !sc.attacks.is_empty() || sc.random_churn {
-        return Err("a kernel scenario has no [[attacks]] and no random_churn".into());
+        return Err(RuleError::Scenario(
+            "a kernel scenario has no [[attacks]] and no random_churn",
+        ));
     }
     let p = &sc.pass;
     if p.min_accuracy.is_some()
@@ -120,7 +99,7 @@ pub fn validate(sc: &Scenario) -> Result<(), String> {
         || p.max_solo_accuracy.is_some()
         || p.min_gain_over_solo.is_some()
     {
-        return Err("pass: a kernel scenario is scored in bits per byte: use max_bits_over_specialist, min_bits_under_other_specialists, max_unseen_bits_over_specialists".into());
+        return Err(RuleError::key("pass", "a kernel scenario is scored in bits per byte: use max_bits_over_specialist, min_bits_under_other_specialists, max_unseen_bits_over_specialists"));
     }
     for (key, v) in [
         ("pass.max_bits_over_specialist", p.max_bits_over_specialist),
@@ -135,25 +114,31 @@ pub fn validate(sc: &Scenario) -> Result<(), String> {
     ] {
         if let Some(x) = v {
             if !(x.is_finite() && (-8.0..=8.0).contains(&x)) {
-                return Err(format!("{key}: {x} is not between -8 and 8 bits per byte"));
+                return Err(RuleError::key(
+                    key,
+                    format!("{x} is not between -8 and 8 bits per byte"),
+                ));
             }
         }
     }
     for (i, t) in sc.trainers.iter().enumerate() {
         if t.data.is_some() || t.attack.is_some() || t.claim_examples.is_some() {
-            return Err(format!(
-                "trainers[{i}]: a kernel trainer takes its code by `specialty` (no data, attack or claim_examples)"
+            return Err(RuleError::key(
+                format!("trainers[{i}]"),
+                "a kernel trainer takes its code by `specialty` (no data, attack or claim_examples)",
             ));
         }
         if t.join_at_version.is_some() || t.leave_at_version.is_some() {
-            return Err(format!(
-                "trainers[{i}]: kernel trainers train every version (no join or leave)"
+            return Err(RuleError::key(
+                format!("trainers[{i}]"),
+                "kernel trainers train every version (no join or leave)",
             ));
         }
         if let Some(lr) = t.lr {
             if !(lr.is_finite() && lr > 0.0 && lr <= 1.0) {
-                return Err(format!(
-                    "trainers[{i}].lr: {lr} is not above 0 and at most 1"
+                return Err(RuleError::key(
+                    format!("trainers[{i}].lr"),
+                    format!("{lr} is not above 0 and at most 1"),
                 ));
             }
         }
@@ -211,27 +196,6 @@ fn held_out_sets(
         sets.push((format!("eval_source:{}", given.display()), text));
     }
     Ok(sets)
-}
-
-/// A trainer's local settings: the scenario's, its own `lr`, a seed of its own.
-pub(super) fn trainer_settings(
-    k: &KernelTraining,
-    t: &TrainerSpec,
-    spec: KernelSpec,
-    seed: u64,
-) -> KernelTrainSettings {
-    KernelTrainSettings {
-        steps: k.steps,
-        batch: k.batch,
-        window: spec.context,
-        lr: t.lr.unwrap_or(k.lr),
-        weight_decay: 0.0,
-        seed: data::fnv1a(&t.name) ^ seed,
-    }
-}
-
-pub(super) fn texts_for(t: &TrainerSpec) -> Result<KernelTexts, HarnessError> {
-    KernelTexts::for_specialty(t.specialty.as_deref().unwrap_or("custom")).map_err(run_err)
 }
 
 /// What the collective run left: the final checkpoint and each trainer's
@@ -388,7 +352,7 @@ pub async fn run(
             (connection::http_url(u), args.admin_token.clone())
         }
         None => {
-            let h = super::start_own_hub(&sc, None)?;
+            let h = start_own_hub(&sc, None)?;
             let (u, t) = (h.url(), h.token.clone());
             own = Some(h);
             (u, Some(t))
@@ -412,8 +376,7 @@ pub async fn run(
             }));
         }
     };
-    let ledger_problems =
-        super::check_ledger(&http, &hub_url, &sc.hub.model, &coll.done, &sc).await?;
+    let ledger_problems = check_ledger(&http, &hub_url, &sc.hub.model, &coll.done, &sc).await?;
     let (spec, _) = checkpoint::load(&coll.bytes).map_err(run_err)?;
 
     // The baselines, then every model on every held-out set.
@@ -460,7 +423,7 @@ pub async fn run(
                         .map_err(run_err)
                 }))
                 .collect::<Result<_, HarnessError>>()?;
-        kept = super::keep::write_all(dir, &files)?;
+        kept = keep::write_all(dir, &files)?;
     }
 
     let rows: Vec<KernelModelRow> = models.into_iter().map(|m| m.row).collect();
@@ -546,7 +509,7 @@ pub async fn run(
         recorded_run_id: None,
         notes,
     };
-    super::record_run(&http, &hub_url, token.as_deref(), &mut report).await;
+    record_run(&http, &hub_url, token.as_deref(), &mut report).await;
     if let Some(mut h) = own {
         h.stop();
     }

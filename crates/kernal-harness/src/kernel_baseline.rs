@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use super::kernel::{texts_for, trainer_settings, KernelModelRow, KernelTraining};
-use super::scenario::Scenario;
-use super::{run_err, HarnessError};
-use kernal_client::kernel::KernelLearner;
+use super::error::{run_err, HarnessError};
+use super::kernel_report::KernelModelRow;
+use super::kernel_training::KernelTraining;
+use super::scenario::{Scenario, TrainerSpec};
+use kernal_client::kernel::{KernelLearner, KernelTexts};
 use kernal_client::Learner;
+use kernal_core::data;
 use kernal_core::kernel::{KernelSpec, KernelTrainSettings};
 
 /// Each held-out set's name and the bytes each model predicted on it.
@@ -30,6 +32,27 @@ pub struct ScoredModel {
 /// centralised one.
 pub struct Baselines {
     pub models: Vec<ScoredModel>,
+}
+
+/// A trainer's local settings: the scenario's, its own `lr`, a seed of its own.
+pub(crate) fn trainer_settings(
+    k: &KernelTraining,
+    t: &TrainerSpec,
+    spec: KernelSpec,
+    seed: u64,
+) -> KernelTrainSettings {
+    KernelTrainSettings {
+        steps: k.steps,
+        batch: k.batch,
+        window: spec.context,
+        lr: t.lr.unwrap_or(k.lr),
+        weight_decay: 0.0,
+        seed: data::fnv1a(&t.name) ^ seed,
+    }
+}
+
+pub(crate) fn texts_for(t: &TrainerSpec) -> Result<KernelTexts, HarnessError> {
+    KernelTexts::for_specialty(t.specialty.as_deref().unwrap_or("custom")).map_err(run_err)
 }
 
 /// The hub's initial weights of the built-in kernel model: seed 42, as

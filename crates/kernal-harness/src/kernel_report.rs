@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::criterion::{crit, Criterion};
 use super::scenario::Scenario;
-use super::{crit, Criterion};
 use kernal_core::kernel::corpus;
 
 /// One model's bits per byte on each held-out set.

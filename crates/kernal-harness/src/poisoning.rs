@@ -5,31 +5,15 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::report::Criterion;
+use super::criterion::{crit, Criterion};
+use super::error::HarnessError;
+use super::flood::{self, Flood};
+use super::hub::start_own_hub;
+/// Kept here too: it was this module's before the report took it.
+pub use super::report::AttackOutcome;
+use super::run_once::{run_once, RunCtx};
 use super::scenario::{AttackCase, Scenario};
-use super::{crit, run_once, start_own_hub, HarnessError, RunCtx};
 use kernal_hub::aggregation::AggregationOverrides;
-
-/// One attack, measured.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AttackOutcome {
-    pub name: String,
-    pub description: String,
-    /// The strategy the case ran with.
-    pub strategy: String,
-    /// The collective's accuracy without the attackers, same settings.
-    pub honest_accuracy: f64,
-    /// ...and with them.
-    pub attacked_accuracy: f64,
-    /// Honest minus attacked.
-    pub cost: f64,
-    pub final_version: u64,
-    /// What the attackers' updates met (codes of refusals), and how many
-    /// updates a flooding member sent.
-    pub attacker_refusals: Vec<String>,
-}
 
 /// Runs every attack case of `sc` (and the honest runs they are measured
 /// against; `main` is the honest run of the scenario's own settings).
@@ -106,7 +90,7 @@ async fn run_case(
         .iter()
         .map(|a| {
             let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let f = super::flood::Flood {
+            let f = Flood {
                 sent: sent.clone(),
                 name: a.name.clone(),
                 specialty: a.specialty.clone().unwrap_or_else(|| "networking".into()),
@@ -116,7 +100,7 @@ async fn run_case(
                 claim: a.claim_examples.unwrap_or(1),
             };
             let url = url.clone();
-            let task = tokio::spawn(async move { super::flood::run(&url, f).await });
+            let task = tokio::spawn(async move { flood::run(&url, f).await });
             (a.name.clone(), sent, task)
         })
         .collect();

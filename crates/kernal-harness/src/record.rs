@@ -6,8 +6,10 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use super::error::HarnessError;
+use super::hub::get_json;
+use super::report::Report;
 use super::scenario::Scenario;
-use super::{get_json, HarnessError, Report};
 use kernal_client::connection::Summary;
 
 /// Every acknowledged update must be in the ledger, once, and no update may

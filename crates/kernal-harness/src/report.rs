@@ -3,20 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::criterion::Criterion;
+use super::kernel_report::{render_table, KernelOutcome};
 use kernal_client::connection::Behaviour;
-
-/// One pass/fail check with its figure and bound.
-#[derive(Debug, Clone, Serialize)]
-pub struct Criterion {
-    pub name: String,
-    pub passed: bool,
-    pub value: Option<f64>,
-    pub bound: Option<f64>,
-    pub message: String,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainerRow {
@@ -54,6 +46,25 @@ pub struct RunOutcome {
     pub checkpoint: Vec<u8>,
 }
 
+/// One attack, measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttackOutcome {
+    pub name: String,
+    pub description: String,
+    /// The strategy the case ran with.
+    pub strategy: String,
+    /// The collective's accuracy without the attackers, same settings.
+    pub honest_accuracy: f64,
+    /// ...and with them.
+    pub attacked_accuracy: f64,
+    /// Honest minus attacked.
+    pub cost: f64,
+    pub final_version: u64,
+    /// What the attackers' updates met (codes of refusals), and how many
+    /// updates a flooding member sent.
+    pub attacker_refusals: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -70,10 +81,10 @@ pub struct Report {
     pub compare: Option<RunOutcome>,
     /// Attack cases (`[[attacks]]`), each against its honest run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attacks: Vec<super::poisoning::AttackOutcome>,
+    pub attacks: Vec<AttackOutcome>,
     /// A kernel scenario's figures in bits per byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<super::kernel::KernelOutcome>,
+    pub kernel: Option<KernelOutcome>,
     pub recorded_run_id: Option<i64>,
     pub notes: Vec<String>,
 }
@@ -104,7 +115,7 @@ pub fn render(report: &Report) -> String {
                 t.name, t.specialty, t.versions_trained, t.sent, t.acknowledged, t.refused
             );
         }
-        o.push_str(&super::kernel::render_table(k));
+        o.push_str(&render_table(k));
     } else {
         let _ = writeln!(
             o,

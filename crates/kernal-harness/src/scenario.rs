@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::kernel_training::KernelTraining;
 use kernal_client::connection::{Behaviour, Compression};
 use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 
@@ -82,7 +83,7 @@ pub struct Scenario {
     /// A kernel scenario's local training (`[kernel]`); `[hub] model =
     /// "kernel"` alone takes the trainer's defaults.
     #[serde(default)]
-    pub kernel: Option<super::kernel::KernelTraining>,
+    pub kernel: Option<KernelTraining>,
     /// Extra held-out source directories (or files) every model of a kernel
     /// scenario is scored on: relative to the scenario file, or absolute.
     #[serde(default)]
@@ -408,6 +409,33 @@ impl<'de> Deserialize<'de> for CompareSpec {
     }
 }
 
+/// Why a scenario breaks a rule beyond its shape (checked at load, so a bad
+/// file is refused before any hub starts): the key at fault and what is
+/// wrong with its value, or a rule about the scenario as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{key}: {problem}")]
+    Key { key: String, problem: String },
+    /// An aggregation setting of `[hub]` or `[compare]`, as the hub's own
+    /// check names it.
+    #[error("{section}.{problem}")]
+    Aggregation {
+        section: &'static str,
+        problem: String,
+    },
+    #[error("{0}")]
+    Scenario(&'static str),
+}
+
+impl RuleError {
+    pub(crate) fn key(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        RuleError::Key {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
 pub struct ScenarioError {
@@ -421,9 +449,9 @@ impl Scenario {
             file: file.to_string(),
             message: e.to_string().trim().replace('\n', " | "),
         })?;
-        s.validate().map_err(|message| ScenarioError {
+        s.validate().map_err(|e| ScenarioError {
             file: file.to_string(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(s)
     }
@@ -529,5 +557,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pass.min_accuracy"), "{e}");
+    }
+
+    #[test]
+    fn rule_messages_name_the_key_as_before() {
+        let base = "[stop]\nversions = 5\n[[trainers]]\nname = \"a\"\nspecialty = \"graphics\"\n";
+        let msg = |extra: &str| match Scenario::parse(&format!("{base}{extra}"), "x.toml") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            msg("[training]\nlr = 0.0\n"),
+            "x.toml: training.lr: must be a positive number"
+        );
+        assert_eq!(
+            msg("[kernel]\nsteps = 0\n"),
+            "x.toml: kernel.steps: 0 is not 1 to 100000"
+        );
+        assert_eq!(
+            Scenario::parse(
+                &format!("random_churn = true\n{base}[hub]\nmodel = \"kernel\"\n"),
+                "x.toml"
+            )
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string()),
+            "x.toml: a kernel scenario has no [[attacks]] and no random_churn"
+        );
+        assert_eq!(
+            msg("part = [3, 2]\n"),
+            "x.toml: trainers[0]: `classes` and `part` only with a [dataset]"
+        );
     }
 }
