@@ -6,7 +6,9 @@
 //! as it arrives. The others fold a buffer of decoded deltas at once.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kernal_hub::aggregation::{aggregate, AggregationSettings, Contribution, ServerState, Strategy};
+use kernal_hub::aggregation::{
+    aggregate, AggregationSettings, Contribution, ServerState, Strategy,
+};
 use kernal_hub::protocol::ModelLayout;
 
 fn settings(strategy: Strategy) -> AggregationSettings {
