@@ -934,7 +934,7 @@ async fn a_storage_failure_shows_in_health_and_metrics_and_recovers() {
         let id = format!("u{i}");
         t.send_update(&id, 0, 1, digits_delta(0.0)).await;
         let e = t.outcome(&id).await;
-        assert_eq!(e["code"], "internal", "{e}");
+        assert_eq!(e["code"], "storage_unavailable", "{e}");
         assert!(e["message"].as_str().unwrap().contains("I/O"), "{e}");
     }
     let r = reqwest::get(format!("{url}/healthz")).await.unwrap();

@@ -47,7 +47,7 @@ async fn healthz_reports_storage_trouble_while_updates_are_refused_for_storage()
         }
     }
     let refused = refused.expect("the capped database refuses an update");
-    assert_eq!(refused["code"], "internal", "{refused}");
+    assert_eq!(refused["code"], "storage_full", "{refused}");
     assert!(
         refused["message"].as_str().unwrap().contains("full"),
         "{refused}"

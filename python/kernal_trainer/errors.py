@@ -61,6 +61,8 @@ ACTIONS: Dict[str, str] = {
     "too_many_handshakes": RECONNECT,
     "replaced": GIVE_UP,
     "shutting_down": RESEND,
+    "storage_full": RESEND,
+    "storage_unavailable": RESEND,
     "internal": RESEND,
     "model_deleted": GIVE_UP,
     "not_trainer": DROP_UPDATE,

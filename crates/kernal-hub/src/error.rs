@@ -41,8 +41,70 @@ pub enum DbError {
     /// data may be fine, the hub cannot reach it.
     #[error("storage I/O error: {0}")]
     Io(String),
+    /// As `Io`, on a disk (or quota) with no room left: the hub is sound,
+    /// the update can be sent again once room is made.
+    #[error("storage I/O error: {0}")]
+    IoFull(String),
     #[error("storage error: {0}")]
     Storage(String),
+}
+
+/// SQLite's message for `SQLITE_FULL` (its fixed `sqlite3ErrStr` text; diesel
+/// passes SQLite's message on, not its code).
+const SQLITE_FULL: &str = "database or disk is full";
+
+/// How a full disk reads once it is text: SQLite's words, then the
+/// system's for ENOSPC and EDQUOT, then Rust's for `ErrorKind::StorageFull`.
+const FULL_WORDS: &[&str] = &[
+    SQLITE_FULL,
+    "No space left on device",
+    "Disk quota exceeded",
+    "no storage space",
+];
+
+impl DbError {
+    /// A failed file operation on `what`, kept apart when the disk is full.
+    pub fn io(what: impl std::fmt::Display, e: std::io::Error) -> Self {
+        let message = format!("{what}: {e}");
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                DbError::IoFull(message)
+            }
+            _ => DbError::Io(message),
+        }
+    }
+
+    /// The stable code a client sees for this failure: a full disk and an
+    /// unreachable store are the hub's trouble, not the request's, and a
+    /// trainer sends the update again (`resend`); what is left (constraint
+    /// violations, corrupt or unmigrated data) is `internal`.
+    pub fn code(&self) -> ErrorCode {
+        use diesel::result::{DatabaseErrorKind as Kind, Error as D};
+        match self {
+            DbError::IoFull(_) => ErrorCode::StorageFull,
+            // One failure passed on as text (a batch's error given to each
+            // of its updates) is known full by SQLite's or the system's words.
+            DbError::Storage(m) if FULL_WORDS.iter().any(|w| m.contains(w)) => {
+                ErrorCode::StorageFull
+            }
+            DbError::Diesel(D::DatabaseError(_, info)) if info.message().contains(SQLITE_FULL) => {
+                ErrorCode::StorageFull
+            }
+            DbError::Diesel(D::DatabaseError(
+                Kind::Unknown
+                | Kind::ClosedConnection
+                | Kind::ReadOnlyTransaction
+                | Kind::SerializationFailure
+                | Kind::UnableToSendCommand,
+                _,
+            ))
+            | DbError::Connection(_)
+            | DbError::Pool(_)
+            | DbError::Io(_)
+            | DbError::Storage(_) => ErrorCode::StorageUnavailable,
+            DbError::Diesel(_) | DbError::Migration(_) | DbError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// An error answered to a REST client.
@@ -83,7 +145,7 @@ impl ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         log::error!("{e}");
-        ApiError::internal(e.to_string())
+        ApiError::new(e.code(), e.to_string())
     }
 }
 
@@ -136,4 +198,79 @@ pub enum HubError {
     Corrupt { model: String, message: String },
     #[error("{0}")]
     Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as D};
+
+    fn sqlite(kind: DatabaseErrorKind, message: &str) -> DbError {
+        DbError::Diesel(D::DatabaseError(kind, Box::new(message.to_string())))
+    }
+
+    /// A full disk and an unreachable store have their own codes, in
+    /// trainers' refusals and REST bodies alike; the rest stays `internal`.
+    #[actix_rt::test]
+    async fn storage_failures_have_their_own_codes() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        for (e, code) in [
+            (
+                sqlite(DatabaseErrorKind::Unknown, "database or disk is full"),
+                ErrorCode::StorageFull,
+            ),
+            (DbError::io("blob", full), ErrorCode::StorageFull),
+            (DbError::io("blob", enospc), ErrorCode::StorageFull),
+            (DbError::io("blob", denied), ErrorCode::StorageUnavailable),
+            (
+                sqlite(DatabaseErrorKind::Unknown, "disk I/O error"),
+                ErrorCode::StorageUnavailable,
+            ),
+            (
+                DbError::Pool("timed out".into()),
+                ErrorCode::StorageUnavailable,
+            ),
+            (
+                DbError::Storage("persister unavailable".into()),
+                ErrorCode::StorageUnavailable,
+            ),
+            (
+                DbError::Storage("database error: database or disk is full".into()),
+                ErrorCode::StorageFull,
+            ),
+            (
+                sqlite(DatabaseErrorKind::UniqueViolation, "UNIQUE"),
+                ErrorCode::Internal,
+            ),
+            (
+                DbError::Corrupt("bad blob name".into()),
+                ErrorCode::Internal,
+            ),
+            (DbError::Diesel(D::NotFound), ErrorCode::Internal),
+        ] {
+            assert_eq!(e.code(), code, "{e}");
+            let api = ApiError::from(e);
+            assert_eq!(api.code, code);
+            assert_eq!(api.status_code().as_u16(), code.http_status());
+            let body = actix_web::body::to_bytes(api.error_response().into_body()).await;
+            let body: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
+            assert_eq!(body["code"], code.as_str());
+        }
+        assert_eq!(ErrorCode::StorageFull.http_status(), 507);
+        assert_eq!(ErrorCode::StorageUnavailable.http_status(), 503);
+        // The message a person reads is the one it always was.
+        assert_eq!(
+            DbError::io(
+                "hub.db.blobs",
+                std::io::Error::from(std::io::ErrorKind::StorageFull)
+            )
+            .to_string(),
+            format!(
+                "storage I/O error: hub.db.blobs: {}",
+                std::io::Error::from(std::io::ErrorKind::StorageFull)
+            )
+        );
+    }
 }

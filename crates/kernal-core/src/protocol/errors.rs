@@ -211,6 +211,10 @@ error_table! {
         "a trainer connection sent `evaluator_report`: only a connection whose hello said `role: evaluator` (with an evaluator token) reports";
     UnknownEvaluator = "unknown_evaluator", Rest, 404, NotSent,
         "the model has no evaluator of that name";
+    StorageFull = "storage_full", Message, 507, Resend,
+        "the hub's disk (or its database's size limit) is full: the update was not stored through no fault of its own (or the call not answered); send it again later";
+    StorageUnavailable = "storage_unavailable", Message, 503, Resend,
+        "the hub could not reach its storage (an I/O or SQLite failure): the update was not stored through no fault of its own (or the call not answered); send it again";
     Internal = "internal", Message, 500, Resend,
         "the hub could not store the update (or answer the call); the message says why; send it again";
 }

@@ -74,9 +74,22 @@ enum RulesInput {
     Text(String),
 }
 
+/// Why a list of rules was refused (serde shows the sentence).
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("`{}` is not PATTERN:RULE", .0.escape_default())]
+    NotPatternRule(String),
+    #[error("`{}` is not one of sum, max, keep, round_mean", .0.escape_default())]
+    UnknownRule(String),
+    #[error("{0} rules; at most {MAX_RULES}")]
+    TooMany(usize),
+    #[error("pattern `{}` must have 1 to {MAX_PATTERN_BYTES} bytes", .0.escape_default())]
+    BadPattern(String),
+}
+
 impl TryFrom<RulesInput> for IntegerRules {
-    type Error = String;
-    fn try_from(r: RulesInput) -> Result<Self, String> {
+    type Error = RulesError;
+    fn try_from(r: RulesInput) -> Result<Self, RulesError> {
         let list = match r {
             RulesInput::List(l) => l,
             RulesInput::Text(t) => t
@@ -84,33 +97,26 @@ impl TryFrom<RulesInput> for IntegerRules {
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(|part| {
-                    let (pattern, rule) = part.rsplit_once(':').ok_or_else(|| {
-                        format!("`{}` is not PATTERN:RULE", part.escape_default())
-                    })?;
-                    let rule = IntegerRule::parse(rule.trim()).ok_or_else(|| {
-                        format!(
-                            "`{}` is not one of sum, max, keep, round_mean",
-                            rule.escape_default()
-                        )
-                    })?;
+                    let (pattern, rule) = part
+                        .rsplit_once(':')
+                        .ok_or_else(|| RulesError::NotPatternRule(part.to_string()))?;
+                    let rule = IntegerRule::parse(rule.trim())
+                        .ok_or_else(|| RulesError::UnknownRule(rule.to_string()))?;
                     Ok(IntegerRuleEntry {
                         pattern: pattern.trim().to_string(),
                         rule,
                     })
                 })
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, RulesError>>()?,
         };
         if list.len() > MAX_RULES {
-            return Err(format!("{} rules; at most {MAX_RULES}", list.len()));
+            return Err(RulesError::TooMany(list.len()));
         }
         if let Some(e) = list
             .iter()
             .find(|e| e.pattern.is_empty() || e.pattern.len() > MAX_PATTERN_BYTES)
         {
-            return Err(format!(
-                "pattern `{}` must have 1 to {MAX_PATTERN_BYTES} bytes",
-                e.pattern.escape_default()
-            ));
+            return Err(RulesError::BadPattern(e.pattern.clone()));
         }
         Ok(IntegerRules(list))
     }
@@ -119,12 +125,6 @@ impl TryFrom<RulesInput> for IntegerRules {
 impl From<IntegerRules> for Vec<IntegerRuleEntry> {
     fn from(r: IntegerRules) -> Self {
         r.0
-    }
-}
-
-impl crate::aggregation::settings::SettingValue for IntegerRules {
-    fn number(&self) -> Option<f64> {
-        None
     }
 }
 

@@ -1,11 +1,16 @@
-//! Aggregation: strategies as plain functions over flat `f32` buffers, the
-//! server optimizer state, and the buffering policy that decides when to fold.
+//! Aggregation: strategies as types over flat `f32` buffers (`strategy`,
+//! `reduce`), the server optimizer state, the running sum a round streams
+//! into (`stream`), and the buffering policy that decides when to fold.
 //! Nothing here knows about actix, so it is tested directly.
 
 pub mod integer_rules;
+mod reduce;
 pub mod robust;
+mod rules;
 pub mod screening;
 pub mod settings;
+mod strategy;
+pub mod stream;
 pub mod tensor_clip;
 
 use std::time::{Duration, Instant};
@@ -13,155 +18,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ErrorCode, Refusal};
+pub use reduce::{
+    axpy, clip_factor, contribution_weight, coordinate_median, l2_norm, scale_to, trim_count,
+    trimmed_mean, weighted_mean, Contribution,
+};
+pub use rules::{FedAdam, FedAvg, FedAvgM, Intake, Median, Rule, ServerState, TrimmedMean};
 pub use settings::{AggregationOverrides, AggregationSettings};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Example- and staleness-weighted mean of deltas.
-    Fedavg,
-    /// FedAvg with server momentum.
-    Fedavgm,
-    /// FedAvg with a server-side Adam optimizer.
-    Fedadam,
-    /// Coordinate-wise median of deltas (robust to a minority of bad updates).
-    Median,
-    /// Coordinate-wise mean after trimming `trim_fraction` from each end.
-    TrimmedMean,
-}
-
-impl Strategy {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Strategy::Fedavg => "fedavg",
-            Strategy::Fedavgm => "fedavgm",
-            Strategy::Fedadam => "fedadam",
-            Strategy::Median => "median",
-            Strategy::TrimmedMean => "trimmed_mean",
-        }
-    }
-}
-
-/// One buffered update as the strategies see it.
-#[derive(Debug, Clone)]
-pub struct Contribution<'a> {
-    pub delta: &'a [f32],
-    pub num_examples: u64,
-    pub staleness: u64,
-    /// Clip factor applied to the delta (1: as sent).
-    pub scale: f32,
-}
-
-/// Weight of an update: its examples, discounted polynomially by staleness
-/// (FedBuff's `1/(1+s)^a`), so old knowledge counts but less.
-pub fn contribution_weight(num_examples: u64, staleness: u64, exponent: f64) -> f64 {
-    num_examples as f64 / (1.0 + staleness as f64).powf(exponent)
-}
-
-pub fn l2_norm(v: &[f32]) -> f64 {
-    v.iter()
-        .map(|x| (*x as f64) * (*x as f64))
-        .sum::<f64>()
-        .sqrt()
-}
-
-/// Scale factor that brings `v` down to `clip_norm` (1.0 when within it or
-/// when clipping is off).
-pub fn clip_factor(v: &[f32], clip_norm: f32) -> f32 {
-    if clip_norm <= 0.0 {
-        return 1.0;
-    }
-    let n = l2_norm(v);
-    if n > clip_norm as f64 {
-        (clip_norm as f64 / n) as f32
-    } else {
-        1.0
-    }
-}
-
-/// `acc += a * x`: the inner loop of every mean, written so it vectorises.
-#[inline]
-pub fn axpy(acc: &mut [f32], a: f32, x: &[f32]) {
-    for (o, v) in acc.iter_mut().zip(x.iter()) {
-        *o += a * *v;
-    }
-}
-
-/// Weighted mean of the (scaled) deltas.
-pub fn weighted_mean(contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
-    let n = contribs.first().map(|c| c.delta.len()).unwrap_or(0);
-    let mut acc = vec![0.0f32; n];
-    let weights: Vec<f64> = contribs
-        .iter()
-        .map(|c| contribution_weight(c.num_examples, c.staleness, s.staleness_exponent))
-        .collect();
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 {
-        return acc;
-    }
-    for (c, w) in contribs.iter().zip(weights) {
-        axpy(&mut acc, (w / total) as f32 * c.scale, c.delta);
-    }
-    acc
-}
-
-/// Coordinate-wise median (unweighted: weights are what a Byzantine trainer
-/// would lie about). Even counts take the mean of the two middle values.
-pub fn coordinate_median(contribs: &[Contribution<'_>]) -> Vec<f32> {
-    coordinate_reduce(contribs, |col| {
-        let k = col.len();
-        col.sort_unstable_by(|a, b| a.total_cmp(b));
-        if k % 2 == 1 {
-            col[k / 2]
-        } else {
-            0.5 * (col[k / 2 - 1] + col[k / 2])
-        }
-    })
-}
-
-/// Coordinate-wise trimmed mean: drops `floor(trim_fraction * k)` values at
-/// each end, averages the rest.
-pub fn trimmed_mean(contribs: &[Contribution<'_>], trim_fraction: f32) -> Vec<f32> {
-    let trim = trim_count(contribs.len(), trim_fraction);
-    coordinate_reduce(contribs, move |col| {
-        col.sort_unstable_by(|a, b| a.total_cmp(b));
-        let kept = &col[trim..col.len() - trim];
-        kept.iter().sum::<f32>() / kept.len() as f32
-    })
-}
-
-/// How many values `trimmed_mean` drops at each end of `k`: the share
-/// `trim_fraction`, but at least one from 3 members on (a trimmed mean that
-/// trims nothing is a mean, and one liar of three would own it), and never
-/// so many that nothing is left.
-pub fn trim_count(k: usize, trim_fraction: f32) -> usize {
-    let trim = ((trim_fraction as f64) * k as f64).floor() as usize;
-    let trim = if k >= 3 { trim.max(1) } else { trim };
-    trim.min(k.saturating_sub(1) / 2)
-}
-
-fn coordinate_reduce(
-    contribs: &[Contribution<'_>],
-    mut f: impl FnMut(&mut Vec<f32>) -> f32,
-) -> Vec<f32> {
-    let n = contribs.first().map(|c| c.delta.len()).unwrap_or(0);
-    let mut out = vec![0.0f32; n];
-    let mut col = Vec::with_capacity(contribs.len());
-    for (i, o) in out.iter_mut().enumerate() {
-        col.clear();
-        col.extend(contribs.iter().map(|c| c.delta[i] * c.scale));
-        *o = f(&mut col);
-    }
-    out
-}
-
-/// Server optimizer state carried between versions (momentum, Adam moments).
-#[derive(Debug, Clone, Default)]
-pub struct ServerState {
-    pub momentum: Option<Vec<f32>>,
-    pub second_moment: Option<Vec<f32>>,
-    pub steps: u64,
-}
+pub use strategy::Strategy;
 
 /// Figures of one aggregation, stored with the version it produced.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -248,12 +111,9 @@ pub fn aggregate(
         })
         .collect();
     let contribs = &clipped[..];
-    let mean_delta = match s.strategy {
-        Strategy::Fedavg | Strategy::Fedavgm | Strategy::Fedadam => weighted_mean(contribs, s),
-        Strategy::Median => coordinate_median(contribs),
-        Strategy::TrimmedMean => trimmed_mean(contribs, s.trim_fraction),
-    };
-    apply_server_update(weights, &mean_delta, s, state);
+    let rule = s.strategy.rule();
+    let mean_delta = rule.reduce(contribs, s);
+    rule.server_step(weights, &mean_delta, s, state);
     state.steps += 1;
     let total_examples = contribs.iter().map(|c| c.num_examples).sum();
     let max_staleness = contribs.iter().map(|c| c.staleness).max().unwrap_or(0);
@@ -276,45 +136,20 @@ pub fn aggregate(
     }
 }
 
-/// Applies an aggregated delta with the model's server optimizer: plain step
-/// for fedavg and the robust strategies, momentum for fedavgm, Adam for fedadam.
+/// Applies an aggregated delta with the strategy's server optimizer.
 pub fn apply_server_update(
     weights: &mut [f32],
     mean_delta: &[f32],
     s: &AggregationSettings,
     state: &mut ServerState,
 ) {
-    let n = weights.len();
-    match s.strategy {
-        Strategy::Fedavgm => {
-            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
-            for i in 0..n {
-                m[i] = s.momentum * m[i] + mean_delta[i];
-                weights[i] += s.server_lr * m[i];
-            }
-        }
-        Strategy::Fedadam => {
-            let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
-            let v = state.second_moment.get_or_insert_with(|| vec![0.0; n]);
-            let (b1, b2) = (s.momentum, s.beta2);
-            for i in 0..n {
-                let d = mean_delta[i];
-                m[i] = b1 * m[i] + (1.0 - b1) * d;
-                v[i] = b2 * v[i] + (1.0 - b2) * d * d;
-                weights[i] += s.server_lr * m[i] / (v[i].sqrt() + s.tau);
-            }
-        }
-        _ => axpy(weights, s.server_lr, mean_delta),
-    }
+    s.strategy.rule().server_step(weights, mean_delta, s, state)
 }
 
 /// Whether a strategy only needs a running weighted sum of the deltas, so
 /// each update can be folded into an accumulator as it arrives and dropped.
 pub fn streams(strategy: Strategy) -> bool {
-    matches!(
-        strategy,
-        Strategy::Fedavg | Strategy::Fedavgm | Strategy::Fedadam
-    )
+    strategy.rule().intake() == Intake::RunningSum
 }
 
 /// Checks an update's base version against the model's current version.
@@ -568,6 +403,26 @@ mod tests {
             clock.decide(1, &s, t0 + Duration::from_secs(11)),
             RoundDecision::Aggregate
         );
+    }
+
+    /// The weighted means stream into a running sum; the order statistics
+    /// keep every delta.
+    #[test]
+    fn each_strategy_has_its_rule() {
+        for (s, intake) in [
+            (Strategy::Fedavg, Intake::RunningSum),
+            (Strategy::Fedavgm, Intake::RunningSum),
+            (Strategy::Fedadam, Intake::RunningSum),
+            (Strategy::Median, Intake::EveryDelta),
+            (Strategy::TrimmedMean, Intake::EveryDelta),
+        ] {
+            assert_eq!(s.rule().intake(), intake, "{}", s.as_str());
+            assert_eq!(streams(s), intake == Intake::RunningSum);
+        }
+        // One clipping rule for the fixed and the adaptive bound.
+        assert_eq!(clip_factor(&[3.0, 4.0], 1.0), scale_to(5.0, Some(1.0)));
+        assert_eq!(clip_factor(&[3.0, 4.0], 0.0), 1.0);
+        assert_eq!(scale_to(0.5, Some(1.0)), 1.0);
     }
 
     #[test]

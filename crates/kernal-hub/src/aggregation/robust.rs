@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{contribution_weight, AggregationSettings};
+use super::{contribution_weight, scale_to, AggregationSettings};
 
 /// What the hub tracks between folds to bound the next one: set at each fold
 /// from its members, stored with the version (its aggregation report) and
@@ -69,10 +69,7 @@ impl Bounds {
 
     /// The factor that scales a delta of norm `norm` down to the bound.
     pub fn clip_factor(&self, norm: f64) -> f32 {
-        match self.clip_bound {
-            Some(b) if norm > b && norm > 0.0 => (b / norm) as f32,
-            _ => 1.0,
-        }
+        scale_to(norm, self.clip_bound)
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Strategy;
+use super::integer_rules::IntegerRules;
+use super::strategy::Strategy;
 use crate::range::{self, Ends};
 
 macro_rules! aggregation_settings {
@@ -106,6 +107,12 @@ impl SettingValue for Strategy {
     }
 }
 
+impl SettingValue for IntegerRules {
+    fn number(&self) -> Option<f64> {
+        None
+    }
+}
+
 fn check(key: &str, v: &impl SettingValue, r: Option<Range>) -> Result<(), String> {
     match (v.number(), r) {
         (Some(x), Some((lo, hi, ends))) => range::key(key, x, lo, hi, ends),
@@ -167,7 +174,7 @@ aggregation_settings! {
     /// How integer and bool tensors are folded: `[{pattern, rule}]` (or
     /// "PATTERN:RULE,..."), first match wins; rules sum, max, keep,
     /// round_mean (the rule of a tensor no pattern matches).
-    integer_rules: super::integer_rules::IntegerRules => None;
+    integer_rules: IntegerRules => None;
 }
 
 /// Writes the ranges of [`AggregationSettings::RANGES`] into the OpenAPI

@@ -49,7 +49,7 @@ impl AckMark {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| DbError::Io(format!("{}: {e}", path.display())))?;
+            .map_err(|e| DbError::io(path.display(), e))?;
         Ok(AckMark {
             file,
             last: read(db).unwrap_or(0),
@@ -63,7 +63,7 @@ impl AckMark {
         }
         self.file
             .write_all_at(&id.to_le_bytes(), 0)
-            .map_err(|e| DbError::Io(format!("acknowledgement mark: {e}")))?;
+            .map_err(|e| DbError::io("acknowledgement mark", e))?;
         self.last = id;
         Ok(())
     }

@@ -173,12 +173,12 @@ impl BlobStore {
                     .recursive(true)
                     .mode(0o700)
                     .create(&self.dir)
-                    .map_err(|e| DbError::Io(format!("{}: {e}", self.dir.display())))?;
+                    .map_err(|e| DbError::io(self.dir.display(), e))?;
                 write()
             }
             r => r,
         };
-        let f = written.map_err(|e| DbError::Io(format!("{}: {e}", path.display())))?;
+        let f = written.map_err(|e| DbError::io(path.display(), e))?;
         self.keep_handle(&name, f);
         Ok(name)
     }
@@ -190,7 +190,7 @@ impl BlobStore {
         std::fs::read(self.dir.join(name)).map_err(|e| match e.kind() {
             // A missing file is data lost; anything else is the disk.
             std::io::ErrorKind::NotFound => DbError::Corrupt(format!("blob {name}: {e}")),
-            _ => DbError::Io(format!("blob {name}: {e}")),
+            _ => DbError::io(format_args!("blob {name}"), e),
         })
     }
 

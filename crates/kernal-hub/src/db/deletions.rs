@@ -97,7 +97,7 @@ pub fn delete_model(
             files: files.len() as i64,
             forced,
             disconnected,
-            deleted_at: super::now(),
+            deleted_at: super::time::now(),
         };
         let id = diesel::insert_into(model_deletions::table)
             .values(&record)

@@ -52,7 +52,7 @@ pub fn insert_evaluator(
         if taken > 0 {
             return Ok(None);
         }
-        let now = super::now();
+        let now = super::time::now();
         diesel::insert_into(evaluators::table)
             .values(NewEvaluator {
                 model,
@@ -96,7 +96,7 @@ pub fn revoke_evaluator(
             .filter(evaluators::model.eq(model))
             .filter(evaluators::name.eq(name));
         diesel::update(target.filter(evaluators::revoked_at.is_null()))
-            .set(evaluators::revoked_at.eq(Some(super::now())))
+            .set(evaluators::revoked_at.eq(Some(super::time::now())))
             .execute(c)?;
         Ok(target
             .select(EvaluatorView::as_select())
@@ -177,7 +177,7 @@ pub fn record_evaluator_report(
         )
         .set((
             evaluators::reports.eq(evaluators::reports + 1),
-            evaluators::last_report_at.eq(Some(super::now())),
+            evaluators::last_report_at.eq(Some(super::time::now())),
         ))
         .execute(c)?;
         if n == 0 {

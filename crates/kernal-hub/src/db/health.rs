@@ -55,7 +55,7 @@ impl StorageHealth {
             log::debug!("storage still failing: {e}");
         }
         if let Ok(mut l) = self.last_error.lock() {
-            *l = Some(format!("{} {e}", crate::db::now()));
+            *l = Some(format!("{} {e}", super::time::now()));
         }
     }
 

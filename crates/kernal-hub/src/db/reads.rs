@@ -1,6 +1,11 @@
 //! Everything the REST API and recovery read, through the pool.
 
-use super::*;
+use super::blobs::BlobStore;
+use super::rows::*;
+use super::schema::*;
+use crate::error::DbError;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
 
 pub fn list_models(conn: &mut SqliteConnection) -> Result<Vec<ModelRow>, DbError> {
     Ok(models::table

@@ -1,6 +1,9 @@
 //! The rows of each table as Rust structs (Diesel `Queryable`/`Insertable`).
 
-use super::*;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::*;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = models)]

@@ -1,5 +1,15 @@
 //! Migrations, the ledger's idempotency and atomic commits, pruning.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::MigrationHarness;
+
+use super::conn::WAL_RESTART_FRAMES;
+use super::schema::*;
 use super::*;
 
 #[test]

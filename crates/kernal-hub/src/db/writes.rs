@@ -2,7 +2,13 @@
 //! sessions, evaluations and harness runs. Called by the Persister, the one
 //! writer, off the executor.
 
-use super::*;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+
+use super::rows::*;
+use super::schema::*;
+use super::time::now;
+use crate::error::DbError;
 
 /// Outcome of recording an accepted update.
 #[derive(Debug, Clone, PartialEq)]

@@ -216,7 +216,8 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
         }
         st.last_metrics = meta;
         st.overrides = overrides;
-        st.norm = state::NormState::from_stored(row.normalisation.as_deref()).map_err(corrupt)?;
+        st.norm = state::NormState::from_stored(row.normalisation.as_deref())
+            .map_err(|e| corrupt(e.to_string()))?;
         if matches!(&st.norm, state::NormState::Pooling { pool } if !pool.reports.is_empty()) {
             // Statistics were pooled before the stop: the pool's deadline
             // starts again rather than waiting for a report that may not come.

@@ -12,130 +12,20 @@
 //! stored payloads. A team whose claims and norms are stable needs no
 //! correction.
 
+mod buffer;
+mod error;
+
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::aggregation::robust::{self, Bounds, Claim, RobustState};
+pub use self::buffer::{stream_into, Arrival, Buffered, Vote};
+pub use self::error::{PayloadError, RoundError};
+use crate::aggregation::robust::{self, Bounds, RobustState};
+use crate::aggregation::stream;
+pub use crate::aggregation::stream::Accumulator;
 use crate::aggregation::{
-    self, AggregateReport, AggregationSettings, Contribution, ServerState, Strategy,
+    self, AggregateReport, AggregationSettings, Contribution, Intake, ServerState,
 };
-use crate::protocol::tensors::TensorError;
 use crate::protocol::ModelLayout;
-
-/// Whether a buffered update counts in its round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Vote {
-    /// The trainer's newest update of the round: it counts.
-    Counts,
-    /// A newer update of the same trainer replaced it: consumed by the fold
-    /// with no weight (acknowledged updates are never lost, but a member
-    /// has one vote).
-    Superseded,
-    /// Its trainer was revoked before the fold: refused, no weight.
-    Dropped,
-    /// Left out by the screen (`aggregation::screening`): the fold was
-    /// measurably better on the hub's data without it. Consumed with no
-    /// weight, like a superseded update.
-    Screened,
-}
-
-/// An accepted, durable update waiting in a model's buffer.
-#[derive(Debug, Clone)]
-pub struct Buffered {
-    pub row_id: i64,
-    pub update_id: String,
-    pub trainer: String,
-    pub base_version: u64,
-    pub num_examples: u64,
-    /// Staleness when it was accepted.
-    pub staleness: u64,
-    /// L2 norm of the delta (before clipping).
-    pub norm: f64,
-    pub clipped: bool,
-    pub vote: Vote,
-    /// The weight and clip factor this update counts with. For a streamed
-    /// update, what it was added to the accumulator with (provisional until
-    /// [`settle`]); for a kept one, set by [`settle`].
-    pub coef: (f64, f32),
-    /// The delta, kept only for strategies that need every delta at fold
-    /// time (median, trimmed mean); streamed ones live in the accumulator.
-    pub delta: Option<Arc<Vec<f32>>>,
-    /// The integer and bool tensors' deltas, for their rules (None: the
-    /// model has none): `aggregation::integer_rules`.
-    pub ints: Option<Arc<[f32]>>,
-}
-
-impl Buffered {
-    pub fn claim(&self) -> Claim {
-        Claim {
-            num_examples: self.num_examples,
-            staleness: self.staleness,
-            norm: self.norm,
-        }
-    }
-
-    pub fn counts(&self) -> bool {
-        self.vote == Vote::Counts
-    }
-
-    /// `trainer/update_id`, as versions list what they folded.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.trainer, self.update_id)
-    }
-}
-
-/// A durable update about to be buffered.
-#[derive(Debug, Clone)]
-pub struct Arrival {
-    pub row_id: i64,
-    pub update_id: String,
-    pub trainer: String,
-    pub base_version: u64,
-    pub num_examples: u64,
-    /// Staleness recorded when it was accepted (a reloaded update keeps
-    /// it); None: counted from the model's current version.
-    pub staleness: Option<u64>,
-    /// The delta's L2 norm when the session already computed it.
-    pub norm: Option<f64>,
-}
-
-/// Running weighted sum of streamed deltas: memory stays one model's worth
-/// however many updates a round folds.
-#[derive(Debug, Clone)]
-pub struct Accumulator {
-    pub sum: Vec<f32>,
-    pub weight: f64,
-    /// Time spent folding updates into `sum` as they arrived.
-    pub seconds: f64,
-}
-
-impl Accumulator {
-    pub fn new(n: usize) -> Self {
-        Accumulator {
-            sum: vec![0.0; n],
-            weight: 0.0,
-            seconds: 0.0,
-        }
-    }
-}
-
-/// Adds `(weight, factor)` of one update's delta to the accumulator,
-/// straight from its encoded bytes, and records it as the update's coefficient.
-pub fn stream_into(
-    acc: &mut Accumulator,
-    layout: &ModelLayout,
-    b: &mut Buffered,
-    coef: (f64, f32),
-    payload: &[u8],
-) -> Result<(), TensorError> {
-    let t = Instant::now();
-    layout.accumulate(payload, &mut acc.sum, (coef.0 as f32) * coef.1)?;
-    acc.seconds += t.elapsed().as_secs_f64();
-    acc.weight += coef.0;
-    b.coef = coef;
-    b.clipped = coef.1 < 1.0;
-    Ok(())
-}
 
 /// The inputs of one fold, detached from the hub so it can run elsewhere.
 #[derive(Debug)]
@@ -173,8 +63,8 @@ pub struct Settlement {
 pub fn settle(
     input: &mut FoldInput,
     layout: &ModelLayout,
-    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
-) -> Result<Settlement, String> {
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, PayloadError>,
+) -> Result<Settlement, RoundError> {
     let s = &input.settings;
     let members: Vec<&Buffered> = input.updates.iter().filter(|b| b.counts()).collect();
     let claims: Vec<f64> = members.iter().map(|b| b.num_examples as f64).collect();
@@ -248,7 +138,7 @@ pub fn settle(
             }
             let bytes = payload(b)?;
             stream_into(&mut acc, layout, b, coef, &bytes)
-                .map_err(|e| format!("update {}: {e}", b.update_id))?;
+                .map_err(|e| RoundError::tensor(&b.update_id, e))?;
             corrected += 1;
         }
         input.acc = Some(acc);
@@ -321,33 +211,17 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
         .filter(|u| u.counts())
         .filter_map(|u| u.delta.as_ref().map(|d| (u, d.as_slice())))
         .collect();
-    let acc_weight = input.acc.as_ref().map(|a| a.weight).unwrap_or(0.0);
-    let mean_delta: Vec<f32> = if aggregation::streams(s.strategy) || kept.is_empty() {
+    let rule = s.strategy.rule();
+    let mean_delta: Vec<f32> = if rule.intake() == Intake::RunningSum || kept.is_empty() {
         // Weighted mean of everything: the accumulator plus any kept deltas
         // (kept ones exist when the strategy changed since they arrived).
-        let mut sum = input
-            .acc
-            .as_ref()
-            .map(|a| a.sum.clone())
-            .unwrap_or_else(|| vec![0.0; n]);
-        let mut total = acc_weight;
-        for (u, d) in &kept {
-            aggregation::axpy(&mut sum, (u.coef.0 as f32) * u.coef.1, d);
-            total += u.coef.0;
-        }
-        if total > 0.0 {
-            let inv = (1.0 / total) as f32;
-            sum.iter_mut().for_each(|v| *v *= inv);
-        }
-        sum
+        let kept: Vec<((f64, f32), &[f32])> = kept.iter().map(|(u, d)| (u.coef, *d)).collect();
+        stream::running_mean(input.acc.as_ref(), &kept, n)
     } else {
         // Robust strategies need every member's delta, unweighted (weights
         // are what a lying member inflates); streamed leftovers (from before
         // a strategy change) enter as one more contribution.
-        let acc_mean: Option<Vec<f32>> = input.acc.as_ref().filter(|a| a.weight > 0.0).map(|a| {
-            let inv = (1.0 / a.weight) as f32;
-            a.sum.iter().map(|v| v * inv).collect()
-        });
+        let acc_mean: Option<Vec<f32>> = input.acc.as_ref().and_then(Accumulator::mean);
         let mut all: Vec<Contribution<'_>> = kept
             .iter()
             .map(|(u, d)| Contribution {
@@ -365,14 +239,11 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
                 scale: 1.0,
             });
         }
-        match s.strategy {
-            Strategy::Median => aggregation::coordinate_median(&all),
-            _ => aggregation::trimmed_mean(&all, s.trim_fraction),
-        }
+        rule.reduce(&all, s)
     };
     let mut weights = input.weights.as_ref().clone();
     let mut server = input.server;
-    aggregation::apply_server_update(&mut weights, &mean_delta, s, &mut server);
+    rule.server_step(&mut weights, &mean_delta, s, &mut server);
     server.steps += 1;
     let members: Vec<&Buffered> = input.updates.iter().filter(|u| u.counts()).collect();
     let k = members.len();
@@ -436,8 +307,8 @@ pub fn separate_poison(
     input: FoldInput,
     settled: &Settlement,
     layout: &ModelLayout,
-    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
-) -> Result<Poisoned, String> {
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, PayloadError>,
+) -> Result<Poisoned, RoundError> {
     let FoldInput {
         version,
         weights,
@@ -458,7 +329,7 @@ pub fn separate_poison(
             }
             let bytes = payload(b)?;
             stream_into(a, layout, b, coef, &bytes)
-                .map_err(|e| format!("update {}: {e}", b.update_id))?;
+                .map_err(|e| RoundError::tensor(&b.update_id, e))?;
         }
         let fold = compute_fold(
             FoldInput {

@@ -6,7 +6,11 @@
 
 use std::sync::Arc;
 
+// One name a line: a braced `super::round::{..}` counts as an import of
+// `round` itself (tests/source_layout.rs), and `round` imports this module.
 use super::round::Buffered;
+use super::round::PayloadError;
+use super::round::RoundError;
 use crate::aggregation::tensor_clip;
 use crate::protocol::ModelLayout;
 
@@ -37,8 +41,8 @@ pub fn clip_members(
     coefs: &[(f64, f32)],
     layout: &ModelLayout,
     multiplier: f32,
-    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
-) -> Result<usize, String> {
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, PayloadError>,
+) -> Result<usize, RoundError> {
     let ranges = tensor_ranges(layout);
     let mut norms = Vec::new();
     for (b, coef) in updates.iter_mut().zip(coefs) {
@@ -49,7 +53,7 @@ pub fn clip_members(
             let bytes = payload(b)?;
             let d = layout
                 .decode(&bytes)
-                .map_err(|e| format!("update {}: {e}", b.update_id))?;
+                .map_err(|e| RoundError::tensor(&b.update_id, e))?;
             b.delta = Some(Arc::new(d));
         }
         let d = b.delta.as_deref().map(Vec::as_slice).unwrap_or(&[]);

@@ -1,10 +1,12 @@
 //! Rounds and folds on hand-checked numbers, without actix.
 
 use super::*;
+use crate::aggregation::Strategy;
 use crate::hub::state::ModelState;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::time::Duration;
+use std::time::Instant;
 
 pub(crate) fn settings() -> AggregationSettings {
     AggregationSettings {

@@ -15,7 +15,7 @@ use crate::data::Dataset;
 use crate::model::MlpSpec;
 use crate::protocol::{ModelLayout, Normalisation};
 
-use super::round::{Buffered, FoldInput, Vote};
+use super::round::{Buffered, FoldInput, PayloadError, Vote};
 
 /// Share of each class of the digits training split the hub screens on.
 const ROOT_FRACTION: f64 = 0.1;
@@ -72,7 +72,7 @@ pub fn screen_round(
     input: &mut FoldInput,
     layout: &ModelLayout,
     set: &ScreenSet,
-    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, String>,
+    mut payload: impl FnMut(&Buffered) -> Result<Vec<u8>, PayloadError>,
 ) -> usize {
     let members: Vec<usize> = (0..input.updates.len())
         .filter(|&i| input.updates[i].counts())

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 
 pub use super::round::{
     compute_fold, separate_poison, settle, stream_into, Accumulator, Arrival, Buffered, Fold,
-    FoldInput, Poisoned, Settlement, Vote, MAX_WEIGHT,
+    FoldInput, PayloadError, Poisoned, RoundError, Settlement, Vote, MAX_WEIGHT,
 };
 use crate::aggregation::robust::{Bounds, RobustState};
-use crate::aggregation::{self, AggregationSettings, RoundClock, RoundDecision, ServerState};
+use crate::aggregation::{
+    self, AggregationSettings, Intake, RoundClock, RoundDecision, ServerState,
+};
 use crate::model::{Evaluation, MlpSpec};
 use crate::protocol::{
     ErrorCode, ModelLayout, Normalisation, NormalisationState, Refusal, StatsPool,
@@ -105,13 +107,18 @@ impl NormState {
         }
     }
 
-    pub fn from_stored(s: Option<&str>) -> Result<Self, String> {
+    pub fn from_stored(s: Option<&str>) -> Result<Self, StoredNormError> {
         match s {
             None => Ok(NormState::Off),
-            Some(s) => serde_json::from_str(s).map_err(|e| format!("stored normalisation: {e}")),
+            Some(s) => serde_json::from_str(s).map_err(StoredNormError),
         }
     }
 }
+
+/// A model's stored normalisation that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("stored normalisation: {0}")]
+pub struct StoredNormError(#[source] serde_json::Error);
 
 /// What the hub is waiting for, shown in status and on the dashboard.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -265,7 +272,7 @@ impl ModelState {
             delta: None,
             ints: self.layout.integer_values(payload)?.map(Arc::from),
         };
-        if aggregation::streams(self.settings.strategy) {
+        if self.settings.strategy.rule().intake() == Intake::RunningSum {
             let coef = self
                 .provisional_bounds()
                 .coefficient(&b.claim(), &self.settings);
@@ -403,10 +410,7 @@ impl ModelState {
         }
         if let Some(old) = acc {
             match self.acc.as_mut() {
-                Some(cur) => {
-                    aggregation::axpy(&mut cur.sum, 1.0, &old.sum);
-                    cur.weight += old.weight;
-                }
+                Some(cur) => cur.merge(&old),
                 None => self.acc = Some(old),
             }
         }

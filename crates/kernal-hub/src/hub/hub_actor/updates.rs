@@ -108,7 +108,7 @@ impl Handler<SubmitUpdate> for Hub {
                 Ok(Err(e)) => {
                     log::error!("could not persist update: {e}");
                     return Err(Refusal::new(
-                        ErrorCode::Internal,
+                        e.code(),
                         format!("the update could not be stored: {e}"),
                     ));
                 }

@@ -122,21 +122,21 @@ impl TrainerSession {
                 let written = if p.len() <= INLINE_BLOB_WRITE {
                     // A page-cache write this small costs less than handing
                     // it to another thread and back.
-                    b.put(&p).map_err(|e| e.to_string())
+                    b.put(&p).map_err(|e| (e.code(), e.to_string()))
                 } else {
                     // A few at a time: hundreds of threads writing into one
                     // directory at once spend their time on its lock.
                     let _writing = BLOB_WRITES.acquire().await;
                     actix_web::rt::task::spawn_blocking(move || b.put(&p))
                         .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map_err(|e| (ErrorCode::Internal, e.to_string()))
+                        .and_then(|r| r.map_err(|e| (e.code(), e.to_string())))
                 };
                 match written {
                     Ok(name) => sub.payload_file = Some(name),
-                    Err(e) => {
+                    Err((code, e)) => {
                         return Ok(Err(Refusal::new(
-                            ErrorCode::Internal,
+                            code,
                             format!("the update could not be stored: {e}"),
                         )));
                     }
