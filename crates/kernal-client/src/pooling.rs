@@ -24,7 +24,7 @@ pub(crate) async fn join_pool<L: Learner>(
 ) -> Result<bool, Flow> {
     let stats = learner
         .lock()
-        .map_err(|_| Flow::Fatal(ClientError::Learner("learner poisoned".into())))?
+        .map_err(|_| Flow::Fatal(ClientError::Poisoned("learner")))?
         .feature_stats();
     let Some(st) = stats else {
         apply_normalisation(learner, None, on_event).map_err(Flow::Fatal)?;
@@ -54,7 +54,7 @@ pub(crate) fn apply_normalisation<L: Learner>(
 ) -> Result<(), ClientError> {
     learner
         .lock()
-        .map_err(|_| ClientError::Learner("learner poisoned".into()))?
+        .map_err(|_| ClientError::Poisoned("learner"))?
         .use_normalisation(norm)
         .map_err(ClientError::Learner)?;
     on_event(&ClientEvent::Normalisation {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::kernel_baseline::{baselines, score_all, Baselines, ScoredModel};
+use super::attack::FaultyLearner;
 use super::kernel_report::criteria;
 pub use super::kernel_report::{render_table, KernelModelRow, KernelOutcome};
 use super::scenario::{Scenario, TrainerSpec};
@@ -280,6 +281,7 @@ async fn run_collective(
     for (i, t) in sc.trainers.iter().enumerate() {
         let learner = KernelLearner::new(spec, texts_for(t)?, trainer_settings(k, t, spec, seed))
             .map_err(HarnessError::Run)?;
+        let learner = FaultyLearner::new(learner, t.behaviour);
         let mut opts = ClientOptions::new(
             hub_url,
             &t.name,
@@ -288,7 +290,6 @@ async fn run_collective(
         );
         opts.model = model.clone();
         opts.tls = Some(ctx.tls.clone());
-        opts.behaviour = t.behaviour;
         opts.compression = t.compression;
         opts.max_backoff = Duration::from_secs(2);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -38,7 +38,8 @@ use kernal_core::data;
 use kernal_hub::hub::child::ChildHub;
 use kernal_core::model::{MlpSpec, TrainSettings};
 use kernal_core::protocol::ModelLayout;
-use kernal_client::connection::{self, Behaviour, ClientOptions, Summary};
+use attack::{Behaviour, FaultyLearner};
+use kernal_client::connection::{self, ClientOptions, Summary};
 use kernal_client::MlpLearner;
 use scenario::{Scenario, ScenarioError};
 
@@ -229,7 +230,10 @@ async fn run_once(
             let rel = version - start_version;
             let should = rel >= join && leave.map(|l| rel < l).unwrap_or(true);
             if should && !running.contains_key(&i) && !done.contains_key(&i) {
-                let learner = make_learner(sc, t, spec, &cfg, seed, ctx.prepared)?;
+                let learner = FaultyLearner::new(
+                    make_learner(sc, t, spec, &cfg, seed, ctx.prepared)?,
+                    t.behaviour,
+                );
                 let mut opts = ClientOptions::new(
                     hub_url,
                     &t.name,
@@ -238,7 +242,6 @@ async fn run_once(
                 );
                 opts.model = model.clone();
                 opts.tls = Some(tls.clone());
-                opts.behaviour = t.behaviour;
                 opts.compression = t.compression;
                 opts.max_backoff = Duration::from_secs(2);
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
-use kernal_client::connection::Behaviour;
+use crate::attack::Behaviour;
 
 /// One pass/fail check with its figure and bound.
 #[derive(Debug, Clone, Serialize)]

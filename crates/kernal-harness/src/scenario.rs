@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
-use kernal_client::connection::{Behaviour, Compression};
+use crate::attack::Behaviour;
+use kernal_client::connection::Compression;
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works
 /// from any directory. A file in `config/scenarios/` of the working directory

@@ -7,26 +7,6 @@ use serde::Serialize;
 
 use crate::protocol::TRAINER_WS_PATH;
 
-/// How a trainer behaves: honest, or one of the faults the harness injects.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Behaviour {
-    #[default]
-    Honest,
-    /// Sends Gaussian noise (std 1) instead of its delta.
-    Noise,
-    /// Sends its delta negated and magnified four times.
-    SignFlip,
-    /// Sends its delta multiplied by 100 (a huge norm).
-    Scaled,
-    /// Sends a delta containing NaN.
-    Nan,
-    /// Keeps training from the first version it received.
-    Stale,
-    /// Connects and never sends an update.
-    Silent,
-}
-
 /// Half-precision encoding of deltas, chosen per trainer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -47,7 +27,6 @@ pub struct ClientOptions {
     pub model: String,
     /// Stop after training on this many global versions.
     pub max_versions: Option<u64>,
-    pub behaviour: Behaviour,
     pub compression: Compression,
     /// Reconnect after the hub goes away (false: return an error).
     pub reconnect: bool,
@@ -67,7 +46,6 @@ impl ClientOptions {
             token: token.to_string(),
             model: "digits".into(),
             max_versions: None,
-            behaviour: Behaviour::Honest,
             compression: Compression::None,
             reconnect: true,
             max_backoff: Duration::from_secs(10),

@@ -2,7 +2,6 @@
 //! it reports at the end.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -41,9 +40,6 @@ pub(super) struct Progress {
     pub summary: Summary,
     /// The update sent and not yet answered: resent with the same id.
     pub pending: Option<Pending>,
-    /// The first version this trainer got: a `Stale` trainer keeps
-    /// training from it.
-    pub first_version: Option<(u64, Arc<Vec<f32>>)>,
     /// Reconnection attempts since the last welcome.
     pub attempt: u32,
 }

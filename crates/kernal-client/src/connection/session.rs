@@ -11,15 +11,15 @@ use tokio_tungstenite::tungstenite::Message;
 use super::error::ClientError;
 use super::flow::Flow;
 use super::frames::handle_frame;
-use super::options::{Behaviour, ClientOptions};
+use super::options::ClientOptions;
 use super::progress::Progress;
-use super::update::{corrupt_delta, encode_update, send_update, Pending};
+use super::update::{encode_update, send_update, Pending};
 use super::welcome::open;
 use crate::events::ClientEvent;
 use crate::policy;
 use crate::pooling::{apply_normalisation, join_pool};
 use crate::protocol::{ClientMessage, NormalisationState};
-use crate::{Learner, Trained};
+use crate::{Base, Learner, Trained};
 
 /// Runs one connection; the [`Flow`] says what the reconnecting loop does next.
 pub(super) async fn run_connection<L: Learner>(
@@ -32,7 +32,6 @@ pub(super) async fn run_connection<L: Learner>(
     let Progress {
         summary,
         pending,
-        first_version,
         attempt,
     } = progress;
     let (mut ws, mut conn, layout) = match open(opts, url, learner, attempt, on_event).await {
@@ -40,8 +39,6 @@ pub(super) async fn run_connection<L: Learner>(
         Err(flow) => return flow,
     };
     let mut resent = false;
-    let mut rng = rand::rngs::StdRng::from_entropy();
-    use rand::SeedableRng;
     loop {
         if let Some(max) = opts.max_versions {
             if summary.versions_trained >= max && pending.is_none() {
@@ -95,14 +92,31 @@ pub(super) async fn run_connection<L: Learner>(
             }
             _ => None,
         };
-        if let (Some((version, global)), false) = (due, opts.behaviour == Behaviour::Silent) {
+        // The learner may keep an older base, or let this version pass.
+        let due = match due {
+            Some((version, global)) => match learner.lock() {
+                Ok(mut l) => {
+                    let newest = Base {
+                        version,
+                        weights: global.clone(),
+                    };
+                    l.choose_base(&newest).map(|base| (version, global, base))
+                }
+                Err(_) => return Flow::Fatal(ClientError::Poisoned("learner")),
+            },
+            None => None,
+        };
+        if let Some((version, global, chosen)) = due {
             // Federated evaluation of the received version.
             let (eval_learner, eval_weights) = (learner.clone(), global.clone());
             let eval = tokio::task::spawn_blocking(move || {
                 eval_learner
                     .lock()
-                    .map_err(|_| "learner poisoned".to_string())
-                    .and_then(|mut l| l.evaluate(&eval_weights, version))
+                    .map_err(|_| ClientError::Poisoned("learner"))
+                    .and_then(|mut l| {
+                        l.evaluate(&eval_weights, version)
+                            .map_err(ClientError::Learner)
+                    })
             });
             match eval.await {
                 Ok(Ok(Some(r))) => {
@@ -132,24 +146,23 @@ pub(super) async fn run_connection<L: Learner>(
                     }
                 }
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Flow::Fatal(ClientError::Learner(e)),
-                Err(e) => return Flow::Fatal(ClientError::Learner(e.to_string())),
+                Ok(Err(e)) => return Flow::Fatal(e),
+                Err(e) => return Flow::Fatal(ClientError::Task(e)),
             }
-            // A stale trainer keeps training from the first version it saw.
-            let (base_version, base) = if opts.behaviour == Behaviour::Stale {
-                first_version
-                    .get_or_insert((version, global.clone()))
-                    .clone()
-            } else {
-                (version, global.clone())
-            };
+            let Base {
+                version: base_version,
+                weights: base,
+            } = chosen;
             let (train_learner, base_weights) = (learner.clone(), base.clone());
             let started = std::time::Instant::now();
             let train = tokio::task::spawn_blocking(move || {
                 train_learner
                     .lock()
-                    .map_err(|_| "learner poisoned".to_string())
-                    .and_then(|mut l| l.train(&base_weights, base_version))
+                    .map_err(|_| ClientError::Poisoned("learner"))
+                    .and_then(|mut l| {
+                        l.train(&base_weights, base_version)
+                            .map_err(ClientError::Learner)
+                    })
             });
             tokio::pin!(train);
             // Keep reading (new versions, pings) while the learner works.
@@ -157,8 +170,8 @@ pub(super) async fn run_connection<L: Learner>(
                 tokio::select! {
                     r = &mut train => match r {
                         Ok(Ok(t)) => break t,
-                        Ok(Err(e)) => return Flow::Fatal(ClientError::Learner(e)),
-                        Err(e) => return Flow::Fatal(ClientError::Learner(e.to_string())),
+                        Ok(Err(e)) => return Flow::Fatal(e),
+                        Err(e) => return Flow::Fatal(ClientError::Task(e)),
                     },
                     m = ws.next() => {
                         match handle_frame(m, &mut conn, summary, pending, on_event) {
@@ -169,11 +182,10 @@ pub(super) async fn run_connection<L: Learner>(
                 }
             };
             if trained.weights.len() != base.len() {
-                return Flow::Fatal(ClientError::Learner(format!(
-                    "learner returned {} weights, the model has {}",
-                    trained.weights.len(),
-                    base.len()
-                )));
+                return Flow::Fatal(ClientError::WrongWeights {
+                    got: trained.weights.len(),
+                    want: base.len(),
+                });
             }
             let mut delta: Vec<f32> = trained
                 .weights
@@ -181,10 +193,13 @@ pub(super) async fn run_connection<L: Learner>(
                 .zip(base.iter())
                 .map(|(a, b)| a - b)
                 .collect();
-            corrupt_delta(opts.behaviour, &mut delta, &mut rng);
+            match learner.lock() {
+                Ok(mut l) => l.adjust_delta(&mut delta),
+                Err(_) => return Flow::Fatal(ClientError::Poisoned("learner")),
+            }
             let payload = match encode_update(&layout, &delta, opts.compression) {
                 Ok(p) => p,
-                Err(e) => return Flow::Fatal(ClientError::Learner(e)),
+                Err(e) => return Flow::Fatal(ClientError::Encode(e)),
             };
             let update_id = format!(
                 "{}-v{}-{}",

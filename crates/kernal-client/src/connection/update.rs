@@ -2,10 +2,10 @@
 //! precision, its header, and the copy kept until the hub acknowledges it.
 
 use futures_util::SinkExt;
-use rand::Rng;
-use tokio_tungstenite::tungstenite::Message;
+use kernal_core::protocol::tensors::TensorError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::options::{Behaviour, Compression};
+use super::options::Compression;
 use super::transport::Ws;
 use crate::protocol::{ClientMessage, ModelLayout};
 
@@ -22,40 +22,17 @@ pub(super) fn encode_update(
     layout: &ModelLayout,
     delta: &[f32],
     compression: Compression,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, TensorError> {
     use safetensors::tensor::Dtype;
     let dtype = match compression {
         Compression::None => Dtype::F32,
         Compression::F16 => Dtype::F16,
         Compression::Bf16 => Dtype::BF16,
     };
-    layout
-        .encode_as(delta, None, dtype)
-        .map_err(|e| e.to_string())
+    layout.encode_as(delta, None, dtype)
 }
 
-/// Applies a faulty behaviour to an honest delta.
-pub fn corrupt_delta(behaviour: Behaviour, delta: &mut [f32], rng: &mut impl Rng) {
-    match behaviour {
-        Behaviour::Noise => {
-            for v in delta.iter_mut() {
-                // Box-Muller normal sample.
-                let (u1, u2): (f32, f32) = (rng.gen_range(1e-7..1.0), rng.gen());
-                *v = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
-            }
-        }
-        Behaviour::SignFlip => delta.iter_mut().for_each(|v| *v *= -4.0),
-        Behaviour::Scaled => delta.iter_mut().for_each(|v| *v *= 100.0),
-        Behaviour::Nan => {
-            if let Some(v) = delta.first_mut() {
-                *v = f32::NAN;
-            }
-        }
-        Behaviour::Honest | Behaviour::Stale | Behaviour::Silent => {}
-    }
-}
-
-pub(super) async fn send_update(ws: &mut Ws, p: &Pending) -> Result<(), String> {
+pub(super) async fn send_update(ws: &mut Ws, p: &Pending) -> Result<(), WsError> {
     let header = ClientMessage::Update {
         update_id: p.update_id.clone(),
         base_version: p.base_version,
@@ -65,9 +42,6 @@ pub(super) async fn send_update(ws: &mut Ws, p: &Pending) -> Result<(), String> 
     ws.send(Message::Text(
         serde_json::to_string(&header).unwrap_or_default(),
     ))
-    .await
-    .map_err(|e| e.to_string())?;
-    ws.send(Message::Binary(p.payload.clone()))
-        .await
-        .map_err(|e| e.to_string())
+    .await?;
+    ws.send(Message::Binary(p.payload.clone())).await
 }

@@ -80,11 +80,11 @@ pub(super) async fn open<L: Learner>(
                 let l = ModelLayout { tensors };
                 let check = learner
                     .lock()
-                    .map_err(|_| "learner poisoned".to_string())
-                    .and_then(|g| g.check_layout(&l));
+                    .map_err(|_| ClientError::Poisoned("learner"))
+                    .and_then(|g| g.check_layout(&l).map_err(ClientError::Learner));
                 if let Err(e) = check {
                     let _ = ws.close(None).await;
-                    return Err(Flow::Fatal(ClientError::Learner(e)));
+                    return Err(Flow::Fatal(e));
                 }
                 let layout = Arc::new(l);
                 conn.layout = Some(layout.clone());
