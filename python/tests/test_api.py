@@ -3,6 +3,7 @@ encoding, its version and its command line (no hub; the end-to-end runs are
 in the repository's tests/python.rs)."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from kernal_trainer.client import Trainer
 from kernal_trainer.download import http_url
 from kernal_trainer.tensors import encode, from_bf16_bits, to_bf16_bits
 
-PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+ROOT = Path(__file__).resolve().parents[2]
+PROTOCOL = ROOT / "docs" / "PROTOCOL.md"
+ERROR_TABLE = ROOT / "crates" / "kernal-core" / "src" / "protocol" / "errors.rs"
 
 
 def protocol_actions():
@@ -38,12 +41,42 @@ def protocol_actions():
     return out
 
 
+def declared_actions():
+    """code -> client action from the Rust declaration itself
+    (`error_table!` in crates/kernal-core/src/protocol/errors.rs), so the
+    package is checked against the source even if docs/PROTOCOL.md were not
+    regenerated."""
+    out = {}
+    entry = re.compile(r'^\s*[A-Z]\w* = "([a-z0-9_]+)", \w+, \d+, (\w+),', re.M)
+    for code, action in entry.findall(ERROR_TABLE.read_text()):
+        snake = re.sub(r"(?<!^)([A-Z])", r"_\1", action).lower()
+        out[code] = "—" if snake == "not_sent" else snake
+    return out
+
+
 class ErrorTableTest(unittest.TestCase):
     def test_actions_are_the_protocol_tables(self):
         table = protocol_actions()
         self.assertGreater(len(table), 30, "the table was found")
         sent = {c: a for c, a in table.items() if a != "—"}
         self.assertEqual(errors.ACTIONS, sent)
+
+    def test_actions_are_the_declared_tables_both_ways(self):
+        declared = declared_actions()
+        self.assertGreater(len(declared), 30, "the declaration was found")
+        # Every declared code is in the protocol page with the same action,
+        # and the page has no code the declaration lacks.
+        self.assertEqual(protocol_actions(), declared)
+        known = {errors.GIVE_UP, errors.DROP_UPDATE, errors.RESEND, errors.RECONNECT}
+        for code, act in declared.items():
+            if act == "—":
+                # A code the hub never sends a trainer has no action here.
+                self.assertNotIn(code, errors.ACTIONS, code)
+            else:
+                self.assertIn(act, known, code)
+                self.assertEqual(errors.ACTIONS.get(code), act, code)
+        # And the package knows no code the hub does not declare.
+        self.assertEqual(set(errors.ACTIONS) - set(declared), set())
 
     def test_refusals_no_retry_changes_give_up(self):
         for code in ["message_too_large", "tensor_mismatch", "bad_token", "revoked", "unknown_model"]:

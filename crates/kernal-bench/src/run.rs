@@ -29,8 +29,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         (None, Some(h)) => (h.url(), Some(h.token.clone())),
         _ => return Err(BenchError("no hub".into())),
     };
-    let tls = kernal_client::tls::client_config(args.ca.as_deref()).map_err(BenchError)?;
-    let http = kernal_client::tls::http_client(&tls, None).map_err(BenchError)?;
+    let tls = kernal_client::tls::client_config(args.ca.as_deref()).map_err(err)?;
+    let http = kernal_client::tls::http_client(&tls, None).map_err(err)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http.get(format!("{base}/healthz")).send().await {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde::Serialize;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::connection::{ws_url, ClientError, ClientEvent, Ws};
 use crate::policy::{self, Next};
@@ -249,10 +249,13 @@ async fn one_connection<S: Scorer>(
         if let Some(norm) = c.norm.take() {
             let applied = scorer
                 .lock()
-                .map_err(|_| "scorer poisoned".to_string())
-                .and_then(|mut s| s.use_normalisation(norm.as_ref()));
+                .map_err(|_| ClientError::Poisoned("scorer"))
+                .and_then(|mut s| {
+                    s.use_normalisation(norm.as_ref())
+                        .map_err(ClientError::Learner)
+                });
             if let Err(e) = applied {
-                return Flow::Fatal(ClientError::Learner(e));
+                return Flow::Fatal(e);
             }
         }
         let due = match &c.latest {
@@ -265,8 +268,8 @@ async fn one_connection<S: Scorer>(
             let s = scorer.clone();
             let job = tokio::task::spawn_blocking(move || {
                 s.lock()
-                    .map_err(|_| "scorer poisoned".to_string())
-                    .and_then(|mut s| s.score(&weights, version))
+                    .map_err(|_| ClientError::Poisoned("scorer"))
+                    .and_then(|mut s| s.score(&weights, version).map_err(ClientError::Learner))
             });
             tokio::pin!(job);
             // Keep reading (new versions, pings) while the scorer works.
@@ -274,8 +277,8 @@ async fn one_connection<S: Scorer>(
                 tokio::select! {
                     r = &mut job => match r {
                         Ok(Ok(s)) => break s,
-                        Ok(Err(e)) => return Flow::Fatal(ClientError::Learner(e)),
-                        Err(e) => return Flow::Fatal(ClientError::Learner(e.to_string())),
+                        Ok(Err(e)) => return Flow::Fatal(e),
+                        Err(e) => return Flow::Fatal(ClientError::Task(e)),
                     },
                     m = ws.next() => if let Some(f) = on_frame(m, &mut c, summary, attempt, scorer, on_event) {
                         return f;
@@ -307,10 +310,9 @@ async fn one_connection<S: Scorer>(
     }
 }
 
-async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<(), String> {
+async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<(), WsError> {
     ws.send(Message::Text(serde_json::to_string(m).unwrap_or_default()))
         .await
-        .map_err(|e| e.to_string())
 }
 
 /// One frame from the hub; `Some` ends the connection.
@@ -365,10 +367,10 @@ fn on_frame<S: Scorer>(
             let layout = ModelLayout { tensors };
             let check = scorer
                 .lock()
-                .map_err(|_| "scorer poisoned".to_string())
-                .and_then(|s| s.check_layout(&layout));
+                .map_err(|_| ClientError::Poisoned("scorer"))
+                .and_then(|s| s.check_layout(&layout).map_err(ClientError::Learner));
             if let Err(e) = check {
-                return Some(Flow::Fatal(ClientError::Learner(e)));
+                return Some(Flow::Fatal(e));
             }
             c.layout = Some(Arc::new(layout));
             c.expect_binary_for = Some((version, 0));

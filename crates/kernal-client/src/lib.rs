@@ -16,6 +16,7 @@ pub mod tls;
 pub use kernal_core::{data, model, protocol};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -47,6 +48,14 @@ pub struct EvalReport {
     pub global_bits_per_byte: Option<f64>,
 }
 
+/// The global weights of one version, as the connection loop hands them to
+/// a learner (shared, since the loop keeps them while the learner trains).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Base {
+    pub version: u64,
+    pub weights: Arc<Vec<f32>>,
+}
+
 /// The learning part of a trainer. The connection loop handles the hub,
 /// reconnection, idempotent resends and output; a learner only learns.
 pub trait Learner: Send + 'static {
@@ -67,6 +76,19 @@ pub trait Learner: Send + 'static {
     fn use_normalisation(&mut self, _normalisation: Option<&Normalisation>) -> Result<(), String> {
         Ok(())
     }
+    /// Lets a learner train from a version other than the newest: one it
+    /// kept (an update then names that older `base_version`), or none at
+    /// all (`None`: the newest is neither evaluated nor trained on, and the
+    /// loop asks again later). The default trains from the newest, which is
+    /// what federated averaging expects of an honest member.
+    fn choose_base(&mut self, newest: &Base) -> Option<Base> {
+        Some(newest.clone())
+    }
+    /// A last say over the update (`trained - base`) before it is encoded,
+    /// for changes that are defined on the delta rather than the weights:
+    /// clipping or noise for differential privacy, or a test's deliberate
+    /// faults. The default sends the delta as trained.
+    fn adjust_delta(&mut self, _delta: &mut [f32]) {}
 }
 
 /// Fewest mini-batch steps the reference MLP trainer takes per version

@@ -62,16 +62,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_no_retry_can_change_give_up() {
-        for code in [
-            ErrorCode::BadToken,
-            ErrorCode::Revoked,
-            ErrorCode::UnknownModel,
-            ErrorCode::MessageTooLarge,
-            ErrorCode::TensorMismatch,
-            ErrorCode::Replaced,
-        ] {
-            assert_eq!(on_error(code, true, true).next, Next::GiveUp, "{code}");
+    fn the_error_table_alone_says_when_to_give_up() {
+        // No list of codes here: every code gives up exactly when the
+        // table's `client_action` says so, whatever the hub adds later.
+        for &code in ErrorCode::ALL {
+            let gives_up = code.client_action() == ClientAction::GiveUp;
+            for (fatal, ours) in [(true, true), (true, false), (false, true), (false, false)] {
+                let d = on_error(code, fatal, ours);
+                assert_eq!(d.next == Next::GiveUp, gives_up, "{code}");
+                assert_eq!(
+                    d.drop_pending,
+                    ours && code.client_action() == ClientAction::DropUpdate,
+                    "{code}"
+                );
+            }
         }
     }
 

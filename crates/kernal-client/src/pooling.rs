@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::connection::{apply_normalisation, ClientError, ClientEvent, Flow, Ws};
+use crate::connection::{ClientError, Flow, Ws};
+use crate::events::ClientEvent;
 use crate::protocol::{ClientMessage, Normalisation};
 use crate::Learner;
 
@@ -23,7 +24,7 @@ pub(crate) async fn join_pool<L: Learner>(
 ) -> Result<bool, Flow> {
     let stats = learner
         .lock()
-        .map_err(|_| Flow::Fatal(ClientError::Learner("learner poisoned".into())))?
+        .map_err(|_| Flow::Fatal(ClientError::Poisoned("learner")))?
         .feature_stats();
     let Some(st) = stats else {
         apply_normalisation(learner, None, on_event).map_err(Flow::Fatal)?;
@@ -43,4 +44,23 @@ pub(crate) async fn join_pool<L: Learner>(
         trainers: pooling.trainers,
     });
     Ok(true)
+}
+
+/// Tells the learner the model's normalisation and the user what it is.
+pub(crate) fn apply_normalisation<L: Learner>(
+    learner: &Arc<Mutex<L>>,
+    norm: Option<&Normalisation>,
+    on_event: &mut (impl FnMut(&ClientEvent) + Send),
+) -> Result<(), ClientError> {
+    learner
+        .lock()
+        .map_err(|_| ClientError::Poisoned("learner"))?
+        .use_normalisation(norm)
+        .map_err(ClientError::Learner)?;
+    on_event(&ClientEvent::Normalisation {
+        state: if norm.is_some() { "frozen" } else { "none" }.into(),
+        features: norm.map(|n| n.features).unwrap_or(0),
+        trainers: norm.map(|n| n.trainers).unwrap_or(0),
+    });
+    Ok(())
 }

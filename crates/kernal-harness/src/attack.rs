@@ -4,9 +4,12 @@
 //! ordinary client's, so the hub sees exactly what a hostile trainer built
 //! on `kernal-client` would send.
 
+mod faulty;
+
 use serde::{Deserialize, Serialize};
 
-use kernal_client::{EvalReport, Learner, Trained};
+pub use faulty::{Behaviour, FaultyLearner};
+use kernal_client::{Base, EvalReport, Learner, Trained};
 use kernal_core::protocol::{FeatureStats, ModelLayout, Normalisation};
 
 /// What a lying member does.
@@ -125,6 +128,14 @@ impl<L: Learner> Learner for Attacker<L> {
 
     fn use_normalisation(&mut self, normalisation: Option<&Normalisation>) -> Result<(), String> {
         self.inner.use_normalisation(normalisation)
+    }
+
+    fn choose_base(&mut self, newest: &Base) -> Option<Base> {
+        self.inner.choose_base(newest)
+    }
+
+    fn adjust_delta(&mut self, delta: &mut [f32]) {
+        self.inner.adjust_delta(delta)
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::args::HarnessArgs;
+use super::attack::FaultyLearner;
 use super::error::{run_err, HarnessError};
 use super::hub::{get_json, start_own_hub, wait_healthy};
 use super::keep;
@@ -244,6 +245,7 @@ async fn run_collective(
     for (i, t) in sc.trainers.iter().enumerate() {
         let learner = KernelLearner::new(spec, texts_for(t)?, trainer_settings(k, t, spec, seed))
             .map_err(HarnessError::Run)?;
+        let learner = FaultyLearner::new(learner, t.behaviour);
         let mut opts = ClientOptions::new(
             hub_url,
             &t.name,
@@ -252,7 +254,6 @@ async fn run_collective(
         );
         opts.model = model.clone();
         opts.tls = Some(ctx.tls.clone());
-        opts.behaviour = t.behaviour;
         opts.compression = t.compression;
         opts.max_backoff = Duration::from_secs(2);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 pub use super::criterion::Criterion;
 use super::kernel_report::{render_table, KernelOutcome};
-use kernal_client::connection::Behaviour;
+use crate::attack::Behaviour;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainerRow {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 
+use super::attack::FaultyLearner;
 use super::dataset::{ensure_dataset_model, hub_evaluation, Prepared};
 use super::error::{run_err, HarnessError};
 use super::hub::{get_json, wait_healthy};
@@ -135,7 +136,10 @@ pub(crate) async fn run_once(
             let rel = version - start_version;
             let should = rel >= join && leave.map(|l| rel < l).unwrap_or(true);
             if should && !running.contains_key(&i) && !done.contains_key(&i) {
-                let learner = make_learner(sc, t, spec, &cfg, seed, ctx.prepared)?;
+                let learner = FaultyLearner::new(
+                    make_learner(sc, t, spec, &cfg, seed, ctx.prepared)?,
+                    t.behaviour,
+                );
                 let mut opts = ClientOptions::new(
                     hub_url,
                     &t.name,
@@ -144,7 +148,6 @@ pub(crate) async fn run_once(
                 );
                 opts.model = model.clone();
                 opts.tls = Some(tls.clone());
-                opts.behaviour = t.behaviour;
                 opts.compression = t.compression;
                 opts.max_backoff = Duration::from_secs(2);
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();

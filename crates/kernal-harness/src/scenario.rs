@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::kernel_training::KernelTraining;
-use kernal_client::connection::{Behaviour, Compression};
+use crate::attack::Behaviour;
+use kernal_client::connection::Compression;
 use kernal_hub::aggregation::{AggregationOverrides, AggregationSettings, Strategy};
 
 /// The scenarios shipped with kernal, embedded so `kernal harness NAME` works

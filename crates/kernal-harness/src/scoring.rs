@@ -12,7 +12,7 @@ use super::poisoning;
 use super::regression;
 use super::report::{AttackOutcome, RunOutcome};
 use super::scenario::Scenario;
-use kernal_client::connection::Behaviour;
+use crate::attack::Behaviour;
 use kernal_hub::config::Config;
 
 /// What a run measured, with what it is measured against.

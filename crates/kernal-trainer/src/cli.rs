@@ -22,7 +22,7 @@ pub(crate) async fn fetch_layout(
 ) -> Result<ModelLayout, TrainerCliError> {
     let url = format!("{}/v1/models/{}", connection::http_url(hub), model);
     let http = kernal_client::tls::http_client(tls, Some(Duration::from_secs(10)))
-        .map_err(TrainerCliError::Other)?;
+        .map_err(|e| TrainerCliError::Other(e.to_string()))?;
     let mut wait = 0.25f64;
     for attempt in 0..40 {
         match http.get(&url).send().await {
@@ -68,8 +68,8 @@ pub async fn run(
     args: TrainerArgs,
     specialties: &Specialties,
 ) -> Result<connection::Summary, TrainerCliError> {
-    let tls =
-        kernal_client::tls::client_config(args.ca.as_deref()).map_err(TrainerCliError::Data)?;
+    let tls = kernal_client::tls::client_config(args.ca.as_deref())
+        .map_err(|e| TrainerCliError::Data(e.to_string()))?;
     let layout = fetch_layout(&args.hub, &args.model, &tls).await?;
     if let Some(spec) = kernal_core::kernel::KernelSpec::from_layout(&layout) {
         let learner = super::kernel::learner(&args, spec)?;

@@ -81,8 +81,8 @@ async fn run(
     token: String,
     specialties: &Specialties,
 ) -> Result<EvaluatorSummary, TrainerCliError> {
-    let tls =
-        kernal_client::tls::client_config(cmd.ca.as_deref()).map_err(TrainerCliError::Data)?;
+    let tls = kernal_client::tls::client_config(cmd.ca.as_deref())
+        .map_err(|e| TrainerCliError::Data(e.to_string()))?;
     let layout = fetch_layout(&cmd.hub, &cmd.model, &tls).await?;
     let mut opts = EvaluatorOptions::new(&cmd.hub, &cmd.name, &token, &cmd.model);
     opts.tls = Some(tls);
