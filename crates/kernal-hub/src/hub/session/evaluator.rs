@@ -8,7 +8,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::actor::TrainerSession;
-use super::hello::TOKEN_CHECKS;
+use super::hello::{token_size_error, TOKEN_CHECKS};
 use super::phase::{EvaluatorReady, Phase};
 use crate::hub::hub_actor::{self, ToSession};
 use crate::protocol::{
@@ -64,13 +64,8 @@ impl TrainerSession {
         if let Err(e) = validate_name(&name) {
             return self.error(ctx, ErrorCode::BadName, format!("evaluator {e}"), None);
         }
-        if token.is_empty() || token.len() > 1024 {
-            return self.error(
-                ctx,
-                ErrorCode::BadToken,
-                "token must be 1 to 1024 characters".into(),
-                None,
-            );
+        if let Some(why) = token_size_error(&token) {
+            return self.error(ctx, ErrorCode::BadToken, why, None);
         }
         self.phase = Phase::Verifying;
         let hub = self.hub.clone();

@@ -63,6 +63,17 @@ async fn check_token(
     }
 }
 
+/// The longest token a hello may carry: bounds the hashing a stranger's
+/// hello costs before anything is checked. One rule for trainers and
+/// evaluators.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// Why `token` is refused before it is checked (`bad_token`), if it is.
+pub(super) fn token_size_error(token: &str) -> Option<String> {
+    (token.is_empty() || token.len() > MAX_TOKEN_LEN)
+        .then(|| format!("token must be 1 to {MAX_TOKEN_LEN} characters"))
+}
+
 impl TrainerSession {
     pub(super) fn on_hello(
         &mut self,
@@ -90,13 +101,8 @@ impl TrainerSession {
         if let Err(e) = validate_name(&specialty) {
             return self.error(ctx, ErrorCode::BadName, format!("specialty {e}"), None);
         }
-        if token.is_empty() || token.len() > 1024 {
-            return self.error(
-                ctx,
-                ErrorCode::BadToken,
-                "token must be 1 to 1024 characters".into(),
-                None,
-            );
+        if let Some(why) = token_size_error(&token) {
+            return self.error(ctx, ErrorCode::BadToken, why, None);
         }
         self.phase = Phase::Verifying;
         let hub = self.hub.clone();
@@ -172,5 +178,21 @@ impl TrainerSession {
                 }
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_1_to_1024_bytes() {
+        assert!(token_size_error("t").is_none());
+        assert!(token_size_error(&"t".repeat(MAX_TOKEN_LEN)).is_none());
+        assert_eq!(
+            token_size_error("").as_deref(),
+            Some("token must be 1 to 1024 characters")
+        );
+        assert!(token_size_error(&"t".repeat(MAX_TOKEN_LEN + 1)).is_some());
     }
 }
