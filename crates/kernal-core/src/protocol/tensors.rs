@@ -44,6 +44,24 @@ impl TensorSpec {
     }
 }
 
+/// How [`ModelLayout::visit_windows`] walks a buffer's values: at most
+/// `bytes` of a tensor at a time, each window handed to `done` once used.
+pub struct Window<'a> {
+    pub bytes: usize,
+    pub done: Option<&'a mut WindowDone<'a>>,
+}
+
+/// What is told of each window once it was used.
+pub type WindowDone<'a> = dyn FnMut(&[u8]) + 'a;
+
+impl Window<'_> {
+    /// Each tensor whole, nothing told.
+    pub const WHOLE: Window<'static> = Window {
+        bytes: usize::MAX,
+        done: None,
+    };
+}
+
 /// Ordered tensors of a model; the flat buffer holds them end to end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelLayout {
@@ -149,18 +167,50 @@ impl ModelLayout {
         self.encode_with(flat, metadata, |t| t.tensor_dtype().delta_dtype(float))
     }
 
+    /// What [`encode`](Self::encode) writes before the tensors' bytes (the
+    /// length, the header and its padding), when every tensor is F32 (None
+    /// otherwise): on a little-endian machine the bytes that follow are the
+    /// flat buffer's own memory, so a version can be sent and stored as this
+    /// header plus a view of its weights, never copied into an encoding.
+    pub fn encode_f32_header(
+        &self,
+        len: usize,
+        metadata: Option<&HashMap<String, String>>,
+    ) -> Option<Vec<u8>> {
+        let all_f32 = self
+            .tensors
+            .iter()
+            .all(|t| t.tensor_dtype() == TensorDtype::F32);
+        if !all_f32 || !cfg!(target_endian = "little") || len != self.num_params() {
+            return None;
+        }
+        self.encode_inner(len, &[], metadata, |t| t.tensor_dtype(), true)
+            .ok()
+    }
+
     fn encode_with(
         &self,
         flat: &[f32],
         metadata: Option<&HashMap<String, String>>,
         dtype_of: impl Fn(&TensorSpec) -> TensorDtype,
     ) -> Result<Vec<u8>, TensorError> {
-        if flat.len() != self.num_params() {
+        self.encode_inner(flat.len(), flat, metadata, dtype_of, false)
+    }
+
+    fn encode_inner(
+        &self,
+        len: usize,
+        flat: &[f32],
+        metadata: Option<&HashMap<String, String>>,
+        dtype_of: impl Fn(&TensorSpec) -> TensorDtype,
+        header_only: bool,
+    ) -> Result<Vec<u8>, TensorError> {
+        if len != self.num_params() {
             return Err(TensorError::new(
                 ErrorCode::TensorMismatch,
                 format!(
                     "buffer has {} values, layout needs {}",
-                    flat.len(),
+                    len,
                     self.num_params()
                 ),
             ));
@@ -210,6 +260,9 @@ impl ModelLayout {
         let mut out = Vec::with_capacity(8 + hjson.len() + off);
         out.extend_from_slice(&(hjson.len() as u64).to_le_bytes());
         out.extend_from_slice(&hjson);
+        if header_only {
+            return Ok(out);
+        }
         let mut start = 0;
         for t in &self.tensors {
             let n = t.numel();
@@ -237,6 +290,21 @@ impl ModelLayout {
         &self,
         bytes: &[u8],
         check_finite: bool,
+        f: impl FnMut(&TensorSpec, usize, Values<'_>),
+    ) -> Result<(), TensorError> {
+        self.visit_windows(bytes, check_finite, Window::WHOLE, f)
+    }
+
+    /// [`visit`](Self::visit) a window of at most `window.bytes` at a time
+    /// (`f` gets each window's values with its start in the flat buffer),
+    /// handing each window to `window.done` once it was used: a 400 MB
+    /// update read from a file mapping is scanned without all of it
+    /// becoming resident at once.
+    pub fn visit_windows(
+        &self,
+        bytes: &[u8],
+        check_finite: bool,
+        mut window: Window<'_>,
         mut f: impl FnMut(&TensorSpec, usize, Values<'_>),
     ) -> Result<(), TensorError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
@@ -273,8 +341,8 @@ impl ModelLayout {
                 ));
             }
             let model = spec.tensor_dtype();
-            let values = match TensorDtype::from_safetensors(view.dtype()) {
-                Some(d) if d.is_float() || !model.is_float() => Values::new(d, view.data()),
+            let dtype = match TensorDtype::from_safetensors(view.dtype()) {
+                Some(d) if d.is_float() || !model.is_float() => d,
                 _ => {
                     return Err(TensorError::new(
                         ErrorCode::TensorMismatch,
@@ -292,8 +360,41 @@ impl ModelLayout {
                     ))
                 }
             };
+            let width = dtype.width().max(1);
+            let step = (window.bytes / width).max(1) * width;
+            let data = view.data();
+            let mut start = 0usize;
+            loop {
+                let end = data.len().min(start.saturating_add(step));
+                let values = Values::new(dtype, &data[start..end]);
+                Self::check_values(spec, model, values, start / width, check_finite)?;
+                f(spec, offset + start / width, values);
+                if let Some(done) = window.done.as_mut() {
+                    done(&data[start..end]);
+                }
+                if end == data.len() {
+                    break;
+                }
+                start = end;
+            }
+            offset += spec.numel();
+        }
+        Ok(())
+    }
+
+    /// Refuses a window of a tensor's values (starting at index `first`)
+    /// that its dtype cannot hold.
+    fn check_values(
+        spec: &TensorSpec,
+        model: TensorDtype,
+        values: Values<'_>,
+        first: usize,
+        check_finite: bool,
+    ) -> Result<(), TensorError> {
+        {
             if !model.is_float() {
                 if let Some((i, v)) = values.first_non_integer() {
+                    let i = first + i;
                     return Err(TensorError::new(
                         ErrorCode::NonIntegerDelta,
                         format!(
@@ -305,6 +406,7 @@ impl ModelLayout {
                 }
             } else if check_finite {
                 if let Some((i, v)) = values.first_non_finite() {
+                    let i = first + i;
                     return Err(TensorError::new(
                         ErrorCode::NonFinite,
                         format!(
@@ -319,8 +421,6 @@ impl ModelLayout {
                     ));
                 }
             }
-            f(spec, offset, values);
-            offset += spec.numel();
         }
         Ok(())
     }
@@ -342,6 +442,45 @@ impl ModelLayout {
             self.validate(bytes)?;
         }
         Ok(s)
+    }
+
+    /// [`check_sum_squares`](Self::check_sum_squares) a window at a time.
+    pub fn check_sum_squares_windowed(
+        &self,
+        bytes: &[u8],
+        window: Window<'_>,
+    ) -> Result<f64, TensorError> {
+        let mut s = 0.0f64;
+        self.visit_windows(bytes, false, window, |t, _, v| {
+            if !t.is_integer() {
+                s += v.sum_squares()
+            }
+        })?;
+        if !s.is_finite() {
+            self.validate(bytes)?;
+        }
+        Ok(s)
+    }
+
+    /// [`accumulate`](Self::accumulate) a window at a time.
+    pub fn accumulate_windowed(
+        &self,
+        bytes: &[u8],
+        acc: &mut [f32],
+        factor: f32,
+        window: Window<'_>,
+    ) -> Result<(), TensorError> {
+        if acc.len() != self.num_params() {
+            return Err(TensorError::new(
+                ErrorCode::TensorMismatch,
+                "accumulator size differs from the layout",
+            ));
+        }
+        self.visit_windows(bytes, true, window, |t, off, v| {
+            if !t.is_integer() {
+                v.axpy_into(&mut acc[off..], factor)
+            }
+        })
     }
 
     /// The values of the integer and bool tensors, end to end in layout
@@ -504,97 +643,4 @@ fn shape_mismatch(name: &str, got: &[usize], want: &[usize]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accumulate_from_bytes() {
-        let l = layout();
-        let a: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        let bytes = l.encode(&a, None).unwrap();
-        let mut acc = vec![1.0f32; 8];
-        l.accumulate(&bytes, &mut acc, 0.5).unwrap();
-        assert_eq!(acc, a.iter().map(|v| 1.0 + 0.5 * v).collect::<Vec<_>>());
-        assert_eq!(
-            l.sum_squares(&bytes).unwrap(),
-            a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()
-        );
-        let h = l.encode_as(&a, None, Dtype::F16).unwrap();
-        assert_eq!(
-            l.sum_squares(&h).unwrap(),
-            a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()
-        );
-        // One pass gives the norm and refuses what validation refuses.
-        let long = ModelLayout::new(vec![("w".into(), vec![1001])]);
-        let vals: Vec<f32> = (0..1001).map(|i| (i % 13) as f32 - 6.0).collect();
-        let want: f64 = vals.iter().map(|v| (*v as f64).powi(2)).sum();
-        let enc = long.encode(&vals, None).unwrap();
-        assert_eq!(long.check_sum_squares(&enc).unwrap(), want);
-        let mut huge = vals.clone();
-        huge[1000] = f32::MAX;
-        let enc = long.encode(&huge, None).unwrap();
-        assert!(long.check_sum_squares(&enc).unwrap().is_finite());
-        huge[999] = f32::INFINITY;
-        let enc = long.encode(&huge, None).unwrap();
-        let e = long.check_sum_squares(&enc).unwrap_err();
-        assert_eq!(e.code, ErrorCode::NonFinite);
-        assert!(e.message.contains("index 999"), "{}", e.message);
-    }
-
-    fn layout() -> ModelLayout {
-        ModelLayout::new(vec![("w".into(), vec![2, 3]), ("b".into(), vec![2])])
-    }
-
-    #[test]
-    fn round_trip_and_reference_reader() {
-        let l = layout();
-        let flat: Vec<f32> = (0..8).map(|i| i as f32 * 0.5).collect();
-        let mut meta = HashMap::new();
-        meta.insert("version".to_string(), "3".to_string());
-        let bytes = l.encode(&flat, Some(&meta)).unwrap();
-        // The reference parser accepts what we wrote.
-        let (n, m) = SafeTensors::read_metadata(&bytes).unwrap();
-        assert!(n % 8 == 0 || (8 + n) % 8 == 0);
-        assert_eq!(m.metadata().as_ref().unwrap()["version"], "3");
-        assert_eq!(l.decode(&bytes).unwrap(), flat);
-    }
-
-    #[test]
-    fn half_precision_round_trip() {
-        let l = layout();
-        let flat: Vec<f32> = (0..8).map(|i| i as f32 * 0.25).collect();
-        let bytes = l.encode_as(&flat, None, Dtype::F16).unwrap();
-        assert_eq!(l.decode(&bytes).unwrap(), flat);
-        let bytes = l.encode_as(&flat, None, Dtype::BF16).unwrap();
-        assert_eq!(l.decode(&bytes).unwrap(), flat);
-    }
-
-    #[test]
-    fn refuses_mismatch_and_nan() {
-        let l = layout();
-        let other = ModelLayout::new(vec![("w".into(), vec![3, 2]), ("b".into(), vec![2])]);
-        let bytes = other.encode(&[0.0; 8], None).unwrap();
-        assert_eq!(
-            l.decode(&bytes).unwrap_err().code,
-            ErrorCode::TensorMismatch
-        );
-        let mut flat = vec![0.0f32; 8];
-        flat[7] = f32::NAN;
-        let bytes = l.encode(&flat, None).unwrap();
-        assert_eq!(l.decode(&bytes).unwrap_err().code, ErrorCode::NonFinite);
-        assert_eq!(
-            l.decode(b"garbage").unwrap_err().code,
-            ErrorCode::BadSafetensors
-        );
-        let extra = ModelLayout::new(vec![
-            ("w".into(), vec![2, 3]),
-            ("b".into(), vec![2]),
-            ("z".into(), vec![1]),
-        ]);
-        let bytes = extra.encode(&[0.0; 9], None).unwrap();
-        assert_eq!(
-            l.decode(&bytes).unwrap_err().code,
-            ErrorCode::TensorMismatch
-        );
-    }
-}
+mod tests;
