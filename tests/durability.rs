@@ -14,7 +14,8 @@ use common::*;
 use serde_json::json;
 
 /// A hub process on a port the kernel picks (it reports it in its address
-/// file), every payload and checkpoint in blob files: the crash path of files.
+/// file), every payload and checkpoint in blob files: the crash path of files,
+/// spooled and written after receipt alike.
 fn durable_hub(dir: &std::path::Path) -> HubProc {
     HubProc::new(
         dir,
@@ -24,6 +25,9 @@ fn durable_hub(dir: &std::path::Path) -> HubProc {
             ("KERNAL__MODELS__DIGITS__STRATEGY", "fedavg"),
             ("KERNAL__MODELS__DIGITS__ROUND_TIMEOUT_SECS", "1"),
             ("KERNAL__HUB__BLOB_FILE_THRESHOLD_BYTES", "1"),
+            // The digits updates (19 KB) are spooled to their files as they
+            // arrive; the side model's (a few bytes) are held in memory.
+            ("KERNAL__HUB__SPOOL_MIN_BYTES", "8192"),
             ("RUST_LOG", "warn"),
         ],
     )

@@ -154,7 +154,19 @@ fn limits(max_message: usize) -> ReaderLimits {
         max_prehello: 1024,
         max_fragments: 64,
         budget_wait: Duration::from_secs(1),
+        // Binary messages from 1,000 bytes go to files as they arrive: the
+        // spooled path must read every framing the reference does.
+        spool: Some(kernal_hub::hub::ws::spool::SpoolDir {
+            dir: spool_dir().to_path_buf(),
+            min_bytes: 1000,
+        }),
     }
+}
+
+fn spool_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
 }
 
 /// What kernal's reader makes of `wire` delivered in `chunks`-sized pieces.
@@ -201,6 +213,7 @@ fn read_kernal(
                     None => break,
                     Some(Incoming::Text(b)) => out.push(Ok(Msg::Text(b.to_vec()))),
                     Some(Incoming::Binary(b)) => out.push(Ok(Msg::Binary(b.to_vec()))),
+                    Some(Incoming::Spooled(s)) => out.push(Ok(Msg::Binary(s.bytes.to_vec()))),
                     Some(Incoming::Ping(b)) => out.push(Ok(Msg::Ping(b.to_vec()))),
                     Some(Incoming::Pong) => out.push(Ok(Msg::Pong)),
                     Some(Incoming::Close) => out.push(Ok(Msg::Close)),

@@ -51,6 +51,7 @@ pub struct HubConfig {
     pub max_prehello_per_ip: usize,
     pub max_outbound_bytes: usize,
     pub blob_file_threshold_bytes: usize,
+    pub spool_min_bytes: usize,
     pub max_inflight_update_bytes: usize,
     pub max_inflight_share: f64,
     pub min_upload_bytes_per_sec: u64,
@@ -422,6 +423,14 @@ impl Config {
             h.blob_file_threshold_bytes,
             0.0,
             GIB,
+            Ends::Closed,
+        )
+        .map_err(InvalidConfig::Range)?;
+        range::key(
+            "hub.spool_min_bytes",
+            h.spool_min_bytes,
+            0.0,
+            1024.0 * GIB,
             Ends::Closed,
         )
         .map_err(InvalidConfig::Range)?;

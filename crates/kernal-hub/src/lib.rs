@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod hub;
 pub mod logging;
+pub mod mapped;
 pub mod range;
 
 pub use kernal_core::{data, kernel, model, protocol};

@@ -59,6 +59,23 @@ pub trait Rule: Sync {
     ) {
         axpy(weights, s.server_lr, mean_delta)
     }
+
+    /// [`server_step`](Self::server_step) from `old` weights written over
+    /// `delta`, which becomes the new weights: the fold of a large model
+    /// then holds two model-sized buffers, not three. Same arithmetic, in
+    /// the same order, as `server_step` on a copy of `old` (a test holds
+    /// every strategy to it); a strategy that overrides one overrides both.
+    fn server_step_into(
+        &self,
+        old: &[f32],
+        delta: &mut [f32],
+        s: &AggregationSettings,
+        _state: &mut ServerState,
+    ) {
+        for (d, w) in delta.iter_mut().zip(old) {
+            *d = *w + s.server_lr * *d;
+        }
+    }
 }
 
 /// Example- and staleness-weighted mean of deltas, plain server step.
@@ -100,6 +117,21 @@ impl Rule for FedAvgM {
             weights[i] += s.server_lr * m[i];
         }
     }
+
+    fn server_step_into(
+        &self,
+        old: &[f32],
+        delta: &mut [f32],
+        s: &AggregationSettings,
+        state: &mut ServerState,
+    ) {
+        let n = old.len();
+        let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
+        for i in 0..n {
+            m[i] = s.momentum * m[i] + delta[i];
+            delta[i] = old[i] + s.server_lr * m[i];
+        }
+    }
 }
 
 /// FedAvg's mean with a server-side Adam optimizer.
@@ -132,6 +164,25 @@ impl Rule for FedAdam {
             weights[i] += s.server_lr * m[i] / (v[i].sqrt() + s.tau);
         }
     }
+
+    fn server_step_into(
+        &self,
+        old: &[f32],
+        delta: &mut [f32],
+        s: &AggregationSettings,
+        state: &mut ServerState,
+    ) {
+        let n = old.len();
+        let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
+        let v = state.second_moment.get_or_insert_with(|| vec![0.0; n]);
+        let (b1, b2) = (s.momentum, s.beta2);
+        for i in 0..n {
+            let d = delta[i];
+            m[i] = b1 * m[i] + (1.0 - b1) * d;
+            v[i] = b2 * v[i] + (1.0 - b2) * d * d;
+            delta[i] = old[i] + s.server_lr * m[i] / (v[i].sqrt() + s.tau);
+        }
+    }
 }
 
 /// Coordinate-wise median, plain server step.
@@ -157,5 +208,31 @@ impl Rule for TrimmedMean {
 
     fn reduce(&self, contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
         trimmed_mean(contribs, s.trim_fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_step_in_place_is_the_step_on_a_copy() {
+        let old: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let delta: Vec<f32> = (0..37).map(|i| (i as f32 * 1.3).cos() * 0.1).collect();
+        use Strategy::*;
+        for strategy in [Fedavg, Fedavgm, Fedadam, Median, TrimmedMean] {
+            let mut s = crate::aggregation::tests::settings(strategy);
+            s.server_lr = 0.7;
+            let (mut a, mut b) = (ServerState::default(), ServerState::default());
+            for _ in 0..3 {
+                let mut w = old.clone();
+                strategy.rule().server_step(&mut w, &delta, &s, &mut a);
+                let mut d = delta.clone();
+                strategy.rule().server_step_into(&old, &mut d, &s, &mut b);
+                assert_eq!(w, d, "{strategy:?}");
+                assert_eq!(a.momentum, b.momentum, "{strategy:?}");
+                assert_eq!(a.second_moment, b.second_moment, "{strategy:?}");
+            }
+        }
     }
 }

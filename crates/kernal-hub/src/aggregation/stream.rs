@@ -39,7 +39,11 @@ impl Accumulator {
         payload: &[u8],
     ) -> Result<(), TensorError> {
         let t = Instant::now();
-        layout.accumulate(payload, &mut self.sum, (coef.0 as f32) * coef.1)?;
+        // A mapped (spooled) payload is read a window at a time, so folding
+        // it does not make all of it resident.
+        let mut release = crate::mapped::release;
+        let window = crate::mapped::window_for(payload, &mut release);
+        layout.accumulate_windowed(payload, &mut self.sum, (coef.0 as f32) * coef.1, window)?;
         self.seconds += t.elapsed().as_secs_f64();
         self.weight += coef.0;
         Ok(())
@@ -63,13 +67,11 @@ impl Accumulator {
 /// The weighted mean of a round: the running sum (if any) plus deltas
 /// kept whole with their coefficients (kept ones exist when the strategy
 /// changed since they arrived); zeros of length `n` when nothing weighs.
-pub fn running_mean(
-    acc: Option<&Accumulator>,
-    kept: &[((f64, f32), &[f32])],
-    n: usize,
-) -> Vec<f32> {
-    let mut sum = acc.map(|a| a.sum.clone()).unwrap_or_else(|| vec![0.0; n]);
-    let mut total = acc.map(|a| a.weight).unwrap_or(0.0);
+pub fn running_mean(acc: Option<Accumulator>, kept: &[((f64, f32), &[f32])], n: usize) -> Vec<f32> {
+    // The sum becomes the mean in its own buffer (a 400 MB model's fold
+    // must not copy it).
+    let mut total = acc.as_ref().map(|a| a.weight).unwrap_or(0.0);
+    let mut sum = acc.map(|a| a.sum).unwrap_or_else(|| vec![0.0; n]);
     for (coef, d) in kept {
         axpy(&mut sum, (coef.0 as f32) * coef.1, d);
         total += coef.0;

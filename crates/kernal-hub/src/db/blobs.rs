@@ -107,17 +107,22 @@ impl BlobStore {
     }
 
     /// Writes `bytes` over a spare file.
-    fn reuse(&self, name: &str, size: u64, bytes: &[u8]) -> std::io::Result<()> {
+    fn reuse(&self, name: &str, size: u64, parts: &[&[u8]]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let f = match self.take_handle(name) {
             Some(f) => f,
             None => std::fs::OpenOptions::new()
                 .write(true)
                 .open(self.dir.join(name))?,
         };
-        f.write_all_at(bytes, 0)?;
-        if size != bytes.len() as u64 {
-            f.set_len(bytes.len() as u64)?;
+        let mut at = 0u64;
+        for p in parts {
+            f.write_all_at(p, at)?;
+            at += p.len() as u64;
+        }
+        if size != len as u64 {
+            f.set_len(len as u64)?;
         }
         self.keep_handle(name, f);
         Ok(())
@@ -131,7 +136,13 @@ impl BlobStore {
     /// of the process (the page cache survives `kill -9`), like SQLite's WAL
     /// with `synchronous=NORMAL`.
     pub fn put(&self, bytes: &[u8]) -> Result<String, DbError> {
-        let r = self.put_inner(bytes);
+        self.put_parts(&[bytes])
+    }
+
+    /// [`put`](Self::put) of `parts` written one after the other (a version
+    /// is its header and a view of its weights).
+    pub fn put_parts(&self, parts: &[&[u8]]) -> Result<String, DbError> {
+        let r = self.put_inner(parts);
         match &r {
             Ok(_) => self.health.wrote(),
             Err(e) => self.health.failed(&e.to_string()),
@@ -139,9 +150,10 @@ impl BlobStore {
         r
     }
 
-    fn put_inner(&self, bytes: &[u8]) -> Result<String, DbError> {
-        if let Some((spare, size)) = self.take_spare(bytes.len() as u64) {
-            match self.reuse(&spare, size, bytes) {
+    fn put_inner(&self, parts: &[&[u8]]) -> Result<String, DbError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some((spare, size)) = self.take_spare(len as u64) {
+            match self.reuse(&spare, size, parts) {
                 Ok(()) => return Ok(spare),
                 Err(e) => {
                     log::debug!("blob spare {spare} not reusable: {e}");
@@ -161,7 +173,9 @@ impl BlobStore {
                 .truncate(true)
                 .mode(0o600)
                 .open(&path)?;
-            f.write_all(bytes)?;
+            for p in parts {
+                f.write_all(p)?;
+            }
             Ok(f)
         };
         let written = match write() {

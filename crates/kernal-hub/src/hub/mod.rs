@@ -7,6 +7,7 @@ pub mod api;
 pub mod child;
 pub mod daemon;
 pub mod dashboard;
+pub mod encoded;
 pub mod evaluator_tokens;
 pub mod events;
 pub mod hub_actor;

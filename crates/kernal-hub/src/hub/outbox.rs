@@ -19,6 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::Instant;
 
+use crate::hub::encoded::Encoded;
 use crate::hub::metrics::HotMetrics;
 use crate::hub::ws::{frame_header, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
@@ -36,12 +37,12 @@ enum OutFrame {
     /// A new version: its JSON frame and weights frame go out back to back.
     Model {
         json: Bytes,
-        weights: Bytes,
+        weights: Encoded,
     },
     /// The `welcome` and the weights it names; never replaced by a newer model.
     Welcome {
         json: Bytes,
-        weights: Bytes,
+        weights: Encoded,
     },
 }
 
@@ -298,7 +299,8 @@ impl Outbox {
     /// Queues a new version. A version still waiting in the queue is dropped
     /// for it: a trainer that cannot keep up gets the newest weights next,
     /// not a backlog of versions it would only skip through.
-    pub fn model(&self, json: Bytes, weights: Bytes) {
+    pub fn model(&self, json: Bytes, weights: impl Into<Encoded>) {
+        let weights = weights.into();
         if let Ok(mut q) = self.q.lock() {
             let now = Instant::now();
             if !q.may_push(self.hold, now) {
@@ -320,7 +322,8 @@ impl Outbox {
 
     /// Queues the `welcome` with its weights, then any version that was
     /// pushed while the hello was being checked.
-    pub fn welcome(&self, json: Bytes, weights: Bytes) {
+    pub fn welcome(&self, json: Bytes, weights: impl Into<Encoded>) {
+        let weights = weights.into();
         self.push(OutFrame::Welcome { json, weights });
         if let Ok(mut q) = self.q.lock() {
             q.ready = true;
@@ -381,8 +384,10 @@ pub struct OutboxBody {
     outbox: Arc<Outbox>,
     /// The rest of a large payload, handed out in slices.
     rest: Bytes,
+    /// What follows `rest` in the same frame (a version's second part).
+    after: Bytes,
     /// The weights frame of a model whose JSON frame just went out.
-    then: Option<Bytes>,
+    then: Option<Encoded>,
     ended: bool,
     /// Wakes the body when a version held back only by the hold may go out
     /// although the trainer has not answered the last one.
@@ -394,6 +399,7 @@ impl OutboxBody {
         OutboxBody {
             outbox,
             rest: Bytes::new(),
+            after: Bytes::new(),
             then: None,
             ended: false,
             hold_timer: None,
@@ -409,6 +415,20 @@ impl OutboxBody {
             self.rest = payload;
         }
         Bytes::from(h)
+    }
+
+    /// A version's frame: one header for both parts, then each in slices.
+    fn start_parts(&mut self, weights: Encoded) -> Bytes {
+        if weights.body.is_empty() {
+            return self.start(OP_BINARY, weights.head);
+        }
+        self.rest = weights.head;
+        self.after = weights.body;
+        Bytes::from(frame_header(
+            OP_BINARY,
+            self.rest.len() + self.after.len(),
+            None,
+        ))
     }
 }
 
@@ -426,13 +446,16 @@ impl Stream for OutboxBody {
                 "slow_consumer: the client does not read what it is sent",
             ))));
         }
+        if this.rest.is_empty() && !this.after.is_empty() {
+            this.rest = std::mem::take(&mut this.after);
+        }
         if !this.rest.is_empty() {
             let n = this.rest.len().min(OUT_CHUNK);
             return Poll::Ready(Some(Ok(this.rest.split_to(n))));
         }
         if let Some(w) = this.then.take() {
             this.outbox.hot.bytes_out(w.len() as u64);
-            return Poll::Ready(Some(Ok(this.start(OP_BINARY, w))));
+            return Poll::Ready(Some(Ok(this.start_parts(w))));
         }
         if this.ended {
             return Poll::Ready(None);
@@ -613,7 +636,13 @@ mod tests {
         out.text("hi".into());
         out.welcome(Bytes::from_static(b"w"), Bytes::from_static(b"x"));
         out.model(Bytes::from_static(b"m1"), Bytes::from(vec![1u8; 10]));
-        out.model(Bytes::from_static(b"m2"), Bytes::from(vec![2u8; 300_000]));
+        // A version in two parts (a header and a view of the weights) is
+        // one frame.
+        let parts = Encoded {
+            head: Bytes::from(vec![2u8; 1_000]),
+            body: Bytes::from(vec![2u8; 299_000]),
+        };
+        out.model(Bytes::from_static(b"m2"), parts);
         out.close(1000, "bye");
         out.text("after close".into());
         let wire = drain(&mut body).await;

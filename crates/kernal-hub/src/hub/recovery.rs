@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use super::encoded::Encoded;
 
 use super::state::{self, ModelState, TrainerInfo};
 use super::version_metrics;
@@ -187,9 +188,13 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
             .ok_or_else(|| corrupt("no version stored".into()))?;
         let bytes = db::get_weights(&mut conn, &blobs, &row.name, version)?
             .ok_or_else(|| corrupt(format!("version {version} has no weights")))?;
-        let weights = layout
-            .decode(&bytes)
-            .map_err(|e| corrupt(format!("version {version}: {e}")))?;
+        let weights = Arc::new(
+            layout
+                .decode(&bytes)
+                .map_err(|e| corrupt(format!("version {version}: {e}")))?,
+        );
+        // The checkpoint's bytes are not kept beside the weights they hold.
+        let encoded = Encoded::from_stored(&layout, bytes, &weights);
         let meta: Option<serde_json::Value> = db::get_version(&mut conn, &row.name, version)?
             .and_then(|v| serde_json::from_str(&v.metrics).ok());
         let mut st = ModelState::new(
@@ -199,7 +204,7 @@ pub fn load_state(cfg: &Config, path: &Path) -> Result<Loaded, HubError> {
             settings,
             version as u64,
             weights,
-            Bytes::from(bytes),
+            encoded,
         );
         // The bounds the next fold starts from, as the last fold left them.
         if let Some(report) = meta

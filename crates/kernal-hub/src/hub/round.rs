@@ -82,7 +82,14 @@ pub fn settle(
         norm_quantile: robust::next_norm_quantile(q, &norms, s),
         median_examples: round_median.or(input.robust.median_examples),
     };
-    let mut rebuild = false;
+    // The running sum must hold every streamed update with the weight it
+    // was added with: a fold that failed after turning the sum into its
+    // weights put the round back without it.
+    let streamed: f64 = (input.updates.iter().filter(|b| b.delta.is_none()))
+        .map(|b| b.coef.0)
+        .sum();
+    let held = input.acc.as_ref().map_or(0.0, |a| a.weight);
+    let mut rebuild = (streamed - held).abs() > 1e-9 * streamed.abs().max(1.0);
     let mut finals = Vec::with_capacity(input.updates.len());
     for b in input.updates.iter_mut() {
         let coef = if b.counts() {
@@ -202,7 +209,7 @@ pub const MAX_WEIGHT: f32 = 1e30;
 /// strategy. Streamed updates come from the accumulator, kept ones from
 /// their deltas with their settled coefficients; the accumulator is handed
 /// back in the fold so a failed commit can restore it.
-pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
+pub fn compute_fold(mut input: FoldInput, settled: &Settlement) -> Fold {
     let s = &input.settings;
     let n = input.weights.len();
     let kept: Vec<(&Buffered, &[f32])> = input
@@ -216,7 +223,10 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
         // Weighted mean of everything: the accumulator plus any kept deltas
         // (kept ones exist when the strategy changed since they arrived).
         let kept: Vec<((f64, f32), &[f32])> = kept.iter().map(|(u, d)| (u.coef, *d)).collect();
-        stream::running_mean(input.acc.as_ref(), &kept, n)
+        // The running sum becomes the mean, then the new weights, in its
+        // own buffer: a failed commit puts the round back without it and
+        // the next fold rebuilds it from the stored payloads (`settle`).
+        stream::running_mean(input.acc.take(), &kept, n)
     } else {
         // Robust strategies need every member's delta, unweighted (weights
         // are what a lying member inflates); streamed leftovers (from before
@@ -241,9 +251,10 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
         }
         rule.reduce(&all, s)
     };
-    let mut weights = input.weights.as_ref().clone();
+    let update_norm = aggregation::l2_norm(&mean_delta);
+    let mut weights = mean_delta;
     let mut server = input.server;
-    rule.server_step(&mut weights, &mean_delta, s, &mut server);
+    rule.server_step_into(&input.weights, &mut weights, s, &mut server);
     server.steps += 1;
     let members: Vec<&Buffered> = input.updates.iter().filter(|u| u.counts()).collect();
     let k = members.len();
@@ -257,7 +268,7 @@ pub fn compute_fold(input: FoldInput, settled: &Settlement) -> Fold {
             members.iter().map(|u| u.staleness as f64).sum::<f64>() / k as f64
         },
         max_staleness: members.iter().map(|u| u.staleness).max().unwrap_or(0),
-        update_norm: aggregation::l2_norm(&mean_delta),
+        update_norm,
         clipped: members.iter().filter(|u| u.clipped).count(),
         members: k,
         superseded: count(&input.updates, Vote::Superseded),

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::aggregation::Strategy;
+use crate::hub::encoded::Encoded;
 use crate::hub::state::ModelState;
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::time::Duration;
 use std::time::Instant;
@@ -45,8 +45,8 @@ pub(crate) fn model() -> ModelState {
         layout(),
         settings(),
         0,
-        vec![0.0, 0.0],
-        Bytes::new(),
+        Arc::new(vec![0.0, 0.0]),
+        Encoded::default(),
     )
 }
 
@@ -160,14 +160,21 @@ fn streamed_updates_fold_like_kept_ones_and_survive_an_abort() {
     let mut input = m.begin_fold(t).unwrap();
     assert!(m.acc.is_none());
     let settled = settle(&mut input, &layout(), |b| Ok(l.rows[&b.row_id].clone())).unwrap();
-    // A failed commit hands the accumulator back.
+    // The running sum becomes the new weights in its own buffer, so a
+    // failed commit puts the round back without it...
     let fold = compute_fold(input, &settled);
     assert_eq!(fold.weights, vec![4.0, 5.0]);
     assert!(fold.is_finite());
+    assert!(fold.acc.is_none());
     m.abort_fold(fold.applied, fold.acc, t);
-    let fold = l.fold(m.begin_fold(t).unwrap());
-    assert_eq!(fold.weights, vec![4.0, 5.0]);
     assert_eq!(l.reads, 0, "nothing to rebuild: no bounds on");
+    // ...and an update arriving meanwhile starts a new sum: the next fold
+    // finds the put-back ones missing from it and rebuilds it from the
+    // stored payloads.
+    l.push(&mut m, 3, "c", 4, [9.0, 10.0]);
+    let fold = l.fold(m.begin_fold(t).unwrap());
+    assert_eq!(fold.weights, vec![6.5, 7.5]);
+    assert_eq!(l.reads, 3);
 }
 
 #[test]
@@ -185,7 +192,8 @@ fn folds_when_min_updates_buffered() {
     let fold = Ledger::default().fold(input);
     assert_eq!(fold.weights, vec![2.0, 3.0]);
     assert_eq!(fold.version, 1);
-    m.finish_fold(fold, Bytes::new(), t);
+    let w = Arc::new(fold.weights.clone());
+    m.finish_fold(fold, w, Encoded::default(), t);
     assert_eq!(m.version, 1);
     assert_eq!(m.buffer.len(), 1);
     assert!(!m.folding);
@@ -256,7 +264,8 @@ fn claimed_examples_are_capped_at_the_median() {
     assert_eq!(fold.robust.median_examples, Some(400.0));
     // The next round starts from that cap: a liar is folded capped at
     // once, and nobody needs a correction.
-    m.finish_fold(fold, Bytes::new(), t);
+    let w = Arc::new(fold.weights.clone());
+    m.finish_fold(fold, w, Encoded::default(), t);
     l.reads = 0;
     l.push(&mut m, 4, "a", 400, [1.0, 0.0]);
     l.push(&mut m, 5, "b", 400, [0.0, 1.0]);
@@ -327,8 +336,8 @@ fn per_tensor_clipping_reads_members_back_and_cuts_a_one_tensor_step() {
         two.clone(),
         s,
         0,
-        vec![0.0; 4],
-        Bytes::new(),
+        Arc::new(vec![0.0; 4]),
+        Encoded::default(),
     );
     let t = Instant::now();
     let mut rows: HashMap<i64, Vec<u8>> = HashMap::new();

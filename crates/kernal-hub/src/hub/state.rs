@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::encoded::Encoded;
 pub use super::round::{
     compute_fold, separate_poison, settle, stream_into, Accumulator, Arrival, Buffered, Fold,
     FoldInput, PayloadError, Poisoned, RoundError, Settlement, Vote, MAX_WEIGHT,
@@ -37,7 +37,7 @@ pub struct ModelState {
     pub weights: Arc<Vec<f32>>,
     /// The current version encoded once as safetensors and shared by every
     /// session that sends it.
-    pub encoded: Bytes,
+    pub encoded: Encoded,
     pub buffer: Vec<Buffered>,
     pub acc: Option<Accumulator>,
     pub clock: RoundClock,
@@ -140,8 +140,8 @@ impl ModelState {
         layout: ModelLayout,
         settings: AggregationSettings,
         version: u64,
-        weights: Vec<f32>,
-        encoded: Bytes,
+        weights: Arc<Vec<f32>>,
+        encoded: Encoded,
     ) -> Self {
         ModelState {
             name,
@@ -150,7 +150,7 @@ impl ModelState {
             settings,
             overrides: None,
             version,
-            weights: Arc::new(weights),
+            weights,
             encoded,
             buffer: Vec::new(),
             acc: None,
@@ -376,22 +376,29 @@ impl ModelState {
     pub fn finish_rollback(
         &mut self,
         version: u64,
-        weights: Vec<f32>,
-        encoded: Bytes,
+        weights: Arc<Vec<f32>>,
+        encoded: Encoded,
         kept: Vec<Buffered>,
         acc: Option<Accumulator>,
         now: Instant,
     ) {
         self.version = version;
-        self.weights = Arc::new(weights);
+        self.weights = weights;
         self.encoded = encoded;
         self.server = ServerState::default();
         self.abort_fold(kept, acc, now);
     }
 
-    pub fn finish_fold(&mut self, fold: Fold, encoded: Bytes, now: Instant) {
+    /// `weights` are the fold's, as `encoded` shares them.
+    pub fn finish_fold(
+        &mut self,
+        fold: Fold,
+        weights: Arc<Vec<f32>>,
+        encoded: Encoded,
+        now: Instant,
+    ) {
         self.version = fold.version;
-        self.weights = Arc::new(fold.weights);
+        self.weights = weights;
         self.server = fold.server;
         self.robust = fold.robust;
         self.encoded = encoded;

@@ -12,6 +12,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::hub::events::EventsSession;
 use crate::hub::outbox::{ConnFd, Outbox, OutboxBody, PeerSocket};
 use crate::hub::session::{Connection, TrainerSession};
+use crate::hub::ws::spool::SpoolDir;
 use crate::hub::ws::{Activity, Claim, FrameReader, ReaderLimits};
 use crate::protocol::ErrorCode;
 
@@ -130,6 +131,12 @@ pub async fn trainer_ws(
             max_prehello: limits.max_prehello_bytes,
             max_fragments: limits.max_fragments,
             budget_wait: limits.client_timeout,
+            spool: (cfg.spool_min_bytes > 0 && st.blobs.wants(cfg.spool_min_bytes)).then(|| {
+                SpoolDir {
+                    dir: st.blobs.dir.clone(),
+                    min_bytes: cfg.spool_min_bytes,
+                }
+            }),
         },
         Claim::new(st.budget.clone(), limits.inflight_share),
     );

@@ -2,7 +2,10 @@
 //! runs, a re-read config, shutdown.
 
 use actix::prelude::*;
-use bytes::Bytes;
+
+use std::sync::Arc;
+
+use crate::hub::encoded::Encoded;
 
 use super::core::{persisted, Hub, ToSession};
 use crate::aggregation::AggregationSettings;
@@ -105,8 +108,9 @@ impl Handler<CreateModel> for Hub {
         }
         let mut meta = std::collections::HashMap::new();
         meta.insert("version".to_string(), "0".to_string());
-        let encoded = match m.layout.encode(&m.weights, Some(&meta)) {
-            Ok(b) => Bytes::from(b),
+        let weights = Arc::new(m.weights);
+        let encoded = match Encoded::of(&m.layout, &weights, Some(&meta)) {
+            Ok(e) => e,
             Err(e) => return Box::pin(fut::ready(Err(Refusal::new(e.code, e.message)))),
         };
         let row = ModelRow {
@@ -120,7 +124,7 @@ impl Handler<CreateModel> for Hub {
         };
         let eval = state::evaluate_builtin(
             &m.layout,
-            &m.weights,
+            &weights,
             self.test_data.as_deref(),
             m.normalisation.frozen(),
         );
@@ -139,7 +143,7 @@ impl Handler<CreateModel> for Hub {
             m.layout.clone(),
             settings,
             0,
-            m.weights,
+            weights,
             encoded,
         );
         state.overrides = Some(overrides);

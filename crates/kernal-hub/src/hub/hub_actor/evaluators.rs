@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
+
+use crate::hub::encoded::Encoded;
 use bytes::Bytes;
 
 use super::core::{persisted, EvaluatorEntry, Hub, ToSession};
@@ -22,7 +24,7 @@ use crate::protocol::{ErrorCode, Refusal};
 impl Hub {
     /// Queues a new version for the model's evaluators (after the
     /// trainers: see `broadcast`).
-    pub(super) fn broadcast_to_evaluators(&self, model: &str, json: &Bytes, encoded: &Bytes) {
+    pub(super) fn broadcast_to_evaluators(&self, model: &str, json: &Bytes, encoded: &Encoded) {
         for ((m, _), e) in &self.evaluators {
             if m == model {
                 e.outbox.model(json.clone(), encoded.clone());

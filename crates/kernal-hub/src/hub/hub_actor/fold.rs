@@ -52,7 +52,9 @@ struct Ready {
     /// Streaming plus fold time.
     seconds: f64,
     eval: Option<Evaluation>,
-    encoded: Bytes,
+    /// The new weights, shared with `encoded`.
+    weights: Arc<Vec<f32>>,
+    encoded: Encoded,
     /// The checkpoint's blob file when it is too large for a row.
     weights_file: Option<String>,
 }
@@ -88,7 +90,8 @@ enum Computed {
 enum FoldOutcome {
     Committed {
         fold: Box<Fold>,
-        encoded: Bytes,
+        weights: Arc<Vec<f32>>,
+        encoded: Encoded,
         metrics: serde_json::Value,
         seconds: f64,
     },
@@ -194,14 +197,17 @@ fn compute(job: FoldJob) -> Computed {
     meta.insert("version".to_string(), fold.version.to_string());
     // A large checkpoint is written to its file here, so the one SQLite
     // writer only records its name.
-    let enc = match layout.encode(&fold.weights, Some(&meta)) {
+    // The version's encoding shares the weights' memory (see
+    // `hub::encoded`): taken out of the fold, not copied.
+    let weights = Arc::new(std::mem::take(&mut fold.weights));
+    let enc = match Encoded::of(&layout, &weights, Some(&meta)) {
         Ok(enc) => enc,
         Err(e) => {
             return Computed::PutBack(PutBack::new(fold.applied, fold.acc, FoldError::Encode(e)))
         }
     };
     let weights_file = if blobs.wants(enc.len()) {
-        match blobs.put(&enc) {
+        match blobs.put_parts(&enc.parts()) {
             Ok(file) => Some(file),
             Err(e) => {
                 return Computed::PutBack(PutBack::new(
@@ -218,7 +224,8 @@ fn compute(job: FoldJob) -> Computed {
         fold,
         seconds,
         eval,
-        encoded: Bytes::from(enc),
+        weights,
+        encoded: enc,
         weights_file,
     }))
 }
@@ -277,6 +284,7 @@ async fn commit(computed: Computed, job: CommitJob) -> FoldOutcome {
         fold,
         seconds,
         eval,
+        weights,
         encoded,
         weights_file,
     } = ready;
@@ -315,6 +323,7 @@ async fn commit(computed: Computed, job: CommitJob) -> FoldOutcome {
         Ok(Ok(())) => {
             return FoldOutcome::Committed {
                 fold: Box::new(fold),
+                weights,
                 encoded,
                 metrics,
                 seconds,
@@ -404,6 +413,7 @@ impl Hub {
         match outcome {
             FoldOutcome::Committed {
                 fold,
+                weights,
                 encoded,
                 metrics: metrics_json,
                 seconds: agg_secs,
@@ -416,7 +426,7 @@ impl Hub {
                 let version = fold.version;
                 let num_updates = fold.report.members;
                 let mean_staleness = fold.report.mean_staleness;
-                m.finish_fold(*fold, encoded.clone(), now);
+                m.finish_fold(*fold, weights, encoded.clone(), now);
                 m.last_metrics = Some(metrics_json.clone());
                 let acc = metrics_json["eval"]["accuracy"].as_f64();
                 let loss = metrics_json["eval"]["loss"].as_f64();
@@ -511,7 +521,7 @@ impl Hub {
         model: &str,
         version: u64,
         num_updates: usize,
-        encoded: &Bytes,
+        encoded: &Encoded,
         metrics_json: Option<serde_json::Value>,
     ) {
         let json = ServerMessage::Model {

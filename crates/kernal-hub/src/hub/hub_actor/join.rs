@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use bytes::Bytes;
+
+use crate::hub::encoded::Encoded;
 
 use super::core::{Hub, SessionEntry, ToSession};
 use crate::db::TrainerRow;
@@ -73,7 +74,7 @@ ErrorCode::ProtocolVersion,
 pub struct Welcome {
     pub version: u64,
     pub layout: Arc<ModelLayout>,
-    pub encoded: Bytes,
+    pub encoded: Encoded,
     pub max_staleness: u64,
     pub registered: bool,
     pub normalisation: Option<Normalisation>,

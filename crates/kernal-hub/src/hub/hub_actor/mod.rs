@@ -68,6 +68,8 @@ use crate::db::{EvalRow, InsertOutcome, ModelRow, NewHarnessRun, TrainerRow};
 #[allow(unused_imports)]
 use crate::error::DbError;
 #[allow(unused_imports)]
+use crate::hub::encoded::Encoded;
+#[allow(unused_imports)]
 use crate::hub::metrics::{self, HubEvent, MetricsAggregator};
 #[allow(unused_imports)]
 use crate::hub::outbox::Outbox;

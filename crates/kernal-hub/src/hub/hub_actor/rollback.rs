@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use bytes::Bytes;
+
+use crate::hub::encoded::Encoded;
 
 use super::core::Hub;
 use super::fold::read_payload;
@@ -203,8 +204,8 @@ struct RollbackJob {
 
 /// A rolled-back model, built off the actor.
 struct RollbackBuilt {
-    weights: Vec<f32>,
-    encoded: Bytes,
+    weights: Arc<Vec<f32>>,
+    encoded: Encoded,
     file: Option<String>,
     eval: Option<Evaluation>,
     kept: Vec<Buffered>,
@@ -283,12 +284,12 @@ fn build_rollback(job: RollbackJob) -> Result<RollbackBuilt, (Refusal, Vec<Buffe
     let eval = state::evaluate_builtin(layout, &weights, test, norm);
     let mut meta = std::collections::HashMap::new();
     meta.insert("version".to_string(), version.to_string());
-    let stored = layout
-        .encode(&weights, Some(&meta))
+    let weights = Arc::new(weights);
+    let stored = Encoded::of(layout, &weights, Some(&meta))
         .map_err(|e| e.to_string())
         .and_then(|enc| {
             let file = if blobs.wants(enc.len()) {
-                Some(blobs.put(&enc).map_err(|e| e.to_string())?)
+                Some(blobs.put_parts(&enc.parts()).map_err(|e| e.to_string())?)
             } else {
                 None
             };
@@ -297,7 +298,7 @@ fn build_rollback(job: RollbackJob) -> Result<RollbackBuilt, (Refusal, Vec<Buffe
     match stored {
         Ok((enc, file)) => Ok(RollbackBuilt {
             weights,
-            encoded: Bytes::from(enc),
+            encoded: enc,
             file,
             eval,
             kept,

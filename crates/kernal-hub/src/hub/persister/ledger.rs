@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::core::Persister;
 use crate::db::{self, InsertOutcome, NewUpdate};
 use crate::error::DbError;
+use crate::hub::encoded::Encoded;
 
 /// An update for the ledger, owned so it can cross threads.
 #[derive(Debug, Clone)]
@@ -158,7 +159,7 @@ pub struct CommitVersion {
     pub version: u64,
     pub parent: u64,
     pub num_updates: usize,
-    pub weights: Bytes,
+    pub weights: Encoded,
     /// The file the weights were already written to, off this thread.
     pub weights_file: Option<String>,
     pub metrics: String,
@@ -179,8 +180,13 @@ impl Handler<CommitVersion> for Persister {
         let done = self.timed("version", |c| {
             let file = match &m.weights_file {
                 Some(f) => Some(f.clone()),
-                None if blobs.wants(m.weights.len()) => Some(blobs.put(&m.weights)?),
+                None if blobs.wants(m.weights.len()) => Some(blobs.put_parts(&m.weights.parts())?),
                 None => None,
+            };
+            let inline = if file.is_some() {
+                Bytes::new()
+            } else {
+                m.weights.to_bytes()
             };
             let r = db::commit_version(
                 c,
@@ -189,7 +195,7 @@ impl Handler<CommitVersion> for Persister {
                     version: m.version as i64,
                     parent: Some(m.parent as i64),
                     num_updates: m.num_updates as i32,
-                    weights: if file.is_some() { &[] } else { &m.weights },
+                    weights: &inline,
                     metrics: m.metrics.clone(),
                     created_at: db::now(),
                     weights_file: file.clone(),

@@ -12,19 +12,31 @@ use crate::db::ModelRow;
 use crate::db::NewHarnessRun;
 use crate::db::TrainerRow;
 use crate::error::DbError;
+use crate::hub::encoded::Encoded;
 
 #[derive(Message)]
 #[rtype(result = "Result<(), DbError>")]
 pub struct CreateModel {
     pub row: ModelRow,
-    pub weights: Bytes,
+    pub weights: Encoded,
     pub metrics: String,
 }
 
 impl Handler<CreateModel> for Persister {
     type Result = Result<(), DbError>;
     fn handle(&mut self, m: CreateModel, _: &mut Self::Context) -> Self::Result {
+        let blobs = self.blobs.clone();
         self.timed("model", |c| {
+            // A large model's first version goes to its file, as every
+            // later one does (and is never copied into one piece).
+            let file = match blobs.wants(m.weights.len()) {
+                true => Some(blobs.put_parts(&m.weights.parts())?),
+                false => None,
+            };
+            let weights = match file {
+                Some(_) => Bytes::new(),
+                None => m.weights.to_bytes(),
+            };
             db::insert_model(
                 c,
                 &m.row,
@@ -33,10 +45,10 @@ impl Handler<CreateModel> for Persister {
                     version: 0,
                     parent: None,
                     num_updates: 0,
-                    weights: &m.weights,
+                    weights: &weights,
                     metrics: m.metrics.clone(),
                     created_at: db::now(),
-                    weights_file: None,
+                    weights_file: file,
                 },
             )
         })

@@ -410,7 +410,8 @@ impl StreamHandler<Incoming> for TrainerSession {
             Incoming::Ping(p) => self.outbox.pong(p),
             Incoming::Pong => {}
             Incoming::Text(b) => self.on_text(b, ctx),
-            Incoming::Binary(b) => self.on_binary(b, ctx),
+            Incoming::Binary(b) => self.on_binary(b, None, ctx),
+            Incoming::Spooled(s) => self.on_binary(s.bytes, Some(s.file), ctx),
             Incoming::Refused(code, message) => self.error(ctx, code, message, None),
             Incoming::Close => {
                 self.leave("closed by trainer".into());

@@ -2,6 +2,7 @@
 //! finite values, norm), stored and handed to the hub, answered with an
 //! `ack` or a refusal.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -11,6 +12,7 @@ use super::actor::TrainerSession;
 use super::parse::{validate_update_header, UpdateHeader};
 use super::phase::Phase;
 use crate::hub::hub_actor;
+use crate::hub::ws::spool::SpoolFile;
 use crate::protocol::{ErrorCode, Refusal, ServerMessage};
 
 /// Blob files up to this size are written on the session's own thread.
@@ -54,7 +56,14 @@ impl TrainerSession {
         }
     }
 
-    pub(super) fn on_binary(&mut self, payload: Bytes, ctx: &mut Context<Self>) {
+    /// An update's payload; `spooled` is its file when the reader wrote it
+    /// to one as it arrived (it becomes the update's blob as it is).
+    pub(super) fn on_binary(
+        &mut self,
+        payload: Bytes,
+        spooled: Option<Arc<SpoolFile>>,
+        ctx: &mut Context<Self>,
+    ) {
         if matches!(self.phase, Phase::Evaluating(_)) {
             return self.on_evaluator_binary(ctx);
         }
@@ -80,7 +89,9 @@ impl TrainerSession {
         }
         let (trainer, model) = (r.name.clone(), r.model.clone());
         // Shapes, dtypes, finite values and the norm, in one pass.
-        let norm = match r.layout.check_sum_squares(&payload) {
+        let mut release = crate::mapped::release;
+        let window = crate::mapped::window_for(&payload, &mut release);
+        let norm = match r.layout.check_sum_squares_windowed(&payload, window) {
             Ok(s) => s.sqrt(),
             Err(e) => {
                 let refusal = hub_actor::SessionRefusal {
@@ -117,7 +128,10 @@ impl TrainerSession {
             // A large payload goes to its file here, on a blocking thread of
             // its own, so writing many at once proceeds in parallel and the
             // one SQLite writer only records the name.
-            if blobs.wants(sub.payload.len()) {
+            if let Some(file) = spooled {
+                // Written as it arrived: the spool file is the blob.
+                sub.payload_file = Some(file.keep());
+            } else if blobs.wants(sub.payload.len()) {
                 let (b, p) = (blobs.clone(), sub.payload.clone());
                 let written = if p.len() <= INLINE_BLOB_WRITE {
                     // A page-cache write this small costs less than handing

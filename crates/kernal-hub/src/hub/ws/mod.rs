@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod frame;
 pub mod reader;
+pub mod spool;
 
 pub use budget::{Budget, Claim};
 pub use frame::{

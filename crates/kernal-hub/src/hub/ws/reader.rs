@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use super::budget::{self, Claim, ReserveError};
 use super::frame::{apply_mask, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use super::spool::{SpoolDir, SpoolWriter, Spooled};
 use crate::protocol::ErrorCode;
 
 /// Unfragmented payloads at least this large hold part of the budget.
@@ -27,6 +28,8 @@ pub const BUDGET_MIN: usize = 64 * 1024;
 pub enum Incoming {
     Text(Bytes),
     Binary(Bytes),
+    /// A large binary message, written to its file as it arrived.
+    Spooled(Spooled),
     Ping(Bytes),
     Pong,
     /// The peer closed; nothing more will be read.
@@ -44,6 +47,8 @@ pub struct ReaderLimits {
     pub max_fragments: usize,
     /// How long a message that already holds budget may wait for more.
     pub budget_wait: Duration,
+    /// Where large binary messages go instead of the heap (None: nowhere).
+    pub spool: Option<SpoolDir>,
 }
 
 /// What the reader and the session share about a connection: when it last
@@ -105,6 +110,17 @@ impl Activity {
             self.received.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Where a payload's bytes go as they are read.
+enum Sink<'a> {
+    Heap(&'a mut Vec<u8>),
+    File(&'a mut SpoolWriter),
+    Drop,
+}
+
+fn text_frame(opcode: u8) -> bool {
+    opcode == OP_TEXT
 }
 
 struct Assembling {
@@ -184,20 +200,28 @@ where
     /// `out` is None), reading straight from the stream's chunks once the
     /// buffered bytes are used up, each piece unmasked while still in cache
     /// (not the whole message afterwards). False if the connection ended.
-    async fn payload_into(
-        &mut self,
-        mut out: Option<&mut Vec<u8>>,
-        len: usize,
-        mask: [u8; 4],
-    ) -> bool {
-        fn append(out: &mut Option<&mut Vec<u8>>, piece: &[u8], mask: [u8; 4], done: usize) {
-            if let Some(o) = out.as_mut() {
-                let at = o.len();
-                o.extend_from_slice(piece);
-                apply_mask(&mut o[at..], mask, done);
+    async fn payload_into(&mut self, out: Option<&mut Vec<u8>>, len: usize, mask: [u8; 4]) -> bool {
+        let sink = match out {
+            Some(v) => Sink::Heap(v),
+            None => Sink::Drop,
+        };
+        self.payload_to(sink, len, mask).await
+    }
+
+    /// [`payload_into`](Self::payload_into) for any [`Sink`].
+    async fn payload_to(&mut self, mut out: Sink<'_>, len: usize, mask: [u8; 4]) -> bool {
+        fn append(out: &mut Sink<'_>, piece: &[u8], mask: [u8; 4], done: usize) {
+            match out {
+                Sink::Heap(o) => {
+                    let at = o.len();
+                    o.extend_from_slice(piece);
+                    apply_mask(&mut o[at..], mask, done);
+                }
+                Sink::File(w) => w.write(piece, mask, done),
+                Sink::Drop => {}
             }
         }
-        if let Some(o) = out.as_mut() {
+        if let Sink::Heap(o) = &mut out {
             o.reserve_exact(len);
         }
         let take = self.buf.len().min(len);
@@ -216,6 +240,41 @@ where
             }
         }
         true
+    }
+
+    /// Reads a large binary message into its spool file (or, if the file
+    /// could not be made or written, reads and drops it and refuses it: the
+    /// connection goes on).
+    async fn spooled(
+        &mut self,
+        created: std::io::Result<SpoolWriter>,
+        len: usize,
+        mask: [u8; 4],
+        permits: Vec<OwnedSemaphorePermit>,
+    ) -> Option<Incoming> {
+        let mut w = match created {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("could not spool a {len}-byte message: {e}");
+                let why = format!("the update could not be stored: {e}");
+                if !self.payload_into(None, len, mask).await {
+                    self.done = true;
+                    return None;
+                }
+                return Some(Incoming::Refused(ErrorCode::StorageUnavailable, why));
+            }
+        };
+        if !self.payload_to(Sink::File(&mut w), len, mask).await {
+            self.done = true;
+            return None;
+        }
+        Some(match w.finish(permits) {
+            Ok(s) => Incoming::Spooled(s),
+            Err((code, why)) => {
+                log::warn!("could not spool a {len}-byte message: {why}");
+                Incoming::Refused(code, why)
+            }
+        })
     }
 
     fn fatal(&mut self, code: ErrorCode, message: String) -> Option<Incoming> {
@@ -416,6 +475,15 @@ where
                         (Vec::new(), 0)
                     };
                     self.activity.holding.store(counted, Ordering::Relaxed);
+                    let spool = match &self.limits.spool {
+                        Some(sp) if !text_frame(opcode) && h.is_final && len >= sp.min_bytes => {
+                            Some(SpoolWriter::create(sp))
+                        }
+                        _ => None,
+                    };
+                    if let Some(created) = spool {
+                        return self.spooled(created, len, mask, permits).await;
+                    }
                     let mut data = Vec::new();
                     self.payload(&mut data, len, mask).await?;
                     let text = opcode == OP_TEXT;

@@ -18,6 +18,7 @@ fn limits() -> ReaderLimits {
         max_prehello: 1024,
         max_fragments: 3,
         budget_wait: Duration::from_secs(5),
+        spool: None,
     }
 }
 
@@ -253,4 +254,51 @@ fn a_message_over_the_connections_share_is_refused() {
         }
     });
     assert_eq!(budget.in_use(), 0);
+}
+
+#[test]
+fn a_large_binary_message_is_spooled_to_its_file_and_holds_budget_while_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let mut wire = client_frame(true, OP_BINARY, &big, [5, 6, 7, 8]);
+    wire.extend(client_frame(true, OP_BINARY, &big[..1000], [1, 2, 3, 4]));
+    wire.extend(client_frame(true, OP_BINARY, &big, [3, 3, 3, 3]));
+    for chunk in [7, 4096, 1 << 20] {
+        let budget = Budget::new(1 << 20);
+        let mut r = reader(wire.clone(), chunk, &budget, false);
+        r.limits.spool = Some(SpoolDir {
+            dir: dir.path().join("blobs"),
+            min_bytes: 100_000,
+        });
+        run(async {
+            let first = match r.next().await {
+                Some(Incoming::Spooled(s)) => s,
+                other => panic!("expected a spooled message, got {other:?}"),
+            };
+            assert_eq!(&first.bytes[..], &big[..]);
+            assert!(crate::mapped::is_mapped(&first.bytes));
+            assert_eq!(
+                budget.in_use(),
+                293 * 1024,
+                "a spooled payload holds budget"
+            );
+            // Below the size it stays in the heap.
+            assert!(matches!(r.next().await, Some(Incoming::Binary(b)) if b[..] == big[..1000]));
+            let second = match r.next().await {
+                Some(Incoming::Spooled(s)) => s,
+                other => panic!("expected a spooled message, got {other:?}"),
+            };
+            let files = || std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+            assert_eq!(files(), 2);
+            // A kept file is a blob; a dropped one is removed with its budget.
+            let name = first.file.keep();
+            drop(first);
+            drop(second);
+            assert_eq!(budget.in_use(), 0);
+            assert_eq!(files(), 1);
+            let path = dir.path().join("blobs").join(&name);
+            assert_eq!(std::fs::read(&path).unwrap(), big);
+            std::fs::remove_file(path).unwrap();
+        });
+    }
 }
