@@ -63,6 +63,7 @@ pub struct HubConfig {
     pub db_cache_kib: u64,
     pub shutdown_timeout_secs: u64,
     pub http_workers: usize,
+    pub max_pending_updates: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -423,6 +424,14 @@ impl Config {
             h.blob_file_threshold_bytes,
             0.0,
             GIB,
+            Ends::Closed,
+        )
+        .map_err(InvalidConfig::Range)?;
+        range::key(
+            "hub.max_pending_updates",
+            h.max_pending_updates,
+            0.0,
+            1e9,
             Ends::Closed,
         )
         .map_err(InvalidConfig::Range)?;

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod normalisation;
 pub mod outbox;
+pub mod pacer;
 pub mod persister;
 pub mod recovery;
 pub mod registration;

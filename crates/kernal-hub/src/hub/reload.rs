@@ -40,6 +40,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "blob_file_threshold_bytes",
     "max_inflight_update_bytes",
     "http_workers",
+    "max_pending_updates",
     "db_cache_kib",
 ];
 

@@ -116,11 +116,12 @@ pub async fn trainer_ws(
         .map_err(|e| ApiError::new(ErrorCode::TooManyHandshakes, e.to_string()))?;
     let limits = crate::hub::session_limits_of(&cfg);
     let socket = req.conn_data::<ConnFd>().and_then(|fd| PeerSocket::of(*fd));
-    let outbox = Outbox::with_socket(
+    let outbox = Outbox::paced(
         st.hot.clone(),
         limits.model_hold,
         limits.max_outbound_bytes,
         socket,
+        Some(st.pacer.clone()),
     );
     let activity = Activity::new();
     let reader = FrameReader::new(

@@ -37,6 +37,8 @@ pub struct AppState {
     pub budget: Budget,
     /// Per-update counters the sessions write directly.
     pub hot: Arc<HotMetrics>,
+    /// Updates unanswered over all trainers, and who waits for a place.
+    pub pacer: Arc<crate::hub::pacer::Pacer>,
     pub started_at: String,
     pub reload:
         Arc<dyn Fn(bool) -> Result<Vec<String>, crate::hub::reload::ReloadError> + Send + Sync>,

@@ -366,6 +366,12 @@ where
     pub async fn next(&mut self) -> Option<Incoming> {
         let r = self.next_inner().await;
         self.activity.holding.store(false, Ordering::Relaxed);
+        if self.buf.is_empty() {
+            // Whole chunks are buffered to read a frame header, so the buffer
+            // grows to a chunk's size; an idle connection keeps none of it
+            // (10,000 trainers' readers held tens of KiB each).
+            self.buf = BytesMut::new();
+        }
         if r.is_none() {
             // The connection ended mid-message: what it held goes back now,
             // not when the reader is dropped.
