@@ -217,7 +217,9 @@ fn read_kernal(
                     Some(Incoming::Ping(b)) => out.push(Ok(Msg::Ping(b.to_vec()))),
                     Some(Incoming::Pong) => out.push(Ok(Msg::Pong)),
                     Some(Incoming::Close) => out.push(Ok(Msg::Close)),
-                    Some(Incoming::Refused(code, _)) => out.push(Err(code.to_string())),
+                    Some(Incoming::Refused(code, _)) | Some(Incoming::BinaryRefused(code, _)) => {
+                        out.push(Err(code.to_string()))
+                    }
                 }
             }
             (out, budget.in_use())

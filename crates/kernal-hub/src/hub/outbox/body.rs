@@ -116,7 +116,8 @@ impl Stream for OutboxBody {
                         // waiting for the pacer when it has a place.
                         q.waker = Some(cx.waker().clone());
                         let wait = !admitted && q.wait_for_place(this.outbox.hold, now);
-                        let until = q.hold_ends(this.outbox.hold).filter(|_| admitted);
+                        let until =
+                            (q.hold_ends(this.outbox.hold)).filter(|t| admitted || *t > now);
                         drop(q);
                         if wait {
                             this.outbox.wait_for_place();

@@ -13,7 +13,7 @@ mod queue;
 mod socket;
 
 pub use self::body::OutboxBody;
-pub use self::queue::{Outbox, OUT_CHUNK};
+pub use self::queue::{InFlight, Outbox, OUT_CHUNK};
 pub use self::socket::{remember_socket, ConnFd, PeerSocket};
 
 #[cfg(test)]
@@ -56,11 +56,11 @@ mod tests {
         let out = outbox(0);
         let mut body = OutboxBody::new(out.clone());
         out.welcome(Bytes::from_static(b"w"), Bytes::from_static(b"0"));
-        out.update_started();
+        let update = out.update_started();
         out.model(Bytes::from_static(b"m1"), Bytes::from_static(b"1"));
         out.model(Bytes::from_static(b"m2"), Bytes::from_static(b"2"));
         out.text("ack".into());
-        out.update_answered();
+        drop(update);
         out.finish();
         let expect: Vec<u8> = [
             &[0x81, 1, b'w', 0x82, 1, b'0'][..],
@@ -90,9 +90,9 @@ mod tests {
         out.model(Bytes::from_static(b"m2"), Bytes::from_static(b"2"));
         assert!(ready_within(&mut body, 50).await.is_empty());
         // Its update arrives and is answered: the newest version follows the ack.
-        out.update_started();
+        let update = out.update_started();
         out.text("ack".into());
-        out.update_answered();
+        drop(update);
         assert_eq!(
             ready_within(&mut body, 50).await,
             [
@@ -112,8 +112,8 @@ mod tests {
         );
         assert_eq!(pushed.elapsed(), Duration::from_millis(1249));
         // Having answered every version it got, the next one goes at once.
-        out.update_started();
-        out.update_answered();
+        drop(out.update_started());
+
         out.model(Bytes::from_static(b"m4"), Bytes::from_static(b"4"));
         assert_eq!(
             ready_within(&mut body, 1).await,
@@ -228,9 +228,8 @@ mod tests {
         assert!(has(&ready_within(&mut ba, 10).await, "wa"));
         assert!(has(&ready_within(&mut bb, 10).await, "wb"));
         // a's update fills the one place: b's next version and c's welcome wait.
-        a.update_started();
-        b.update_started();
-        b.update_answered();
+        let in_a = a.update_started();
+        drop(b.update_started());
         b.model(Bytes::from_static(b"m1"), Bytes::from_static(b"1"));
         c.welcome(Bytes::from_static(b"wc"), Bytes::from_static(b"0"));
         assert!(
@@ -245,16 +244,18 @@ mod tests {
         // a's answer frees the place: b (first in line) gets it, and a's own
         // next version queues behind c.
         a.model(Bytes::from_static(b"m1"), Bytes::from_static(b"1"));
-        a.update_answered();
+        drop(in_a);
         assert!(has(&ready_within(&mut bb, 10).await, "m1"));
         assert!(ready_within(&mut ba, 10).await.is_empty());
-        b.update_started();
-        b.update_answered();
+        drop(b.update_started());
         assert!(has(&ready_within(&mut bc, 10).await, "wc"));
-        // A connection that ends with an update in flight gives its place back.
-        c.update_started();
+        // A trainer holds one place however many updates it has in flight;
+        // a session that stops with them unanswered drops their guards, and
+        // the place comes back although the connection lives on.
+        let (in_c, in_c2) = (c.update_started(), c.update_started());
+        assert_eq!(pacer.pending(), 1, "one place per trainer");
+        drop((in_c, in_c2));
         drop(bc);
-        drop(c);
         assert_eq!(pacer.pending(), 0);
         assert!(has(&ready_within(&mut ba, 10).await, "m1"));
         assert_eq!(pacer.waiting(), 0);

@@ -282,6 +282,11 @@ impl Outbox {
             if !q.may_push(self.hold, now, admitted) {
                 q.held = Some(OutFrame::Model { json, weights });
                 let wait = !admitted && q.wait_for_place(self.hold, now);
+                // The body arms its timer for the end of the hold when it
+                // next looks: make it look.
+                if let Some(w) = q.waker.take() {
+                    w.wake();
+                }
                 drop(q);
                 if wait {
                     self.wait_for_place();
@@ -334,14 +339,24 @@ impl Outbox {
         self.release_held();
     }
 
-    /// An update of this trainer went to the hub.
-    pub fn update_started(&self) {
-        if let Ok(mut q) = self.q.lock() {
-            q.in_flight += 1;
-            q.working_since = None;
-        }
-        if let Some(p) = &self.pacer {
+    /// An update of this trainer went to the hub; it counts as answered
+    /// when the returned guard is dropped (after its answer was queued, or
+    /// when the session stops first). A trainer with updates unanswered
+    /// holds one place in the pacer however many it sends.
+    pub fn update_started(self: &Arc<Self>) -> InFlight {
+        let first = match self.q.lock() {
+            Ok(mut q) => {
+                q.in_flight += 1;
+                q.working_since = None;
+                q.in_flight == 1
+            }
+            Err(_) => false,
+        };
+        if let (true, Some(p)) = (first, &self.pacer) {
             p.started();
+        }
+        InFlight {
+            outbox: self.clone(),
         }
     }
 
@@ -356,15 +371,20 @@ impl Outbox {
     }
 
     /// The hub's answer to an update (ack or error) has been queued.
-    pub fn update_answered(&self) {
-        if let Ok(mut q) = self.q.lock() {
-            q.in_flight = q.in_flight.saturating_sub(1);
-        }
-        if let Some(p) = &self.pacer {
+    fn update_answered(&self) {
+        let last = match self.q.lock() {
+            Ok(mut q) => {
+                q.in_flight = q.in_flight.saturating_sub(1);
+                q.in_flight == 0
+            }
+            Err(_) => true,
+        };
+        // The trainer's place goes back with its last unanswered update.
+        if let (true, Some(p)) = (last, &self.pacer) {
             p.answered(1);
         }
         self.release_held();
-        if let Some(p) = &self.pacer {
+        if let (true, Some(p)) = (last, &self.pacer) {
             // The place this answer freed goes to the oldest waiter (this
             // trainer queued behind any that were waiting before it).
             p.resume(1);
@@ -398,11 +418,6 @@ impl Outbox {
         }
     }
 
-    /// Updates of this trainer the hub has not answered.
-    fn in_flight(&self) -> usize {
-        self.q.lock().map(|q| q.in_flight).unwrap_or(0)
-    }
-
     /// Ends the stream once what is queued has gone out.
     pub fn finish(&self) {
         if let Ok(mut q) = self.q.lock() {
@@ -432,13 +447,13 @@ impl Waiter for Outbox {
     }
 }
 
-impl Drop for Outbox {
-    /// A connection that ended with updates unanswered gives their places back.
+/// An update the hub has not answered yet (see [`Outbox::update_started`]).
+pub struct InFlight {
+    outbox: Arc<Outbox>,
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(p) = &self.pacer {
-            let n = self.in_flight();
-            p.answered(n);
-            p.resume(n);
-        }
+        self.outbox.update_answered();
     }
 }

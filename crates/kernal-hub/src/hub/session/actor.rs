@@ -412,6 +412,7 @@ impl StreamHandler<Incoming> for TrainerSession {
             Incoming::Text(b) => self.on_text(b, ctx),
             Incoming::Binary(b) => self.on_binary(b, None, ctx),
             Incoming::Spooled(s) => self.on_binary(s.bytes, Some(s.file), ctx),
+            Incoming::BinaryRefused(code, message) => self.on_binary_refused(code, message, ctx),
             Incoming::Refused(code, message) => self.error(ctx, code, message, None),
             Incoming::Close => {
                 self.leave("closed by trainer".into());

@@ -21,7 +21,7 @@ impl TrainerSession {
         let (code, message) = (refusal.code, refusal.message.clone());
         // Counted like any update in flight: the newest version waits for
         // this answer, as it waits for an ack.
-        self.outbox.update_started();
+        let in_flight = self.outbox.update_started();
         let fut = self.hub.send(refusal);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             match (res, reply_id) {
@@ -37,7 +37,7 @@ impl TrainerSession {
                 // verdict stands.
                 (_, reply_id) => act.error(ctx, code, message, reply_id),
             }
-            act.outbox.update_answered();
+            drop(in_flight);
         }));
     }
 }

@@ -56,6 +56,37 @@ impl TrainerSession {
         }
     }
 
+    /// A binary frame the reader could not keep (its spool file could not
+    /// be written): refused as the update its header announced, so the
+    /// trainer hears which update to send again.
+    pub(super) fn on_binary_refused(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let Phase::Ready(r) = &mut self.phase else {
+            return self.error(ctx, code, message, None);
+        };
+        let Some(h) = r.pending.take() else {
+            return self.error(ctx, code, message, None);
+        };
+        if h.is_swallow() {
+            return;
+        }
+        let refusal = hub_actor::SessionRefusal {
+            trainer: r.name.clone(),
+            model: r.model.clone(),
+            update_id: h.update_id.clone(),
+            base_version: h.base_version,
+            num_examples: h.num_examples,
+            bytes: 0,
+            code,
+            message,
+        };
+        self.refuse_update(ctx, refusal, Some(h.update_id));
+    }
+
     /// An update's payload; `spooled` is its file when the reader wrote it
     /// to one as it arrived (it becomes the update's blob as it is).
     pub(super) fn on_binary(
@@ -121,7 +152,7 @@ impl TrainerSession {
             payload_file: None,
         };
         let (hub, blobs) = (self.hub.clone(), self.blobs.clone());
-        self.outbox.update_started();
+        let in_flight = self.outbox.update_started();
         let received = Instant::now();
         let fut = async move {
             let mut sub = sub;
@@ -181,7 +212,7 @@ impl TrainerSession {
                     Some(update_id),
                 ),
             }
-            act.outbox.update_answered();
+            drop(in_flight);
             act.hot.answered(received.elapsed());
         }));
     }

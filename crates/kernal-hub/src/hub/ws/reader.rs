@@ -30,6 +30,9 @@ pub enum Incoming {
     Binary(Bytes),
     /// A large binary message, written to its file as it arrived.
     Spooled(Spooled),
+    /// A binary message read whole but not kept (its spool file could not
+    /// be written): refused as that message, the connection goes on.
+    BinaryRefused(ErrorCode, String),
     Ping(Bytes),
     Pong,
     /// The peer closed; nothing more will be read.
@@ -261,7 +264,7 @@ where
                     self.done = true;
                     return None;
                 }
-                return Some(Incoming::Refused(ErrorCode::StorageUnavailable, why));
+                return Some(Incoming::BinaryRefused(ErrorCode::StorageUnavailable, why));
             }
         };
         if !self.payload_to(Sink::File(&mut w), len, mask).await {
@@ -272,7 +275,7 @@ where
             Ok(s) => Incoming::Spooled(s),
             Err((code, why)) => {
                 log::warn!("could not spool a {len}-byte message: {why}");
-                Incoming::Refused(code, why)
+                Incoming::BinaryRefused(code, why)
             }
         })
     }

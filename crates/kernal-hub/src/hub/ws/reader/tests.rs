@@ -302,3 +302,30 @@ fn a_large_binary_message_is_spooled_to_its_file_and_holds_budget_while_mapped()
         });
     }
 }
+
+#[test]
+fn a_message_that_cannot_be_spooled_is_refused_and_the_connection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let big = vec![7u8; 200_000];
+    let mut wire = client_frame(true, OP_BINARY, &big, [1, 2, 3, 4]);
+    wire.extend(client_frame(true, OP_TEXT, b"{}", [4, 3, 2, 1]));
+    let budget = Budget::new(1 << 20);
+    let mut r = reader(wire, 4096, &budget, false);
+    r.limits.spool = Some(SpoolDir {
+        dir: file.join("blobs"),
+        min_bytes: 100_000,
+    });
+    run(async {
+        match r.next().await {
+            Some(Incoming::BinaryRefused(code, why)) => {
+                assert_eq!(code, ErrorCode::StorageUnavailable);
+                assert!(why.contains("could not be stored"), "{why}");
+            }
+            other => panic!("expected the message refused, got {other:?}"),
+        }
+        assert_eq!(budget.in_use(), 0, "a refused message holds no budget");
+        assert!(matches!(r.next().await, Some(Incoming::Text(t)) if &t[..] == b"{}"));
+    });
+}
