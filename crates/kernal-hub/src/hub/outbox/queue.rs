@@ -282,11 +282,12 @@ impl Outbox {
             if !q.may_push(self.hold, now, admitted) {
                 q.held = Some(OutFrame::Model { json, weights });
                 let wait = !admitted && q.wait_for_place(self.hold, now);
-                // The body arms its timer for the end of the hold when it
-                // next looks: make it look.
-                if let Some(w) = q.waker.take() {
-                    w.wake();
-                }
+                // The body is not woken for it: one held behind an update in
+                // flight goes out with the answer, and one held only by the
+                // hold goes out when the body next looks (at the latest with
+                // the next heartbeat's ping), to a trainer still busy with
+                // the last one. Waking every body for every version cost a
+                // tenth of the ack latency at a thousand trainers.
                 drop(q);
                 if wait {
                     self.wait_for_place();
