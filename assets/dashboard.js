@@ -93,7 +93,16 @@
     }
     const m = state.status && state.status.name === state.model ? state.status : null;
     const last = m && m.last_metrics && m.last_metrics.eval ? m.last_metrics.eval.accuracy : null;
-    if (acc == null && last != null) { acc = last; ver = m.version; }
+    if (acc == null && last != null) {
+      acc = last; ver = m.version;
+      // The status knows an evaluation the event stream did not bring (the
+      // page subscribed after it was made): the chart shows it too.
+      const y = state.historyOf === state.model ? state.versions.get(ver) : null;
+      if (y && y.acc == null) {
+        state.versions.set(ver, { ...y, acc: last, by: m.last_metrics.eval.evaluator || null });
+        redraw();
+      }
+    }
     const x = ver != null ? state.versions.get(ver) : null;
     const by = (x && x.by) || (m && m.last_metrics && m.last_metrics.eval && m.last_metrics.eval.evaluator) || null;
     const el = $('accuracy');

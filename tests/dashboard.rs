@@ -499,14 +499,15 @@ async fn dashboard_opens_the_model_in_its_url_with_its_own_evaluation() {
         .await;
     judge.expect_type("evaluation_recorded").await;
     shows("custom", "62.5%".into()).await;
-    let charted = driver
-        .js("const v = window.kernalDash.versions.get(0); return v ? [v.acc, v.by] : null;")
-        .await;
-    assert_eq!(
-        charted,
-        serde_json::json!([0.625, "judge"]),
-        "the chart's point"
-    );
+    // The report reaches the chart by the event stream or, if the page
+    // subscribed after it, with the status that the header shows it from.
+    wait_for("the chart's point", Duration::from_secs(20), || async {
+        let charted = driver
+            .js("const v = window.kernalDash.versions.get(0); return v ? [v.acc, v.by] : null;")
+            .await;
+        (charted == serde_json::json!([0.625, "judge"])).then_some(())
+    })
+    .await;
     // And after a reload, from the stored history.
     driver.goto(&format!("{url}/?model=custom")).await;
     shows("custom", "62.5%".into()).await;
