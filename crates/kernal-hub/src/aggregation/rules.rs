@@ -3,7 +3,7 @@
 //! a [`Strategy`] value. Adding a strategy is one new type, one variant and
 //! its name.
 
-use super::reduce::{axpy, coordinate_median, trimmed_mean, weighted_mean, Contribution};
+use super::reduce::{coordinate_median, trimmed_mean, weighted_mean, Contribution};
 use super::settings::AggregationSettings;
 use super::strategy::Strategy;
 
@@ -48,23 +48,26 @@ pub trait Rule: Sync {
     /// The round's aggregated delta from its (scaled) contributions.
     fn reduce(&self, contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32>;
 
-    /// Applies the aggregated delta to `weights` with the server optimizer;
-    /// a plain step of `server_lr` unless the strategy carries state.
+    /// Applies the aggregated delta to `weights` with the server optimizer
+    /// (the step of [`server_step_into`](Self::server_step_into), on a copy
+    /// of the delta: for callers that keep their delta).
     fn server_step(
         &self,
         weights: &mut [f32],
         mean_delta: &[f32],
         s: &AggregationSettings,
-        _state: &mut ServerState,
+        state: &mut ServerState,
     ) {
-        axpy(weights, s.server_lr, mean_delta)
+        let mut next = mean_delta.to_vec();
+        self.server_step_into(weights, &mut next, s, state);
+        weights.copy_from_slice(&next);
     }
 
-    /// [`server_step`](Self::server_step) from `old` weights written over
+    /// The server optimizer's step from `old` weights, written over
     /// `delta`, which becomes the new weights: the fold of a large model
-    /// then holds two model-sized buffers, not three. Same arithmetic, in
-    /// the same order, as `server_step` on a copy of `old` (a test holds
-    /// every strategy to it); a strategy that overrides one overrides both.
+    /// then holds two model-sized buffers, not three. A plain step of
+    /// `server_lr` unless the strategy carries state; the one place each
+    /// strategy's step is written.
     fn server_step_into(
         &self,
         old: &[f32],
@@ -103,21 +106,6 @@ impl Rule for FedAvgM {
         weighted_mean(contribs, s)
     }
 
-    fn server_step(
-        &self,
-        weights: &mut [f32],
-        mean_delta: &[f32],
-        s: &AggregationSettings,
-        state: &mut ServerState,
-    ) {
-        let n = weights.len();
-        let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
-        for i in 0..n {
-            m[i] = s.momentum * m[i] + mean_delta[i];
-            weights[i] += s.server_lr * m[i];
-        }
-    }
-
     fn server_step_into(
         &self,
         old: &[f32],
@@ -144,25 +132,6 @@ impl Rule for FedAdam {
 
     fn reduce(&self, contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
         weighted_mean(contribs, s)
-    }
-
-    fn server_step(
-        &self,
-        weights: &mut [f32],
-        mean_delta: &[f32],
-        s: &AggregationSettings,
-        state: &mut ServerState,
-    ) {
-        let n = weights.len();
-        let m = state.momentum.get_or_insert_with(|| vec![0.0; n]);
-        let v = state.second_moment.get_or_insert_with(|| vec![0.0; n]);
-        let (b1, b2) = (s.momentum, s.beta2);
-        for i in 0..n {
-            let d = mean_delta[i];
-            m[i] = b1 * m[i] + (1.0 - b1) * d;
-            v[i] = b2 * v[i] + (1.0 - b2) * d * d;
-            weights[i] += s.server_lr * m[i] / (v[i].sqrt() + s.tau);
-        }
     }
 
     fn server_step_into(
@@ -208,31 +177,5 @@ impl Rule for TrimmedMean {
 
     fn reduce(&self, contribs: &[Contribution<'_>], s: &AggregationSettings) -> Vec<f32> {
         trimmed_mean(contribs, s.trim_fraction)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_server_step_in_place_is_the_step_on_a_copy() {
-        let old: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
-        let delta: Vec<f32> = (0..37).map(|i| (i as f32 * 1.3).cos() * 0.1).collect();
-        use Strategy::*;
-        for strategy in [Fedavg, Fedavgm, Fedadam, Median, TrimmedMean] {
-            let mut s = crate::aggregation::tests::settings(strategy);
-            s.server_lr = 0.7;
-            let (mut a, mut b) = (ServerState::default(), ServerState::default());
-            for _ in 0..3 {
-                let mut w = old.clone();
-                strategy.rule().server_step(&mut w, &delta, &s, &mut a);
-                let mut d = delta.clone();
-                strategy.rule().server_step_into(&old, &mut d, &s, &mut b);
-                assert_eq!(w, d, "{strategy:?}");
-                assert_eq!(a.momentum, b.momentum, "{strategy:?}");
-                assert_eq!(a.second_moment, b.second_moment, "{strategy:?}");
-            }
-        }
     }
 }
