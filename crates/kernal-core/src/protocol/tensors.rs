@@ -432,16 +432,7 @@ impl ModelLayout {
     /// non-finite exactly when a value is, and only then is the buffer
     /// scanned for which.
     pub fn check_sum_squares(&self, bytes: &[u8]) -> Result<f64, TensorError> {
-        let mut s = 0.0f64;
-        self.visit_inner(bytes, false, |t, _, v| {
-            if !t.is_integer() {
-                s += v.sum_squares()
-            }
-        })?;
-        if !s.is_finite() {
-            self.validate(bytes)?;
-        }
-        Ok(s)
+        self.check_sum_squares_windowed(bytes, Window::WHOLE)
     }
 
     /// [`check_sum_squares`](Self::check_sum_squares) a window at a time.
@@ -520,17 +511,7 @@ impl ModelLayout {
         acc: &mut [f32],
         factor: f32,
     ) -> Result<(), TensorError> {
-        if acc.len() != self.num_params() {
-            return Err(TensorError::new(
-                ErrorCode::TensorMismatch,
-                "accumulator size differs from the layout",
-            ));
-        }
-        self.visit(bytes, |t, off, v| {
-            if !t.is_integer() {
-                v.axpy_into(&mut acc[off..], factor)
-            }
-        })
+        self.accumulate_windowed(bytes, acc, factor, Window::WHOLE)
     }
 
     /// Sum of squares of the floating tensors' values (for clipping), from
