@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::actor::TrainerSession;
 use super::parse::{validate_update_header, UpdateHeader};
-use super::phase::Phase;
+use super::phase::{Phase, Ready};
 use crate::hub::hub_actor;
 use crate::hub::ws::spool::SpoolFile;
 use crate::protocol::{ErrorCode, Refusal, ServerMessage};
@@ -21,6 +21,26 @@ const INLINE_BLOB_WRITE: usize = 256 * 1024;
 /// Blob files being written at once, over all sessions.
 static BLOB_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
+/// The hub's record of an update `h` the session refused.
+fn refusal(
+    r: &Ready,
+    h: &UpdateHeader,
+    bytes: u64,
+    code: ErrorCode,
+    message: String,
+) -> hub_actor::SessionRefusal {
+    hub_actor::SessionRefusal {
+        trainer: r.name.clone(),
+        model: r.model.clone(),
+        update_id: h.update_id.clone(),
+        base_version: h.base_version,
+        num_examples: h.num_examples,
+        bytes,
+        code,
+        message,
+    }
+}
+
 impl TrainerSession {
     /// An update header from a welcomed trainer: checked, then held until
     /// its binary frame arrives.
@@ -30,16 +50,7 @@ impl TrainerSession {
         };
         let previous = r.pending.take();
         if let Err(Refusal { code, message }) = validate_update_header(&h) {
-            let refusal = hub_actor::SessionRefusal {
-                trainer: r.name.clone(),
-                model: r.model.clone(),
-                update_id: h.update_id.clone(),
-                base_version: h.base_version,
-                num_examples: h.num_examples,
-                bytes: 0,
-                code,
-                message,
-            };
+            let refusal = refusal(r, &h, 0, code, message);
             // Its payload frame will follow; swallow it quietly.
             r.pending = Some(UpdateHeader::swallow());
             return self.refuse_update(ctx, refusal, Some(h.update_id));
@@ -74,16 +85,7 @@ impl TrainerSession {
         if h.is_swallow() {
             return;
         }
-        let refusal = hub_actor::SessionRefusal {
-            trainer: r.name.clone(),
-            model: r.model.clone(),
-            update_id: h.update_id.clone(),
-            base_version: h.base_version,
-            num_examples: h.num_examples,
-            bytes: 0,
-            code,
-            message,
-        };
+        let refusal = refusal(r, &h, 0, code, message);
         self.refuse_update(ctx, refusal, Some(h.update_id));
     }
 
@@ -125,16 +127,7 @@ impl TrainerSession {
         let norm = match r.layout.check_sum_squares_windowed(&payload, window) {
             Ok(s) => s.sqrt(),
             Err(e) => {
-                let refusal = hub_actor::SessionRefusal {
-                    trainer,
-                    model,
-                    update_id: h.update_id.clone(),
-                    base_version: h.base_version,
-                    num_examples: h.num_examples,
-                    bytes: payload.len() as u64,
-                    code: e.code,
-                    message: e.message,
-                };
+                let refusal = refusal(r, &h, payload.len() as u64, e.code, e.message);
                 return self.refuse_update(ctx, refusal, Some(h.update_id));
             }
         };
