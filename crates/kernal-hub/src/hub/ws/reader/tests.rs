@@ -329,3 +329,23 @@ fn a_message_that_cannot_be_spooled_is_refused_and_the_connection_goes_on() {
         assert!(matches!(r.next().await, Some(Incoming::Text(t)) if &t[..] == b"{}"));
     });
 }
+
+#[test]
+fn a_spooled_message_never_finished_leaves_no_file_and_no_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![9u8; 200_000];
+    let mut wire = client_frame(true, OP_BINARY, &big, [1, 2, 3, 4]);
+    wire.truncate(wire.len() - 100_000);
+    let budget = Budget::new(1 << 20);
+    let mut r = reader(wire, 4096, &budget, false);
+    r.limits.spool = Some(SpoolDir {
+        dir: dir.path().join("blobs"),
+        min_bytes: 100_000,
+    });
+    run(async {
+        assert!(r.next().await.is_none(), "the connection ended mid-message");
+        assert_eq!(budget.in_use(), 0);
+        let files = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert_eq!(files, 0, "the half-written spool file is removed");
+    });
+}
